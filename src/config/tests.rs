@@ -1,0 +1,182 @@
+//! Config tests: the example file is the defaults, fixtures parse, and every error
+//! names its key and line.
+
+use super::*;
+
+fn example_dir() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf()
+}
+
+fn error_of(text: &str) -> (String, Option<usize>, String) {
+    match parse(text) {
+        Err(e @ ConfigError::Invalid { .. }) => (e.key().to_owned(), e.line(), e.to_string()),
+        other => panic!("expected an invalid config, got {other:?}"),
+    }
+}
+
+#[test]
+fn example_file_is_exactly_the_defaults() {
+    let config = load(&example_dir().join("config.example.toml")).unwrap();
+    assert_eq!(config, Config::default());
+}
+
+#[test]
+fn every_fixture_parses() {
+    let dir = example_dir().join("tests/fixtures/config");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    files.sort();
+    for file in &files {
+        if let Err(e) = load(file) {
+            panic!("{e}");
+        }
+    }
+    assert_eq!(files.len(), 3, "{files:?}");
+}
+
+#[test]
+fn empty_file_is_the_defaults() {
+    assert_eq!(parse("").unwrap(), Config::default());
+    let config = Config::default();
+    assert_eq!(config.epmd.listen.len(), 2);
+    assert_eq!(config.dist.ports, [43691]);
+}
+
+#[test]
+fn the_minimal_contract_parses() {
+    let config = parse(
+        r#"
+[epmd]
+listen = ["0.0.0.0:4369", "[::]:4369"]
+[dist]
+ports = [43691]
+"#,
+    )
+    .unwrap();
+    assert_eq!(config, Config::default());
+}
+
+#[test]
+fn pool_ranges_expand_in_order() {
+    let config = parse("[dist]\nports = [43700, \"43691-43693\"]\n").unwrap();
+    assert_eq!(config.dist.ports, [43700, 43691, 43692, 43693]);
+}
+
+#[test]
+fn pins_become_the_port_plan() {
+    let config =
+        parse("[dist]\nports = [\"43691-43692\"]\n[dist.pins]\ndb = 43692\n\"my-app\" = 43691\n")
+            .unwrap();
+    let plan = config.dist.port_plan();
+    assert_eq!(plan.pool, [43691, 43692]);
+    assert_eq!(plan.pins.get("db"), Some(&43692));
+    assert_eq!(plan.pins.get("my-app"), Some(&43691));
+}
+
+#[test]
+fn durations_are_human() {
+    let config =
+        parse("[epmd]\npacket_timeout = \"1m 30s\"\n[dist]\nconnect_timeout = \"250ms\"\n")
+            .unwrap();
+    assert_eq!(config.epmd.packet_timeout, Duration::from_secs(90));
+    assert_eq!(config.dist.connect_timeout, Duration::from_millis(250));
+}
+
+#[test]
+fn unknown_key_is_named_with_its_line() {
+    let (key, line, text) = error_of("[epmd]\nnames_from = \"any\"\nlisten_on = []\n");
+    assert_eq!((key.as_str(), line), ("epmd.listen_on", Some(3)));
+    assert!(text.contains("unknown field `listen_on`"), "{text}");
+    let (key, line, _) = error_of("\n[metrics]\nport = 1\n");
+    assert_eq!((key.as_str(), line), ("metrics", Some(2)));
+}
+
+#[test]
+fn out_of_range_port_is_named() {
+    let (key, line, text) = error_of("[dist]\n\nports = [43691, 70000]\n");
+    assert_eq!((key.as_str(), line), ("dist.ports[1]", Some(3)));
+    assert!(text.contains("70000 is out of range"), "{text}");
+    let (key, _, _) = error_of("[dist]\nports = [0]\n");
+    assert_eq!(key, "dist.ports[0]");
+}
+
+#[test]
+fn bad_ranges_are_named() {
+    for (text, needle) in [
+        ("[dist]\nports = [\"43699-43691\"]\n", "runs backwards"),
+        ("[dist]\nports = [\"4369x\"]\n", "not a port range"),
+        ("[dist]\nports = [\"1-99999\"]\n", "out of range"),
+        ("[dist]\nports = [43691, \"43690-43692\"]\n", "listed twice"),
+        ("[dist]\nports = [\"1-2000\"]\n", "more than 1024"),
+    ] {
+        let (key, line, message) = error_of(text);
+        assert!(key.starts_with("dist.ports"), "{text}: {key}");
+        assert_eq!(line, Some(2), "{text}");
+        assert!(message.contains(needle), "{text}: {message}");
+    }
+}
+
+#[test]
+fn wrong_types_are_named() {
+    let (key, line, _) = error_of("[epmd]\nlisten = \"0.0.0.0:4369\"\n");
+    assert_eq!((key.as_str(), line), ("epmd.listen", Some(2)));
+    let (key, _, _) = error_of("[epmd]\nlisten = [\"localhost:4369\"]\n");
+    assert_eq!(key, "epmd.listen[0]");
+    let (key, _, _) = error_of("[epmd]\nnames_from = \"everyone\"\n");
+    assert_eq!(key, "epmd.names_from");
+    let (key, _, _) = error_of("[epmd]\npacket_timeout = \"soon\"\n");
+    assert_eq!(key, "epmd.packet_timeout");
+    let (key, _, _) = error_of("[dist]\nlisten = [\"0.0.0.0:43691\"]\n");
+    assert_eq!(key, "dist.listen[0]");
+}
+
+#[test]
+fn syntax_errors_give_the_line() {
+    let (key, line, text) = error_of("[epmd]\nallow_kill = true\n[dist\n");
+    assert_eq!((key.as_str(), line), ("", Some(3)));
+    assert!(text.starts_with("config:3: "), "{text}");
+}
+
+#[test]
+fn pins_must_be_in_the_pool_and_unique() {
+    let (key, line, text) = error_of("[dist]\nports = [43691]\n[dist.pins]\napp = 43692\n");
+    assert_eq!((key.as_str(), line), ("dist.pins.app", Some(4)));
+    assert!(text.contains("not in `dist.ports`"), "{text}");
+    let (key, _, text) = error_of("[dist]\nports = [43691]\n[dist.pins]\na = 43691\nb = 43691\n");
+    assert_eq!(key, "dist.pins.b");
+    assert!(text.contains("already pinned to `a`"), "{text}");
+    let (key, _, _) = error_of("[dist.pins]\n\"a@host\" = 43691\n");
+    assert_eq!(key, "dist.pins.a@host");
+}
+
+#[test]
+fn semantic_checks_name_their_key() {
+    for (text, expected) in [
+        ("[epmd]\nlisten = []\n", "epmd.listen"),
+        ("[dist]\nlisten = []\n", "dist.listen"),
+        ("[epmd]\npacket_timeout = \"0s\"\n", "epmd.packet_timeout"),
+        ("[dist]\nconnect_timeout = \"0s\"\n", "dist.connect_timeout"),
+        ("[dist]\nports = [4369]\n", "dist.ports"),
+    ] {
+        assert_eq!(error_of(text).0, expected, "{text}");
+    }
+}
+
+#[test]
+fn file_errors_name_the_file() {
+    let dir = std::env::temp_dir().join(format!("distgate-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("bad.toml");
+    std::fs::write(&file, "[dist]\nports = [\"x\"]\n").unwrap();
+    let text = load(&file).unwrap_err().to_string();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(
+        text.starts_with(&format!("{}:2: `dist.ports[0]`: ", file.display())),
+        "{text}"
+    );
+    let missing = load(&dir.join("missing.toml")).unwrap_err();
+    assert!(matches!(missing, ConfigError::Read { .. }));
+}

@@ -1,0 +1,366 @@
+//! The EPMD server: accepts on already-bound listeners, reads one request per
+//! connection, answers it as OTP's epmd does, and holds each registration exactly as
+//! long as its connection.
+//!
+//! Every connection runs in its own task; a slow or hostile client holds only its own
+//! task. Byte formats live in [`super::message`], registration rules in
+//! [`crate::registry`].
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::timeout;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use super::message::{self, Alive2Req, FrameError, Request, RequestKind};
+use crate::config::{EpmdConfig, NamesFrom};
+use crate::metrics as m;
+use crate::registry::{Registration, Registry};
+
+/// What ends the wait for a request.
+#[derive(Debug, thiserror::Error)]
+enum ReadError {
+    #[error("closed before a whole request")]
+    Closed,
+    #[error("idle for longer than packet_timeout")]
+    Idle,
+    #[error("read failed: {0}")]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+}
+
+impl ReadError {
+    fn reason(&self) -> &'static str {
+        match self {
+            ReadError::Closed => "closed",
+            ReadError::Idle => "idle_timeout",
+            ReadError::Io(_) => "io_error",
+            ReadError::Frame(e) => e.reason(),
+        }
+    }
+}
+
+/// The EPMD server shared by every EPMD listener.
+pub struct Server {
+    config: EpmdConfig,
+    registry: Arc<Registry>,
+    /// Cancelled to stop distgate (an allowed KILL_REQ) and observed to end
+    /// registrations when distgate stops.
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl Server {
+    pub fn new(
+        config: EpmdConfig,
+        registry: Arc<Registry>,
+        shutdown: CancellationToken,
+        tracker: TaskTracker,
+    ) -> Self {
+        Server {
+            config,
+            registry,
+            shutdown,
+            tracker,
+        }
+    }
+
+    /// Accepts EPMD connections until shutdown.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        loop {
+            let accepted = tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                accepted = listener.accept() => accepted,
+            };
+            match accepted {
+                Ok((stream, peer)) => {
+                    let server = Arc::clone(&self);
+                    let span = info_span!("epmd", %peer);
+                    self.tracker
+                        .spawn(async move { server.handle(stream, peer).await }.instrument(span));
+                }
+                Err(e) => crate::accept_backoff(&e, &self.shutdown).await,
+            }
+        }
+    }
+
+    async fn handle(&self, mut stream: TcpStream, peer: SocketAddr) {
+        let Ok(local_addr) = stream.local_addr() else {
+            return;
+        };
+        let local = is_local(peer.ip(), local_addr.ip());
+        let request = match self.read_request(&mut stream).await {
+            Ok(request) => request,
+            Err(e) => {
+                debug!(
+                    reason = e.reason(),
+                    "connection closed without a request: {e}"
+                );
+                count_request("invalid", e.reason());
+                return;
+            }
+        };
+        let kind = request.kind();
+        let local_only = !matches!(request, Request::PortPlease2 { .. } | Request::Names);
+        let names_refused =
+            matches!(request, Request::Names) && self.config.names_from == NamesFrom::Local;
+        if !local && (local_only || names_refused) {
+            if kind == RequestKind::Alive2 {
+                warn!("registration from a non-local address refused");
+                metrics::counter!(m::REGISTRATIONS_REJECTED, "reason" => "not_local").increment(1);
+            } else {
+                info!(request = %kind, "local-only request from a non-local address refused");
+            }
+            metrics::counter!(m::EPMD_NOT_LOCAL, "type" => kind.as_str()).increment(1);
+            count_request(kind.as_str(), "not_local");
+            return;
+        }
+        match request {
+            Request::Alive2(req) => self.alive2(stream, peer, req).await,
+            Request::PortPlease2 { name } => {
+                let node = self.registry.get(&name);
+                let info = node.as_ref().map(|n| message::PortInfo {
+                    port: n.advertised_port(),
+                    node_type: n.node_type,
+                    protocol: n.protocol,
+                    highest_version: n.highest_version,
+                    lowest_version: n.lowest_version,
+                    name: &n.name,
+                    extra: &n.extra,
+                });
+                let result = if node.is_some() { "found" } else { "not_found" };
+                debug!(%name, result, "PORT_PLEASE2_REQ");
+                count_request(kind.as_str(), result);
+                self.reply(stream, &message::encode_port2_resp(info.as_ref()))
+                    .await;
+            }
+            Request::Names => {
+                let mut reply = message::encode_port_header(local_addr.port()).to_vec();
+                for node in self.registry.nodes() {
+                    let line = message::encode_names_line(&node.name, node.advertised_port());
+                    reply.extend_from_slice(line.as_bytes());
+                }
+                count_request(kind.as_str(), "ok");
+                self.reply(stream, &reply).await;
+            }
+            Request::Dump => {
+                let mut reply = message::encode_port_header(local_addr.port()).to_vec();
+                for node in self.registry.nodes() {
+                    let line = message::encode_dump_active(&node.name, node.real_port, node.fd);
+                    reply.extend_from_slice(line.as_bytes());
+                }
+                for old in self.registry.unused() {
+                    let line = message::encode_dump_unused(&old.name, old.port, old.fd);
+                    reply.extend_from_slice(line.as_bytes());
+                }
+                count_request(kind.as_str(), "ok");
+                self.reply(stream, &reply).await;
+            }
+            Request::Kill => self.kill(stream).await,
+            Request::Stop { name } => self.stop(stream, &name).await,
+        }
+    }
+
+    /// Reads the one request of a connection, closing idle ones after packet_timeout.
+    async fn read_request(&self, stream: &mut TcpStream) -> Result<Request, ReadError> {
+        let mut buf = Vec::with_capacity(128);
+        loop {
+            if let Some(request) = message::decode_request(&buf)? {
+                return Ok(request);
+            }
+            // Room for the whole frame and then some, so trailing bytes are seen.
+            let want = message::frame_len(&buf)?.unwrap_or(2) + 1;
+            buf.reserve(want.saturating_sub(buf.len()).max(64));
+            match timeout(self.config.packet_timeout, stream.read_buf(&mut buf)).await {
+                Err(_) => return Err(ReadError::Idle),
+                Ok(Ok(0)) => return Err(ReadError::Closed),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(ReadError::Io(e)),
+            }
+        }
+    }
+
+    async fn alive2(&self, mut stream: TcpStream, peer: SocketAddr, req: Alive2Req) {
+        let x_resp = req.wants_x_resp();
+        let upstream_ip = loopback_like(peer.ip());
+        let registered = self
+            .registry
+            .register(&req, stream.as_raw_fd(), upstream_ip, unix_now());
+        let name = String::from_utf8_lossy(&req.name).into_owned();
+        let registration = match registered {
+            Ok(registration) => registration,
+            Err(e) => {
+                warn!(%name, reason = e.reason(), "registration refused: {e}");
+                metrics::counter!(m::REGISTRATIONS_REJECTED, "reason" => e.reason()).increment(1);
+                count_request("alive2", e.reason());
+                let reply = message::encode_alive2_resp(x_resp, None);
+                // As epmd: the socket is kept until the client closes or sends anything.
+                if self.write(&mut stream, &reply).await {
+                    self.hold(&mut stream, &CancellationToken::new()).await;
+                }
+                return;
+            }
+        };
+        let Registration {
+            id,
+            creation,
+            public_port,
+            ref stop,
+        } = registration;
+        match public_port {
+            Some(public_port) => info!(
+                node = %name, real_port = req.port, public_port, creation, "node registered"
+            ),
+            None => warn!(
+                node = %name, real_port = req.port, creation,
+                "node registered without a public port: the pool `dist.ports` is used up, \
+                 peers are told its real port"
+            ),
+        }
+        count_request("alive2", "ok");
+        metrics::gauge!(m::REGISTERED_NODES).increment(1);
+        let reply = message::encode_alive2_resp(x_resp, Some(creation));
+        let why = if self.write(&mut stream, &reply).await {
+            self.hold(&mut stream, stop).await
+        } else {
+            "reply not taken"
+        };
+        if let Some(node) = self.registry.unregister(id) {
+            metrics::gauge!(m::REGISTERED_NODES).decrement(1);
+            info!(
+                node = %node.name, real_port = node.real_port, public_port = node.public_port,
+                creation = node.creation, reason = why, "node unregistered"
+            );
+        }
+    }
+
+    /// Waits for what ends a kept connection: EOF, an error, any byte, a STOP_REQ or
+    /// shutdown. Returns the reason.
+    async fn hold(&self, stream: &mut TcpStream, stop: &CancellationToken) -> &'static str {
+        let mut byte = [0u8; 1];
+        tokio::select! {
+            read = stream.read(&mut byte) => match read {
+                Ok(0) => "connection closed",
+                Ok(_) => "data on the registration connection",
+                Err(_) => "connection error",
+            },
+            _ = stop.cancelled() => "stopped by STOP_REQ",
+            _ = self.shutdown.cancelled() => "distgate shutting down",
+        }
+    }
+
+    async fn kill(&self, stream: TcpStream) {
+        let allowed = self.config.allow_kill
+            && (self.config.relaxed_command_check || self.registry.is_empty());
+        if !allowed {
+            info!("KILL_REQ refused");
+            count_request("kill", "refused");
+            self.reply(stream, message::KILL_NO).await;
+            return;
+        }
+        warn!("KILL_REQ accepted: distgate stops");
+        count_request("kill", "ok");
+        self.reply(stream, message::KILL_OK).await;
+        self.shutdown.cancel();
+    }
+
+    async fn stop(&self, stream: TcpStream, name: &[u8]) {
+        if !self.config.relaxed_command_check {
+            debug!("STOP_REQ ignored: relaxed_command_check is off");
+            count_request("stop", "disabled");
+            return;
+        }
+        let found = self.registry.stop(name);
+        let name = String::from_utf8_lossy(name);
+        info!(node = %name, found, "STOP_REQ");
+        count_request("stop", if found { "ok" } else { "not_found" });
+        let reply = if found {
+            message::STOP_OK
+        } else {
+            message::STOP_NOEXIST
+        };
+        self.reply(stream, reply).await;
+    }
+
+    /// Writes a whole reply within packet_timeout. Returns whether it was written.
+    async fn write(&self, stream: &mut TcpStream, reply: &[u8]) -> bool {
+        match timeout(self.config.packet_timeout, stream.write_all(reply)).await {
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => {
+                debug!("reply not written: {e}");
+                false
+            }
+            Err(_) => {
+                debug!("reply not taken within packet_timeout");
+                false
+            }
+        }
+    }
+
+    /// Writes a reply and closes the connection, as epmd does after every request but
+    /// ALIVE2_REQ.
+    async fn reply(&self, mut stream: TcpStream, reply: &[u8]) {
+        if self.write(&mut stream, reply).await {
+            let _ = timeout(self.config.packet_timeout, stream.shutdown()).await;
+        }
+    }
+}
+
+fn count_request(kind: &'static str, result: &'static str) {
+    metrics::counter!(m::EPMD_REQUESTS, "type" => kind, "result" => result).increment(1);
+}
+
+/// epmd's rule (PROTOCOL.md §1.10): loopback, or the socket's own local address (a
+/// sibling container dialling the pod IP).
+pub fn is_local(peer: IpAddr, local: IpAddr) -> bool {
+    let peer = peer.to_canonical();
+    peer.is_loopback() || peer == local.to_canonical()
+}
+
+/// The loopback address of the family a node registered from: its real port is
+/// reached there.
+fn loopback_like(peer: IpAddr) -> IpAddr {
+    match peer.to_canonical() {
+        IpAddr::V4(_) => Ipv4Addr::LOCALHOST.into(),
+        IpAddr::V6(_) => Ipv6Addr::LOCALHOST.into(),
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locality_follows_epmd() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(is_local(ip("127.0.0.1"), ip("127.0.0.1")));
+        assert!(is_local(ip("127.9.8.7"), ip("10.0.0.5")));
+        assert!(is_local(ip("::1"), ip("::1")));
+        assert!(is_local(ip("::ffff:127.0.0.1"), ip("::1")));
+        assert!(is_local(ip("10.0.0.5"), ip("10.0.0.5")), "pod IP to itself");
+        assert!(is_local(ip("::ffff:10.0.0.5"), ip("10.0.0.5")));
+        assert!(!is_local(ip("10.0.0.6"), ip("10.0.0.5")));
+        assert!(!is_local(ip("fe80::1"), ip("fe80::2")));
+    }
+
+    #[test]
+    fn forwarding_uses_the_registering_family() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(loopback_like(ip("::1")), ip("::1"));
+        assert_eq!(loopback_like(ip("::ffff:127.0.0.1")), ip("127.0.0.1"));
+        assert_eq!(loopback_like(ip("10.0.0.5")), ip("127.0.0.1"));
+    }
+}

@@ -1,0 +1,140 @@
+//! distgate: an EPMD server and dist-port gateway for Erlang/Elixir (BEAM) nodes.
+//!
+//! A node beside distgate registers with it as with OTP's epmd. distgate tells peers a
+//! fixed *public* port for the node and forwards connections there to the node's real,
+//! random port. The crate's map:
+//!
+//! - [`config`]: TOML → validated [`Config`]; every error names its key and line.
+//! - [`epmd`]: the EPMD wire format (pure) and the server that answers it.
+//! - [`registry`]: the local nodes, their creations and public ports.
+//! - [`forward`]: public-port listeners and the stream forwarding.
+//! - [`metrics`]: every metric name, described once.
+//!
+//! The library binds nothing and installs no signal handler: the binary binds the
+//! listeners and hands them to [`Sidecar::run`] with a shutdown token, and tests do the
+//! same with listeners on `127.0.0.1:0`.
+
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod epmd;
+pub mod forward;
+pub mod metrics;
+pub mod registry;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+pub use config::Config;
+use forward::public::Forwarder;
+use registry::{PortPlan, Registry};
+
+/// Listeners bound by the caller.
+#[derive(Debug, Default)]
+pub struct Listeners {
+    /// EPMD listeners (port 4369 on each address).
+    pub epmd: Vec<TcpListener>,
+    /// Public dist listeners with the public port each serves; one port may have a
+    /// listener per address.
+    pub dist: Vec<(u16, TcpListener)>,
+}
+
+/// How the drain at shutdown ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drain {
+    /// Every connection ended within the grace period.
+    Complete,
+    /// The grace period passed with connections still open; they are dropped.
+    TimedOut { open: usize },
+}
+
+/// A distgate sidecar: the EPMD server and the public dist ports of one pod.
+pub struct Sidecar {
+    registry: Arc<Registry>,
+    epmd: Arc<epmd::Server>,
+    forwarder: Arc<Forwarder>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl Sidecar {
+    /// A sidecar for `config` whose public ports are `plan` (the binary uses
+    /// `config.dist.port_plan()`; tests pass the ports they bound). Cancelling
+    /// `shutdown` stops it; so does an allowed KILL_REQ.
+    pub fn new(config: &Config, plan: PortPlan, shutdown: CancellationToken) -> Self {
+        let registry = Arc::new(Registry::new(plan));
+        let tracker = TaskTracker::new();
+        let epmd = Arc::new(epmd::Server::new(
+            config.epmd.clone(),
+            Arc::clone(&registry),
+            shutdown.clone(),
+            tracker.clone(),
+        ));
+        let forwarder = Arc::new(Forwarder::new(
+            Arc::clone(&registry),
+            config.dist.connect_timeout,
+            shutdown.clone(),
+            tracker.clone(),
+        ));
+        Sidecar {
+            registry,
+            epmd,
+            forwarder,
+            shutdown,
+            tracker,
+        }
+    }
+
+    /// The registry of local nodes.
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    /// Serves on `listeners` until shutdown, then waits up to `grace` for open
+    /// connections to end.
+    pub async fn run(self, listeners: Listeners, grace: Duration) -> Drain {
+        let accept_loops = TaskTracker::new();
+        for listener in listeners.epmd {
+            accept_loops.spawn(Arc::clone(&self.epmd).serve(listener));
+        }
+        for (port, listener) in listeners.dist {
+            accept_loops.spawn(Arc::clone(&self.forwarder).serve(listener, port));
+        }
+        accept_loops.close();
+        self.shutdown.cancelled().await;
+        accept_loops.wait().await;
+        drop(accept_loops);
+        self.tracker.close();
+        info!(
+            open = self.tracker.len(),
+            "stopped accepting; draining connections"
+        );
+        if tokio::time::timeout(grace, self.tracker.wait())
+            .await
+            .is_ok()
+        {
+            info!("drain complete");
+            Drain::Complete
+        } else {
+            let open = self.tracker.len();
+            warn!(open, "grace period over; dropping open connections");
+            Drain::TimedOut { open }
+        }
+    }
+}
+
+/// Logs and counts an accept error, then waits a little before accepting again (the
+/// usual cause, running out of descriptors, does not clear at once).
+pub(crate) async fn accept_backoff(error: &std::io::Error, shutdown: &CancellationToken) {
+    warn!("accept failed: {error}");
+    ::metrics::counter!(metrics::ACCEPT_ERRORS).increment(1);
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+    }
+}

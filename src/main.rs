@@ -1,0 +1,238 @@
+//! The `distgate` binary: the command line, logging, binding the listeners, signals
+//! and exit codes. Everything else is the library's.
+
+#![forbid(unsafe_code)]
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use distgate::config::{self, Config};
+use distgate::{Drain, Listeners, Sidecar};
+
+/// EX_USAGE from sysexits.h: the configuration is unusable.
+const EXIT_CONFIG: u8 = 64;
+
+/// EPMD server and dist-port gateway for Erlang/Elixir nodes.
+///
+/// With no arguments distgate runs as a sidecar on its built-in defaults: EPMD on
+/// port 4369 and the public dist port 43691, on all IPv4 and IPv6 addresses.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Configuration file (TOML); without it the built-in defaults apply.
+    #[arg(long, short, env = "DISTGATE_CONFIG", global = true)]
+    config: Option<PathBuf>,
+
+    /// Log filter: a level (error, warn, info, debug, trace) or tracing directives.
+    #[arg(long, env = "DISTGATE_LOG", default_value = "info", global = true)]
+    log_level: String,
+
+    /// Log format.
+    #[arg(
+        long,
+        env = "DISTGATE_LOG_FORMAT",
+        default_value = "text",
+        global = true
+    )]
+    log_format: LogFormat,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run distgate (the default).
+    Run,
+    /// Check a configuration file: exit 0 if usable, 64 with the key and line if not.
+    CheckConfig {
+        /// The file to check.
+        file: PathBuf,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(Command::CheckConfig { file }) = &cli.command {
+        return check_config(file);
+    }
+    if let Err(e) = init_logging(&cli) {
+        eprintln!("distgate: {e:#}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let config = match &cli.config {
+        Some(path) => match config::load(path) {
+            Ok(config) => config,
+            Err(e) => {
+                error!("invalid configuration: {e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        },
+        None => Config::default(),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            error!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check_config(file: &Path) -> ExitCode {
+    match config::load(file) {
+        Ok(_) => {
+            println!("{}: ok", file.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}
+
+fn init_logging(cli: &Cli) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log_level)
+        .with_context(|| format!("invalid --log-level `{}`", cli.log_level))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(io::stderr);
+    match cli.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+    Ok(())
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    let listeners = bind_all(&config)?;
+    let shutdown = CancellationToken::new();
+    let sidecar = Sidecar::new(&config, config.dist.port_plan(), shutdown.clone());
+    tokio::spawn(watch_signals(shutdown));
+    match sidecar.run(listeners, config.shutdown.grace).await {
+        Drain::Complete => info!("distgate stopped"),
+        Drain::TimedOut { open } => warn!(open, "distgate stopped with connections cut"),
+    }
+    Ok(())
+}
+
+async fn watch_signals(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (mut term, mut int) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(term), Ok(int)) => (term, int),
+        (Err(e), _) | (_, Err(e)) => {
+            error!("cannot watch signals: {e}");
+            return;
+        }
+    };
+    let name = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+        _ = shutdown.cancelled() => return,
+    };
+    info!(signal = name, "shutting down");
+    shutdown.cancel();
+}
+
+/// Binds every configured listener. An address whose family the host lacks (IPv6
+/// disabled in the pod, say) is skipped with a warning while another address serves
+/// the same purpose; any other failure stops distgate, naming the address.
+fn bind_all(config: &Config) -> anyhow::Result<Listeners> {
+    let mut listeners = Listeners::default();
+    for &addr in &config.epmd.listen {
+        if let Some(listener) = bind(addr, "epmd.listen")? {
+            listeners.epmd.push(listener);
+        }
+    }
+    if listeners.epmd.is_empty() {
+        bail!("no `epmd.listen` address could be bound");
+    }
+    for &port in &config.dist.ports {
+        let mut bound = 0;
+        for &ip in &config.dist.listen {
+            if let Some(listener) = bind(SocketAddr::new(ip, port), "dist")? {
+                listeners.dist.push((port, listener));
+                bound += 1;
+            }
+        }
+        if bound == 0 {
+            bail!("public dist port {port} could not be bound on any `dist.listen` address");
+        }
+    }
+    for listener in listeners.epmd.iter() {
+        info!(addr = %display_addr(listener), "EPMD listening");
+    }
+    for (_, listener) in listeners.dist.iter() {
+        info!(addr = %display_addr(listener), "public dist port listening");
+    }
+    Ok(listeners)
+}
+
+fn display_addr(listener: &TcpListener) -> String {
+    listener
+        .local_addr()
+        .map_or_else(|_| "?".into(), |a| a.to_string())
+}
+
+fn bind(addr: SocketAddr, key: &str) -> anyhow::Result<Option<TcpListener>> {
+    match try_bind(addr) {
+        Ok(listener) => Ok(Some(listener)),
+        Err(e) if addr.is_ipv6() && family_missing(&e) => {
+            warn!(%addr, "IPv6 unavailable, not listening there: {e}");
+            Ok(None)
+        }
+        Err(e) if e.kind() == io::ErrorKind::AddrInUse => Err(e).with_context(|| {
+            format!("cannot listen on {addr} (`{key}`): the address is in use (is epmd or another distgate running?)")
+        }),
+        Err(e) => Err(e).with_context(|| format!("cannot listen on {addr} (`{key}`)")),
+    }
+}
+
+fn family_missing(e: &io::Error) -> bool {
+    // EAFNOSUPPORT (97) and EADDRNOTAVAIL (99) on Linux.
+    matches!(e.raw_os_error(), Some(97 | 99))
+        || e.kind() == io::ErrorKind::AddrNotAvailable
+        || e.kind() == io::ErrorKind::Unsupported
+}
+
+fn try_bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        // Lets "0.0.0.0" and "[::]" hold the same port side by side.
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
+}

@@ -1,0 +1,418 @@
+//! The local nodes registered over EPMD: name → real port, public port, creation.
+//!
+//! The registry owns the rules of registration (duplicates, creations, which public port
+//! a node gets) and answers lookups for the EPMD server and the dist forwarder. It holds
+//! no sockets: the EPMD server keeps each registration alive exactly as long as its
+//! connection and calls [`Registry::unregister`] when it ends. All methods are quick and
+//! lock a plain mutex that is never held across an await.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Mutex, MutexGuard};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::epmd::message::{Alive2Req, NameError};
+
+/// How many unregistered names are remembered for their creation, as in `epmd`.
+pub const MAX_UNUSED: usize = 1000;
+/// `epmd` never hands out creations 0..=3 in ALIVE2_X_RESP.
+const MIN_CREATION: u32 = 4;
+
+/// Identifies one registration; a later registration of the same name gets another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RegistrationId(u64);
+
+/// Which public ports exist and which names have one pinned.
+#[derive(Debug, Clone, Default)]
+pub struct PortPlan {
+    /// Public dist ports in the order they are handed out.
+    pub pool: Vec<u16>,
+    /// Names whose node always gets this port; every pinned port is in the pool.
+    pub pins: HashMap<String, u16>,
+}
+
+/// A registered node.
+#[derive(Debug, Clone)]
+pub struct Node {
+    pub id: RegistrationId,
+    pub name: String,
+    /// The port the node listens on for distribution.
+    pub real_port: u16,
+    /// The public port that forwards to `real_port`, if the pool had one free.
+    pub public_port: Option<u16>,
+    pub node_type: u8,
+    pub protocol: u8,
+    pub highest_version: u16,
+    pub lowest_version: u16,
+    pub extra: Vec<u8>,
+    pub creation: u32,
+    /// The registration socket's descriptor, shown by DUMP as `epmd` does.
+    pub fd: i32,
+    /// The loopback address dist connections are forwarded to.
+    pub upstream_ip: IpAddr,
+    stop: CancellationToken,
+}
+
+impl Node {
+    /// The port peers are told to dial: the public one, or the real one when the pool
+    /// was exhausted.
+    pub fn advertised_port(&self) -> u16 {
+        self.public_port.unwrap_or(self.real_port)
+    }
+}
+
+/// A name that was registered and has left; DUMP lists it, and its next registration
+/// continues from its creation.
+#[derive(Debug, Clone)]
+pub struct Unused {
+    pub name: String,
+    pub port: u16,
+    pub fd: i32,
+    pub creation: u32,
+}
+
+/// What a successful registration hands back to the connection that made it.
+#[derive(Debug, Clone)]
+pub struct Registration {
+    pub id: RegistrationId,
+    pub creation: u32,
+    pub public_port: Option<u16>,
+    /// Cancelled when the registration is to be ended from outside (STOP_REQ).
+    pub stop: CancellationToken,
+}
+
+/// Why a registration is refused with an error reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RegisterError {
+    #[error(transparent)]
+    InvalidName(#[from] NameError),
+    #[error("name already registered by a live node")]
+    Duplicate,
+}
+
+impl RegisterError {
+    /// A bounded label for logs and metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            RegisterError::InvalidName(_) => "invalid_name",
+            RegisterError::Duplicate => "duplicate",
+        }
+    }
+}
+
+/// The registry of local nodes.
+#[derive(Debug)]
+pub struct Registry {
+    plan: PortPlan,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    /// Registered nodes, oldest first.
+    nodes: Vec<Node>,
+    /// Recently unregistered names, oldest first.
+    unused: VecDeque<Unused>,
+    next_id: u64,
+}
+
+impl Registry {
+    pub fn new(plan: PortPlan) -> Self {
+        Registry {
+            plan,
+            inner: Mutex::new(Inner::default()),
+        }
+    }
+
+    pub fn plan(&self) -> &PortPlan {
+        &self.plan
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves plain data behind; keep serving.
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Registers a node, as `epmd`'s `node_reg2` does. `now_secs` is the Unix time that
+    /// seeds the creation of a name seen for the first time.
+    pub fn register(
+        &self,
+        req: &Alive2Req,
+        fd: i32,
+        upstream_ip: IpAddr,
+        now_secs: u64,
+    ) -> Result<Registration, RegisterError> {
+        let name = req.validate()?;
+        let mut inner = self.lock();
+        if inner.nodes.iter().any(|n| n.name == name) {
+            return Err(RegisterError::Duplicate);
+        }
+        let creation = match inner.unused.iter().position(|u| u.name == name) {
+            Some(at) => inner.unused.remove(at).map_or(0, |u| u.creation),
+            None => u32::try_from(now_secs).unwrap_or(u32::MAX),
+        }
+        .wrapping_add(1)
+        .max(MIN_CREATION);
+        let public_port = self.free_public_port(&inner, name);
+        let id = RegistrationId(inner.next_id);
+        inner.next_id += 1;
+        let stop = CancellationToken::new();
+        inner.nodes.push(Node {
+            id,
+            name: name.to_owned(),
+            real_port: req.port,
+            public_port,
+            node_type: req.node_type,
+            protocol: req.protocol,
+            highest_version: req.highest_version,
+            lowest_version: req.lowest_version,
+            extra: req.extra.clone(),
+            creation,
+            fd,
+            upstream_ip,
+            stop: stop.clone(),
+        });
+        Ok(Registration {
+            id,
+            creation,
+            public_port,
+            stop,
+        })
+    }
+
+    /// The node's pinned port, or the first pool port that is neither held nor pinned to
+    /// another name.
+    fn free_public_port(&self, inner: &Inner, name: &str) -> Option<u16> {
+        let held = |port: u16| inner.nodes.iter().any(|n| n.public_port == Some(port));
+        if let Some(&pinned) = self.plan.pins.get(name) {
+            return (!held(pinned)).then_some(pinned);
+        }
+        let pinned = |port: u16| self.plan.pins.values().any(|&p| p == port);
+        self.plan
+            .pool
+            .iter()
+            .copied()
+            .find(|&port| !held(port) && !pinned(port))
+    }
+
+    /// Ends a registration; a no-op when it has already ended. Returns the node that left.
+    pub fn unregister(&self, id: RegistrationId) -> Option<Node> {
+        let mut inner = self.lock();
+        let at = inner.nodes.iter().position(|n| n.id == id)?;
+        let node = inner.nodes.remove(at);
+        if inner.unused.len() >= MAX_UNUSED {
+            inner.unused.pop_front();
+        }
+        inner.unused.push_back(Unused {
+            name: node.name.clone(),
+            port: node.real_port,
+            fd: node.fd,
+            creation: node.creation,
+        });
+        Some(node)
+    }
+
+    /// The registered node called `name`.
+    pub fn get(&self, name: &str) -> Option<Node> {
+        self.lock().nodes.iter().find(|n| n.name == name).cloned()
+    }
+
+    /// Registered nodes, newest first (the order of NAMES and DUMP).
+    pub fn nodes(&self) -> Vec<Node> {
+        self.lock().nodes.iter().rev().cloned().collect()
+    }
+
+    /// Remembered unregistered names, newest first.
+    pub fn unused(&self) -> Vec<Unused> {
+        self.lock().unused.iter().rev().cloned().collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Where a connection to `public_port` goes: the holder's name and real address.
+    pub fn target_of(&self, public_port: u16) -> Option<(String, SocketAddr)> {
+        self.lock()
+            .nodes
+            .iter()
+            .find(|n| n.public_port == Some(public_port))
+            .map(|n| (n.name.clone(), SocketAddr::new(n.upstream_ip, n.real_port)))
+    }
+
+    /// Asks the connection holding `name`'s registration to end it (STOP_REQ). Returns
+    /// whether the name was registered.
+    pub fn stop(&self, name: &[u8]) -> bool {
+        let inner = self.lock();
+        match inner.nodes.iter().find(|n| n.name.as_bytes() == name) {
+            Some(node) => {
+                node.stop.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    const NOW: u64 = 1_795_736_025;
+    const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+    fn req(name: &str, port: u16) -> Alive2Req {
+        Alive2Req {
+            port,
+            node_type: 77,
+            protocol: 0,
+            highest_version: 6,
+            lowest_version: 5,
+            name: name.as_bytes().to_vec(),
+            extra: vec![],
+        }
+    }
+
+    fn registry(pool: &[u16], pins: &[(&str, u16)]) -> Registry {
+        Registry::new(PortPlan {
+            pool: pool.to_vec(),
+            pins: pins.iter().map(|&(n, p)| (n.to_owned(), p)).collect(),
+        })
+    }
+
+    #[test]
+    fn first_creation_is_now_plus_one() {
+        let reg = registry(&[], &[]);
+        let r = reg.register(&req("a", 1000), 5, LOOPBACK, NOW).unwrap();
+        assert_eq!(r.creation, 1_795_736_026);
+    }
+
+    #[test]
+    fn re_registration_creation_strictly_increases_even_within_a_second() {
+        let reg = registry(&[], &[]);
+        let mut last = 0;
+        for _ in 0..5 {
+            let r = reg.register(&req("a", 1000), 5, LOOPBACK, NOW).unwrap();
+            assert!(r.creation > last, "{} after {last}", r.creation);
+            last = r.creation;
+            reg.unregister(r.id).unwrap();
+        }
+        assert_eq!(last, 1_795_736_030);
+    }
+
+    #[test]
+    fn creation_is_never_below_four() {
+        let reg = registry(&[], &[]);
+        assert_eq!(
+            reg.register(&req("a", 1), 5, LOOPBACK, 0).unwrap().creation,
+            4
+        );
+    }
+
+    #[test]
+    fn duplicate_name_is_refused_and_owner_kept() {
+        let reg = registry(&[43691], &[]);
+        let first = reg.register(&req("a", 1000), 5, LOOPBACK, NOW).unwrap();
+        let dup = reg.register(&req("a", 2000), 6, LOOPBACK, NOW);
+        assert_eq!(dup.unwrap_err(), RegisterError::Duplicate);
+        let node = reg.get("a").unwrap();
+        assert_eq!((node.id, node.real_port), (first.id, 1000));
+        assert_eq!(reg.target_of(43691).unwrap().1.port(), 1000);
+    }
+
+    #[test]
+    fn invalid_names_are_refused() {
+        let reg = registry(&[], &[]);
+        let err = reg.register(&req("a", 1), 5, LOOPBACK, NOW).map(|_| ());
+        assert!(err.is_ok());
+        let mut bad = req("x", 1);
+        bad.name = vec![0xff, 0xfe];
+        let err = reg.register(&bad, 5, LOOPBACK, NOW).unwrap_err();
+        assert_eq!(err, RegisterError::InvalidName(NameError::NotUtf8));
+        assert_eq!(err.reason(), "invalid_name");
+    }
+
+    #[test]
+    fn public_ports_follow_registration_order_and_are_reclaimed() {
+        let reg = registry(&[100, 101], &[]);
+        let a = reg.register(&req("a", 1), 5, LOOPBACK, NOW).unwrap();
+        let b = reg.register(&req("b", 2), 5, LOOPBACK, NOW).unwrap();
+        let c = reg.register(&req("c", 3), 5, LOOPBACK, NOW).unwrap();
+        assert_eq!(
+            [a.public_port, b.public_port, c.public_port],
+            [Some(100), Some(101), None]
+        );
+        assert_eq!(reg.get("c").unwrap().advertised_port(), 3);
+        reg.unregister(a.id);
+        let d = reg.register(&req("d", 4), 5, LOOPBACK, NOW).unwrap();
+        assert_eq!(d.public_port, Some(100));
+        assert_eq!(reg.target_of(100).unwrap().0, "d");
+    }
+
+    #[test]
+    fn pinned_ports_are_kept_for_their_names() {
+        let reg = registry(&[100, 101], &[("db", 100)]);
+        let a = reg.register(&req("a", 1), 5, LOOPBACK, NOW).unwrap();
+        let b = reg.register(&req("b", 2), 5, LOOPBACK, NOW).unwrap();
+        let db = reg.register(&req("db", 3), 5, LOOPBACK, NOW).unwrap();
+        assert_eq!(
+            [a.public_port, b.public_port, db.public_port],
+            [Some(101), None, Some(100)]
+        );
+    }
+
+    #[test]
+    fn unregister_is_idempotent_and_remembers_the_name() {
+        let reg = registry(&[], &[]);
+        let a = reg.register(&req("a", 1), 9, LOOPBACK, NOW).unwrap();
+        assert!(reg.unregister(a.id).is_some());
+        assert!(reg.unregister(a.id).is_none());
+        let unused = reg.unused();
+        assert_eq!((unused[0].name.as_str(), unused[0].fd), ("a", 9));
+        assert!(reg.is_empty());
+    }
+
+    #[test]
+    fn names_are_listed_newest_first() {
+        let reg = registry(&[], &[]);
+        for (i, name) in ["a", "b", "c"].iter().enumerate() {
+            reg.register(&req(name, i as u16), 5, LOOPBACK, NOW)
+                .unwrap();
+        }
+        let names: Vec<_> = reg.nodes().into_iter().map(|n| n.name).collect();
+        assert_eq!(names, ["c", "b", "a"]);
+    }
+
+    #[test]
+    fn unused_list_is_bounded() {
+        let reg = registry(&[], &[]);
+        for i in 0..MAX_UNUSED + 5 {
+            let r = reg
+                .register(&req(&format!("n{i}"), 1), 5, LOOPBACK, NOW)
+                .unwrap();
+            reg.unregister(r.id);
+        }
+        let unused = reg.unused();
+        assert_eq!(unused.len(), MAX_UNUSED);
+        assert_eq!(unused[0].name, format!("n{}", MAX_UNUSED + 4));
+    }
+
+    #[test]
+    fn stop_cancels_only_the_named_registration() {
+        let reg = registry(&[], &[]);
+        let a = reg.register(&req("a", 1), 5, LOOPBACK, NOW).unwrap();
+        let b = reg.register(&req("b", 2), 5, LOOPBACK, NOW).unwrap();
+        assert!(reg.stop(b"a"));
+        assert!(!reg.stop(b"zz"));
+        assert!(a.stop.is_cancelled());
+        assert!(!b.stop.is_cancelled());
+    }
+}
