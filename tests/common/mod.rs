@@ -1,0 +1,343 @@
+//! Shared test helpers: an in-process distgate on ephemeral loopback ports, raw EPMD
+//! clients, real `epmd` and `erl` processes owned by the test (ended by PID on drop),
+//! and polling with deadlines instead of sleeps.
+
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use distgate::config::{Config, NamesFrom};
+use distgate::epmd::message::{self, Alive2Req};
+use distgate::registry::{PortPlan, Registry};
+use distgate::{Listeners, Sidecar};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+/// How long any single expected event may take before a test fails.
+pub const DEADLINE: Duration = Duration::from_secs(10);
+/// How long a connection must stay quiet to count as "kept open" (a negative can only
+/// be shown by waiting; local closes arrive in well under a millisecond).
+pub const SETTLE: Duration = Duration::from_millis(250);
+
+/// Polls `check` until it returns `Some`, failing the test after `DEADLINE`.
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A distgate sidecar running in this process on loopback ports chosen by the OS.
+pub struct TestSidecar {
+    pub epmd: SocketAddr,
+    /// The public dist ports, in pool order.
+    pub public_ports: Vec<u16>,
+    pub registry: Arc<Registry>,
+    pub shutdown: CancellationToken,
+    pub task: tokio::task::JoinHandle<distgate::Drain>,
+}
+
+/// Options for [`TestSidecar::start`].
+pub struct Options {
+    pub config: Config,
+    /// How many public dist ports to bind.
+    pub pool: usize,
+    /// Pins by pool index.
+    pub pins: Vec<(&'static str, usize)>,
+    /// Also listen on ::1 (same port numbers).
+    pub ipv6: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        let mut config = Config::default();
+        config.epmd.names_from = NamesFrom::Any;
+        Options {
+            config,
+            pool: 1,
+            pins: vec![],
+            ipv6: false,
+        }
+    }
+}
+
+/// Binds `127.0.0.1:0` and, with `ipv6`, `[::1]` on the same port (retrying until the
+/// OS gives a port free on both).
+fn bind_pair(ipv6: bool) -> Vec<TcpListener> {
+    for _ in 0..50 {
+        let v4 = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        if !ipv6 {
+            return vec![to_tokio(v4)];
+        }
+        let port = v4.local_addr().unwrap().port();
+        if let Ok(v6) = std::net::TcpListener::bind((Ipv6Addr::LOCALHOST, port)) {
+            return vec![to_tokio(v4), to_tokio(v6)];
+        }
+    }
+    panic!("no port free on both 127.0.0.1 and ::1");
+}
+
+fn to_tokio(listener: std::net::TcpListener) -> TcpListener {
+    listener.set_nonblocking(true).unwrap();
+    TcpListener::from_std(listener).unwrap()
+}
+
+impl TestSidecar {
+    pub async fn start(options: Options) -> TestSidecar {
+        let epmd = bind_pair(options.ipv6);
+        let epmd_addr = epmd[0].local_addr().unwrap();
+        let mut listeners = Listeners { epmd, dist: vec![] };
+        let mut public_ports = vec![];
+        for _ in 0..options.pool {
+            let pair = bind_pair(options.ipv6);
+            let port = pair[0].local_addr().unwrap().port();
+            public_ports.push(port);
+            listeners.dist.extend(pair.into_iter().map(|l| (port, l)));
+        }
+        let plan = PortPlan {
+            pool: public_ports.clone(),
+            pins: options
+                .pins
+                .iter()
+                .map(|&(name, at)| (name.to_owned(), public_ports[at]))
+                .collect(),
+        };
+        let shutdown = CancellationToken::new();
+        let sidecar = Sidecar::new(&options.config, plan, shutdown.clone());
+        let registry = Arc::clone(sidecar.registry());
+        let grace = options.config.shutdown.grace;
+        let task = tokio::spawn(sidecar.run(listeners, grace));
+        TestSidecar {
+            epmd: epmd_addr,
+            public_ports,
+            registry,
+            shutdown,
+            task,
+        }
+    }
+
+    pub fn public_addr(&self, index: usize) -> SocketAddr {
+        SocketAddr::new(Ipv4Addr::LOCALHOST.into(), self.public_ports[index])
+    }
+}
+
+impl Drop for TestSidecar {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// An ALIVE2_REQ for `name` at `port` from an OTP 23+ node.
+pub fn alive2(name: &str, port: u16) -> Alive2Req {
+    Alive2Req {
+        port,
+        node_type: 77,
+        protocol: 0,
+        highest_version: 6,
+        lowest_version: 5,
+        name: name.as_bytes().to_vec(),
+        extra: vec![],
+    }
+}
+
+/// What a connection saw after its request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub bytes: Vec<u8>,
+    /// Closed (EOF or reset) rather than still open after `SETTLE`.
+    pub closed: bool,
+}
+
+/// Reads whatever arrives until the peer closes, or until `SETTLE` passes with nothing
+/// new (the connection is then open).
+pub async fn read_reply(stream: &mut TcpStream) -> Reply {
+    let mut bytes = vec![];
+    let mut buf = vec![0u8; 65536];
+    loop {
+        match tokio::time::timeout(SETTLE, stream.read(&mut buf)).await {
+            Err(_) => {
+                return Reply {
+                    bytes,
+                    closed: false,
+                };
+            }
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                return Reply {
+                    bytes,
+                    closed: true,
+                };
+            }
+            Ok(Ok(n)) => bytes.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// Reads until the peer closes, failing after `DEADLINE`.
+pub async fn read_to_close(stream: &mut TcpStream) -> Vec<u8> {
+    let mut bytes = vec![];
+    let read = tokio::time::timeout(DEADLINE, async {
+        let mut buf = vec![0u8; 65536];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => bytes.extend_from_slice(&buf[..n]),
+            }
+        }
+    });
+    read.await.expect("connection was not closed");
+    bytes
+}
+
+/// Sends one request on a new connection and returns the reply up to the close.
+pub async fn request(addr: SocketAddr, wire: &[u8]) -> Vec<u8> {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(wire).await.unwrap();
+    read_to_close(&mut stream).await
+}
+
+/// Registers over a new connection; returns the connection (the registration lives as
+/// long as it) and the reply.
+pub async fn register(addr: SocketAddr, req: &Alive2Req) -> (TcpStream, Vec<u8>) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(&message::encode_alive2_req(req))
+        .await
+        .unwrap();
+    let want = if req.highest_version >= 6 { 6 } else { 4 };
+    let mut reply = vec![0u8; want];
+    tokio::time::timeout(DEADLINE, stream.read_exact(&mut reply))
+        .await
+        .expect("no ALIVE2 reply")
+        .expect("ALIVE2 reply cut short");
+    (stream, reply)
+}
+
+/// The creation in a successful ALIVE2_X_RESP.
+pub fn creation_of(reply: &[u8]) -> u32 {
+    assert_eq!(&reply[..2], &[b'v', 0], "not a successful ALIVE2_X_RESP");
+    u32::from_be_bytes(reply[2..6].try_into().unwrap())
+}
+
+/// The NAMES reply as (header port, lines).
+pub async fn names(addr: SocketAddr) -> (u16, Vec<String>) {
+    let reply = request(addr, &message::frame(b"n")).await;
+    assert!(reply.len() >= 4, "short NAMES reply {reply:?}");
+    let port = u32::from_be_bytes(reply[..4].try_into().unwrap());
+    let text = String::from_utf8(reply[4..].to_vec()).unwrap();
+    (port as u16, text.lines().map(str::to_owned).collect())
+}
+
+/// The port PORT_PLEASE2 gives for `name`, `None` for `77 01`.
+pub async fn port_please(addr: SocketAddr, name: &str) -> Option<u16> {
+    let mut wire = vec![b'z'];
+    wire.extend_from_slice(name.as_bytes());
+    let reply = request(addr, &message::frame(&wire)).await;
+    match reply.as_slice() {
+        [b'w', 1] => None,
+        [b'w', 0, hi, lo, ..] => Some(u16::from_be_bytes([*hi, *lo])),
+        other => panic!("bad PORT2_RESP {other:?}"),
+    }
+}
+
+/// A child process this test started; killed by PID when dropped.
+pub struct Process {
+    pub child: Child,
+    pub label: String,
+}
+
+impl Process {
+    pub fn spawn(label: &str, command: &mut Command) -> Process {
+        let child = command
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {label}: {e}"));
+        Process {
+            child,
+            label: label.to_owned(),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether the process has exited, with its status.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Whether an executable is on PATH.
+pub fn have(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
+}
+
+/// Whether tests needing `programs` can run. In CI (`CI=true`) a missing program fails
+/// the test; elsewhere the test is skipped with a note.
+pub fn require(programs: &[&str]) -> bool {
+    let missing: Vec<_> = programs.iter().filter(|p| !have(p)).collect();
+    if missing.is_empty() {
+        return true;
+    }
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true");
+    assert!(!ci, "CI=true but {missing:?} not installed");
+    eprintln!("skipped: {missing:?} not installed (`scripts/test` installs them)");
+    false
+}
+
+/// Whether the process may create network namespaces (root). Fails in CI when not.
+pub fn require_root() -> bool {
+    let root = std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+        .unwrap_or(false);
+    if root {
+        return true;
+    }
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true");
+    assert!(!ci, "CI=true but not running as root");
+    eprintln!("skipped: needs root for network namespaces");
+    false
+}
+
+/// A short name unique to this test run, for node names and namespaces.
+pub fn unique(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}{}x{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A free loopback port at the time of the call (for programs that cannot take a bound
+/// socket, like `epmd`; callers must retry if it is taken meanwhile).
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+pub fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)
+}
