@@ -23,6 +23,9 @@ use crate::config::{EpmdConfig, NamesFrom};
 use crate::metrics as m;
 use crate::registry::{Registration, Registry};
 
+/// Send buffer of EPMD connections: a NAMES reply for 1000 nodes fits.
+const SEND_BUFFER: usize = 64 * 1024;
+
 /// What ends the wait for a request.
 #[derive(Debug, thiserror::Error)]
 enum ReadError {
@@ -95,6 +98,11 @@ impl Server {
         let Ok(local_addr) = stream.local_addr() else {
             return;
         };
+        // A fixed send buffer stops the kernel from growing one for a client that never
+        // reads; replies wait in distgate, bounded by packet_timeout.
+        if let Err(e) = socket2::SockRef::from(&stream).set_send_buffer_size(SEND_BUFFER) {
+            debug!("SO_SNDBUF: {e}");
+        }
         let local = is_local(peer.ip(), local_addr.ip());
         let request = match self.read_request(&mut stream).await {
             Ok(request) => request,

@@ -1,0 +1,223 @@
+//! Byte-level EPMD conversations with distgate where it differs from or goes beyond
+//! OTP's epmd: public ports in PORT2_RESP and NAMES, pins, creations, timeouts, and
+//! clients that never read.
+
+mod common;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use common::*;
+use distgate::epmd::message::{Alive2Req, encode_alive2_req, frame};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+
+fn now() -> u32 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as u32
+}
+
+#[tokio::test]
+async fn creation_is_time_based_and_grows_with_each_registration() {
+    let dg = TestSidecar::start(Options::default()).await;
+    let before = now();
+    let (first, reply) = register(dg.epmd, &alive2("app", 40001)).await;
+    let c1 = creation_of(&reply);
+    assert!(c1 > before && c1 <= now() + 1, "{c1} not now+1 ({before})");
+    drop(first);
+    let mut last = c1;
+    for _ in 0..3 {
+        eventually("app to leave", || async {
+            port_please(dg.epmd, "app").await.is_none().then_some(())
+        })
+        .await;
+        let (again, reply) = register(dg.epmd, &alive2("app", 40002)).await;
+        let creation = creation_of(&reply);
+        assert!(creation > last, "restart creation {creation} after {last}");
+        last = creation;
+        drop(again);
+    }
+}
+
+#[tokio::test]
+async fn old_nodes_get_a_small_creation() {
+    let dg = TestSidecar::start(Options::default()).await;
+    let v5 = Alive2Req {
+        highest_version: 5,
+        ..alive2("old", 40001)
+    };
+    let (_conn, reply) = register(dg.epmd, &v5).await;
+    assert_eq!(&reply[..3], &[b'y', 0, 0]);
+    assert!((1..=3).contains(&reply[3]), "{reply:?}");
+}
+
+#[tokio::test]
+async fn port_please_answers_public_ports_in_registration_order() {
+    let dg = TestSidecar::start(Options {
+        pool: 2,
+        ..Options::default()
+    })
+    .await;
+    let (_a, _) = register(dg.epmd, &alive2("a", 40001)).await;
+    let (_b, _) = register(dg.epmd, &alive2("b", 40002)).await;
+    let (_c, _) = register(dg.epmd, &alive2("c", 40003)).await;
+    assert_eq!(port_please(dg.epmd, "a").await, Some(dg.public_ports[0]));
+    assert_eq!(port_please(dg.epmd, "b").await, Some(dg.public_ports[1]));
+    // The pool is used up: c is answered with its real port.
+    assert_eq!(port_please(dg.epmd, "c").await, Some(40003));
+    let (header, lines) = names(dg.epmd).await;
+    assert_eq!(header, dg.epmd.port(), "NAMES header is the port dialled");
+    assert_eq!(
+        lines,
+        [
+            "name c at port 40003".to_owned(),
+            format!("name b at port {}", dg.public_ports[1]),
+            format!("name a at port {}", dg.public_ports[0]),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn public_port_is_reused_after_its_node_leaves() {
+    let dg = TestSidecar::start(Options::default()).await;
+    let (a, _) = register(dg.epmd, &alive2("a", 40001)).await;
+    let (_b, _) = register(dg.epmd, &alive2("b", 40002)).await;
+    assert_eq!(port_please(dg.epmd, "b").await, Some(40002));
+    drop(a);
+    eventually("a to leave", || async {
+        port_please(dg.epmd, "a").await.is_none().then_some(())
+    })
+    .await;
+    let (_c, _) = register(dg.epmd, &alive2("c", 40003)).await;
+    assert_eq!(port_please(dg.epmd, "c").await, Some(dg.public_ports[0]));
+}
+
+#[tokio::test]
+async fn pinned_names_get_their_port_whatever_the_order() {
+    let dg = TestSidecar::start(Options {
+        pool: 2,
+        pins: vec![("db", 0)],
+        ..Options::default()
+    })
+    .await;
+    let (_a, _) = register(dg.epmd, &alive2("a", 40001)).await;
+    let (_b, _) = register(dg.epmd, &alive2("b", 40002)).await;
+    let (_db, _) = register(dg.epmd, &alive2("db", 40003)).await;
+    assert_eq!(port_please(dg.epmd, "a").await, Some(dg.public_ports[1]));
+    assert_eq!(port_please(dg.epmd, "b").await, Some(40002));
+    assert_eq!(port_please(dg.epmd, "db").await, Some(dg.public_ports[0]));
+}
+
+#[tokio::test]
+async fn registrations_outlive_packet_timeout() {
+    let mut options = Options::default();
+    options.config.epmd.packet_timeout = Duration::from_millis(100);
+    let dg = TestSidecar::start(options).await;
+    let (mut conn, _) = register(dg.epmd, &alive2("stays", 40001)).await;
+    // The subject is time passing: three idle timeouts.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut byte = [0u8; 1];
+    assert!(
+        matches!(conn.try_read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "registration socket was closed"
+    );
+    assert_eq!(
+        port_please(dg.epmd, "stays").await,
+        Some(dg.public_ports[0])
+    );
+    conn.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_names_client_that_never_reads_blocks_nobody() {
+    const NODES: u16 = 400;
+    let mut options = Options::default();
+    options.config.epmd.packet_timeout = Duration::from_secs(1);
+    let dg = TestSidecar::start(options).await;
+    // 400 nodes with the longest names: a NAMES reply of 400 KB, more than the socket
+    // buffers hold.
+    let mut nodes = vec![];
+    for i in 0..NODES {
+        let name = format!("{i:04}{}", "😀".repeat(251));
+        let (conn, reply) = register(dg.epmd, &alive2(&name, 40000 + i)).await;
+        creation_of(&reply);
+        nodes.push(conn);
+    }
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stuck = socket.connect(dg.epmd).await.unwrap();
+    stuck.write_all(&frame(b"n")).await.unwrap();
+
+    // Everyone else is served in full meanwhile.
+    let (_, lines) = names(dg.epmd).await;
+    assert_eq!(lines.len(), usize::from(NODES));
+    let (_late, reply) = register(dg.epmd, &alive2("late", 41000)).await;
+    creation_of(&reply);
+    assert_eq!(port_please(dg.epmd, "late").await, Some(41000));
+
+    // The stuck reader is cut off once the reply has not been taken for packet_timeout.
+    let mut taken = 0;
+    let mut buf = vec![0u8; 1024];
+    let cut = tokio::time::timeout(DEADLINE, async {
+        // Wait for the cut first, then drain what was in flight.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        loop {
+            match stuck.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => taken += n,
+            }
+        }
+    })
+    .await;
+    assert!(cut.is_ok(), "the stuck NAMES connection was never closed");
+    assert!(
+        taken < 200_000,
+        "the whole reply ({taken} bytes) went through"
+    );
+}
+
+#[tokio::test]
+async fn partial_request_split_at_every_byte_is_answered() {
+    let dg = TestSidecar::start(Options::default()).await;
+    let (_conn, _) = register(dg.epmd, &alive2("split", 40001)).await;
+    let wire = frame(b"zsplit");
+    for cut in 1..wire.len() {
+        let mut stream = TcpStream::connect(dg.epmd).await.unwrap();
+        stream.set_nodelay(true).unwrap();
+        stream.write_all(&wire[..cut]).await.unwrap();
+        tokio::task::yield_now().await;
+        stream.write_all(&wire[cut..]).await.unwrap();
+        let reply = read_to_close(&mut stream).await;
+        assert_eq!(
+            &reply[..4],
+            &[
+                b'w',
+                0,
+                (dg.public_ports[0] >> 8) as u8,
+                dg.public_ports[0] as u8
+            ]
+        );
+    }
+}
+
+#[tokio::test]
+async fn garbage_on_one_connection_leaves_registrations_alone() {
+    let dg = TestSidecar::start(Options::default()).await;
+    let (_conn, _) = register(dg.epmd, &alive2("steady", 40001)).await;
+    for junk in [
+        &b"GET / HTTP/1.1\r\n\r\n"[..],
+        &[0, 0],
+        &[0xff, 0xff, 0xff],
+        &encode_alive2_req(&alive2("steady", 40002)),
+    ] {
+        let mut stream = TcpStream::connect(dg.epmd).await.unwrap();
+        stream.write_all(junk).await.unwrap();
+        let _ = read_reply(&mut stream).await;
+    }
+    assert_eq!(
+        port_please(dg.epmd, "steady").await,
+        Some(dg.public_ports[0])
+    );
+    assert_eq!(dg.registry.len(), 1);
+}
