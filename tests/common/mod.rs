@@ -4,9 +4,11 @@
 
 #![allow(dead_code)]
 
+pub mod beam;
+
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -261,7 +263,6 @@ pub struct Process {
 impl Process {
     pub fn spawn(label: &str, command: &mut Command) -> Process {
         let child = command
-            .stdin(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {label}: {e}"));
         Process {

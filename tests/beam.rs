@@ -1,0 +1,267 @@
+//! Real BEAM interop on one host: OTP nodes (and an Elixir node) with `ERL_EPMD_PORT`
+//! pointing at distgate and `-start_epmd false` register, find each other through
+//! PORT_PLEASE2, and talk over the public ports.
+//!
+//! Needs `erl` (and `elixir`/`iex` for the Elixir test); `scripts/test` installs them.
+//! With `CI=true` a missing runtime fails the test instead of skipping it.
+
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::beam::{COOKIE, IDLE, Output, erl, node_deadline};
+use common::*;
+
+/// A runtime on its own threads for distgate, so the test thread may block on nodes.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Waits until `name` is registered with `dg` and returns its public port.
+fn registered(dg: &TestSidecar, name: &str) -> u16 {
+    let start = Instant::now();
+    loop {
+        if let Some(node) = dg.registry.get(name) {
+            return node.public_port.expect("node has no public port");
+        }
+        assert!(start.elapsed() < node_deadline(), "{name} never registered");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The Erlang script run by the initiating node: ping, rpc, the public port it reached
+/// the peer on, and 64 MiB each way checked by MD5.
+fn talk_to(peer: &str) -> String {
+    format!(
+        r#"
+P = '{peer}',
+io:format("PING ~p~n", [net_adm:ping(P)]),
+io:format("RPC ~p~n", [rpc:call(P, erlang, node, [])]),
+{{P, Ctrl}} = lists:keyfind(P, 1, erlang:system_info(dist_ctrl)),
+{{ok, {{_, PeerPort}}}} = inet:peername(Ctrl),
+io:format("PEERPORT ~p~n", [PeerPort]),
+Up = rand:bytes(64 bsl 20),
+io:format("UP ~p~n", [rpc:call(P, erlang, md5, [Up]) =:= erlang:md5(Up)]),
+{{Down, Sum}} = rpc:call(P, erlang, apply,
+    [fun() -> X = rand:bytes(64 bsl 20), {{X, erlang:md5(X)}} end, []]),
+io:format("DOWN ~p ~p~n", [byte_size(Down), erlang:md5(Down) =:= Sum]),
+halt().
+"#
+    )
+}
+
+fn check_talk(a: &mut Output, public_port: u16, peer: &str) {
+    let deadline = node_deadline();
+    assert_eq!(a.wait_for("PING ", deadline), "pong");
+    assert_eq!(a.wait_for("RPC ", deadline), format!("'{peer}'"));
+    assert_eq!(
+        a.wait_for("PEERPORT ", deadline),
+        public_port.to_string(),
+        "the link did not go through the public port"
+    );
+    assert_eq!(a.wait_for("UP ", deadline), "true");
+    assert_eq!(a.wait_for("DOWN ", deadline), format!("{} true", 64 << 20));
+    assert!(a.wait_exit(deadline).success());
+}
+
+#[test]
+fn two_otp_nodes_talk_through_distgate() {
+    if !require(&["erl"]) {
+        return;
+    }
+    let rt = runtime();
+    let dg = rt.block_on(TestSidecar::start(Options {
+        pool: 2,
+        ..Options::default()
+    }));
+    let port = dg.epmd.port();
+    let b_name = format!("{}@127.0.0.1", unique("b"));
+    let mut b = Output::spawn("node b", &mut erl(&b_name, port, IDLE));
+    b.wait_for("READY", node_deadline());
+    let b_public = registered(&dg, b_name.split('@').next().unwrap());
+    let real = dg.registry.get(b_name.split('@').next().unwrap()).unwrap();
+    assert_ne!(real.real_port, b_public);
+
+    let a_name = format!("{}@127.0.0.1", unique("a"));
+    let mut a = Output::spawn("node a", &mut erl(&a_name, port, &talk_to(&b_name)));
+    check_talk(&mut a, b_public, &b_name);
+}
+
+#[test]
+fn ipv6_nodes_talk_through_distgate() {
+    if !require(&["erl"]) {
+        return;
+    }
+    let rt = runtime();
+    let dg = rt.block_on(TestSidecar::start(Options {
+        pool: 2,
+        ipv6: true,
+        ..Options::default()
+    }));
+    let port = dg.epmd.port();
+    let b_short = unique("b6");
+    let b_name = format!("{b_short}@::1");
+    let mut b_cmd = erl(&b_name, port, IDLE);
+    b_cmd.args(["-proto_dist", "inet6_tcp"]);
+    let mut b = Output::spawn("node b6", &mut b_cmd);
+    b.wait_for("READY", node_deadline());
+    let b_public = registered(&dg, &b_short);
+    let node = dg.registry.get(&b_short).unwrap();
+    assert!(
+        node.upstream_ip.is_ipv6(),
+        "inet6_tcp node registered over IPv4"
+    );
+
+    let mut a_cmd = erl(&format!("{}@::1", unique("a6")), port, &talk_to(&b_name));
+    a_cmd.args(["-proto_dist", "inet6_tcp"]);
+    let mut a = Output::spawn("node a6", &mut a_cmd);
+    check_talk(&mut a, b_public, &b_name);
+}
+
+#[test]
+fn a_restarted_node_gets_a_higher_creation() {
+    if !require(&["erl"]) {
+        return;
+    }
+    let rt = runtime();
+    let dg = rt.block_on(TestSidecar::start(Options::default()));
+    let short = unique("r");
+    let name = format!("{short}@127.0.0.1");
+    let mut first = Output::spawn("first run", &mut erl(&name, dg.epmd.port(), IDLE));
+    let c1: u64 = first.wait_for("READY ", node_deadline()).parse().unwrap();
+    drop(first);
+    let start = Instant::now();
+    while dg.registry.get(&short).is_some() {
+        assert!(
+            start.elapsed() < node_deadline(),
+            "registration outlived the node"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut second = Output::spawn("second run", &mut erl(&name, dg.epmd.port(), IDLE));
+    let c2: u64 = second.wait_for("READY ", node_deadline()).parse().unwrap();
+    assert!(c2 > c1, "creation {c2} after {c1}");
+}
+
+/// Starts the same node name twice against `epmd_port`; returns the second's exit
+/// code and the line that explains it, and the first node, still running.
+fn duplicate_outcome(epmd_port: u16, short: &str) -> ((Option<i32>, String), Output) {
+    let name = format!("{short}@127.0.0.1");
+    let mut owner = Output::spawn("owner", &mut erl(&name, epmd_port, IDLE));
+    owner.wait_for("READY", node_deadline());
+    let mut dup = Output::spawn("duplicate", &mut erl(&name, epmd_port, IDLE));
+    let status = dup.wait_exit(node_deadline());
+    let text = dup.text();
+    let line = text
+        .lines()
+        .find(|l| l.contains("seems to be in use"))
+        .unwrap_or_else(|| panic!("no duplicate-name message:\n{text}"))
+        .replace(epmd_port.to_string().as_str(), "<port>");
+    // The owner is untouched.
+    assert!(owner.process.exited().is_none(), "the owner died");
+    ((status.code(), line), owner)
+}
+
+#[test]
+fn a_duplicate_name_fails_as_with_the_real_epmd() {
+    if !require(&["erl", "epmd"]) {
+        return;
+    }
+    let rt = runtime();
+    let dg = rt.block_on(TestSidecar::start(Options::default()));
+    let short = unique("dup");
+    let (ours, _owner) = duplicate_outcome(dg.epmd.port(), &short);
+    assert!(
+        dg.registry.get(&short).is_some(),
+        "the owner lost its registration"
+    );
+
+    let epmd_port = free_port();
+    let _epmd = Process::spawn(
+        "epmd",
+        Command::new("epmd")
+            .args(["-port", &epmd_port.to_string(), "-address", "127.0.0.1"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    rt.block_on(eventually("epmd to listen", || async move {
+        tokio::net::TcpStream::connect(loopback(epmd_port))
+            .await
+            .ok()
+    }));
+    let (theirs, _) = duplicate_outcome(epmd_port, &short);
+    assert_eq!(ours, theirs);
+    assert_eq!(ours.0, Some(1));
+}
+
+#[test]
+fn an_elixir_node_answers_ping_and_a_remote_shell() {
+    if !require(&["erl", "elixir", "iex", "script"]) {
+        return;
+    }
+    let rt = runtime();
+    let dg = rt.block_on(TestSidecar::start(Options {
+        pool: 2,
+        ..Options::default()
+    }));
+    let port = dg.epmd.port().to_string();
+    let short = unique("ex");
+    let name = format!("{short}@127.0.0.1");
+    let mut elixir = Output::spawn(
+        "elixir node",
+        Command::new("elixir")
+            .env("ERL_EPMD_PORT", &port)
+            .args([
+                "--name",
+                &name,
+                "--cookie",
+                COOKIE,
+                "--erl",
+                "-start_epmd false",
+            ])
+            .args(["-e", "IO.puts(\"READY\"); Process.sleep(:infinity)"]),
+    );
+    elixir.wait_for("READY", node_deadline());
+    let public = registered(&dg, &short);
+
+    // An Erlang node pings it and asks it something in Elixir terms.
+    let eval = format!(
+        "io:format(\"PING ~p~n\", [net_adm:ping('{name}')]),\
+         io:format(\"VERSION ~s~n\", [rpc:call('{name}', 'Elixir.System', version, [])]),\
+         halt()."
+    );
+    let mut erl_node = Output::spawn(
+        "erl node",
+        &mut erl(&format!("{}@127.0.0.1", unique("e")), dg.epmd.port(), &eval),
+    );
+    assert_eq!(erl_node.wait_for("PING ", node_deadline()), "pong");
+    assert!(!erl_node.wait_for("VERSION ", node_deadline()).is_empty());
+
+    // `iex --remsh` needs a terminal: `script` gives it one.
+    let iex = format!(
+        "iex --name {}@127.0.0.1 --cookie {COOKIE} --erl '-start_epmd false -dist_listen false' --remsh {name}",
+        unique("sh")
+    );
+    let (mut shell, mut keys) = Output::spawn_interactive(
+        "iex --remsh",
+        Command::new("script")
+            .env("ERL_EPMD_PORT", &port)
+            .args(["-qec", &iex, "/dev/null"]),
+    );
+    shell.wait_for(&format!("iex({name})1>"), node_deadline());
+    keys.write_all(b"IO.puts(\"REMOTE #{node()}\")\r").unwrap();
+    assert_eq!(shell.wait_for("REMOTE ", node_deadline()), name);
+    // Ctrl-C, then (a)bort: the shell node leaves, the remote node stays.
+    keys.write_all(b"\x03").unwrap();
+    shell.wait_for("BREAK:", node_deadline());
+    keys.write_all(b"a\r").unwrap();
+    shell.wait_exit(node_deadline());
+    assert!(elixir.process.exited().is_none(), "the remote node died");
+    assert_eq!(dg.registry.get(&short).unwrap().public_port, Some(public));
+}

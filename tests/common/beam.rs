@@ -1,0 +1,149 @@
+//! Real BEAM nodes for tests: `erl`, `elixir` and `iex` processes started by the
+//! test, their output collected line by line, waited on with deadlines.
+
+use std::io::Read;
+use std::process::{ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::{DEADLINE, Process};
+
+/// The cookie every test node uses.
+pub const COOKIE: &str = "distgate-test";
+
+/// A process whose output (stdout and stderr) is collected as it comes.
+pub struct Output {
+    pub process: Process,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Output {
+    pub fn spawn(label: &str, command: &mut Command) -> Output {
+        Self::start(label, command.stdin(Stdio::null()))
+    }
+
+    /// Like [`Output::spawn`], with the process's standard input to type into.
+    pub fn spawn_interactive(label: &str, command: &mut Command) -> (Output, ChildStdin) {
+        let mut output = Self::start(label, command.stdin(Stdio::piped()));
+        let stdin = output.process.child.stdin.take().unwrap();
+        (output, stdin)
+    }
+
+    fn start(label: &str, command: &mut Command) -> Output {
+        command.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut process = Process::spawn(label, command);
+        let lines = Arc::new(Mutex::new(vec![]));
+        let stdout = process.child.stdout.take().unwrap();
+        let stderr = process.child.stderr.take().unwrap();
+        collect(stdout, &lines);
+        collect(stderr, &lines);
+        Output { process, lines }
+    }
+
+    /// Everything printed so far.
+    pub fn text(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+
+    /// Waits for a line starting with `prefix` and returns the rest of it.
+    pub fn wait_for(&mut self, prefix: &str, within: Duration) -> String {
+        let start = Instant::now();
+        loop {
+            if let Some(line) = self
+                .lines
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| l.starts_with(prefix))
+            {
+                return line[prefix.len()..].trim().to_owned();
+            }
+            if let Some(status) = self.process.exited() {
+                // Give the reader threads the last lines, then look once more.
+                std::thread::sleep(Duration::from_millis(50));
+                let text = self.text();
+                if let Some(line) = text.lines().find(|l| l.starts_with(prefix)) {
+                    return line[prefix.len()..].trim().to_owned();
+                }
+                panic!(
+                    "{} exited ({status}) without printing {prefix:?}:\n{text}",
+                    self.process.label
+                );
+            }
+            assert!(
+                start.elapsed() < within,
+                "{} did not print {prefix:?} in {within:?}:\n{}",
+                self.process.label,
+                self.text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits for the process to exit.
+    pub fn wait_exit(&mut self, within: Duration) -> ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.process.exited() {
+                return status;
+            }
+            assert!(
+                start.elapsed() < within,
+                "{} still running after {within:?}:\n{}",
+                self.process.label,
+                self.text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Collects output as lines; an unfinished last line (a prompt) is visible too.
+fn collect(mut stream: impl Read + Send + 'static, lines: &Arc<Mutex<Vec<String>>>) {
+    let lines = Arc::clone(lines);
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        let mut partial = false;
+        while let Ok(n) = stream.read(&mut buf) {
+            if n == 0 {
+                return;
+            }
+            let text = String::from_utf8_lossy(&buf[..n]).replace('\r', "");
+            let mut lines = lines.lock().unwrap();
+            for (i, piece) in text.split('\n').enumerate() {
+                if i == 0 && partial {
+                    if let Some(last) = lines.last_mut() {
+                        last.push_str(piece);
+                    }
+                } else {
+                    lines.push(piece.to_owned());
+                }
+            }
+            partial = !text.ends_with('\n');
+            if !partial {
+                lines.pop();
+            }
+        }
+    });
+}
+
+/// An `erl` command for node `name` (a full `name@host`) that registers with the EPMD
+/// at `epmd_port`, never starts its own epmd, and runs `eval`.
+pub fn erl(name: &str, epmd_port: u16, eval: &str) -> Command {
+    let mut command = Command::new("erl");
+    command
+        .env("ERL_EPMD_PORT", epmd_port.to_string())
+        .args(["-noshell", "-name", name, "-setcookie", COOKIE])
+        .args(["-start_epmd", "false", "-kernel", "net_setuptime", "20"])
+        .args(["-eval", eval]);
+    command
+}
+
+/// A node that prints `READY <creation>` once distributed and then idles.
+pub const IDLE: &str =
+    "io:format(\"READY ~p~n\", [erlang:system_info(creation)]), receive after infinity -> ok end.";
+
+/// How long a node gets to boot, connect and do its work.
+pub fn node_deadline() -> Duration {
+    DEADLINE * 6
+}
