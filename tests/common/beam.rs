@@ -47,32 +47,46 @@ impl Output {
 
     /// Waits for a line starting with `prefix` and returns the rest of it.
     pub fn wait_for(&mut self, prefix: &str, within: Duration) -> String {
+        let line = self.wait_line(&format!("a line starting {prefix:?}"), within, |l| {
+            l.starts_with(prefix)
+        });
+        line[prefix.len()..].trim().to_owned()
+    }
+
+    /// Waits for a line that `matches` and returns it.
+    pub fn wait_line(
+        &mut self,
+        what: &str,
+        within: Duration,
+        matches: impl Fn(&str) -> bool,
+    ) -> String {
         let start = Instant::now();
         loop {
-            if let Some(line) = self
+            let found = self
                 .lines
                 .lock()
                 .unwrap()
                 .iter()
-                .find(|l| l.starts_with(prefix))
-            {
-                return line[prefix.len()..].trim().to_owned();
+                .find(|l| matches(l))
+                .cloned();
+            if let Some(line) = found {
+                return line;
             }
             if let Some(status) = self.process.exited() {
                 // Give the reader threads the last lines, then look once more.
                 std::thread::sleep(Duration::from_millis(50));
                 let text = self.text();
-                if let Some(line) = text.lines().find(|l| l.starts_with(prefix)) {
-                    return line[prefix.len()..].trim().to_owned();
+                if let Some(line) = text.lines().find(|l| matches(l)) {
+                    return line.to_owned();
                 }
                 panic!(
-                    "{} exited ({status}) without printing {prefix:?}:\n{text}",
+                    "{} exited ({status}) without printing {what}:\n{text}",
                     self.process.label
                 );
             }
             assert!(
                 start.elapsed() < within,
-                "{} did not print {prefix:?} in {within:?}:\n{}",
+                "{} did not print {what} in {within:?}:\n{}",
                 self.process.label,
                 self.text()
             );

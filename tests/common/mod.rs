@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod beam;
+pub mod netns;
 
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};

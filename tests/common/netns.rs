@@ -1,0 +1,165 @@
+//! Test "pods": network namespaces created for one test run, joined by a veth pair,
+//! with their own /etc/hosts and nftables rules, torn down on drop. Addresses come
+//! from 198.18.0.0/15 (set aside for test networks) and exist only inside them.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use super::Process;
+use super::beam::Output;
+
+/// One pod: a namespace name and its address.
+pub struct Pod {
+    pub ns: String,
+    pub ip: String,
+    pub host: String,
+}
+
+/// Pods joined by one veth pair, and every process started in them.
+pub struct Pods {
+    pub pods: Vec<Pod>,
+    processes: Vec<Process>,
+    outputs: Vec<Output>,
+}
+
+fn run(args: &[&str], stdin: Option<&str>) {
+    let mut command = Command::new(args[0]);
+    command
+        .args(&args[1..])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    if stdin.is_some() {
+        command.stdin(Stdio::piped());
+    }
+    let mut child = command.spawn().unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    if let Some(text) = stdin {
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Inbound TCP only to EPMD and the public dist port: a Kubernetes Service in
+/// miniature. Loopback (containers of the same pod) is not filtered.
+const SERVICE_RULES: &str = r#"
+table inet distgate_test {
+  chain input {
+    type filter hook input priority 0; policy accept;
+    iif "lo" accept
+    ct state established,related accept
+    tcp dport { 4369, 43691 } accept
+    meta l4proto tcp drop
+  }
+}
+"#;
+
+impl Pods {
+    /// Two pods `a` and `b` (hosts `pod-a.<id>.test`, `pod-b.<id>.test`), each with
+    /// the Service rules.
+    pub fn two(id: &str) -> Pods {
+        let mut pods = Pods {
+            pods: vec![],
+            processes: vec![],
+            outputs: vec![],
+        };
+        for (i, letter) in ["a", "b"].iter().enumerate() {
+            pods.pods.push(Pod {
+                ns: format!("{id}-{letter}"),
+                ip: format!("198.18.0.{}", i + 1),
+                host: format!("pod-{letter}.{id}.test"),
+            });
+        }
+        let hosts: String = std::iter::once("127.0.0.1 localhost\n::1 localhost\n".to_owned())
+            .chain(pods.pods.iter().map(|p| format!("{} {}\n", p.ip, p.host)))
+            .collect();
+        for pod in &pods.pods {
+            run(&["ip", "netns", "add", &pod.ns], None);
+            std::fs::create_dir_all(pods_etc(&pod.ns)).unwrap();
+            std::fs::write(pods_etc(&pod.ns).join("hosts"), &hosts).unwrap();
+        }
+        let (a, b) = (&pods.pods[0].ns, &pods.pods[1].ns);
+        run(
+            &[
+                "ip", "link", "add", "eth0", "netns", a, "type", "veth", "peer", "name", "eth0",
+                "netns", b,
+            ],
+            None,
+        );
+        for pod in &pods.pods {
+            let ns = pod.ns.as_str();
+            run(&["ip", "-n", ns, "link", "set", "lo", "up"], None);
+            run(
+                &[
+                    "ip",
+                    "-n",
+                    ns,
+                    "addr",
+                    "add",
+                    &format!("{}/24", pod.ip),
+                    "dev",
+                    "eth0",
+                ],
+                None,
+            );
+            run(&["ip", "-n", ns, "link", "set", "eth0", "up"], None);
+            run(
+                &["ip", "netns", "exec", ns, "nft", "-f", "-"],
+                Some(SERVICE_RULES),
+            );
+        }
+        pods
+    }
+
+    /// A command run inside `pod`'s namespace (with its /etc/hosts).
+    pub fn command(&self, pod: usize, program: &str) -> Command {
+        let mut command = Command::new("ip");
+        command
+            .args(["netns", "exec", &self.pods[pod].ns, program])
+            .env_remove("ERL_EPMD_PORT");
+        command
+    }
+
+    /// Starts a collected-output process in `pod`; it is ended at teardown. Returns
+    /// its index for [`Pods::output`].
+    pub fn spawn(&mut self, label: &str, command: &mut Command) -> usize {
+        self.outputs.push(Output::spawn(label, command));
+        self.outputs.len() - 1
+    }
+
+    pub fn output(&mut self, index: usize) -> &mut Output {
+        &mut self.outputs[index]
+    }
+
+    pub fn keep(&mut self, process: Process) {
+        self.processes.push(process);
+    }
+}
+
+fn pods_etc(ns: &str) -> PathBuf {
+    PathBuf::from("/etc/netns").join(ns)
+}
+
+impl Drop for Pods {
+    fn drop(&mut self) {
+        // Processes first (by PID, through their handles), then the namespaces.
+        self.outputs.clear();
+        self.processes.clear();
+        for pod in &self.pods {
+            let _ = Command::new("ip")
+                .args(["netns", "del", &pod.ns])
+                .stderr(Stdio::null())
+                .status();
+            let _ = std::fs::remove_dir_all(pods_etc(&pod.ns));
+        }
+    }
+}
