@@ -1,0 +1,155 @@
+//! The `distgate` binary: version and help, `check-config` exit codes and messages,
+//! bind failures that name the address, and a clean exit on SIGTERM.
+
+mod common;
+
+use std::process::{Command, Stdio};
+
+use common::beam::Output;
+use common::*;
+
+fn distgate() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_distgate"));
+    command
+        .env_remove("DISTGATE_CONFIG")
+        .env_remove("DISTGATE_LOG")
+        .env_remove("DISTGATE_LOG_FORMAT");
+    command
+}
+
+fn temp_config(text: &str) -> (tempdir::Dir, std::path::PathBuf) {
+    let dir = tempdir::Dir::new();
+    let path = dir.0.join("distgate.toml");
+    std::fs::write(&path, text).unwrap();
+    (dir, path)
+}
+
+mod tempdir {
+    /// A directory removed on drop.
+    pub struct Dir(pub std::path::PathBuf);
+
+    impl Dir {
+        pub fn new() -> Dir {
+            let path = std::env::temp_dir().join(super::unique("distgate-cli-"));
+            std::fs::create_dir_all(&path).unwrap();
+            Dir(path)
+        }
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+#[test]
+fn version_and_help() {
+    let out = distgate().arg("--version").output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap().trim(),
+        format!("distgate {}", env!("CARGO_PKG_VERSION"))
+    );
+    let out = distgate().arg("--help").output().unwrap();
+    let help = String::from_utf8(out.stdout).unwrap();
+    for needle in ["check-config", "--config", "--log-format", "4369", "43691"] {
+        assert!(help.contains(needle), "--help lacks {needle}:\n{help}");
+    }
+}
+
+#[test]
+fn check_config_accepts_the_example() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.toml");
+    let out = distgate().args(["check-config", example]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8(out.stdout).unwrap().ends_with(": ok\n"));
+}
+
+#[test]
+fn check_config_names_the_key_and_line() {
+    let (_dir, path) =
+        temp_config("[epmd]\nnames_from = \"any\"\n\n[dist]\nports = [43691, 99999]\n");
+    let out = distgate()
+        .args(["check-config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(
+        err.trim(),
+        format!(
+            "{}:5: `dist.ports[1]`: port 99999 is out of range 1-65535",
+            path.display()
+        )
+    );
+    let (_dir, path) = temp_config("[epmd]\nlisten_port = 4369\n");
+    let out = distgate()
+        .args(["check-config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains(":2: `epmd.listen_port`: unknown field"),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_invalid_config_stops_startup_with_64() {
+    let (_dir, path) = temp_config("[dist]\nports = [\"x-y\"]\n");
+    let out = distgate()
+        .args(["--config", path.to_str().unwrap()])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("`dist.ports[0]`"));
+}
+
+#[test]
+fn a_taken_epmd_port_is_a_clear_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let (_dir, path) = temp_config(&format!(
+        "[epmd]\nlisten = [\"{addr}\"]\n[dist]\nlisten = [\"127.0.0.1\"]\nports = [{}]\n",
+        free_port()
+    ));
+    let out = distgate()
+        .args(["--config", path.to_str().unwrap()])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "cannot listen on {addr} (`epmd.listen`): the address is in use"
+        )),
+        "{err}"
+    );
+}
+
+#[test]
+fn sigterm_stops_distgate_cleanly() {
+    let (_dir, path) = temp_config(&format!(
+        "[epmd]\nlisten = [\"127.0.0.1:0\"]\n[dist]\nlisten = [\"127.0.0.1\"]\nports = [{}]\n",
+        free_port()
+    ));
+    let mut run = Output::spawn(
+        "distgate",
+        distgate().args(["--config", path.to_str().unwrap(), "--log-format", "json"]),
+    );
+    run.wait_line("listening", DEADLINE, |l| {
+        l.contains("public dist port listening")
+    });
+    let status = Command::new("kill")
+        .args(["-TERM", &run.process.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(run.wait_exit(DEADLINE).success());
+    assert!(run.text().contains("\"signal\":\"SIGTERM\""));
+    assert!(run.text().contains("drain complete"));
+}
