@@ -15,7 +15,13 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer};
 use toml::Spanned;
 
+use crate::forward::Mode;
 use crate::registry::PortPlan;
+
+/// Pipe size of the splice path; the benchmark chose it (BENCHMARKS.md).
+pub const DEFAULT_PIPE_SIZE: usize = 256 * 1024;
+/// Smallest pipe size accepted: one page.
+pub const MIN_PIPE_SIZE: usize = 4096;
 
 /// The EPMD port every BEAM node in a cluster dials.
 pub const DEFAULT_EPMD_PORT: u16 = 4369;
@@ -29,7 +35,27 @@ pub const MAX_POOL_PORTS: usize = 1024;
 pub struct Config {
     pub epmd: EpmdConfig,
     pub dist: DistConfig,
+    pub forward: ForwardConfig,
     pub shutdown: ShutdownConfig,
+}
+
+/// `[forward]`: how dist stream bytes are moved.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ForwardConfig {
+    /// splice(2) (`auto`, `splice`) or a buffered copy (`copy`).
+    pub mode: Mode,
+    /// Size of each direction's pipe in bytes, capped by /proc/sys/fs/pipe-max-size.
+    pub pipe_size: usize,
+}
+
+impl Default for ForwardConfig {
+    fn default() -> Self {
+        ForwardConfig {
+            mode: Mode::Auto,
+            pipe_size: DEFAULT_PIPE_SIZE,
+        }
+    }
 }
 
 /// `[shutdown]`: what happens on SIGTERM or SIGINT.
@@ -230,6 +256,7 @@ fn line_of(text: &str, offset: usize) -> usize {
 struct RawConfig {
     epmd: EpmdConfig,
     dist: RawDist,
+    forward: ForwardConfig,
     shutdown: ShutdownConfig,
 }
 
@@ -277,6 +304,10 @@ impl RawConfig {
                 "must be more than 0".into(),
             ));
         }
+        if self.forward.pipe_size < MIN_PIPE_SIZE {
+            let message = format!("must be at least {MIN_PIPE_SIZE} bytes");
+            return Err(no_span("forward.pipe_size", message));
+        }
         let pool_span = dist.ports.span();
         let pool = dist.ports.into_inner().0;
         for &port in &pool {
@@ -312,6 +343,7 @@ impl RawConfig {
                 pins,
                 connect_timeout: dist.connect_timeout,
             },
+            forward: self.forward,
             shutdown: self.shutdown,
         })
     }

@@ -75,8 +75,13 @@ impl Sidecar {
             shutdown.clone(),
             tracker.clone(),
         ));
+        let engine = Arc::new(forward::Engine::new(
+            config.forward.mode,
+            config.forward.pipe_size,
+        ));
         let forwarder = Arc::new(Forwarder::new(
             Arc::clone(&registry),
+            engine,
             config.dist.connect_timeout,
             shutdown.clone(),
             tracker.clone(),

@@ -1,20 +1,34 @@
 //! Dist forwarding: accepting on public ports ([`public`]) and moving the bytes of a
-//! dist connection between the peer and the node ([`proxy`]).
+//! stream between the peer and the node ([`Engine::proxy`]).
 //!
-//! [`proxy`] is the one function every caller uses to forward a stream; how the bytes
-//! move (a buffered copy today) is its own business.
+//! [`Engine::proxy`] is the one entry point every caller uses. It moves each direction
+//! with splice(2) ([`splice`]) or a buffered copy ([`copy`]) as `[forward] mode` says,
+//! falling back to the copy when no pipe can be made.
 
+pub mod copy;
 pub mod public;
+pub mod splice;
 
 use std::io;
+use std::net::Shutdown;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use serde::Deserialize;
 use tokio::net::TcpStream;
+use tracing::warn;
 
-/// Size of each direction's copy buffer.
-const COPY_BUF: usize = 16 * 1024;
+/// How stream bytes are moved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// splice(2), with the buffered copy where no pipe can be made.
+    Auto,
+    /// splice(2) only; a direction that cannot get a pipe still falls back to copy.
+    Splice,
+    /// A buffered copy through user space.
+    Copy,
+}
 
-/// What a forwarded connection carried and how it ended.
+/// What a forwarded stream carried and how it ended.
 #[derive(Debug)]
 pub struct Outcome {
     /// Bytes moved from the client (the peer that connected) to the upstream (the node).
@@ -25,39 +39,70 @@ pub struct Outcome {
     pub result: io::Result<()>,
 }
 
-/// Forwards both directions until both have ended. EOF on one side is passed on as a
-/// half-close of the other (the other direction keeps flowing); an error on either
-/// side ends both, and both sockets close when this returns. No idle timeout: dist
-/// links are quiet but for ticks and live for days.
-pub async fn proxy(mut client: TcpStream, mut upstream: TcpStream) -> Outcome {
-    let (mut client_read, mut client_write) = client.split();
-    let (mut upstream_read, mut upstream_write) = upstream.split();
-    let (mut to_upstream, mut to_client) = (0, 0);
-    let result = tokio::try_join!(
-        copy_half(&mut client_read, &mut upstream_write, &mut to_upstream),
-        copy_half(&mut upstream_read, &mut client_write, &mut to_client),
-    )
-    .map(|_| ());
-    Outcome {
-        to_upstream,
-        to_client,
-        result,
+/// Moves stream bytes; shared by every connection.
+#[derive(Debug)]
+pub struct Engine {
+    mode: Mode,
+    pipes: splice::PipePool,
+    buffers: copy::BufferPool,
+}
+
+impl Engine {
+    /// An engine moving bytes by `mode`, with pipes of `pipe_size` bytes.
+    pub fn new(mode: Mode, pipe_size: usize) -> Engine {
+        Engine {
+            mode,
+            pipes: splice::PipePool::new(pipe_size),
+            buffers: copy::BufferPool::default(),
+        }
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// The pool of pipes (for tests and metrics).
+    pub fn pipes(&self) -> &splice::PipePool {
+        &self.pipes
+    }
+
+    /// Forwards both directions until both have ended. EOF on one side is passed on as
+    /// a half-close of the other (the other direction keeps flowing); an error on either
+    /// side ends both, and both sockets close when this returns. No idle timeout: dist
+    /// links are quiet but for ticks and live for days.
+    pub async fn proxy(&self, client: TcpStream, upstream: TcpStream) -> Outcome {
+        let (mut to_upstream, mut to_client) = (0, 0);
+        let result = tokio::try_join!(
+            self.direction(&client, &upstream, &mut to_upstream),
+            self.direction(&upstream, &client, &mut to_client),
+        )
+        .map(|_| ());
+        Outcome {
+            to_upstream,
+            to_client,
+            result,
+        }
+    }
+
+    /// One direction: all of `src` into `dst`, then a half-close of `dst`.
+    async fn direction(&self, src: &TcpStream, dst: &TcpStream, count: &mut u64) -> io::Result<()> {
+        if self.mode != Mode::Copy {
+            match splice::pump(&self.pipes, src, dst, count).await? {
+                splice::End::Eof => return half_close(dst),
+                splice::End::NoPipe(e) => {
+                    warn!("no pipe for splice ({e}); this stream continues with a buffered copy");
+                }
+            }
+        }
+        copy::pump(&self.buffers, src, dst, count).await?;
+        half_close(dst)
     }
 }
 
-/// Copies one direction until EOF, then shuts down the writer's sending side.
-async fn copy_half<R, W>(reader: &mut R, writer: &mut W, count: &mut u64) -> io::Result<()>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let mut buf = vec![0u8; COPY_BUF];
-    loop {
-        let n = reader.read(&mut buf).await?;
-        if n == 0 {
-            return writer.shutdown().await;
-        }
-        writer.write_all(&buf[..n]).await?;
-        *count += n as u64;
+fn half_close(stream: &TcpStream) -> io::Result<()> {
+    match socket2::SockRef::from(stream).shutdown(Shutdown::Write) {
+        // The peer may already be gone; the other direction reports that.
+        Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(()),
+        other => other,
     }
 }

@@ -17,6 +17,7 @@ use crate::registry::Registry;
 /// Accepts on the public dist ports and forwards to the nodes holding them.
 pub struct Forwarder {
     registry: Arc<Registry>,
+    engine: Arc<super::Engine>,
     connect_timeout: Duration,
     shutdown: CancellationToken,
     tracker: TaskTracker,
@@ -25,12 +26,14 @@ pub struct Forwarder {
 impl Forwarder {
     pub fn new(
         registry: Arc<Registry>,
+        engine: Arc<super::Engine>,
         connect_timeout: Duration,
         shutdown: CancellationToken,
         tracker: TaskTracker,
     ) -> Self {
         Forwarder {
             registry,
+            engine,
             connect_timeout,
             shutdown,
             tracker,
@@ -80,7 +83,7 @@ impl Forwarder {
         info!(%node, real_port = target.port(), "dist connection opened");
         metrics::counter!(m::DIST_CONNECTIONS).increment(1);
         metrics::gauge!(m::DIST_ACTIVE).increment(1);
-        let outcome = super::proxy(client, upstream).await;
+        let outcome = self.engine.proxy(client, upstream).await;
         metrics::gauge!(m::DIST_ACTIVE).decrement(1);
         let reason = match &outcome.result {
             Ok(()) => "closed".to_string(),

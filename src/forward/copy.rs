@@ -1,0 +1,84 @@
+//! Buffered forwarding of one direction: read into a user-space buffer, write it out.
+//! The fallback where splice(2) is unavailable, and the path `mode = "copy"` selects.
+//!
+//! An idle direction holds no buffer: buffers come from a [`BufferPool`] when the
+//! source turns readable and go back when it is drained.
+
+use std::io;
+use std::sync::Mutex;
+
+use tokio::net::TcpStream;
+
+/// Size of one copy buffer.
+pub const BUFFER_SIZE: usize = 64 * 1024;
+/// Most idle buffers a pool keeps.
+const MAX_IDLE_BUFFERS: usize = 256;
+
+/// Idle copy buffers shared by every connection.
+#[derive(Debug, Default)]
+pub struct BufferPool {
+    idle: Mutex<Vec<Box<[u8]>>>,
+}
+
+impl BufferPool {
+    fn take(&self) -> Box<[u8]> {
+        let idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .pop();
+        idle.unwrap_or_else(|| vec![0u8; BUFFER_SIZE].into_boxed_slice())
+    }
+
+    fn put(&self, buffer: Box<[u8]>) {
+        let mut idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if idle.len() < MAX_IDLE_BUFFERS {
+            idle.push(buffer);
+        }
+    }
+}
+
+/// Moves bytes from `src` to `dst` until EOF on `src`, adding each byte written to
+/// `count`. Does not shut `dst` down.
+pub async fn pump(
+    pool: &BufferPool,
+    src: &TcpStream,
+    dst: &TcpStream,
+    count: &mut u64,
+) -> io::Result<()> {
+    loop {
+        src.readable().await?;
+        let mut buffer = pool.take();
+        let drained = loop {
+            tokio::task::consume_budget().await;
+            match src.try_read(&mut buffer) {
+                Ok(0) => break Ok(true),
+                Ok(n) => {
+                    write_all(dst, &buffer[..n]).await?;
+                    *count += n as u64;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break Ok(false),
+                Err(e) => break Err(e),
+            }
+        };
+        pool.put(buffer);
+        if drained? {
+            return Ok(());
+        }
+    }
+}
+
+async fn write_all(dst: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
+    while !bytes.is_empty() {
+        dst.writable().await?;
+        match dst.try_write(bytes) {
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}

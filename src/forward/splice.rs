@@ -1,0 +1,229 @@
+//! Zero-copy forwarding of one direction with splice(2): socket → pipe → socket, so the
+//! bytes never enter user space.
+//!
+//! Driven by tokio readiness: reads from the source go through `try_io` only while the
+//! pipe is empty, because only then does EAGAIN mean "the socket is drained" (with bytes
+//! in the pipe it may mean "the pipe is full", and clearing the socket's readiness on
+//! that would stall the stream). The pump counts the bytes sitting in the pipe for that
+//! reason. An idle direction holds no pipe: pipes come from a [`PipePool`] when data
+//! arrives and go back once empty. A pipe that still holds data is dropped, never
+//! reused.
+//!
+//! The system calls go through `nix`'s safe wrappers; this module holds no `unsafe`.
+
+use std::io;
+use std::os::fd::OwnedFd;
+use std::sync::Mutex;
+
+use nix::fcntl::{FcntlArg, OFlag, SpliceFFlags, fcntl, splice};
+use nix::unistd::pipe2;
+use tokio::io::Interest;
+use tokio::net::TcpStream;
+
+/// The kernel's own pipe size, used when a larger one cannot be had.
+pub const DEFAULT_PIPE_SIZE: usize = 64 * 1024;
+/// Most idle pipes a pool keeps; more are closed.
+const MAX_IDLE_PIPES: usize = 256;
+
+/// A pipe used as the in-kernel buffer of one direction.
+#[derive(Debug)]
+pub struct Pipe {
+    read: OwnedFd,
+    write: OwnedFd,
+    capacity: usize,
+}
+
+impl Pipe {
+    /// A non-blocking pipe, grown to `size` where the system allows.
+    pub fn new(size: usize) -> io::Result<Pipe> {
+        let (read, write) = pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC)?;
+        let wanted = i32::try_from(size).unwrap_or(i32::MAX);
+        // A refused size (beyond pipe-max-size, or the user's pipe quota) keeps the
+        // kernel's default; the pipe works either way.
+        let _ = fcntl(&write, FcntlArg::F_SETPIPE_SZ(wanted));
+        let capacity = fcntl(&write, FcntlArg::F_GETPIPE_SZ)
+            .ok()
+            .and_then(|c| usize::try_from(c).ok())
+            .unwrap_or(DEFAULT_PIPE_SIZE);
+        Ok(Pipe {
+            read,
+            write,
+            capacity,
+        })
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+}
+
+/// Idle, empty pipes shared by every connection.
+#[derive(Debug)]
+pub struct PipePool {
+    size: usize,
+    idle: Mutex<Vec<Pipe>>,
+}
+
+impl PipePool {
+    /// A pool of pipes of `size` bytes (capped by the system's pipe-max-size).
+    pub fn new(size: usize) -> PipePool {
+        PipePool {
+            size: size.min(max_pipe_size()),
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The pipe size this pool asks for.
+    pub fn pipe_size(&self) -> usize {
+        self.size
+    }
+
+    /// An idle pipe, or a new one.
+    pub fn take(&self) -> io::Result<Pipe> {
+        let idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .pop();
+        match idle {
+            Some(pipe) => Ok(pipe),
+            None => Pipe::new(self.size),
+        }
+    }
+
+    /// Returns an empty pipe for reuse.
+    fn put(&self, pipe: Pipe) {
+        let mut idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if idle.len() < MAX_IDLE_PIPES {
+            idle.push(pipe);
+        }
+    }
+
+    /// How many idle pipes the pool holds.
+    pub fn idle(&self) -> usize {
+        self.idle
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .len()
+    }
+}
+
+/// The system's largest pipe size for unprivileged users.
+fn max_pipe_size() -> usize {
+    std::fs::read_to_string("/proc/sys/fs/pipe-max-size")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(DEFAULT_PIPE_SIZE)
+}
+
+/// How a splice pump ended without an I/O error.
+#[derive(Debug)]
+pub enum End {
+    /// The source reached EOF and every byte was passed on.
+    Eof,
+    /// No pipe could be made (descriptors or pipe quota exhausted); the pipe was empty,
+    /// so the caller may carry on with a buffered copy.
+    NoPipe(io::Error),
+}
+
+fn flags() -> SpliceFFlags {
+    // No SPLICE_F_MORE: it may hold back the small frames dist links live on.
+    SpliceFFlags::SPLICE_F_NONBLOCK | SpliceFFlags::SPLICE_F_MOVE
+}
+
+fn would_block(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::WouldBlock
+}
+
+/// Moves bytes from `src` to `dst` until EOF on `src` with the pipe drained, adding each
+/// byte passed to `dst` to `count`. Does not shut `dst` down.
+pub async fn pump(
+    pool: &PipePool,
+    src: &TcpStream,
+    dst: &TcpStream,
+    count: &mut u64,
+) -> io::Result<End> {
+    let mut pipe: Option<Pipe> = None;
+    let mut in_pipe = 0usize;
+    let mut eof = false;
+    loop {
+        tokio::task::consume_budget().await;
+        let mut dst_blocked = false;
+        if let Some(p) = pipe.as_ref().filter(|_| in_pipe > 0) {
+            let out =
+                || splice(&p.read, None, dst, None, in_pipe, flags()).map_err(io::Error::from);
+            match dst.try_io(Interest::WRITABLE, out) {
+                Ok(n) => {
+                    in_pipe -= n;
+                    *count += n as u64;
+                }
+                Err(e) if would_block(&e) => dst_blocked = true,
+                Err(e) => return Err(e),
+            }
+        }
+        if eof {
+            if in_pipe == 0 {
+                if let Some(p) = pipe {
+                    pool.put(p);
+                }
+                return Ok(End::Eof);
+            }
+            if dst_blocked {
+                dst.writable().await?;
+            }
+            continue;
+        }
+        if in_pipe == 0 {
+            // Empty pipe: EAGAIN can only mean the socket is drained.
+            let p = match pipe.take() {
+                Some(p) => p,
+                None => {
+                    src.readable().await?;
+                    match pool.take() {
+                        Ok(p) => p,
+                        Err(e) => return Ok(End::NoPipe(e)),
+                    }
+                }
+            };
+            let fill =
+                || splice(src, None, &p.write, None, p.capacity, flags()).map_err(io::Error::from);
+            match src.try_io(Interest::READABLE, fill) {
+                Ok(0) => eof = true,
+                Ok(n) => in_pipe = n,
+                // Idle: the pipe goes back until data arrives.
+                Err(e) if would_block(&e) => {
+                    pool.put(p);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+            pipe = Some(p);
+            continue;
+        }
+        let Some(p) = pipe.as_ref() else {
+            continue;
+        };
+        if in_pipe < p.capacity {
+            // Bytes in the pipe: EAGAIN may mean a full pipe, so the socket's readiness
+            // is left alone and the drain decides what to wait for.
+            match splice(src, None, &p.write, None, p.capacity - in_pipe, flags()) {
+                Ok(0) => {
+                    eof = true;
+                    continue;
+                }
+                Ok(n) => {
+                    in_pipe += n;
+                    continue;
+                }
+                Err(nix::errno::Errno::EAGAIN) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if dst_blocked {
+            dst.writable().await?;
+        }
+    }
+}
