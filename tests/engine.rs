@@ -1,4 +1,4 @@
-//! Both forwarding modes, splice and copy, carry identical bytes and count them
+//! Every forwarding mode (auto, splice, copy) carries identical bytes and counts them
 //! exactly: sizes from 0 to 1 GiB, many streams at once, random chunk sizes,
 //! half-close each way with data still flowing back, resets, and a reader that does
 //! not keep up.
@@ -14,7 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
-const MODES: [Mode; 2] = [Mode::Splice, Mode::Copy];
+const MODES: [Mode; 3] = [Mode::Auto, Mode::Splice, Mode::Copy];
 
 /// A connected pair of loopback sockets.
 async fn pair() -> (TcpStream, TcpStream) {
@@ -333,4 +333,33 @@ async fn a_slow_reader_holds_the_writer_back() {
             accepted / 1024
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_copies_small_messages_and_splices_bulk() {
+    let engine = engine(Mode::Auto);
+    let (mut client, mut server, task) = forwarded(&engine).await;
+    let mut buf = [0u8; 64];
+    for i in 0..200u8 {
+        client.write_all(&[i; 64]).await.unwrap();
+        server.read_exact(&mut buf).await.unwrap();
+        server.write_all(&buf).await.unwrap();
+        client.read_exact(&mut buf).await.unwrap();
+        assert_eq!(buf, [i; 64]);
+    }
+    assert_eq!(engine.pipes().created(), 0, "small messages took a pipe");
+    let (client_r, client_w) = client.into_split();
+    let (server_r, server_w) = server.into_split();
+    let (_, _, up, down) = tokio::join!(
+        send_bulk(client_w, 9, 32 << 20),
+        send_bulk(server_w, 10, 8),
+        receive(server_r, 9),
+        receive(client_r, 10),
+    );
+    assert_eq!((up, down), (32 << 20, 8));
+    assert!(engine.pipes().created() >= 1, "bulk never used splice");
+    let outcome = task.await.unwrap();
+    assert_eq!(outcome.to_upstream, 200 * 64 + (32 << 20));
+    // Every pipe is back in the pool, empty.
+    assert_eq!(engine.pipes().idle(), engine.pipes().created());
 }

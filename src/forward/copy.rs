@@ -41,32 +41,48 @@ impl BufferPool {
     }
 }
 
-/// Moves bytes from `src` to `dst` until EOF on `src`, adding each byte written to
-/// `count`. Does not shut `dst` down.
+/// How a copy pump ended without an I/O error.
+#[derive(Debug, PartialEq, Eq)]
+pub enum End {
+    /// The source reached EOF and every byte was passed on.
+    Eof,
+    /// A read filled a whole buffer: bulk data is queued (only with `until_bulk`).
+    Bulk,
+}
+
+/// Moves bytes from `src` to `dst` until EOF on `src` (or, with `until_bulk`, until a
+/// read fills a whole buffer), adding each byte written to `count`. Does not shut
+/// `dst` down.
 pub async fn pump(
     pool: &BufferPool,
     src: &TcpStream,
     dst: &TcpStream,
     count: &mut u64,
-) -> io::Result<()> {
+    until_bulk: bool,
+) -> io::Result<End> {
     loop {
         src.readable().await?;
         let mut buffer = pool.take();
-        let drained = loop {
+        let end = loop {
             tokio::task::consume_budget().await;
             match src.try_read(&mut buffer) {
-                Ok(0) => break Ok(true),
+                Ok(0) => break Ok(Some(End::Eof)),
                 Ok(n) => {
-                    write_all(dst, &buffer[..n]).await?;
+                    if let Err(e) = write_all(dst, &buffer[..n]).await {
+                        break Err(e);
+                    }
                     *count += n as u64;
+                    if until_bulk && n == buffer.len() {
+                        break Ok(Some(End::Bulk));
+                    }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break Ok(None),
                 Err(e) => break Err(e),
             }
         };
         pool.put(buffer);
-        if drained? {
-            return Ok(());
+        if let Some(end) = end? {
+            return Ok(end);
         }
     }
 }

@@ -20,9 +20,11 @@ use tracing::warn;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
-    /// splice(2), with the buffered copy where no pipe can be made.
+    /// Per direction: small messages by copy (lower latency, no pipe held), bulk by
+    /// splice from the first read that fills a whole copy buffer until the source is
+    /// drained again. The benchmark chose this (BENCHMARKS.md).
     Auto,
-    /// splice(2) only; a direction that cannot get a pipe still falls back to copy.
+    /// splice(2) for everything; a direction that cannot get a pipe falls back to copy.
     Splice,
     /// A buffered copy through user space.
     Copy,
@@ -86,17 +88,38 @@ impl Engine {
 
     /// One direction: all of `src` into `dst`, then a half-close of `dst`.
     async fn direction(&self, src: &TcpStream, dst: &TcpStream, count: &mut u64) -> io::Result<()> {
-        if self.mode != Mode::Copy {
-            match splice::pump(&self.pipes, src, dst, count).await? {
-                splice::End::Eof => return half_close(dst),
-                splice::End::NoPipe(e) => {
-                    warn!("no pipe for splice ({e}); this stream continues with a buffered copy");
+        let (buffers, pipes) = (&self.buffers, &self.pipes);
+        match self.mode {
+            Mode::Copy => {
+                copy::pump(buffers, src, dst, count, false).await?;
+            }
+            Mode::Splice => {
+                if let splice::End::NoPipe(e) = splice::pump(pipes, src, dst, count, false).await? {
+                    no_pipe(&e);
+                    copy::pump(buffers, src, dst, count, false).await?;
                 }
             }
+            Mode::Auto => loop {
+                if copy::pump(buffers, src, dst, count, true).await? == copy::End::Eof {
+                    break;
+                }
+                match splice::pump(pipes, src, dst, count, true).await? {
+                    splice::End::Eof => break,
+                    splice::End::Idle => {}
+                    splice::End::NoPipe(e) => {
+                        no_pipe(&e);
+                        copy::pump(buffers, src, dst, count, false).await?;
+                        break;
+                    }
+                }
+            },
         }
-        copy::pump(&self.buffers, src, dst, count).await?;
         half_close(dst)
     }
+}
+
+fn no_pipe(e: &io::Error) {
+    warn!("no pipe for splice ({e}); this stream continues with a buffered copy");
 }
 
 fn half_close(stream: &TcpStream) -> io::Result<()> {

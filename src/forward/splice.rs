@@ -14,6 +14,7 @@
 use std::io;
 use std::os::fd::OwnedFd;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use nix::fcntl::{FcntlArg, OFlag, SpliceFFlags, fcntl, splice};
 use nix::unistd::pipe2;
@@ -62,6 +63,7 @@ impl Pipe {
 pub struct PipePool {
     size: usize,
     idle: Mutex<Vec<Pipe>>,
+    created: AtomicUsize,
 }
 
 impl PipePool {
@@ -70,6 +72,7 @@ impl PipePool {
         PipePool {
             size: size.min(max_pipe_size()),
             idle: Mutex::new(Vec::new()),
+            created: AtomicUsize::new(0),
         }
     }
 
@@ -87,7 +90,11 @@ impl PipePool {
             .pop();
         match idle {
             Some(pipe) => Ok(pipe),
-            None => Pipe::new(self.size),
+            None => {
+                let pipe = Pipe::new(self.size)?;
+                self.created.fetch_add(1, Ordering::Relaxed);
+                Ok(pipe)
+            }
         }
     }
 
@@ -100,6 +107,11 @@ impl PipePool {
         if idle.len() < MAX_IDLE_PIPES {
             idle.push(pipe);
         }
+    }
+
+    /// How many pipes the pool has made so far.
+    pub fn created(&self) -> usize {
+        self.created.load(Ordering::Relaxed)
     }
 
     /// How many idle pipes the pool holds.
@@ -124,6 +136,8 @@ fn max_pipe_size() -> usize {
 pub enum End {
     /// The source reached EOF and every byte was passed on.
     Eof,
+    /// The source was drained and the pipe is empty (only with `until_idle`).
+    Idle,
     /// No pipe could be made (descriptors or pipe quota exhausted); the pipe was empty,
     /// so the caller may carry on with a buffered copy.
     NoPipe(io::Error),
@@ -138,13 +152,15 @@ fn would_block(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::WouldBlock
 }
 
-/// Moves bytes from `src` to `dst` until EOF on `src` with the pipe drained, adding each
-/// byte passed to `dst` to `count`. Does not shut `dst` down.
+/// Moves bytes from `src` to `dst` until EOF on `src` with the pipe drained (or, with
+/// `until_idle`, until `src` has nothing more for now), adding each byte passed to
+/// `dst` to `count`. Does not shut `dst` down.
 pub async fn pump(
     pool: &PipePool,
     src: &TcpStream,
     dst: &TcpStream,
     count: &mut u64,
+    until_idle: bool,
 ) -> io::Result<End> {
     let mut pipe: Option<Pipe> = None;
     let mut in_pipe = 0usize;
@@ -196,6 +212,9 @@ pub async fn pump(
                 // Idle: the pipe goes back until data arrives.
                 Err(e) if would_block(&e) => {
                     pool.put(p);
+                    if until_idle {
+                        return Ok(End::Idle);
+                    }
                     continue;
                 }
                 Err(e) => return Err(e),

@@ -1,0 +1,208 @@
+//! distgate side by side with direct loopback, haproxy (tcp mode, splice) and socat,
+//! interleaved in one run on one machine:
+//!
+//! ```sh
+//! cargo bench --bench proxies             # the full run recorded in BENCHMARKS.md
+//! cargo bench --bench proxies -- --quick  # smaller sizes, for a first look
+//! ```
+//!
+//! Needs `haproxy` (Debian package), optionally `socat`, `taskset`, and `erl` for the
+//! Erlang part. Runs as root or not; as root it raises the descriptor limit for the
+//! 10,000-connection memory figure. Prints a Markdown report and writes it to
+//! `target/bench/report.md`.
+
+mod erlang;
+mod measure;
+mod roles;
+mod variants;
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use measure::Stats;
+use variants::{Kind, Setup, Variant};
+
+/// Sizes of one run.
+#[derive(Debug, Clone, Copy)]
+pub struct Plan {
+    pub rounds: usize,
+    pub bulk_bytes: u64,
+    pub round_trips: usize,
+    pub idle_counts: &'static [usize],
+    pub erl_round_trips: usize,
+    pub erl_binaries: usize,
+}
+
+const FULL: Plan = Plan {
+    rounds: 5,
+    bulk_bytes: 2 << 30,
+    round_trips: 20_000,
+    idle_counts: &[1_000, 9_000],
+    erl_round_trips: 5_000,
+    erl_binaries: 256,
+};
+
+/// The Erlang part alone, with enough data per round to compare settings.
+const ERLANG: Plan = Plan {
+    rounds: 5,
+    bulk_bytes: 0,
+    round_trips: 0,
+    idle_counts: &[],
+    erl_round_trips: 5_000,
+    erl_binaries: 512,
+};
+
+const QUICK: Plan = Plan {
+    rounds: 5,
+    bulk_bytes: 256 << 20,
+    round_trips: 5_000,
+    idle_counts: &[1_000],
+    erl_round_trips: 1_000,
+    erl_binaries: 32,
+};
+
+/// Results: metric → variant → one value per round.
+pub type Results = BTreeMap<String, BTreeMap<String, Vec<f64>>>;
+
+pub fn record(results: &mut Results, metric: &str, variant: &str, value: f64) {
+    results
+        .entry(metric.to_owned())
+        .or_default()
+        .entry(variant.to_owned())
+        .or_default()
+        .push(value);
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "--role") {
+        if let Err(e) = roles::run(&args) {
+            eprintln!("role failed: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
+    // `cargo bench` passes --bench; test runners that list or run every target do not.
+    if !args.iter().any(|a| a == "--bench") {
+        eprintln!("the proxies benchmark runs only under `cargo bench --bench proxies`");
+        return;
+    }
+    let plan = if args.iter().any(|a| a == "--quick") {
+        QUICK
+    } else {
+        FULL
+    };
+    measure::raise_fd_limit(1 << 18);
+    let mut results = Results::new();
+    if args.iter().any(|a| a == "--erlang-only") {
+        erlang::run(&ERLANG, &mut results);
+        println!("{}", report(&plan, &results));
+        return;
+    }
+    let setup = Setup::start();
+    let mut kinds = vec![
+        Kind::Direct,
+        Kind::DistgateAuto,
+        Kind::DistgateSplice,
+        Kind::DistgateCopy,
+        Kind::Haproxy,
+    ];
+    if measure::have("socat") {
+        kinds.push(Kind::Socat);
+    }
+    let variants: Vec<Variant> = kinds
+        .into_iter()
+        .map(|k| Variant::start(k, &setup))
+        .collect();
+    for round in 0..plan.rounds {
+        eprintln!("round {} of {}", round + 1, plan.rounds);
+        for variant in &variants {
+            variant.bulk(&setup, &plan, &mut results);
+            variant.round_trips(&setup, &plan, false, &mut results);
+            variant.round_trips(&setup, &plan, true, &mut results);
+            for &count in plan.idle_counts {
+                if variant.kind == Kind::Socat && count > 1_000 {
+                    continue;
+                }
+                // A fresh proxy, so freed memory its allocator kept does not hide the cost.
+                Variant::start(variant.kind, &setup).idle_memory(&setup, count, &mut results);
+            }
+        }
+    }
+    drop(variants);
+    if measure::have("erl") {
+        erlang::run(&plan, &mut results);
+    } else {
+        eprintln!("erl not installed: the Erlang part is skipped");
+    }
+    let report = report(&plan, &results);
+    println!("{report}");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("report.md"), &report).unwrap();
+}
+
+/// The report: machine, then each metric as median (min–max) per variant with ratios.
+fn report(plan: &Plan, results: &Results) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "## Run of {}\n", measure::now());
+    let _ = writeln!(out, "{}\n", measure::machine());
+    let _ = writeln!(
+        out,
+        "Command: `cargo bench --bench proxies{}`; {} rounds, variants interleaved in each \
+         round; median (min–max).\n",
+        if plan.bulk_bytes == FULL.bulk_bytes {
+            ""
+        } else {
+            " -- --quick"
+        },
+        plan.rounds
+    );
+    let order = [
+        "direct",
+        "distgate-auto",
+        "distgate-splice",
+        "distgate-copy",
+        "haproxy-splice",
+        "socat",
+    ];
+    for (metric, by_variant) in results {
+        let (title, higher_is_better) = measure::describe(metric);
+        let _ = writeln!(out, "### {title}\n");
+        let _ = writeln!(
+            out,
+            "| variant | median | min | max | vs direct | vs haproxy |"
+        );
+        let _ = writeln!(out, "| --- | ---: | ---: | ---: | ---: | ---: |");
+        let median_of = |v: &str| by_variant.get(v).map(|x| Stats::of(x).median);
+        for name in order {
+            let Some(values) = by_variant.get(name) else {
+                continue;
+            };
+            let s = Stats::of(values);
+            let ratio = |base: Option<f64>| match base {
+                Some(b) if b > 0.0 => format!("{:.2}×", s.median / b),
+                _ => "–".into(),
+            };
+            let _ = writeln!(
+                out,
+                "| {name} | {} | {} | {} | {} | {} |",
+                measure::fmt(s.median),
+                measure::fmt(s.min),
+                measure::fmt(s.max),
+                ratio(median_of("direct")),
+                ratio(median_of("haproxy-splice")),
+            );
+        }
+        let _ = writeln!(
+            out,
+            "\n{}\n",
+            if higher_is_better {
+                "Higher is better."
+            } else {
+                "Lower is better."
+            }
+        );
+    }
+    out
+}

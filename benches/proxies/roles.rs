@@ -1,0 +1,186 @@
+//! The processes a benchmark run is made of, each a plain blocking program so that its
+//! own cost is small and the same for every proxy: servers (sink, echo, hold) and
+//! clients (throughput, round trips, idle connections). The orchestrator starts them
+//! as child processes (`proxies --role NAME ...`), pinned to a CPU when it asks.
+
+use std::io::{self, BufRead, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::{Arc, Barrier, Mutex};
+use std::time::Instant;
+
+/// Runs the role named in `args` (after `--role`).
+pub fn run(args: &[String]) -> io::Result<()> {
+    let arg = |name: &str| -> String {
+        let at = args
+            .iter()
+            .position(|a| a == name)
+            .unwrap_or_else(|| panic!("{name} missing"));
+        args[at + 1].clone()
+    };
+    match arg("--role").as_str() {
+        "sink" => serve(sink),
+        "echo" => serve(echo),
+        "hold" => hold(),
+        "throughput" => throughput(
+            arg("--addr").parse().unwrap(),
+            arg("--streams").parse().unwrap(),
+            arg("--bytes").parse().unwrap(),
+        ),
+        "rr" => round_trips(
+            arg("--addr").parse().unwrap(),
+            arg("--count").parse().unwrap(),
+        ),
+        "idle" => idle(
+            arg("--addr").parse().unwrap(),
+            arg("--count").parse().unwrap(),
+        ),
+        other => panic!("unknown role {other}"),
+    }
+}
+
+/// Listens on an ephemeral loopback port, prints it, and serves each connection on
+/// its own thread.
+fn serve(handler: fn(TcpStream) -> io::Result<()>) -> io::Result<()> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    println!("PORT {}", listener.local_addr()?.port());
+    io::stdout().flush()?;
+    for stream in listener.incoming() {
+        let stream = stream?;
+        std::thread::spawn(move || handler(stream));
+    }
+    Ok(())
+}
+
+/// Reads to EOF, then answers the byte count (8 bytes) and closes.
+fn sink(mut stream: TcpStream) -> io::Result<()> {
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut total = 0u64;
+    loop {
+        match stream.read(&mut buf)? {
+            0 => break,
+            n => total += n as u64,
+        }
+    }
+    stream.write_all(&total.to_be_bytes())?;
+    stream.shutdown(Shutdown::Write)
+}
+
+/// Echoes 64-byte messages until EOF.
+fn echo(mut stream: TcpStream) -> io::Result<()> {
+    stream.set_nodelay(true)?;
+    let mut buf = [0u8; 64];
+    while stream.read_exact(&mut buf).is_ok() {
+        stream.write_all(&buf)?;
+    }
+    Ok(())
+}
+
+/// Accepts and keeps every connection, printing `HELD <n>` after each accept. A line
+/// on standard input drops the connections whose peer has closed and prints
+/// `OPEN <n>`.
+fn hold() -> io::Result<()> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    println!("PORT {}", listener.local_addr()?.port());
+    io::stdout().flush()?;
+    let held = Arc::new(Mutex::new(Vec::<TcpStream>::new()));
+    let accepted = Arc::clone(&held);
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let _ = stream.set_nonblocking(true);
+            let mut held = accepted.lock().unwrap();
+            held.push(stream);
+            println!("HELD {}", held.len());
+        }
+    });
+    let mut line = String::new();
+    while io::stdin().lock().read_line(&mut line)? > 0 {
+        let mut held = held.lock().unwrap();
+        held.retain(|mut s| {
+            let mut buf = [0u8; 16];
+            loop {
+                match s.read(&mut buf) {
+                    Ok(0) => return false,
+                    Ok(_) => continue,
+                    Err(e) => return e.kind() == io::ErrorKind::WouldBlock,
+                }
+            }
+        });
+        println!("OPEN {}", held.len());
+        io::stdout().flush()?;
+        line.clear();
+    }
+    Ok(())
+}
+
+/// `streams` connections send `bytes` in all, each waits for the sink's count; prints
+/// `SECONDS <s>` from the common start to the last answer.
+fn throughput(addr: SocketAddr, streams: usize, bytes: u64) -> io::Result<()> {
+    let each = bytes / streams as u64;
+    let barrier = Arc::new(Barrier::new(streams + 1));
+    let mut workers = Vec::new();
+    for _ in 0..streams {
+        let barrier = Arc::clone(&barrier);
+        workers.push(std::thread::spawn(move || -> io::Result<u64> {
+            let mut stream = TcpStream::connect(addr)?;
+            let buf = vec![7u8; 256 * 1024];
+            barrier.wait();
+            let mut sent = 0u64;
+            while sent < each {
+                let n = (buf.len() as u64).min(each - sent) as usize;
+                stream.write_all(&buf[..n])?;
+                sent += n as u64;
+            }
+            stream.shutdown(Shutdown::Write)?;
+            let mut count = [0u8; 8];
+            stream.read_exact(&mut count)?;
+            Ok(u64::from_be_bytes(count))
+        }));
+    }
+    barrier.wait();
+    let start = Instant::now();
+    for worker in workers {
+        let got = worker.join().expect("worker panicked")?;
+        assert_eq!(got, each, "the sink counted {got} of {each} bytes");
+    }
+    println!("SECONDS {}", start.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// `count` 64-byte round trips on one connection after a warm-up; prints the p50 and
+/// p99 in microseconds.
+fn round_trips(addr: SocketAddr, count: usize) -> io::Result<()> {
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_nodelay(true)?;
+    let mut buf = [42u8; 64];
+    for _ in 0..count / 10 {
+        stream.write_all(&buf)?;
+        stream.read_exact(&mut buf)?;
+    }
+    let mut samples = Vec::with_capacity(count);
+    for _ in 0..count {
+        let start = Instant::now();
+        stream.write_all(&buf)?;
+        stream.read_exact(&mut buf)?;
+        samples.push(start.elapsed().as_nanos() as f64 / 1000.0);
+    }
+    samples.sort_by(f64::total_cmp);
+    let at = |q: f64| samples[((samples.len() - 1) as f64 * q) as usize];
+    println!("RTT {} {}", at(0.50), at(0.99));
+    Ok(())
+}
+
+/// Opens `count` connections, sends one byte on each, prints `READY`, and holds them
+/// until its standard input closes.
+fn idle(addr: SocketAddr, count: usize) -> io::Result<()> {
+    let mut held = Vec::with_capacity(count);
+    for _ in 0..count {
+        let mut stream = TcpStream::connect(addr)?;
+        stream.write_all(b"!")?;
+        held.push(stream);
+    }
+    println!("READY");
+    io::stdout().flush()?;
+    let mut line = String::new();
+    io::stdin().lock().read_line(&mut line)?;
+    Ok(())
+}

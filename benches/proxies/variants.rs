@@ -1,0 +1,371 @@
+//! The paths measured (direct, distgate with splice, distgate with copy, haproxy with
+//! splice, socat) and the measurements taken on each.
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::measure::{self, Proc, STEP};
+use crate::{Plan, Results, record};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Direct,
+    DistgateAuto,
+    DistgateSplice,
+    DistgateCopy,
+    Haproxy,
+    Socat,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Direct => "direct",
+            Kind::DistgateAuto => "distgate-auto",
+            Kind::DistgateSplice => "distgate-splice",
+            Kind::DistgateCopy => "distgate-copy",
+            Kind::Haproxy => "haproxy-splice",
+            Kind::Socat => "socat",
+        }
+    }
+}
+
+/// The servers every path leads to.
+pub struct Setup {
+    pub sink: u16,
+    pub echo: u16,
+    pub hold: u16,
+    echo_proc: Proc,
+    hold_proc: Mutex<Proc>,
+    _sink_proc: Proc,
+}
+
+impl Setup {
+    pub fn start() -> Setup {
+        let sink_proc = Proc::role(&["sink"], None);
+        let echo_proc = Proc::role(&["echo"], None);
+        let hold_proc = Proc::role(&["hold"], None);
+        let port = |p: &Proc| p.expect("PORT ").parse().unwrap();
+        Setup {
+            sink: port(&sink_proc),
+            echo: port(&echo_proc),
+            hold: port(&hold_proc),
+            echo_proc,
+            hold_proc: Mutex::new(hold_proc),
+            _sink_proc: sink_proc,
+        }
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::LOCALHOST, port))
+}
+
+/// A directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> TempDir {
+        let dir =
+            std::env::temp_dir().join(format!("distgate-bench-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Registers a fake node `name` at `port` with the EPMD at `epmd`; the registration
+/// lasts as long as the returned connection.
+pub fn register(epmd: u16, name: &str, port: u16) -> TcpStream {
+    let mut payload = vec![b'x'];
+    payload.extend_from_slice(&port.to_be_bytes());
+    payload.extend_from_slice(&[77, 0, 0, 6, 0, 5]);
+    payload.extend_from_slice(&(name.len() as u16).to_be_bytes());
+    payload.extend_from_slice(name.as_bytes());
+    payload.extend_from_slice(&[0, 0]);
+    let mut frame = (payload.len() as u16).to_be_bytes().to_vec();
+    frame.extend(payload);
+    let mut stream = TcpStream::connect(loopback(epmd)).unwrap();
+    stream.write_all(&frame).unwrap();
+    let mut reply = [0u8; 6];
+    stream.read_exact(&mut reply).unwrap();
+    assert_eq!(&reply[..2], &[b'v', 0], "registration of {name} refused");
+    stream
+}
+
+/// Starts the distgate binary with `config` (TOML); returns the process.
+pub fn distgate(dir: &TempDir, config: &str) -> Proc {
+    let path = dir.0.join("distgate.toml");
+    let mut config = config.to_owned();
+    if let Ok(size) = std::env::var("BENCH_PIPE_SIZE") {
+        if config.contains("[forward]") {
+            config = config.replace("[forward]\n", &format!("[forward]\npipe_size = {size}\n"));
+        } else {
+            config += &format!("[forward]\npipe_size = {size}\n");
+        }
+    }
+    std::fs::write(&path, config).unwrap();
+    Proc::spawn(Command::new(env!("CARGO_BIN_EXE_distgate")).args([
+        "--config",
+        path.to_str().unwrap(),
+        "--log-level",
+        "warn",
+    ]))
+}
+
+/// Starts haproxy in tcp mode with splice both ways, forwarding `listen → server`.
+pub fn haproxy(dir: &TempDir, routes: &[(u16, u16)]) -> Proc {
+    let mut config = String::from(
+        "global\n    maxconn 9100\n    maxpipes 512\n\
+         defaults\n    mode tcp\n    timeout connect 5s\n    timeout client 1h\n    timeout server 1h\n\
+         \x20   option splice-request\n    option splice-response\n",
+    );
+    for (i, (listen, server)) in routes.iter().enumerate() {
+        config +=
+            &format!("listen p{i}\n    bind 127.0.0.1:{listen}\n    server s 127.0.0.1:{server}\n");
+    }
+    let path = dir.0.join("haproxy.cfg");
+    std::fs::write(&path, config).unwrap();
+    let mut proc = Proc::spawn(Command::new("haproxy").args(["-db", "-f", path.to_str().unwrap()]));
+    for (listen, _) in routes {
+        proc.wait_listening(*listen);
+    }
+    proc
+}
+
+/// One path under test.
+pub struct Variant {
+    pub kind: Kind,
+    sink: SocketAddr,
+    echo: SocketAddr,
+    hold: SocketAddr,
+    /// The proxy's processes (CPU and memory are theirs).
+    pids: Vec<u32>,
+    _procs: Vec<Proc>,
+    _registrations: Vec<TcpStream>,
+    _dir: TempDir,
+}
+
+impl Variant {
+    pub fn start(kind: Kind, setup: &Setup) -> Variant {
+        let dir = TempDir::new(kind.name());
+        let servers = [setup.sink, setup.echo, setup.hold];
+        let mut procs = vec![];
+        let mut registrations = vec![];
+        let ports: [u16; 3] = match kind {
+            Kind::Direct => servers,
+            Kind::DistgateAuto | Kind::DistgateSplice | Kind::DistgateCopy => {
+                let epmd = free_port();
+                let public = [free_port(), free_port(), free_port()];
+                let mode = kind.name().trim_start_matches("distgate-");
+                let config = format!(
+                    "[epmd]\nlisten = [\"127.0.0.1:{epmd}\"]\n\
+                     [dist]\nlisten = [\"127.0.0.1\"]\nports = [{}, {}, {}]\n\
+                     [dist.pins]\nsink = {}\necho = {}\nhold = {}\n\
+                     [forward]\nmode = \"{mode}\"\n",
+                    public[0], public[1], public[2], public[0], public[1], public[2]
+                );
+                let mut proc = distgate(&dir, &config);
+                proc.wait_listening(epmd);
+                procs.push(proc);
+                for (name, port) in ["sink", "echo", "hold"].iter().zip(servers) {
+                    registrations.push(register(epmd, name, port));
+                }
+                public
+            }
+            Kind::Haproxy => {
+                let listen = [free_port(), free_port(), free_port()];
+                let routes: Vec<_> = listen.iter().copied().zip(servers).collect();
+                procs.push(haproxy(&dir, &routes));
+                listen
+            }
+            Kind::Socat => {
+                let listen = [free_port(), free_port(), free_port()];
+                for (port, server) in listen.iter().zip(servers) {
+                    let mut proc = Proc::spawn(Command::new("socat").args([
+                        format!("TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,backlog=4096"),
+                        format!("TCP:127.0.0.1:{server},nodelay"),
+                    ]));
+                    proc.wait_listening(*port);
+                    procs.push(proc);
+                }
+                listen
+            }
+        };
+        Variant {
+            kind,
+            sink: loopback(ports[0]),
+            echo: loopback(ports[1]),
+            hold: loopback(ports[2]),
+            pids: procs.iter().map(Proc::pid).collect(),
+            _procs: procs,
+            _registrations: registrations,
+            _dir: dir,
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        self.kind.name()
+    }
+
+    /// Bulk throughput on 1 and on 8 streams, and the proxy's CPU per GB.
+    pub fn bulk(&self, _setup: &Setup, plan: &Plan, results: &mut Results) {
+        let cpu_before = measure::cpu_ns(&self.pids);
+        for (metric, streams) in [("a_bulk_1_stream", 1), ("b_bulk_8_streams", 8)] {
+            let client = Proc::role(
+                &[
+                    "throughput",
+                    "--addr",
+                    &self.sink.to_string(),
+                    "--streams",
+                    &streams.to_string(),
+                    "--bytes",
+                    &plan.bulk_bytes.to_string(),
+                ],
+                None,
+            );
+            let seconds: f64 = client.expect("SECONDS ").parse().unwrap();
+            client.finish();
+            record(
+                results,
+                metric,
+                self.name(),
+                plan.bulk_bytes as f64 / 1e9 / seconds,
+            );
+        }
+        // socat's per-connection children exit, taking their CPU time with them.
+        if !self.pids.is_empty() && self.kind != Kind::Socat {
+            let cpu = (measure::cpu_ns(&self.pids) - cpu_before) as f64 / 1e9;
+            let gb = 2.0 * plan.bulk_bytes as f64 / 1e9;
+            record(results, "c_cpu_per_gb", self.name(), cpu / gb);
+        }
+    }
+
+    /// 64-byte round trips, unpinned or with every process on CPU 0.
+    pub fn round_trips(&self, setup: &Setup, plan: &Plan, pinned: bool, results: &mut Results) {
+        let mut pids = self.pids.clone();
+        pids.push(setup.echo_proc.pid());
+        if pinned {
+            measure::pin(&pids, "0");
+        }
+        let cpu_before = measure::cpu_ns(&self.pids);
+        let client = Proc::role(
+            &[
+                "rr",
+                "--addr",
+                &self.echo.to_string(),
+                "--count",
+                &plan.round_trips.to_string(),
+            ],
+            pinned.then_some("0"),
+        );
+        let line = client.expect("RTT ");
+        client.finish();
+        let cpu = measure::cpu_ns(&self.pids) - cpu_before;
+        if pinned {
+            let all = format!(
+                "0-{}",
+                std::thread::available_parallelism().map_or(1, |n| n.get()) - 1
+            );
+            measure::pin(&pids, &all);
+        }
+        let mut values = line.split_whitespace().map(|v| v.parse::<f64>().unwrap());
+        let (p50, p99) = (values.next().unwrap(), values.next().unwrap());
+        let (m50, m99) = if pinned {
+            ("f_rtt_p50_pinned", "g_rtt_p99_pinned")
+        } else {
+            ("d_rtt_p50", "e_rtt_p99")
+        };
+        record(results, m50, self.name(), p50);
+        record(results, m99, self.name(), p99);
+        if !pinned && !self.pids.is_empty() && self.kind != Kind::Socat {
+            // Warm-up trips are a tenth of the measured ones.
+            let trips = plan.round_trips as f64 * 1.1;
+            record(
+                results,
+                "h_cpu_per_rt",
+                self.name(),
+                cpu as f64 / 1e3 / trips,
+            );
+        }
+    }
+
+    /// Memory per idle established connection with `count` open.
+    pub fn idle_memory(&self, setup: &Setup, count: usize, results: &mut Results) {
+        let mut hold = setup.hold_proc.lock().unwrap();
+        let (rss0, pss0) = measure::memory_kib(&self.pids);
+        let slab0 = measure::slab_kib();
+        let client = Proc::role(
+            &[
+                "idle",
+                "--addr",
+                &self.hold.to_string(),
+                "--count",
+                &count.to_string(),
+            ],
+            None,
+        );
+        client.expect("READY");
+        while hold.expect("HELD ").parse::<usize>().unwrap() < count {}
+        let (rss1, pss1) = measure::memory_kib(&self.pids);
+        let slab1 = measure::slab_kib();
+        client.finish();
+        let start = Instant::now();
+        loop {
+            hold.send_line("sweep");
+            if hold.expect("OPEN ") == "0" {
+                break;
+            }
+            assert!(start.elapsed() < STEP, "idle connections did not close");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let n = count as f64;
+        let suffix = count.to_string();
+        if !self.pids.is_empty() {
+            record(
+                results,
+                &format!(
+                    "{}_rss_per_conn_{suffix}",
+                    if count > 1000 { "l" } else { "i" }
+                ),
+                self.name(),
+                (rss1 - rss0) / n,
+            );
+            record(
+                results,
+                &format!(
+                    "{}_pss_per_conn_{suffix}",
+                    if count > 1000 { "m" } else { "j" }
+                ),
+                self.name(),
+                (pss1 - pss0) / n,
+            );
+        }
+        record(
+            results,
+            &format!(
+                "{}_slab_per_conn_{suffix}",
+                if count > 1000 { "n" } else { "k" }
+            ),
+            self.name(),
+            (slab1 - slab0) / n,
+        );
+    }
+}
