@@ -19,7 +19,7 @@ use crate::forward::Mode;
 use crate::registry::PortPlan;
 
 /// Pipe size of the splice path; the benchmark chose it (BENCHMARKS.md).
-pub const DEFAULT_PIPE_SIZE: usize = 256 * 1024;
+pub const DEFAULT_PIPE_SIZE: usize = 1024 * 1024;
 /// Smallest pipe size accepted: one page.
 pub const MIN_PIPE_SIZE: usize = 4096;
 
@@ -36,7 +36,71 @@ pub struct Config {
     pub epmd: EpmdConfig,
     pub dist: DistConfig,
     pub forward: ForwardConfig,
+    pub admin: AdminConfig,
     pub shutdown: ShutdownConfig,
+}
+
+/// The admin HTTP port distgate serves metrics and probes on.
+pub const DEFAULT_ADMIN_PORT: u16 = 9369;
+
+/// `[admin]`: the HTTP server for `/metrics`, `/livez` and `/readyz`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Addresses to serve on; empty turns the admin server off.
+    pub listen: Vec<SocketAddr>,
+    /// When `/readyz` says ready, beyond every listener serving.
+    pub ready_when: ReadyWhen,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: vec![
+                SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), DEFAULT_ADMIN_PORT),
+                SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), DEFAULT_ADMIN_PORT),
+            ],
+            ready_when: ReadyWhen::Always,
+        }
+    }
+}
+
+/// `[admin] ready_when`: `"always"`, `"any-node"`, or a list of node names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadyWhen {
+    /// Ready as soon as every listener serves.
+    Always,
+    /// Ready once any node has registered.
+    AnyNode,
+    /// Ready once each of these names (the part before `@`) has registered.
+    Nodes(Vec<String>),
+}
+
+impl<'de> Deserialize<'de> for ReadyWhen {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Word(String),
+            Names(Vec<String>),
+        }
+        match Raw::deserialize(deserializer)? {
+            Raw::Word(word) if word == "always" => Ok(ReadyWhen::Always),
+            Raw::Word(word) if word == "any-node" => Ok(ReadyWhen::AnyNode),
+            Raw::Word(word) => Err(de::Error::custom(format!(
+                "`{word}` is not \"always\", \"any-node\" or a list of node names"
+            ))),
+            Raw::Names(names) if names.is_empty() => {
+                Err(de::Error::custom("an empty list; use \"always\""))
+            }
+            Raw::Names(names) => {
+                for name in &names {
+                    check_node_name(name).map_err(de::Error::custom)?;
+                }
+                Ok(ReadyWhen::Nodes(names))
+            }
+        }
+    }
 }
 
 /// `[forward]`: how dist stream bytes are moved.
@@ -131,6 +195,9 @@ pub struct DistConfig {
     pub pins: BTreeMap<String, u16>,
     /// How long to wait for a node's real port to accept a forwarded connection.
     pub connect_timeout: Duration,
+    /// How long to wait for a dist connection's first frame (which names the peer)
+    /// before labelling the peer `unknown` and forwarding anyway.
+    pub first_frame_timeout: Duration,
 }
 
 impl Default for DistConfig {
@@ -140,6 +207,8 @@ impl Default for DistConfig {
             ports: vec![DEFAULT_DIST_PORT],
             pins: BTreeMap::new(),
             connect_timeout: Duration::from_secs(5),
+            // OTP's net_setuptime, the longest a node itself waits for a handshake.
+            first_frame_timeout: Duration::from_secs(7),
         }
     }
 }
@@ -257,6 +326,7 @@ struct RawConfig {
     epmd: EpmdConfig,
     dist: RawDist,
     forward: ForwardConfig,
+    admin: AdminConfig,
     shutdown: ShutdownConfig,
 }
 
@@ -268,6 +338,8 @@ struct RawDist {
     pins: BTreeMap<String, Spanned<u16>>,
     #[serde(with = "humantime_serde")]
     connect_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    first_frame_timeout: Duration,
 }
 
 impl Default for RawDist {
@@ -278,6 +350,7 @@ impl Default for RawDist {
             ports: Spanned::new(0..0, PortPool(d.ports)),
             pins: BTreeMap::new(),
             connect_timeout: d.connect_timeout,
+            first_frame_timeout: d.first_frame_timeout,
         }
     }
 }
@@ -291,18 +364,18 @@ impl RawConfig {
         if epmd.listen.is_empty() {
             return Err(no_span("epmd.listen", "needs at least one address".into()));
         }
-        if epmd.packet_timeout.is_zero() {
-            return Err(no_span("epmd.packet_timeout", "must be more than 0".into()));
-        }
         let dist = self.dist;
         if dist.listen.is_empty() {
             return Err(no_span("dist.listen", "needs at least one address".into()));
         }
-        if dist.connect_timeout.is_zero() {
-            return Err(no_span(
-                "dist.connect_timeout",
-                "must be more than 0".into(),
-            ));
+        for (key, value) in [
+            ("epmd.packet_timeout", epmd.packet_timeout),
+            ("dist.connect_timeout", dist.connect_timeout),
+            ("dist.first_frame_timeout", dist.first_frame_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(no_span(key, "must be more than 0".into()));
+            }
         }
         if self.forward.pipe_size < MIN_PIPE_SIZE {
             let message = format!("must be at least {MIN_PIPE_SIZE} bytes");
@@ -342,8 +415,10 @@ impl RawConfig {
                 ports: pool,
                 pins,
                 connect_timeout: dist.connect_timeout,
+                first_frame_timeout: dist.first_frame_timeout,
             },
             forward: self.forward,
+            admin: self.admin,
             shutdown: self.shutdown,
         })
     }

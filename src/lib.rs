@@ -8,7 +8,9 @@
 //! - [`epmd`]: the EPMD wire format (pure) and the server that answers it.
 //! - [`registry`]: the local nodes, their creations and public ports.
 //! - [`forward`]: public-port listeners and the stream forwarding.
+//! - [`handshake`]: the first frame of a dist connection (who is calling), pure.
 //! - [`metrics`]: every metric name, described once.
+//! - [`admin`]: the HTTP server for `/metrics`, `/livez` and `/readyz`.
 //!
 //! The library binds nothing and installs no signal handler: the binary binds the
 //! listeners and hands them to [`Sidecar::run`] with a shutdown token, and tests do the
@@ -16,15 +18,18 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod config;
 pub mod epmd;
 pub mod forward;
+pub mod handshake;
 pub mod metrics;
 pub mod registry;
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -42,6 +47,8 @@ pub struct Listeners {
     /// Public dist listeners with the public port each serves; one port may have a
     /// listener per address.
     pub dist: Vec<(u16, TcpListener)>,
+    /// Admin HTTP listeners (metrics and probes).
+    pub admin: Vec<TcpListener>,
 }
 
 /// How the drain at shutdown ended.
@@ -56,6 +63,8 @@ pub enum Drain {
 /// A distgate sidecar: the EPMD server and the public dist ports of one pod.
 pub struct Sidecar {
     registry: Arc<Registry>,
+    health: Arc<admin::Health>,
+    metrics: Option<PrometheusHandle>,
     epmd: Arc<epmd::Server>,
     forwarder: Arc<Forwarder>,
     shutdown: CancellationToken,
@@ -83,11 +92,18 @@ impl Sidecar {
             Arc::clone(&registry),
             engine,
             config.dist.connect_timeout,
+            config.dist.first_frame_timeout,
             shutdown.clone(),
             tracker.clone(),
         ));
+        let health = Arc::new(admin::Health::new(
+            config.admin.ready_when.clone(),
+            Arc::clone(&registry),
+        ));
         Sidecar {
             registry,
+            health,
+            metrics: None,
             epmd,
             forwarder,
             shutdown,
@@ -100,8 +116,19 @@ impl Sidecar {
         &self.registry
     }
 
+    /// What `/readyz` reports.
+    pub fn health(&self) -> &Arc<admin::Health> {
+        &self.health
+    }
+
+    /// Serves `/metrics` from this Prometheus recorder (see [`metrics::install`]).
+    pub fn set_metrics(&mut self, handle: PrometheusHandle) {
+        self.metrics = Some(handle);
+    }
+
     /// Serves on `listeners` until shutdown, then waits up to `grace` for open
-    /// connections to end.
+    /// connections to end. The admin endpoints serve until the drain is over, with
+    /// `/readyz` failing from the moment shutdown begins.
     pub async fn run(self, listeners: Listeners, grace: Duration) -> Drain {
         let accept_loops = TaskTracker::new();
         for listener in listeners.epmd {
@@ -111,15 +138,34 @@ impl Sidecar {
             accept_loops.spawn(Arc::clone(&self.forwarder).serve(listener, port));
         }
         accept_loops.close();
+        let admin_stop = CancellationToken::new();
+        let admin_loops = TaskTracker::new();
+        if !listeners.admin.is_empty() {
+            let handle = self.metrics.clone().unwrap_or_else(|| {
+                metrics_exporter_prometheus::PrometheusBuilder::new()
+                    .build_recorder()
+                    .handle()
+            });
+            for listener in listeners.admin {
+                admin_loops.spawn(admin::serve(
+                    listener,
+                    handle.clone(),
+                    Arc::clone(&self.health),
+                    admin_stop.clone(),
+                ));
+            }
+        }
+        admin_loops.close();
+        self.health.set_listening();
         self.shutdown.cancelled().await;
+        self.health.set_draining();
         accept_loops.wait().await;
-        drop(accept_loops);
         self.tracker.close();
         info!(
             open = self.tracker.len(),
             "stopped accepting; draining connections"
         );
-        if tokio::time::timeout(grace, self.tracker.wait())
+        let drain = if tokio::time::timeout(grace, self.tracker.wait())
             .await
             .is_ok()
         {
@@ -129,7 +175,10 @@ impl Sidecar {
             let open = self.tracker.len();
             warn!(open, "grace period over; dropping open connections");
             Drain::TimedOut { open }
-        }
+        };
+        admin_stop.cancel();
+        admin_loops.wait().await;
+        drain
     }
 }
 

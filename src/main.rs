@@ -131,9 +131,11 @@ fn init_logging(cli: &Cli) -> anyhow::Result<()> {
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
+    let metrics = distgate::metrics::install().map_err(anyhow::Error::msg)?;
     let listeners = bind_all(&config)?;
     let shutdown = CancellationToken::new();
-    let sidecar = Sidecar::new(&config, config.dist.port_plan(), shutdown.clone());
+    let mut sidecar = Sidecar::new(&config, config.dist.port_plan(), shutdown.clone());
+    sidecar.set_metrics(metrics);
     tokio::spawn(watch_signals(shutdown));
     match sidecar.run(listeners, config.shutdown.grace).await {
         Drain::Complete => info!("distgate stopped"),
@@ -188,8 +190,16 @@ fn bind_all(config: &Config) -> anyhow::Result<Listeners> {
             bail!("public dist port {port} could not be bound on any `dist.listen` address");
         }
     }
+    for &addr in &config.admin.listen {
+        if let Some(listener) = bind(addr, "admin.listen")? {
+            listeners.admin.push(listener);
+        }
+    }
     for listener in listeners.epmd.iter() {
         info!(addr = %display_addr(listener), "EPMD listening");
+    }
+    for listener in listeners.admin.iter() {
+        info!(addr = %display_addr(listener), "admin HTTP listening (/metrics, /livez, /readyz)");
     }
     for (_, listener) in listeners.dist.iter() {
         info!(addr = %display_addr(listener), "public dist port listening");

@@ -1,32 +1,83 @@
 //! Every metric distgate records: names as constants, each described once, label
-//! values bounded (request kinds, results, reasons; never addresses or ports).
-//!
-//! Recording goes through the `metrics` facade; without an installed recorder it costs
-//! next to nothing. The exporter and the admin endpoints are not this file's concern.
+//! values bounded (node names, request kinds, results, reasons; never addresses or
+//! ports). Recording goes through the `metrics` facade; [`install`] sets up the
+//! Prometheus recorder the admin server renders.
 
-use metrics::{Unit, describe_counter, describe_gauge};
+use std::time::Instant;
 
+use metrics::{
+    Counter, Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
+};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+/// Always 1, labelled with the version.
+pub const BUILD_INFO: &str = "distgate_build_info";
 /// EPMD requests, by `type` (request kind or `invalid`) and `result`.
 pub const EPMD_REQUESTS: &str = "distgate_epmd_requests_total";
 /// Registered local nodes.
 pub const REGISTERED_NODES: &str = "distgate_registered_nodes";
 /// ALIVE2 requests refused, by `reason` (`not_local`, `duplicate`, `invalid_name`).
 pub const REGISTRATIONS_REJECTED: &str = "distgate_registrations_rejected_total";
-/// Local-only EPMD requests (registration aside) refused to a non-local peer, by `type`.
-pub const EPMD_NOT_LOCAL: &str = "distgate_epmd_not_local_total";
-/// Dist connections to a public port no node holds.
-pub const DIST_NO_NODE: &str = "distgate_dist_connections_no_node_total";
-/// Dist connections whose node's real port did not accept.
-pub const DIST_UPSTREAM_FAILURES: &str = "distgate_dist_upstream_connect_failures_total";
-/// Dist connections forwarded to a node.
-pub const DIST_CONNECTIONS: &str = "distgate_dist_connections_opened_total";
-/// Dist connections open now.
+/// Dist connections opened, by `node`, `peer` and `direction`.
+pub const DIST_OPENED: &str = "distgate_dist_connections_opened_total";
+/// Dist connections closed, by `node`, `peer`, `direction` and `reason`.
+pub const DIST_CLOSED: &str = "distgate_dist_connections_closed_total";
+/// Dist connections open now, by `node`, `peer` and `direction`.
 pub const DIST_ACTIVE: &str = "distgate_dist_connections_active";
+/// Bytes received from the peer, by `node`, `peer` and `direction`.
+pub const DIST_RECEIVED: &str = "distgate_dist_received_bytes_total";
+/// Bytes sent to the peer, by `node`, `peer` and `direction`.
+pub const DIST_SENT: &str = "distgate_dist_sent_bytes_total";
+/// How long dist connections lasted, by `node`, `peer` and `direction`.
+pub const DIST_DURATION: &str = "distgate_dist_connection_duration_seconds";
+/// Forwarded connections whose node's real port did not accept, by `node`.
+pub const DIST_UPSTREAM_FAILURES: &str = "distgate_dist_upstream_connect_failures_total";
+/// Connections to a public port no node holds.
+pub const DIST_NO_NODE: &str = "distgate_dist_connections_no_node_total";
 /// Accept errors on any listener.
 pub const ACCEPT_ERRORS: &str = "distgate_accept_errors_total";
 
-/// Describes every metric to the installed recorder; call once after installing one.
-pub fn describe() {
+/// Every metric name, for documentation and for checking dashboards.
+pub const ALL: &[&str] = &[
+    BUILD_INFO,
+    EPMD_REQUESTS,
+    REGISTERED_NODES,
+    REGISTRATIONS_REJECTED,
+    DIST_OPENED,
+    DIST_CLOSED,
+    DIST_ACTIVE,
+    DIST_RECEIVED,
+    DIST_SENT,
+    DIST_DURATION,
+    DIST_UPSTREAM_FAILURES,
+    DIST_NO_NODE,
+    ACCEPT_ERRORS,
+];
+
+/// Dist link durations: from a failed handshake to links that live for days.
+const DURATION_BUCKETS: &[f64] = &[
+    0.01, 0.1, 1.0, 10.0, 60.0, 600.0, 3600.0, 21600.0, 86400.0, 604800.0,
+];
+
+/// Installs the Prometheus recorder for this process and describes every metric.
+pub fn install() -> Result<PrometheusHandle, String> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Full(DIST_DURATION.into()),
+            DURATION_BUCKETS,
+        )
+        .map_err(|e| e.to_string())?
+        .install_recorder()
+        .map_err(|e| e.to_string())?;
+    describe();
+    gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    // Present from the start, so dashboards and alerts see zeros rather than gaps.
+    gauge!(REGISTERED_NODES).set(0.0);
+    Ok(handle)
+}
+
+fn describe() {
+    describe_gauge!(BUILD_INFO, "distgate's version, as a label; always 1");
     describe_counter!(EPMD_REQUESTS, "EPMD requests served, by type and result");
     describe_gauge!(REGISTERED_NODES, "Nodes registered with distgate's EPMD");
     describe_counter!(
@@ -34,21 +85,71 @@ pub fn describe() {
         "ALIVE2 registrations refused, by reason"
     );
     describe_counter!(
-        EPMD_NOT_LOCAL,
-        "Local-only EPMD requests refused to remote peers"
+        DIST_OPENED,
+        "Dist connections opened, by local node, peer and direction"
+    );
+    describe_counter!(
+        DIST_CLOSED,
+        "Dist connections closed, by local node, peer, direction and reason"
+    );
+    describe_gauge!(DIST_ACTIVE, "Dist connections open now");
+    describe_counter!(DIST_RECEIVED, Unit::Bytes, "Bytes received from the peer");
+    describe_counter!(DIST_SENT, Unit::Bytes, "Bytes sent to the peer");
+    describe_histogram!(
+        DIST_DURATION,
+        Unit::Seconds,
+        "How long dist connections lasted"
+    );
+    describe_counter!(
+        DIST_UPSTREAM_FAILURES,
+        "Forwarded connections whose node did not accept"
     );
     describe_counter!(
         DIST_NO_NODE,
         "Connections to a public dist port held by no node"
     );
     describe_counter!(
-        DIST_UPSTREAM_FAILURES,
-        "Forwarded connections whose node did not accept"
-    );
-    describe_counter!(DIST_CONNECTIONS, "Dist connections forwarded to a node");
-    describe_gauge!(DIST_ACTIVE, Unit::Count, "Dist connections open now");
-    describe_counter!(
         ACCEPT_ERRORS,
         "Errors accepting connections on any listener"
     );
+}
+
+/// The metrics of one dist connection: opened on creation, closed by [`Link::close`].
+pub struct Link {
+    labels: [(&'static str, String); 3],
+    /// Bytes from the peer (towards the node).
+    pub received: Counter,
+    /// Bytes to the peer.
+    pub sent: Counter,
+    started: Instant,
+}
+
+impl Link {
+    pub fn open(node: &str, peer: &str, direction: &'static str) -> Link {
+        let labels = [
+            ("node", node.to_owned()),
+            ("peer", peer.to_owned()),
+            ("direction", direction.to_owned()),
+        ];
+        counter!(DIST_OPENED, &labels).increment(1);
+        gauge!(DIST_ACTIVE, &labels).increment(1.0);
+        Link {
+            received: counter!(DIST_RECEIVED, &labels),
+            sent: counter!(DIST_SENT, &labels),
+            labels,
+            started: Instant::now(),
+        }
+    }
+
+    /// Records the close with a bounded `reason`.
+    pub fn close(self, reason: &'static str) {
+        gauge!(DIST_ACTIVE, &self.labels).decrement(1.0);
+        histogram!(DIST_DURATION, &self.labels).record(self.started.elapsed().as_secs_f64());
+        let [node, peer, direction] = self.labels;
+        counter!(
+            DIST_CLOSED,
+            &[node, peer, direction, ("reason", reason.to_owned())]
+        )
+        .increment(1);
+    }
 }

@@ -113,7 +113,7 @@ fn a_taken_epmd_port_is_a_clear_error() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap();
     let (_dir, path) = temp_config(&format!(
-        "[epmd]\nlisten = [\"{addr}\"]\n[dist]\nlisten = [\"127.0.0.1\"]\nports = [{}]\n",
+        "[epmd]\nlisten = [\"{addr}\"]\n[dist]\nlisten = [\"127.0.0.1\"]\nports = [{}]\n[admin]\nlisten = []\n",
         free_port()
     ));
     let out = distgate()
@@ -134,7 +134,7 @@ fn a_taken_epmd_port_is_a_clear_error() {
 #[test]
 fn sigterm_stops_distgate_cleanly() {
     let (_dir, path) = temp_config(&format!(
-        "[epmd]\nlisten = [\"127.0.0.1:0\"]\n[dist]\nlisten = [\"127.0.0.1\"]\nports = [{}]\n",
+        "[epmd]\nlisten = [\"127.0.0.1:0\"]\n[dist]\nlisten = [\"127.0.0.1\"]\nports = [{}]\n[admin]\nlisten = [\"127.0.0.1:0\"]\n",
         free_port()
     ));
     let mut run = Output::spawn(

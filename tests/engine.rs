@@ -190,7 +190,15 @@ async fn many_concurrent_streams_stay_apart() {
         while let Some(done) = streams.join_next().await {
             done.unwrap();
         }
-        assert!(engine.pipes().idle() <= 128, "{mode:?}: pipes leaked");
+        // Every pipe came back to the pool (up to its cap): none was lost with data.
+        let pipes = engine.pipes();
+        assert_eq!(
+            pipes.idle(),
+            pipes
+                .created()
+                .min(distgate::forward::splice::MAX_IDLE_PIPES),
+            "{mode:?}"
+        );
     }
 }
 

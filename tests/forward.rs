@@ -39,6 +39,24 @@ async fn connect_through(public: SocketAddr, node: &FakeNode) -> (TcpStream, Tcp
 }
 
 #[tokio::test]
+async fn a_first_frame_cut_short_is_forwarded_once_complete() {
+    let dg = TestSidecar::start(Options::default()).await;
+    let node = fake_node(&dg, "app").await;
+    let (mut client, mut upstream) = connect_through(dg.public_addr(0), &node).await;
+    // A send_name split in two writes: nothing is lost or reordered.
+    let mut frame = vec![0x00, 0x12, b'N'];
+    frame.extend_from_slice(&[0; 12]);
+    frame.extend_from_slice(&[0x00, 0x03]);
+    frame.extend_from_slice(b"a@h");
+    client.write_all(&frame[..7]).await.unwrap();
+    tokio::task::yield_now().await;
+    client.write_all(&frame[7..]).await.unwrap();
+    let mut got = vec![0u8; frame.len()];
+    upstream.read_exact(&mut got).await.unwrap();
+    assert_eq!(got, frame);
+}
+
+#[tokio::test]
 async fn a_port_no_node_holds_closes_at_once() {
     let dg = TestSidecar::start(Options::default()).await;
     let mut client = TcpStream::connect(dg.public_addr(0)).await.unwrap();
@@ -220,9 +238,10 @@ async fn each_public_port_reaches_its_own_node() {
     }
     for (i, node) in nodes.iter().enumerate() {
         let (mut client, mut upstream) = connect_through(dg.public_addr(i), node).await;
-        client.write_all(&[i as u8]).await.unwrap();
-        let mut byte = [0u8; 1];
-        upstream.read_exact(&mut byte).await.unwrap();
-        assert_eq!(byte[0], i as u8);
+        // Not a dist frame (its length field is 0): forwarded at once.
+        client.write_all(&[0, 0, i as u8]).await.unwrap();
+        let mut bytes = [0u8; 3];
+        upstream.read_exact(&mut bytes).await.unwrap();
+        assert_eq!(bytes, [0, 0, i as u8]);
     }
 }

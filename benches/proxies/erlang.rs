@@ -14,7 +14,7 @@ use distgate::{Listeners, Sidecar};
 use tokio_util::sync::CancellationToken;
 
 use crate::measure::Proc;
-use crate::variants::{TempDir, distgate, free_port, haproxy};
+use crate::variants::{TempDir, distgate, free_ports, haproxy};
 use crate::{Plan, Results, record};
 
 const COOKIE: &str = "distgate-bench";
@@ -89,7 +89,7 @@ fn library_epmd(
         let registry = Arc::clone(sidecar.registry());
         let listeners = Listeners {
             epmd: vec![listener],
-            dist: vec![],
+            ..Listeners::default()
         };
         tokio::spawn(sidecar.run(listeners, std::time::Duration::from_secs(1)));
         (port, registry, shutdown)
@@ -110,7 +110,7 @@ fn once(kind: &str, round: usize, plan: &Plan, rt: &tokio::runtime::Runtime) -> 
             port
         }
         "distgate-auto" | "distgate-splice" => {
-            let (epmd, public, public_a) = (free_port(), free_port(), free_port());
+            let [epmd, public, public_a] = free_ports();
             let mut proc = distgate(
                 &dir,
                 &format!(
@@ -123,7 +123,7 @@ fn once(kind: &str, round: usize, plan: &Plan, rt: &tokio::runtime::Runtime) -> 
             epmd
         }
         _ => {
-            let listen = free_port();
+            let [listen] = free_ports();
             let (port, registry, stop) = library_epmd(rt, vec![listen]);
             token = Some(stop);
             let node_b = erl(&b, port, NODE_B);

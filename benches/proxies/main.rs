@@ -114,10 +114,14 @@ fn main() {
         .into_iter()
         .map(|k| Variant::start(k, &setup))
         .collect();
+    let bulk_only = args.iter().any(|a| a == "--bulk-only");
     for round in 0..plan.rounds {
         eprintln!("round {} of {}", round + 1, plan.rounds);
         for variant in &variants {
             variant.bulk(&setup, &plan, &mut results);
+            if bulk_only {
+                continue;
+            }
             variant.round_trips(&setup, &plan, false, &mut results);
             variant.round_trips(&setup, &plan, true, &mut results);
             for &count in plan.idle_counts {
@@ -130,6 +134,10 @@ fn main() {
         }
     }
     drop(variants);
+    if bulk_only {
+        println!("{}", report(&plan, &results));
+        return;
+    }
     if measure::have("erl") {
         erlang::run(&plan, &mut results);
     } else {

@@ -61,12 +61,12 @@ impl Setup {
     }
 }
 
-pub fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// `N` distinct loopback ports free at the time of the call.
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    let held: Vec<TcpListener> = (0..N)
+        .map(|_| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap())
+        .collect();
+    std::array::from_fn(|i| held[i].local_addr().unwrap().port())
 }
 
 fn loopback(port: u16) -> SocketAddr {
@@ -113,7 +113,8 @@ pub fn register(epmd: u16, name: &str, port: u16) -> TcpStream {
 /// Starts the distgate binary with `config` (TOML); returns the process.
 pub fn distgate(dir: &TempDir, config: &str) -> Proc {
     let path = dir.0.join("distgate.toml");
-    let mut config = config.to_owned();
+    // No admin server: several distgates run side by side.
+    let mut config = format!("[admin]\nlisten = []\n{config}");
     if let Ok(size) = std::env::var("BENCH_PIPE_SIZE") {
         if config.contains("[forward]") {
             config = config.replace("[forward]\n", &format!("[forward]\npipe_size = {size}\n"));
@@ -172,8 +173,8 @@ impl Variant {
         let ports: [u16; 3] = match kind {
             Kind::Direct => servers,
             Kind::DistgateAuto | Kind::DistgateSplice | Kind::DistgateCopy => {
-                let epmd = free_port();
-                let public = [free_port(), free_port(), free_port()];
+                let [epmd, p0, p1, p2] = free_ports();
+                let public = [p0, p1, p2];
                 let mode = kind.name().trim_start_matches("distgate-");
                 let config = format!(
                     "[epmd]\nlisten = [\"127.0.0.1:{epmd}\"]\n\
@@ -191,13 +192,13 @@ impl Variant {
                 public
             }
             Kind::Haproxy => {
-                let listen = [free_port(), free_port(), free_port()];
+                let listen: [u16; 3] = free_ports();
                 let routes: Vec<_> = listen.iter().copied().zip(servers).collect();
                 procs.push(haproxy(&dir, &routes));
                 listen
             }
             Kind::Socat => {
-                let listen = [free_port(), free_port(), free_port()];
+                let listen: [u16; 3] = free_ports();
                 for (port, server) in listen.iter().zip(servers) {
                     let mut proc = Proc::spawn(Command::new("socat").args([
                         format!("TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,backlog=4096"),

@@ -126,7 +126,6 @@ impl Server {
             } else {
                 info!(request = %kind, "local-only request from a non-local address refused");
             }
-            metrics::counter!(m::EPMD_NOT_LOCAL, "type" => kind.as_str()).increment(1);
             count_request(kind.as_str(), "not_local");
             return;
         }

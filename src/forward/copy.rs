@@ -57,7 +57,7 @@ pub async fn pump(
     pool: &BufferPool,
     src: &TcpStream,
     dst: &TcpStream,
-    count: &mut u64,
+    count: &mut super::Meter,
     until_bulk: bool,
 ) -> io::Result<End> {
     loop {
@@ -71,7 +71,7 @@ pub async fn pump(
                     if let Err(e) = write_all(dst, &buffer[..n]).await {
                         break Err(e);
                     }
-                    *count += n as u64;
+                    count.add(n);
                     if until_bulk && n == buffer.len() {
                         break Ok(Some(End::Bulk));
                     }

@@ -6,6 +6,7 @@
 //! falling back to the copy when no pipe can be made.
 
 pub mod copy;
+pub mod identify;
 pub mod public;
 pub mod splice;
 
@@ -41,6 +42,29 @@ pub struct Outcome {
     pub result: io::Result<()>,
 }
 
+/// Counts the bytes of one direction: a total for the outcome, and a live counter.
+#[derive(Debug)]
+pub struct Meter {
+    total: u64,
+    live: metrics::Counter,
+}
+
+impl Meter {
+    pub fn new(live: metrics::Counter) -> Meter {
+        Meter { total: 0, live }
+    }
+
+    /// Records `n` bytes passed on.
+    pub fn add(&mut self, n: usize) {
+        self.total += n as u64;
+        self.live.increment(n as u64);
+    }
+
+    pub fn total(&self) -> u64 {
+        self.total
+    }
+}
+
 /// Moves stream bytes; shared by every connection.
 #[derive(Debug)]
 pub struct Engine {
@@ -73,21 +97,37 @@ impl Engine {
     /// side ends both, and both sockets close when this returns. No idle timeout: dist
     /// links are quiet but for ticks and live for days.
     pub async fn proxy(&self, client: TcpStream, upstream: TcpStream) -> Outcome {
-        let (mut to_upstream, mut to_client) = (0, 0);
+        let noop = || Meter::new(metrics::Counter::noop());
+        self.proxy_metered(client, upstream, noop(), noop()).await
+    }
+
+    /// [`Engine::proxy`], counting each direction's bytes live as they pass.
+    pub async fn proxy_metered(
+        &self,
+        client: TcpStream,
+        upstream: TcpStream,
+        mut to_upstream: Meter,
+        mut to_client: Meter,
+    ) -> Outcome {
         let result = tokio::try_join!(
             self.direction(&client, &upstream, &mut to_upstream),
             self.direction(&upstream, &client, &mut to_client),
         )
         .map(|_| ());
         Outcome {
-            to_upstream,
-            to_client,
+            to_upstream: to_upstream.total(),
+            to_client: to_client.total(),
             result,
         }
     }
 
     /// One direction: all of `src` into `dst`, then a half-close of `dst`.
-    async fn direction(&self, src: &TcpStream, dst: &TcpStream, count: &mut u64) -> io::Result<()> {
+    async fn direction(
+        &self,
+        src: &TcpStream,
+        dst: &TcpStream,
+        count: &mut Meter,
+    ) -> io::Result<()> {
         let (buffers, pipes) = (&self.buffers, &self.pipes);
         match self.mode {
             Mode::Copy => {

@@ -14,11 +14,28 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use crate::metrics as m;
 use crate::registry::Registry;
 
+/// The `direction` label of connections that come in on a public port.
+pub const DIRECTION: &str = "inbound";
+
+/// A bounded label for how a forwarded stream ended.
+pub fn close_reason(result: &std::io::Result<()>) -> &'static str {
+    use std::io::ErrorKind::*;
+    match result {
+        Ok(()) => "closed",
+        Err(e) => match e.kind() {
+            ConnectionReset | ConnectionAborted | BrokenPipe => "reset",
+            TimedOut => "timeout",
+            _ => "error",
+        },
+    }
+}
+
 /// Accepts on the public dist ports and forwards to the nodes holding them.
 pub struct Forwarder {
     registry: Arc<Registry>,
     engine: Arc<super::Engine>,
     connect_timeout: Duration,
+    first_frame_timeout: Duration,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 }
@@ -28,6 +45,7 @@ impl Forwarder {
         registry: Arc<Registry>,
         engine: Arc<super::Engine>,
         connect_timeout: Duration,
+        first_frame_timeout: Duration,
         shutdown: CancellationToken,
         tracker: TaskTracker,
     ) -> Self {
@@ -35,6 +53,7 @@ impl Forwarder {
             registry,
             engine,
             connect_timeout,
+            first_frame_timeout,
             shutdown,
             tracker,
         }
@@ -71,30 +90,47 @@ impl Forwarder {
             Ok(upstream) => upstream,
             Err(e) => {
                 warn!(%node, real_port = target.port(), "node's real port did not accept: {e}");
-                metrics::counter!(m::DIST_UPSTREAM_FAILURES).increment(1);
+                metrics::counter!(m::DIST_UPSTREAM_FAILURES, "node" => node).increment(1);
                 return;
             }
         };
+        // The caller speaks first, and its first frame names it. Should the node speak
+        // or close first instead, forwarding starts at once.
+        let caller = tokio::select! {
+            caller = super::identify::identify(&client, self.first_frame_timeout) => caller,
+            _ = upstream.readable() => crate::handshake::Caller::Unknown,
+        };
+        let peer = caller.label().to_owned();
         // Dist traffic is small frames and ticks; OTP sets nodelay on its own sockets.
         if let Err(e) = client.set_nodelay(true) {
             debug!("TCP_NODELAY on the client socket: {e}");
         }
-        let started = Instant::now();
-        info!(%node, real_port = target.port(), "dist connection opened");
-        metrics::counter!(m::DIST_CONNECTIONS).increment(1);
-        metrics::gauge!(m::DIST_ACTIVE).increment(1);
-        let outcome = self.engine.proxy(client, upstream).await;
-        metrics::gauge!(m::DIST_ACTIVE).decrement(1);
-        let reason = match &outcome.result {
-            Ok(()) => "closed".to_string(),
-            Err(e) => e.to_string(),
+        let tls_sni = match &caller {
+            crate::handshake::Caller::Tls { sni } => sni.clone(),
+            _ => None,
         };
+        info!(%node, %peer, tls_sni, real_port = target.port(), "dist connection opened");
+        let link = m::Link::open(&node, &peer, DIRECTION);
+        let started = Instant::now();
+        let outcome = self
+            .engine
+            .proxy_metered(
+                client,
+                upstream,
+                super::Meter::new(link.received.clone()),
+                super::Meter::new(link.sent.clone()),
+            )
+            .await;
+        let reason = close_reason(&outcome.result);
+        link.close(reason);
         info!(
             %node,
-            bytes_to_node = outcome.to_upstream,
-            bytes_from_node = outcome.to_client,
+            %peer,
+            bytes_from_peer = outcome.to_upstream,
+            bytes_to_peer = outcome.to_client,
             duration_ms = started.elapsed().as_millis() as u64,
-            %reason,
+            reason,
+            error = outcome.result.as_ref().err().map(ToString::to_string),
             "dist connection closed"
         );
     }

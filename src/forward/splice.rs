@@ -24,7 +24,8 @@ use tokio::net::TcpStream;
 /// The kernel's own pipe size, used when a larger one cannot be had.
 pub const DEFAULT_PIPE_SIZE: usize = 64 * 1024;
 /// Most idle pipes a pool keeps; more are closed.
-const MAX_IDLE_PIPES: usize = 256;
+/// Kept small: every pipe counts against the user's pipe quota (pipe-user-pages-soft).
+pub const MAX_IDLE_PIPES: usize = 16;
 
 /// A pipe used as the in-kernel buffer of one direction.
 #[derive(Debug)]
@@ -159,7 +160,7 @@ pub async fn pump(
     pool: &PipePool,
     src: &TcpStream,
     dst: &TcpStream,
-    count: &mut u64,
+    count: &mut super::Meter,
     until_idle: bool,
 ) -> io::Result<End> {
     let mut pipe: Option<Pipe> = None;
@@ -174,7 +175,7 @@ pub async fn pump(
             match dst.try_io(Interest::WRITABLE, out) {
                 Ok(n) => {
                     in_pipe -= n;
-                    *count += n as u64;
+                    count.add(n);
                 }
                 Err(e) if would_block(&e) => dst_blocked = true,
                 Err(e) => return Err(e),

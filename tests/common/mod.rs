@@ -102,7 +102,10 @@ impl TestSidecar {
     pub async fn start(options: Options) -> TestSidecar {
         let epmd = bind_pair(options.ipv6);
         let epmd_addr = epmd[0].local_addr().unwrap();
-        let mut listeners = Listeners { epmd, dist: vec![] };
+        let mut listeners = Listeners {
+            epmd,
+            ..Listeners::default()
+        };
         let mut public_ports = vec![];
         for _ in 0..options.pool {
             let pair = bind_pair(options.ipv6);

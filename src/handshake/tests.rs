@@ -1,0 +1,159 @@
+//! Tests of the first-frame classifier: the trace PROTOCOL.md records from OTP 25, the
+//! old `n` form, every truncation point, TLS ClientHellos with and without SNI, and
+//! garbage.
+
+use super::*;
+
+/// `send_name` as OTP 25 sent it (PROTOCOL.md §3.2).
+fn otp25_send_name() -> Vec<u8> {
+    let mut frame = vec![0x00, 0x1a, b'N'];
+    frame.extend_from_slice(&0x0000_000d_07df_7fbd_u64.to_be_bytes());
+    frame.extend_from_slice(&0x1234_5678_u32.to_be_bytes());
+    frame.extend_from_slice(&11u16.to_be_bytes());
+    frame.extend_from_slice(b"a@127.0.0.1");
+    frame
+}
+
+/// A minimal TLS 1.2-style ClientHello record, with SNI `host` when given.
+fn client_hello(host: Option<&str>) -> Vec<u8> {
+    let mut extensions = vec![];
+    // An unrelated extension first (supported_groups).
+    extensions.extend_from_slice(&[0x00, 0x0a, 0x00, 0x04, 0x00, 0x02, 0x00, 0x17]);
+    if let Some(host) = host {
+        let name = host.as_bytes();
+        let mut list = vec![0u8];
+        list.extend_from_slice(&(name.len() as u16).to_be_bytes());
+        list.extend_from_slice(name);
+        let mut data = (list.len() as u16).to_be_bytes().to_vec();
+        data.extend(list);
+        extensions.extend_from_slice(&[0x00, 0x00]);
+        extensions.extend_from_slice(&(data.len() as u16).to_be_bytes());
+        extensions.extend(data);
+    }
+    let mut body = vec![0x03, 0x03];
+    body.extend_from_slice(&[7u8; 32]);
+    body.extend_from_slice(&[0]); // no session id
+    body.extend_from_slice(&[0x00, 0x02, 0x13, 0x01]); // one cipher suite
+    body.extend_from_slice(&[0x01, 0x00]); // null compression
+    body.extend_from_slice(&(extensions.len() as u16).to_be_bytes());
+    body.extend(extensions);
+    let mut handshake = vec![0x01];
+    handshake.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
+    handshake.extend(body);
+    let mut record = vec![0x16, 0x03, 0x01];
+    record.extend_from_slice(&(handshake.len() as u16).to_be_bytes());
+    record.extend(handshake);
+    record
+}
+
+#[test]
+fn otp25_send_name_names_the_caller() {
+    assert_eq!(
+        classify(&otp25_send_name()),
+        Peek::Done(Caller::Node {
+            name: "a@127.0.0.1".into(),
+            flags: 0x0000_000d_07df_7fbd,
+            creation: Some(0x1234_5678),
+        })
+    );
+}
+
+#[test]
+fn every_truncation_of_send_name_needs_more() {
+    let frame = otp25_send_name();
+    for cut in 0..frame.len() {
+        assert!(
+            matches!(classify(&frame[..cut]), Peek::NeedMore(n) if n > cut),
+            "cut at {cut}"
+        );
+    }
+}
+
+#[test]
+fn bytes_after_the_first_frame_are_ignored() {
+    let mut frame = otp25_send_name();
+    frame.extend_from_slice(b"\x00\x15r more handshake");
+    assert_eq!(classify(&frame).clone(), classify(&otp25_send_name()));
+}
+
+#[test]
+fn old_send_name_is_understood() {
+    let mut frame = vec![0x00, 0x0f, b'n', 0x00, 0x05];
+    frame.extend_from_slice(&0x0007_7fbd_u32.to_be_bytes());
+    frame.extend_from_slice(b"old@host");
+    assert_eq!(
+        classify(&frame),
+        Peek::Done(Caller::Node {
+            name: "old@host".into(),
+            flags: 0x0007_7fbd,
+            creation: None,
+        })
+    );
+}
+
+#[test]
+fn garbage_is_unknown_without_waiting() {
+    // "GE" as a length is 18245 bytes: clearly not a send_name.
+    assert_eq!(classify(b"GET / HTTP/1.1\r\n"), Peek::Done(Caller::Unknown));
+    assert_eq!(classify(&[0, 0]), Peek::Done(Caller::Unknown));
+    assert_eq!(classify(b"\x00\x03xyz"), Peek::Done(Caller::Unknown));
+    // A name length pointing past the frame.
+    let mut short = otp25_send_name();
+    short[16] = 0x40;
+    assert_eq!(classify(&short), Peek::Done(Caller::Unknown));
+    // Control characters in the name.
+    let mut control = otp25_send_name();
+    control[18] = b'\n';
+    assert_eq!(classify(&control), Peek::Done(Caller::Unknown));
+}
+
+#[test]
+fn tls_client_hello_gives_the_sni_host() {
+    let hello = client_hello(Some("b.app-headless.prod.svc"));
+    assert_eq!(
+        classify(&hello),
+        Peek::Done(Caller::Tls {
+            sni: Some("b.app-headless.prod.svc".into())
+        })
+    );
+    assert_eq!(
+        classify(&client_hello(None)),
+        Peek::Done(Caller::Tls { sni: None })
+    );
+    for cut in 0..hello.len() {
+        assert!(
+            matches!(classify(&hello[..cut]), Peek::NeedMore(_)),
+            "cut at {cut}"
+        );
+    }
+}
+
+#[test]
+fn a_broken_client_hello_is_tls_without_a_name() {
+    let mut hello = client_hello(Some("host"));
+    let last = hello.len() - 1;
+    // Claim a longer extension block than the record holds.
+    hello[last - 12] = 0xff;
+    assert!(matches!(classify(&hello), Peek::Done(Caller::Tls { .. })));
+    let mut not_hello = client_hello(Some("host"));
+    not_hello[5] = 2; // ServerHello
+    assert_eq!(classify(&not_hello), Peek::Done(Caller::Tls { sni: None }));
+}
+
+#[test]
+fn labels_are_bounded() {
+    assert_eq!(
+        Caller::Tls {
+            sni: Some("x".into())
+        }
+        .label(),
+        "tls"
+    );
+    assert_eq!(Caller::Unknown.label(), "unknown");
+    let node = Caller::Node {
+        name: "a@h".into(),
+        flags: 0,
+        creation: None,
+    };
+    assert_eq!(node.label(), "a@h");
+}
