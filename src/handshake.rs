@@ -172,5 +172,58 @@ fn client_hello_sni(record: &[u8]) -> Option<String> {
     None
 }
 
+/// Capability flags an OTP 25 node sends (PROTOCOL.md §2.4); what a probe claims.
+pub const OTP25_FLAGS: u64 = 0x0000_000d_07df_7fbd;
+
+/// A `send_name` frame (the v6 `N` form), with its `u16` length.
+pub fn encode_send_name(name: &str, flags: u64, creation: u32) -> Vec<u8> {
+    let mut payload = vec![b'N'];
+    payload.extend_from_slice(&flags.to_be_bytes());
+    payload.extend_from_slice(&creation.to_be_bytes());
+    payload.extend_from_slice(&(name.len() as u16).to_be_bytes());
+    payload.extend_from_slice(name.as_bytes());
+    let mut frame = (payload.len() as u16).to_be_bytes().to_vec();
+    frame.extend(payload);
+    frame
+}
+
+/// The status text of a `recv_status` payload (`s` then e.g. `ok`, `not_allowed`).
+pub fn parse_status(payload: &[u8]) -> Option<String> {
+    let text = payload.strip_prefix(b"s")?;
+    Some(String::from_utf8_lossy(text).into_owned())
+}
+
+/// The acceptor's challenge: its real node name, creation and flags.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Challenge {
+    pub name: String,
+    pub flags: u64,
+    /// Absent from a pre-OTP-23 acceptor's `n` form.
+    pub creation: Option<u32>,
+}
+
+/// Parses a challenge payload (`N` since OTP 23, `n` before).
+pub fn parse_challenge(payload: &[u8]) -> Option<Challenge> {
+    let (&tag, rest) = payload.split_first()?;
+    let (name, flags, creation) = match tag {
+        b'N' => {
+            let flags = u64::from_be_bytes(rest.get(..8)?.try_into().ok()?);
+            let creation = u32::from_be_bytes(rest.get(12..16)?.try_into().ok()?);
+            let nlen = usize::from(u16::from_be_bytes(rest.get(16..18)?.try_into().ok()?));
+            (rest.get(18..18 + nlen)?, flags, Some(creation))
+        }
+        b'n' => {
+            let flags = u32::from_be_bytes(rest.get(2..6)?.try_into().ok()?);
+            (rest.get(10..)?, u64::from(flags), None)
+        }
+        _ => return None,
+    };
+    Some(Challenge {
+        name: std::str::from_utf8(name).ok()?.to_owned(),
+        flags,
+        creation,
+    })
+}
+
 #[cfg(test)]
 mod tests;

@@ -11,6 +11,7 @@
 //! - [`handshake`]: the first frame of a dist connection (who is calling), pure.
 //! - [`metrics`]: every metric name, described once.
 //! - [`admin`]: the HTTP server for `/metrics`, `/livez` and `/readyz`.
+//! - [`probe`]: `distgate probe NODE@HOST`, which finds where a node's path breaks.
 //!
 //! The library binds nothing and installs no signal handler: the binary binds the
 //! listeners and hands them to [`Sidecar::run`] with a shutdown token, and tests do the
@@ -24,6 +25,7 @@ pub mod epmd;
 pub mod forward;
 pub mod handshake;
 pub mod metrics;
+pub mod probe;
 pub mod registry;
 
 use std::sync::Arc;

@@ -58,6 +58,22 @@ enum Command {
         /// The file to check.
         file: PathBuf,
     },
+    /// Reach a node as a peer would and report each step, or where and why it fails:
+    /// DNS, EPMD, registration, the dist port, the handshake, the node's own name.
+    /// Exits 0 when the node answers as itself, 1 otherwise.
+    Probe {
+        /// The node, as peers name it: name@host.
+        node: String,
+        /// The EPMD port to ask (as ERL_EPMD_PORT for nodes).
+        #[arg(long, env = "ERL_EPMD_PORT", default_value_t = config::DEFAULT_EPMD_PORT)]
+        epmd_port: u16,
+        /// Resolve and connect over IPv6, like `-proto_dist inet6_tcp`.
+        #[arg(long)]
+        ipv6: bool,
+        /// Limit of each step, e.g. "5s".
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -68,8 +84,15 @@ enum LogFormat {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Command::CheckConfig { file }) = &cli.command {
-        return check_config(file);
+    match &cli.command {
+        Some(Command::CheckConfig { file }) => return check_config(file),
+        Some(Command::Probe {
+            node,
+            epmd_port,
+            ipv6,
+            timeout,
+        }) => return probe(node, *epmd_port, *ipv6, *timeout),
+        Some(Command::Run) | None => {}
     }
     if let Err(e) = init_logging(&cli) {
         eprintln!("distgate: {e:#}");
@@ -114,6 +137,33 @@ fn check_config(file: &Path) -> ExitCode {
             eprintln!("{e}");
             ExitCode::from(EXIT_CONFIG)
         }
+    }
+}
+
+fn probe(node: &str, epmd_port: u16, ipv6: bool, timeout: std::time::Duration) -> ExitCode {
+    let target = match distgate::probe::Target::parse(node, epmd_port, ipv6, timeout) {
+        Ok(target) => target,
+        Err(e) => {
+            eprintln!("distgate probe: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("distgate probe: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let report = runtime.block_on(distgate::probe::probe(&target));
+    println!("{report}");
+    if report.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 

@@ -73,6 +73,8 @@ pub fn install() -> Result<PrometheusHandle, String> {
     gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     // Present from the start, so dashboards and alerts see zeros rather than gaps.
     gauge!(REGISTERED_NODES).set(0.0);
+    counter!(DIST_NO_NODE).increment(0);
+    counter!(ACCEPT_ERRORS).increment(0);
     Ok(handle)
 }
 

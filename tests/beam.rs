@@ -265,3 +265,172 @@ fn an_elixir_node_answers_ping_and_a_remote_shell() {
     assert!(elixir.process.exited().is_none(), "the remote node died");
     assert_eq!(dg.registry.get(&short).unwrap().public_port, Some(public));
 }
+
+/// `/metrics` text from an in-process distgate.
+fn scrape(rt: &tokio::runtime::Runtime, dg: &TestSidecar) -> String {
+    let (status, body) = rt.block_on(http_get(dg.admin.unwrap(), "/metrics"));
+    assert_eq!(status, 200);
+    body
+}
+
+#[test]
+fn metrics_match_the_nodes_own_socket_counts() {
+    if !require(&["erl"]) {
+        return;
+    }
+    let rt = runtime();
+    let dg = rt.block_on(TestSidecar::start(Options {
+        pool: 2,
+        admin: true,
+        ..Options::default()
+    }));
+    let port = dg.epmd.port();
+    let b_short = unique("mb");
+    let b_name = format!("{b_short}@127.0.0.1");
+    let mut b = Output::spawn("node b", &mut erl(&b_name, port, IDLE));
+    b.wait_for("READY", node_deadline());
+    registered(&dg, &b_short);
+    // Talk, let global settle, read the socket's own counters until they stand still,
+    // then hang up.
+    let script = format!(
+        r#"
+P = '{b_name}',
+pong = net_adm:ping(P),
+global:sync(),
+P = rpc:call(P, erlang, node, []),
+{{P, Ctrl}} = lists:keyfind(P, 1, erlang:system_info(dist_ctrl)),
+Stat = fun() -> {{ok, S}} = inet:getstat(Ctrl, [send_oct, recv_oct]), S end,
+Still = fun Still(Last) -> timer:sleep(50), case Stat() of Last -> Last; New -> Still(New) end end,
+[{{send_oct, Sent}}, {{recv_oct, Received}}] = Still(Stat()),
+erlang:disconnect_node(P),
+io:format("OCTETS ~p ~p~n", [Sent, Received]),
+halt().
+"#
+    );
+    let a_name = format!("{}@127.0.0.1", unique("ma"));
+    let mut a = Output::spawn("node a", &mut erl(&a_name, port, &script));
+    let octets = a.wait_for("OCTETS ", node_deadline());
+    let (sent, received) = octets.split_once(' ').unwrap();
+    let labels = [
+        ("node", b_short.as_str()),
+        ("peer", a_name.as_str()),
+        ("direction", "inbound"),
+    ];
+    let start = Instant::now();
+    let text = loop {
+        let text = scrape(&rt, &dg);
+        let closed = [labels.as_slice(), &[("reason", "closed")]].concat();
+        if sample(&text, "distgate_dist_connections_closed_total", &closed).is_some() {
+            break text;
+        }
+        assert!(
+            start.elapsed() < node_deadline(),
+            "link never closed:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // What a sent is what distgate received from the peer, and the other way round.
+    assert_eq!(
+        sample(&text, "distgate_dist_received_bytes_total", &labels),
+        Some(sent.parse().unwrap())
+    );
+    assert_eq!(
+        sample(&text, "distgate_dist_sent_bytes_total", &labels),
+        Some(received.parse().unwrap())
+    );
+    assert_eq!(
+        sample(&text, "distgate_dist_connections_active", &labels),
+        Some(0.0)
+    );
+}
+
+/// Writes a self-signed certificate and an `-ssl_dist_optfile` for TLS distribution.
+fn tls_files(dir: &std::path::Path) -> std::path::PathBuf {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let status = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "openssl failed");
+    let optfile = dir.join("ssl_dist.conf");
+    std::fs::write(
+        &optfile,
+        format!(
+            "[{{server, [{{certfile, \"{}\"}}, {{keyfile, \"{}\"}}, {{verify, verify_none}}]}},\n \
+             {{client, [{{verify, verify_none}}]}}].\n",
+            cert.display(),
+            key.display()
+        ),
+    )
+    .unwrap();
+    optfile
+}
+
+#[test]
+fn tls_distribution_passes_through_and_is_labelled_tls() {
+    if !require(&["erl", "openssl"]) {
+        return;
+    }
+    let dir = std::env::temp_dir().join(unique("distgate-tls-"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let optfile = tls_files(&dir);
+    let tls = |command: &mut Command| {
+        command
+            .args(["-proto_dist", "inet_tls", "-ssl_dist_optfile"])
+            .arg(&optfile);
+    };
+    let rt = runtime();
+    let dg = rt.block_on(TestSidecar::start(Options {
+        pool: 2,
+        admin: true,
+        ..Options::default()
+    }));
+    let port = dg.epmd.port();
+    let b_short = unique("tb");
+    let b_name = format!("{b_short}@127.0.0.1");
+    let mut b_cmd = erl(&b_name, port, IDLE);
+    tls(&mut b_cmd);
+    let mut b = Output::spawn("tls node b", &mut b_cmd);
+    b.wait_for("READY", node_deadline());
+    let b_public = registered(&dg, &b_short);
+
+    let eval = format!(
+        "io:format(\"PING ~p~n\", [net_adm:ping('{b_name}')]),\
+         io:format(\"RPC ~p~n\", [rpc:call('{b_name}', erlang, node, [])]),\
+         halt()."
+    );
+    let mut a_cmd = erl(&format!("{}@127.0.0.1", unique("ta")), port, &eval);
+    tls(&mut a_cmd);
+    let mut a = Output::spawn("tls node a", &mut a_cmd);
+    assert_eq!(a.wait_for("PING ", node_deadline()), "pong");
+    assert_eq!(a.wait_for("RPC ", node_deadline()), format!("'{b_name}'"));
+    a.wait_exit(node_deadline());
+    let text = scrape(&rt, &dg);
+    let labels = [
+        ("node", b_short.as_str()),
+        ("peer", "tls"),
+        ("direction", "inbound"),
+    ];
+    assert!(
+        sample(&text, "distgate_dist_connections_opened_total", &labels).unwrap_or(0.0) >= 1.0,
+        "no TLS link to {b_public} in:\n{text}"
+    );
+    assert!(sample(&text, "distgate_dist_received_bytes_total", &labels).unwrap_or(0.0) > 0.0);
+    let _ = std::fs::remove_dir_all(&dir);
+}

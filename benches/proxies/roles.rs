@@ -169,13 +169,18 @@ fn round_trips(addr: SocketAddr, count: usize) -> io::Result<()> {
     Ok(())
 }
 
-/// Opens `count` connections, sends one byte on each, prints `READY`, and holds them
-/// until its standard input closes.
+/// Opens `count` connections, sends on each the `send_name` a dist link starts with,
+/// prints `READY`, and holds them until its standard input closes.
 fn idle(addr: SocketAddr, count: usize) -> io::Result<()> {
+    let hello = distgate::handshake::encode_send_name(
+        "idle@bench.invalid",
+        distgate::handshake::OTP25_FLAGS,
+        1,
+    );
     let mut held = Vec::with_capacity(count);
     for _ in 0..count {
         let mut stream = TcpStream::connect(addr)?;
-        stream.write_all(b"!")?;
+        stream.write_all(&hello)?;
         held.push(stream);
     }
     println!("READY");

@@ -157,3 +157,53 @@ fn labels_are_bounded() {
     };
     assert_eq!(node.label(), "a@h");
 }
+
+#[test]
+fn send_name_round_trips() {
+    let frame = encode_send_name("probe@h", OTP25_FLAGS, 7);
+    assert_eq!(
+        classify(&frame),
+        Peek::Done(Caller::Node {
+            name: "probe@h".into(),
+            flags: OTP25_FLAGS,
+            creation: Some(7),
+        })
+    );
+}
+
+#[test]
+fn challenge_from_the_otp25_trace_parses() {
+    // B→A challenge of PROTOCOL.md §3.2, after its u16 length.
+    let mut payload = vec![b'N'];
+    payload.extend_from_slice(&OTP25_FLAGS.to_be_bytes());
+    payload.extend_from_slice(&0xc9e0_8fc7_u32.to_be_bytes());
+    payload.extend_from_slice(&0x1234_5678_u32.to_be_bytes());
+    payload.extend_from_slice(&11u16.to_be_bytes());
+    payload.extend_from_slice(b"b@127.0.0.1");
+    assert_eq!(
+        parse_challenge(&payload),
+        Some(Challenge {
+            name: "b@127.0.0.1".into(),
+            flags: OTP25_FLAGS,
+            creation: Some(0x1234_5678),
+        })
+    );
+    for cut in 0..payload.len() {
+        assert_eq!(parse_challenge(&payload[..cut]), None, "cut at {cut}");
+    }
+    let mut old = vec![b'n', 0, 5];
+    old.extend_from_slice(&0x7fbd_u32.to_be_bytes());
+    old.extend_from_slice(&1u32.to_be_bytes());
+    old.extend_from_slice(b"old@host");
+    assert_eq!(parse_challenge(&old).unwrap().name, "old@host");
+}
+
+#[test]
+fn status_text_is_read() {
+    assert_eq!(parse_status(b"sok").as_deref(), Some("ok"));
+    assert_eq!(
+        parse_status(b"snot_allowed").as_deref(),
+        Some("not_allowed")
+    );
+    assert_eq!(parse_status(b"xok"), None);
+}

@@ -46,6 +46,8 @@ where
 /// A distgate sidecar running in this process on loopback ports chosen by the OS.
 pub struct TestSidecar {
     pub epmd: SocketAddr,
+    /// The admin HTTP address, with `Options::admin`.
+    pub admin: Option<SocketAddr>,
     /// The public dist ports, in pool order.
     pub public_ports: Vec<u16>,
     pub registry: Arc<Registry>,
@@ -62,6 +64,8 @@ pub struct Options {
     pub pins: Vec<(&'static str, usize)>,
     /// Also listen on ::1 (same port numbers).
     pub ipv6: bool,
+    /// Serve the admin endpoints on an ephemeral port, with this process's recorder.
+    pub admin: bool,
 }
 
 impl Default for Options {
@@ -73,6 +77,7 @@ impl Default for Options {
             pool: 1,
             pins: vec![],
             ipv6: false,
+            admin: false,
         }
     }
 }
@@ -121,13 +126,23 @@ impl TestSidecar {
                 .map(|&(name, at)| (name.to_owned(), public_ports[at]))
                 .collect(),
         };
+        let mut admin = None;
+        if options.admin {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            admin = Some(listener.local_addr().unwrap());
+            listeners.admin.push(listener);
+        }
         let shutdown = CancellationToken::new();
-        let sidecar = Sidecar::new(&options.config, plan, shutdown.clone());
+        let mut sidecar = Sidecar::new(&options.config, plan, shutdown.clone());
+        if options.admin {
+            sidecar.set_metrics(recorder());
+        }
         let registry = Arc::clone(sidecar.registry());
         let grace = options.config.shutdown.grace;
         let task = tokio::spawn(sidecar.run(listeners, grace));
         TestSidecar {
             epmd: epmd_addr,
+            admin,
             public_ports,
             registry,
             shutdown,
@@ -144,6 +159,66 @@ impl Drop for TestSidecar {
     fn drop(&mut self) {
         self.shutdown.cancel();
     }
+}
+
+/// This test process's Prometheus recorder, installed on first use.
+pub fn recorder() -> metrics_exporter_prometheus::PrometheusHandle {
+    static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
+        std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| distgate::metrics::install().expect("recorder"))
+        .clone()
+}
+
+/// A plain HTTP/1.1 GET: (status, body).
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: distgate\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let reply = String::from_utf8(read_to_close(&mut stream).await).unwrap();
+    let status = reply
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad HTTP reply {reply:?}"));
+    let body = reply
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_owned();
+    (status, body)
+}
+
+/// The value of the sample `name{labels}` in Prometheus text, where `labels` are the
+/// sample's exact labels in any order (`None` when absent).
+pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (metric, rest) = series.split_once('{').unwrap_or((series, "}"));
+            if metric != name {
+                return None;
+            }
+            let mut found: Vec<(String, String)> = rest
+                .trim_end_matches('}')
+                .split("\",")
+                .filter(|p| !p.is_empty())
+                .filter_map(|p| {
+                    let (k, v) = p.split_once("=\"")?;
+                    Some((
+                        k.trim_start_matches(',').to_owned(),
+                        v.trim_end_matches('"').to_owned(),
+                    ))
+                })
+                .collect();
+            let mut want: Vec<(String, String)> = labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            found.sort();
+            want.sort();
+            (found == want).then(|| value.parse().ok())?
+        })
 }
 
 /// An ALIVE2_REQ for `name` at `port` from an OTP 23+ node.

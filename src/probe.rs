@@ -1,0 +1,368 @@
+//! `distgate probe NODE@HOST`: walk the path a BEAM node takes to reach another, step
+//! by step, and say where and why it breaks.
+//!
+//! Resolve the host (first IPv4 address, as `inet:getaddr/2`), ask its EPMD for the
+//! name's port, connect, send a `send_name` under a probe name, read the status and
+//! the challenge, which carries the node's own name, creation and flags, then hang up.
+//! No cookie is involved; the node sees a handshake that stops half way.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+
+use crate::epmd::message;
+use crate::handshake::{self, Challenge};
+
+/// What to probe and how.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The name part, before `@`.
+    pub name: String,
+    /// The host part, after `@`.
+    pub host: String,
+    pub epmd_port: u16,
+    pub ipv6: bool,
+    /// Limit of each step.
+    pub timeout: Duration,
+}
+
+impl Target {
+    /// Parses `name@host`.
+    pub fn parse(
+        node: &str,
+        epmd_port: u16,
+        ipv6: bool,
+        timeout: Duration,
+    ) -> Result<Target, String> {
+        match node.split_once('@') {
+            Some((name, host)) if !name.is_empty() && !host.is_empty() => Ok(Target {
+                name: name.to_owned(),
+                host: host.to_owned(),
+                epmd_port,
+                ipv6,
+                timeout,
+            }),
+            _ => Err(format!("`{node}` is not a node name like app@host")),
+        }
+    }
+
+    pub fn node(&self) -> String {
+        format!("{}@{}", self.name, self.host)
+    }
+}
+
+/// One step that worked, with what it found and how long it took.
+#[derive(Debug, Clone)]
+pub struct Step {
+    pub what: String,
+    pub found: String,
+    pub took: Duration,
+}
+
+/// Where the path broke.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    Dns(String),
+    EpmdUnreachable(String),
+    NotRegistered { names: Option<Vec<String>> },
+    PortUnreachable(String),
+    HandshakeRefused(String),
+    NameMismatch { actual: String },
+    Protocol(String),
+}
+
+/// The probe's findings: the steps that worked, then the failure if any.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub target: String,
+    pub steps: Vec<Step>,
+    pub challenge: Option<Challenge>,
+    pub failure: Option<Failure>,
+}
+
+impl Report {
+    pub fn ok(&self) -> bool {
+        self.failure.is_none()
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failure::Dns(e) => write!(
+                f,
+                "DNS: the host does not resolve ({e}). Peers resolve the part after @ \
+                 to reach the node: it must resolve, from every peer, to the node's pod"
+            ),
+            Failure::EpmdUnreachable(e) => write!(
+                f,
+                "EPMD unreachable ({e}). Is distgate (or epmd) running there, and is port \
+                 4369 open in the Service and the NetworkPolicy?"
+            ),
+            Failure::NotRegistered { names } => {
+                write!(f, "the name is not registered with that EPMD")?;
+                match names {
+                    Some(names) if names.is_empty() => write!(f, "; no node is registered there"),
+                    Some(names) => write!(f, "; registered there: {}", names.join(", ")),
+                    None => write!(f, " (its node list is not shown to this address)"),
+                }
+            }
+            Failure::PortUnreachable(e) => write!(
+                f,
+                "the dist port does not accept ({e}). Is the public port (43691) open in \
+                 the Service and the NetworkPolicy?"
+            ),
+            Failure::HandshakeRefused(status) => write!(
+                f,
+                "the node refused the handshake with status `{status}`{}",
+                match status.as_str() {
+                    "not_allowed" =>
+                        ": long and short names do not mix, or net_kernel:allow/1 excludes us",
+                    "alive" => ": a link under our name already exists",
+                    "nok" => ": a simultaneous connection attempt won",
+                    _ => "",
+                }
+            ),
+            Failure::NameMismatch { actual } => write!(
+                f,
+                "NAME MISMATCH: the node there calls itself `{actual}`; peers dialling this \
+                 name drop the link at the challenge. Start the node under this name, or \
+                 use its own"
+            ),
+            Failure::Protocol(e) => write!(f, "not a BEAM dist port: {e}"),
+        }
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "probe {}", self.target)?;
+        for step in &self.steps {
+            let ms = step.took.as_secs_f64() * 1000.0;
+            writeln!(f, "  {:<28} {} ({ms:.1} ms)", step.what, step.found)?;
+        }
+        match &self.failure {
+            Some(failure) => write!(f, "FAIL: {failure}"),
+            None => write!(f, "ok: {} answers as itself", self.target),
+        }
+    }
+}
+
+/// Runs the probe.
+pub async fn probe(target: &Target) -> Report {
+    let mut report = Report {
+        target: target.node(),
+        steps: vec![],
+        challenge: None,
+        failure: None,
+    };
+    if let Err(failure) = walk(target, &mut report).await {
+        report.failure = Some(failure);
+    }
+    report
+}
+
+async fn walk(target: &Target, report: &mut Report) -> Result<(), Failure> {
+    let limit = target.timeout;
+    let started = Instant::now();
+    let ip = resolve(target).await?;
+    report.steps.push(Step {
+        what: format!("resolve {}", target.host),
+        found: ip.to_string(),
+        took: started.elapsed(),
+    });
+
+    let epmd = SocketAddr::new(ip, target.epmd_port);
+    let started = Instant::now();
+    let mut wire = vec![message::PORT_PLEASE2_REQ];
+    wire.extend_from_slice(target.name.as_bytes());
+    let reply = epmd_request(epmd, &message::frame(&wire), limit)
+        .await
+        .map_err(Failure::EpmdUnreachable)?;
+    let (port, high, low) = match reply.as_slice() {
+        [message::PORT2_RESP, 0, p1, p2, _, _, h1, h2, l1, l2, ..] => (
+            u16::from_be_bytes([*p1, *p2]),
+            u16::from_be_bytes([*h1, *h2]),
+            u16::from_be_bytes([*l1, *l2]),
+        ),
+        [message::PORT2_RESP, _, ..] => {
+            let names = epmd_request(epmd, &message::frame(&[message::NAMES_REQ]), limit)
+                .await
+                .ok()
+                .filter(|r| r.len() >= 4)
+                .map(|r| names_of(&r[4..]));
+            return Err(Failure::NotRegistered { names });
+        }
+        [] => {
+            return Err(Failure::EpmdUnreachable(format!(
+                "{epmd} closed without a reply"
+            )));
+        }
+        other => return Err(Failure::Protocol(format!("EPMD replied {other:02x?}"))),
+    };
+    report.steps.push(Step {
+        what: format!("epmd {epmd}"),
+        found: format!("{} on port {port}, versions {low}-{high}", target.name),
+        took: started.elapsed(),
+    });
+
+    let dist = SocketAddr::new(ip, port);
+    let started = Instant::now();
+    let mut stream = match timeout(limit, TcpStream::connect(dist)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => return Err(Failure::PortUnreachable(format!("{dist}: {e}"))),
+        Err(_) => {
+            return Err(Failure::PortUnreachable(format!(
+                "{dist}: no answer in {limit:?}"
+            )));
+        }
+    };
+    report.steps.push(Step {
+        what: format!("connect {dist}"),
+        found: "accepted".into(),
+        took: started.elapsed(),
+    });
+
+    let started = Instant::now();
+    let probe_name = probe_name(&target.host);
+    let hello =
+        handshake::encode_send_name(&probe_name, handshake::OTP25_FLAGS, std::process::id());
+    let io = |e: std::io::Error| Failure::HandshakeRefused(format!("connection lost: {e}"));
+    stream.write_all(&hello).await.map_err(io)?;
+    let status = read_frame(&mut stream, limit).await?;
+    let status = handshake::parse_status(&status)
+        .ok_or_else(|| Failure::Protocol(format!("expected a status, got {status:02x?}")))?;
+    if status != "ok" && status != "ok_simultaneous" {
+        return Err(Failure::HandshakeRefused(status));
+    }
+    let challenge = read_frame(&mut stream, limit).await?;
+    let challenge = handshake::parse_challenge(&challenge)
+        .ok_or_else(|| Failure::Protocol(format!("expected a challenge, got {challenge:02x?}")))?;
+    report.steps.push(Step {
+        what: format!("handshake as {probe_name}"),
+        found: format!(
+            "status {status}; node {}, creation {}, flags {:#x}",
+            challenge.name,
+            challenge.creation.map_or("-".into(), |c| c.to_string()),
+            challenge.flags
+        ),
+        took: started.elapsed(),
+    });
+    let actual = challenge.name.clone();
+    report.challenge = Some(challenge);
+    if actual != target.node() {
+        return Err(Failure::NameMismatch { actual });
+    }
+    Ok(())
+}
+
+/// The first address of the wanted family, as `inet:getaddr/2` picks it.
+async fn resolve(target: &Target) -> Result<IpAddr, Failure> {
+    if let Ok(ip) = target.host.parse::<IpAddr>() {
+        return Ok(ip);
+    }
+    let lookup = tokio::net::lookup_host((target.host.as_str(), target.epmd_port));
+    let addrs = match timeout(target.timeout, lookup).await {
+        Ok(Ok(addrs)) => addrs,
+        Ok(Err(e)) => return Err(Failure::Dns(e.to_string())),
+        Err(_) => return Err(Failure::Dns(format!("no answer in {:?}", target.timeout))),
+    };
+    addrs
+        .map(|a| a.ip())
+        .find(|ip| ip.is_ipv6() == target.ipv6)
+        .ok_or_else(|| {
+            Failure::Dns(format!(
+                "no {} address",
+                if target.ipv6 { "IPv6" } else { "IPv4" }
+            ))
+        })
+}
+
+/// A probe name of the target's kind: long names have a dot (or are addresses) in
+/// the host, short names have none, and the two do not mix.
+fn probe_name(target_host: &str) -> String {
+    let long = target_host.contains('.') || target_host.contains(':');
+    let host = if long {
+        "probe.distgate.invalid"
+    } else {
+        "distgate-probe"
+    };
+    format!("distgate-probe-{}@{host}", std::process::id())
+}
+
+async fn epmd_request(addr: SocketAddr, wire: &[u8], limit: Duration) -> Result<Vec<u8>, String> {
+    let exchange = async {
+        let mut stream = TcpStream::connect(addr).await?;
+        stream.write_all(wire).await?;
+        let mut reply = vec![];
+        stream.read_to_end(&mut reply).await?;
+        Ok::<_, std::io::Error>(reply)
+    };
+    match timeout(limit, exchange).await {
+        Ok(Ok(reply)) => Ok(reply),
+        Ok(Err(e)) => Err(format!("{addr}: {e}")),
+        Err(_) => Err(format!("{addr}: no answer in {limit:?}")),
+    }
+}
+
+fn names_of(lines: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(lines)
+        .lines()
+        .filter_map(|l| {
+            l.strip_prefix("name ")?
+                .split(" at port ")
+                .next()
+                .map(str::to_owned)
+        })
+        .collect()
+}
+
+/// Reads one `u16`-framed handshake message.
+async fn read_frame(stream: &mut TcpStream, limit: Duration) -> Result<Vec<u8>, Failure> {
+    let read = async {
+        let mut len = [0u8; 2];
+        stream.read_exact(&mut len).await?;
+        let mut payload = vec![0u8; usize::from(u16::from_be_bytes(len))];
+        stream.read_exact(&mut payload).await?;
+        Ok::<_, std::io::Error>(payload)
+    };
+    match timeout(limit, read).await {
+        Ok(Ok(payload)) => Ok(payload),
+        Ok(Err(e)) => Err(Failure::HandshakeRefused(format!(
+            "closed by the node ({e})"
+        ))),
+        Err(_) => Err(Failure::HandshakeRefused(format!("no answer in {limit:?}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_names_parse() {
+        let t = Target::parse("app@pod.svc", 4369, false, Duration::from_secs(1)).unwrap();
+        assert_eq!((t.name.as_str(), t.host.as_str()), ("app", "pod.svc"));
+        assert!(Target::parse("app", 4369, false, Duration::from_secs(1)).is_err());
+        assert!(Target::parse("@host", 4369, false, Duration::from_secs(1)).is_err());
+    }
+
+    #[test]
+    fn probe_names_match_the_target_kind() {
+        assert!(probe_name("pod.svc.cluster.local").ends_with("@probe.distgate.invalid"));
+        assert!(probe_name("10.0.0.5").ends_with("@probe.distgate.invalid"));
+        assert!(probe_name("pod-0").ends_with("@distgate-probe"));
+    }
+
+    #[test]
+    fn names_lines_are_read() {
+        assert_eq!(
+            names_of(b"name a at port 1\nname b at port 2\n"),
+            ["a", "b"]
+        );
+    }
+}

@@ -1,0 +1,225 @@
+//! What operators see: `/metrics` with exact byte counts by node and peer, gauges that
+//! return to zero, EPMD counters, `/livez`, and `/readyz` flipping at registration and
+//! at shutdown. Real nodes check the counts against the node's own socket statistics.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use distgate::config::ReadyWhen;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A `send_name` frame from `name` (the v6 form).
+fn send_name(name: &str) -> Vec<u8> {
+    let mut payload = vec![b'N'];
+    payload.extend_from_slice(&0x0000_000d_07df_7fbd_u64.to_be_bytes());
+    payload.extend_from_slice(&42u32.to_be_bytes());
+    payload.extend_from_slice(&(name.len() as u16).to_be_bytes());
+    payload.extend_from_slice(name.as_bytes());
+    let mut frame = (payload.len() as u16).to_be_bytes().to_vec();
+    frame.extend(payload);
+    frame
+}
+
+async fn metrics_text(dg: &TestSidecar) -> String {
+    let (status, body) = http_get(dg.admin.unwrap(), "/metrics").await;
+    assert_eq!(status, 200);
+    body
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn byte_counts_are_exact_by_node_and_peer() {
+    let dg = TestSidecar::start(Options {
+        admin: true,
+        ..Options::default()
+    })
+    .await;
+    let node = unique("counted");
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (_registration, _) = register(
+        dg.epmd,
+        &alive2(&node, listener.local_addr().unwrap().port()),
+    )
+    .await;
+    let peer = format!("{}@pod-7.example", unique("peer"));
+
+    let mut client = TcpStream::connect(dg.public_addr(0)).await.unwrap();
+    let mut upstream = listener.accept().await.unwrap().0;
+    let hello = send_name(&peer);
+    let up = [hello.as_slice(), &[1u8; 100_000]].concat();
+    client.write_all(&up).await.unwrap();
+    let mut got = vec![0u8; up.len()];
+    upstream.read_exact(&mut got).await.unwrap();
+    assert_eq!(got, up, "the first frame was altered");
+    upstream.write_all(&[2u8; 77_777]).await.unwrap();
+    upstream.shutdown().await.unwrap();
+    client.shutdown().await.unwrap();
+    assert_eq!(read_to_close(&mut client).await.len(), 77_777);
+    read_to_close(&mut upstream).await;
+
+    let labels = [
+        ("node", node.as_str()),
+        ("peer", peer.as_str()),
+        ("direction", "inbound"),
+    ];
+    let text = eventually("the connection to be closed in /metrics", || {
+        let dg = &dg;
+        let labels = &labels;
+        async move {
+            let text = metrics_text(dg).await;
+            let closed = [labels.as_slice(), &[("reason", "closed")]].concat();
+            sample(&text, "distgate_dist_connections_closed_total", &closed).map(|_| text)
+        }
+    })
+    .await;
+    let value = |name: &str| sample(&text, name, &labels);
+    assert_eq!(
+        value("distgate_dist_received_bytes_total"),
+        Some(up.len() as f64)
+    );
+    assert_eq!(value("distgate_dist_sent_bytes_total"), Some(77_777.0));
+    assert_eq!(value("distgate_dist_connections_opened_total"), Some(1.0));
+    assert_eq!(value("distgate_dist_connections_active"), Some(0.0));
+    assert_eq!(
+        value("distgate_dist_connection_duration_seconds_count"),
+        Some(1.0)
+    );
+    assert!(text.contains("distgate_build_info{version=\""), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_are_counted_while_the_link_lives() {
+    let dg = TestSidecar::start(Options {
+        admin: true,
+        ..Options::default()
+    })
+    .await;
+    let node = unique("live");
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (_registration, _) = register(
+        dg.epmd,
+        &alive2(&node, listener.local_addr().unwrap().port()),
+    )
+    .await;
+    let mut client = TcpStream::connect(dg.public_addr(0)).await.unwrap();
+    let mut upstream = listener.accept().await.unwrap().0;
+    // Garbage first: the peer is "unknown", and nothing is held back.
+    client.write_all(b"GET / HTTP/1.0\r\n\r\n").await.unwrap();
+    let mut got = [0u8; 18];
+    upstream.read_exact(&mut got).await.unwrap();
+    let labels = [
+        ("node", node.as_str()),
+        ("peer", "unknown"),
+        ("direction", "inbound"),
+    ];
+    eventually("live byte counts", || {
+        let dg = &dg;
+        let labels = &labels;
+        async move {
+            let text = metrics_text(dg).await;
+            let active = sample(&text, "distgate_dist_connections_active", labels);
+            let received = sample(&text, "distgate_dist_received_bytes_total", labels);
+            (active == Some(1.0) && received == Some(18.0)).then_some(())
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn epmd_requests_and_registrations_are_counted() {
+    let dg = TestSidecar::start(Options {
+        admin: true,
+        ..Options::default()
+    })
+    .await;
+    let name = unique("twice");
+    let (_first, _) = register(dg.epmd, &alive2(&name, 40001)).await;
+    let (_dup, reply) = register(dg.epmd, &alive2(&name, 40002)).await;
+    assert_eq!(reply[..2], [b'v', 1]);
+    port_please(dg.epmd, "nobody-here").await;
+    let text = metrics_text(&dg).await;
+    let count = |labels: &[(&str, &str)]| sample(&text, "distgate_epmd_requests_total", labels);
+    assert!(count(&[("type", "alive2"), ("result", "ok")]).unwrap() >= 1.0);
+    assert!(count(&[("type", "alive2"), ("result", "duplicate")]).unwrap() >= 1.0);
+    assert!(count(&[("type", "port_please2"), ("result", "not_found")]).unwrap() >= 1.0);
+    let rejected = sample(
+        &text,
+        "distgate_registrations_rejected_total",
+        &[("reason", "duplicate")],
+    );
+    assert!(rejected.unwrap() >= 1.0);
+    assert!(sample(&text, "distgate_registered_nodes", &[]).unwrap() >= 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_flips_at_registration_and_at_shutdown() {
+    let name = unique("ready");
+    let mut options = Options {
+        admin: true,
+        ..Options::default()
+    };
+    options.config.admin.ready_when = ReadyWhen::Nodes(vec![name.clone()]);
+    options.config.shutdown.grace = Duration::from_secs(30);
+    let dg = TestSidecar::start(options).await;
+    let admin = dg.admin.unwrap();
+    assert_eq!(http_get(admin, "/livez").await, (200, "ok\n".to_owned()));
+    let (status, body) = eventually("/readyz to answer", || async move {
+        let reply = http_get(admin, "/readyz").await;
+        (!reply.1.contains("listeners not serving")).then_some(reply)
+    })
+    .await;
+    assert_eq!(
+        (status, body),
+        (503, format!("not ready: not registered: {name}\n"))
+    );
+
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (_registration, _) = register(
+        dg.epmd,
+        &alive2(&name, listener.local_addr().unwrap().port()),
+    )
+    .await;
+    assert_eq!(http_get(admin, "/readyz").await.0, 200);
+
+    // A dist connection keeps the drain going; meanwhile /readyz fails, /livez holds.
+    let mut client = TcpStream::connect(dg.public_addr(0)).await.unwrap();
+    let mut upstream = listener.accept().await.unwrap().0;
+    client.write_all(&[0, 0]).await.unwrap();
+    upstream.read_exact(&mut [0u8; 2]).await.unwrap();
+    dg.shutdown.cancel();
+    let (status, body) = eventually("/readyz to fail", || async move {
+        let reply = http_get(admin, "/readyz").await;
+        (reply.0 == 503).then_some(reply)
+    })
+    .await;
+    assert_eq!((status, body.as_str()), (503, "not ready: shutting down\n"));
+    assert_eq!(http_get(admin, "/livez").await.0, 200);
+    // The stream still flows during the drain.
+    client.write_all(b"still here").await.unwrap();
+    let mut got = [0u8; 10];
+    upstream.read_exact(&mut got).await.unwrap();
+    assert_eq!(&got, b"still here");
+    drop(client);
+    drop(upstream);
+}
+
+#[tokio::test]
+async fn unknown_paths_and_methods_are_refused() {
+    let dg = TestSidecar::start(Options {
+        admin: true,
+        ..Options::default()
+    })
+    .await;
+    assert_eq!(http_get(dg.admin.unwrap(), "/nope").await.0, 404);
+    let mut stream = TcpStream::connect(dg.admin.unwrap()).await.unwrap();
+    stream
+        .write_all(
+            b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let reply = String::from_utf8(read_to_close(&mut stream).await).unwrap();
+    assert!(reply.starts_with("HTTP/1.1 405"), "{reply}");
+}
