@@ -270,15 +270,7 @@ mod tests {
     const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
     fn req(name: &str, port: u16) -> Alive2Req {
-        Alive2Req {
-            port,
-            node_type: 77,
-            protocol: 0,
-            highest_version: 6,
-            lowest_version: 5,
-            name: name.as_bytes().to_vec(),
-            extra: vec![],
-        }
+        Alive2Req::otp23(name, port)
     }
 
     fn registry(pool: &[u16], pins: &[(&str, u16)]) -> Registry {

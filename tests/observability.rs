@@ -13,14 +13,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 /// A `send_name` frame from `name` (the v6 form).
 fn send_name(name: &str) -> Vec<u8> {
-    let mut payload = vec![b'N'];
-    payload.extend_from_slice(&0x0000_000d_07df_7fbd_u64.to_be_bytes());
-    payload.extend_from_slice(&42u32.to_be_bytes());
-    payload.extend_from_slice(&(name.len() as u16).to_be_bytes());
-    payload.extend_from_slice(name.as_bytes());
-    let mut frame = (payload.len() as u16).to_be_bytes().to_vec();
-    frame.extend(payload);
-    frame
+    distgate::handshake::encode_send_name(name, distgate::handshake::OTP25_FLAGS, 42)
 }
 
 async fn metrics_text(dg: &TestSidecar) -> String {

@@ -94,14 +94,8 @@ impl Drop for TempDir {
 /// Registers a fake node `name` at `port` with the EPMD at `epmd`; the registration
 /// lasts as long as the returned connection.
 pub fn register(epmd: u16, name: &str, port: u16) -> TcpStream {
-    let mut payload = vec![b'x'];
-    payload.extend_from_slice(&port.to_be_bytes());
-    payload.extend_from_slice(&[77, 0, 0, 6, 0, 5]);
-    payload.extend_from_slice(&(name.len() as u16).to_be_bytes());
-    payload.extend_from_slice(name.as_bytes());
-    payload.extend_from_slice(&[0, 0]);
-    let mut frame = (payload.len() as u16).to_be_bytes().to_vec();
-    frame.extend(payload);
+    use distgate::epmd::message::{Alive2Req, encode_alive2_req};
+    let frame = encode_alive2_req(&Alive2Req::otp23(name, port));
     let mut stream = TcpStream::connect(loopback(epmd)).unwrap();
     stream.write_all(&frame).unwrap();
     let mut reply = [0u8; 6];

@@ -116,6 +116,20 @@ pub enum NameError {
 }
 
 impl Alive2Req {
+    /// The request an OTP 23+ node sends: a normal node (`M`) over TCP, versions 5–6,
+    /// no extra.
+    pub fn otp23(name: &str, port: u16) -> Alive2Req {
+        Alive2Req {
+            port,
+            node_type: 77,
+            protocol: 0,
+            highest_version: 6,
+            lowest_version: 5,
+            name: name.as_bytes().to_vec(),
+            extra: vec![],
+        }
+    }
+
     /// The checks `epmd` makes before registering (`node_reg2`): the valid name, or why
     /// the registration is refused.
     pub fn validate(&self) -> Result<&str, NameError> {

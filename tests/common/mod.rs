@@ -223,15 +223,7 @@ pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
 
 /// An ALIVE2_REQ for `name` at `port` from an OTP 23+ node.
 pub fn alive2(name: &str, port: u16) -> Alive2Req {
-    Alive2Req {
-        port,
-        node_type: 77,
-        protocol: 0,
-        highest_version: 6,
-        lowest_version: 5,
-        name: name.as_bytes().to_vec(),
-        extra: vec![],
-    }
+    Alive2Req::otp23(name, port)
 }
 
 /// What a connection saw after its request.

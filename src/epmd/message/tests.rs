@@ -5,13 +5,10 @@ use super::*;
 
 fn alive2(name: &[u8], extra: &[u8], highest: u16) -> Alive2Req {
     Alive2Req {
-        port: 43783,
-        node_type: 77,
-        protocol: 0,
         highest_version: highest,
-        lowest_version: 5,
         name: name.to_vec(),
         extra: extra.to_vec(),
+        ..Alive2Req::otp23("", 43783)
     }
 }
 
