@@ -1,0 +1,164 @@
+//! Graceful lifecycle of the binary: on SIGTERM or SIGINT distgate fails `/readyz`,
+//! stops accepting, keeps established streams flowing until they close (no byte in
+//! flight lost) or `[shutdown] grace` passes, then exits 0 and says which.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::process::Command;
+
+use common::beam::Output;
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+struct Running {
+    out: Output,
+    epmd: SocketAddr,
+    admin: SocketAddr,
+    public: SocketAddr,
+    _dir: std::path::PathBuf,
+}
+
+/// The address a listener line of the JSON log names.
+fn listening(out: &mut Output, message: &str) -> SocketAddr {
+    let line = out.wait_line(message, DEADLINE, |l| l.contains(message));
+    let value: serde_json::Value = serde_json::from_str(&line).unwrap();
+    value["addr"].as_str().unwrap().parse().unwrap()
+}
+
+fn start(grace: &str) -> Running {
+    let dir = std::env::temp_dir().join(unique("distgate-life-"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("distgate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[epmd]\nlisten = [\"127.0.0.1:0\"]\n[dist]\nlisten = [\"127.0.0.1\"]\nports = [{}]\n\
+             [admin]\nlisten = [\"127.0.0.1:0\"]\n[shutdown]\ngrace = \"{grace}\"\n",
+            free_port()
+        ),
+    )
+    .unwrap();
+    let mut out = Output::spawn(
+        "distgate",
+        Command::new(env!("CARGO_BIN_EXE_distgate"))
+            .args(["--log-format", "json", "--config"])
+            .arg(&config),
+    );
+    let epmd = listening(&mut out, "\"EPMD listening\"");
+    let admin = listening(&mut out, "\"admin HTTP listening");
+    let public = listening(&mut out, "\"public dist port listening\"");
+    Running {
+        out,
+        epmd,
+        admin,
+        public,
+        _dir: dir,
+    }
+}
+
+fn signal(running: &Running, name: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{name}"), &running.out.process.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// A fake node behind the public port, and a stream opened through it.
+async fn stream_through(running: &Running) -> (TcpStream, TcpStream, TcpStream) {
+    let node = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (registration, _) = register(
+        running.epmd,
+        &alive2("app", node.local_addr().unwrap().port()),
+    )
+    .await;
+    let client = TcpStream::connect(running.public).await.unwrap();
+    let (upstream, _) = node.accept().await.unwrap();
+    (registration, client, upstream)
+}
+
+async fn drains_on(name: &str) {
+    let mut running = start("30s");
+    let (_registration, client, upstream) = stream_through(&running).await;
+    let (mut client_r, mut client_w) = client.into_split();
+    let (mut upstream_r, mut upstream_w) = upstream.into_split();
+    client_w.write_all(&[0, 0]).await.unwrap();
+    // Bytes keep flowing both ways across the signal.
+    let sender = tokio::spawn(async move {
+        let chunk = vec![5u8; 64 * 1024];
+        let mut sent = 0usize;
+        for _ in 0..256 {
+            client_w.write_all(&chunk).await.unwrap();
+            sent += chunk.len();
+        }
+        client_w.shutdown().await.unwrap();
+        sent + 2
+    });
+    let mut first = vec![0u8; 1 << 20];
+    upstream_r.read_exact(&mut first).await.unwrap();
+    signal(&running, name);
+    let admin = running.admin;
+    eventually("/readyz to fail", || async move {
+        (http_get(admin, "/readyz").await.0 == 503).then_some(())
+    })
+    .await;
+    // New connections are refused while the old stream drains.
+    eventually("the public port to stop accepting", || {
+        let public = running.public;
+        async move {
+            let refused = match TcpStream::connect(public).await {
+                Err(_) => true,
+                Ok(mut s) => s.read(&mut [0u8; 1]).await.map_or(true, |n| n == 0),
+            };
+            refused.then_some(())
+        }
+    })
+    .await;
+    let mut rest = vec![];
+    upstream_r.read_to_end(&mut rest).await.unwrap();
+    let sent = sender.await.unwrap();
+    assert_eq!(first.len() + rest.len(), sent, "bytes lost in the drain");
+    upstream_w.write_all(b"last reply").await.unwrap();
+    upstream_w.shutdown().await.unwrap();
+    let mut reply = vec![];
+    client_r.read_to_end(&mut reply).await.unwrap();
+    assert_eq!(reply, b"last reply");
+    let status = running.out.wait_exit(DEADLINE);
+    assert!(status.success(), "{status}");
+    let text = running.out.text();
+    assert!(text.contains(&format!("\"signal\":\"{name}\"")), "{text}");
+    assert!(text.contains("\"drain complete\""), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_live_streams_without_losing_a_byte() {
+    drains_on("SIGTERM").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_drains_the_same_way() {
+    drains_on("SIGINT").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_outlives_the_grace_is_cut_and_said_so() {
+    let mut running = start("300ms");
+    let (_registration, mut client, _upstream) = stream_through(&running).await;
+    client.write_all(&[0, 0]).await.unwrap();
+    signal(&running, "SIGTERM");
+    // The stream is cut when the grace period ends; distgate still exits 0.
+    let status = running.out.wait_exit(DEADLINE);
+    assert!(status.success(), "{status}");
+    read_to_close(&mut client).await;
+    let text = running.out.text();
+    assert!(
+        text.contains("grace period over; dropping open connections"),
+        "{text}"
+    );
+    assert!(
+        text.contains("distgate stopped with connections cut"),
+        "{text}"
+    );
+}
