@@ -1,0 +1,178 @@
+//! Every kustomization under deploy/kubernetes renders with `kubectl kustomize`, and
+//! every rendered object validates offline against the Kubernetes schemas with the
+//! PyPI package `kubernetes-validate` (installed by scripts/test). The native sidecar
+//! needs Kubernetes 1.29; the legacy variant must validate against 1.27.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::*;
+
+fn validator() -> Option<PathBuf> {
+    let installed =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("target/tools/venv/bin/kubernetes-validate");
+    std::env::var_os("KUBERNETES_VALIDATE")
+        .map(PathBuf::from)
+        .or_else(|| installed.is_file().then_some(installed))
+        .or_else(|| have("kubernetes-validate").then(|| PathBuf::from("kubernetes-validate")))
+}
+
+fn kustomizations() -> Vec<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes");
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join("kustomization.yaml").is_file())
+        .collect();
+    dirs.sort();
+    dirs
+}
+
+fn render(dir: &Path) -> String {
+    let out = Command::new("kubectl")
+        .arg("kustomize")
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}: {}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn every_manifest_renders_and_validates() {
+    if !require(&["kubectl"]) {
+        return;
+    }
+    let Some(validate) = validator() else {
+        assert!(
+            std::env::var("CI").map_or(true, |v| v != "true"),
+            "CI=true but kubernetes-validate is not installed"
+        );
+        eprintln!("skipped: kubernetes-validate not installed (scripts/test installs it)");
+        return;
+    };
+    let dirs = kustomizations();
+    let names: Vec<_> = dirs
+        .iter()
+        .map(|d| d.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "base",
+            "monitoring",
+            "network-policy",
+            "sidecar-legacy",
+            "statefulset"
+        ]
+    );
+    let scratch = std::env::temp_dir().join(unique("distgate-manifests-"));
+    std::fs::create_dir_all(&scratch).unwrap();
+    for (dir, name) in dirs.iter().zip(&names) {
+        let rendered = render(dir);
+        let file = scratch.join(format!("{name}.yaml"));
+        std::fs::write(&file, &rendered).unwrap();
+        let version = if name == "sidecar-legacy" {
+            "1.27.0"
+        } else {
+            "1.29.0"
+        };
+        let out = Command::new(&validate)
+            .args(["--strict", "--quiet", "-k", version])
+            .arg(&file)
+            .output()
+            .unwrap();
+        let report = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && !report.contains("ERROR"),
+            "{name}:\n{report}"
+        );
+        // Only the operator's CRD lacks a built-in schema.
+        for line in report.lines().filter(|l| l.contains("WARN")) {
+            assert!(line.contains("kind PodMonitor"), "{name}: {line}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
+}
+
+#[test]
+fn services_declare_only_epmd_and_the_public_dist_port() {
+    if !require(&["kubectl"]) {
+        return;
+    }
+    for dir in ["base", "statefulset"] {
+        let rendered = render(
+            &Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("deploy/kubernetes")
+                .join(dir),
+        );
+        for doc in rendered
+            .split("\n---\n")
+            .filter(|d| d.contains("kind: Service\n"))
+        {
+            let ports: Vec<&str> = doc
+                .lines()
+                .filter(|l| l.trim_start().starts_with("port:"))
+                .collect();
+            assert_eq!(
+                ports,
+                ["    port: 4369", "    port: 43691"],
+                "{dir}:\n{doc}"
+            );
+            for needle in ["name: tcp-epmd", "name: tcp-dist", "appProtocol: tcp"] {
+                assert!(doc.contains(needle), "{dir}: no {needle}:\n{doc}");
+            }
+        }
+        assert!(
+            !rendered.contains("cluster.local"),
+            "{dir} hard-codes the cluster domain"
+        );
+    }
+    let headless =
+        render(&Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes/statefulset"));
+    assert!(
+        headless.contains("clusterIP: None") && headless.contains("publishNotReadyAddresses: true")
+    );
+}
+
+#[test]
+fn pods_meet_the_restricted_profile() {
+    if !require(&["kubectl"]) {
+        return;
+    }
+    for dir in ["base", "statefulset", "sidecar-legacy"] {
+        let rendered = render(
+            &Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("deploy/kubernetes")
+                .join(dir),
+        );
+        for needle in [
+            "runAsNonRoot: true",
+            "type: RuntimeDefault",
+            "allowPrivilegeEscalation: false",
+            "readOnlyRootFilesystem: true",
+        ] {
+            assert!(rendered.contains(needle), "{dir}: no {needle}");
+        }
+        // Every container drops every capability and none asks for privileges.
+        assert_eq!(
+            rendered.matches("allowPrivilegeEscalation: false").count(),
+            rendered.matches("- ALL").count(),
+            "{dir}"
+        );
+        assert_eq!(
+            rendered.matches("allowPrivilegeEscalation: false").count(),
+            2,
+            "{dir}"
+        );
+        assert!(!rendered.contains("privileged: true"), "{dir}");
+    }
+}
