@@ -29,16 +29,21 @@ pub struct Health {
     ready_when: ReadyWhen,
     registry: Arc<Registry>,
     listening: AtomicBool,
-    draining: AtomicBool,
+    /// Cancelled when shutdown begins; from then on never ready.
+    shutdown: CancellationToken,
 }
 
 impl Health {
-    pub fn new(ready_when: ReadyWhen, registry: Arc<Registry>) -> Health {
+    pub fn new(
+        ready_when: ReadyWhen,
+        registry: Arc<Registry>,
+        shutdown: CancellationToken,
+    ) -> Health {
         Health {
             ready_when,
             registry,
             listening: AtomicBool::new(false),
-            draining: AtomicBool::new(false),
+            shutdown,
         }
     }
 
@@ -47,14 +52,9 @@ impl Health {
         self.listening.store(true, Ordering::Relaxed);
     }
 
-    /// Shutdown has begun: not ready any more.
-    pub fn set_draining(&self) {
-        self.draining.store(true, Ordering::Relaxed);
-    }
-
     /// `Ok` when ready, or why not.
     pub fn ready(&self) -> Result<(), String> {
-        if self.draining.load(Ordering::Relaxed) {
+        if self.shutdown.is_cancelled() {
             return Err("shutting down".into());
         }
         if !self.listening.load(Ordering::Relaxed) {

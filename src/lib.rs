@@ -101,6 +101,7 @@ impl Sidecar {
         let health = Arc::new(admin::Health::new(
             config.admin.ready_when.clone(),
             Arc::clone(&registry),
+            shutdown.clone(),
         ));
         Sidecar {
             registry,
@@ -160,7 +161,6 @@ impl Sidecar {
         admin_loops.close();
         self.health.set_listening();
         self.shutdown.cancelled().await;
-        self.health.set_draining();
         accept_loops.wait().await;
         self.tracker.close();
         info!(
