@@ -35,6 +35,38 @@ fn registered(dg: &TestSidecar, name: &str) -> u16 {
     }
 }
 
+/// distgate (two public ports, in-process) with node b registered: b idles.
+struct WithB {
+    b: Output,
+    dg: TestSidecar,
+    rt: tokio::runtime::Runtime,
+    /// b's name part and full name.
+    short: String,
+    name: String,
+    public: u16,
+}
+
+/// Starts distgate with `options` and node `<prefix…>@host` (with `args`) behind it.
+fn with_node_b(options: Options, prefix: &str, host: &str, args: &[&str]) -> WithB {
+    let rt = runtime();
+    let dg = rt.block_on(TestSidecar::start(Options { pool: 2, ..options }));
+    let short = unique(prefix);
+    let name = format!("{short}@{host}");
+    let mut command = erl(&name, dg.epmd.port(), IDLE);
+    command.args(args);
+    let mut b = Output::spawn("node b", &mut command);
+    b.wait_for("READY", node_deadline());
+    let public = registered(&dg, &short);
+    WithB {
+        b,
+        dg,
+        rt,
+        short,
+        name,
+        public,
+    }
+}
+
 /// The Erlang script run by the initiating node: ping, rpc, the public port it reached
 /// the peer on, and 64 MiB each way checked by MD5.
 fn talk_to(peer: &str) -> String {
@@ -75,22 +107,16 @@ fn two_otp_nodes_talk_through_distgate() {
     if !require(&["erl"]) {
         return;
     }
-    let rt = runtime();
-    let dg = rt.block_on(TestSidecar::start(Options {
-        pool: 2,
-        ..Options::default()
-    }));
-    let port = dg.epmd.port();
-    let b_name = format!("{}@127.0.0.1", unique("b"));
-    let mut b = Output::spawn("node b", &mut erl(&b_name, port, IDLE));
-    b.wait_for("READY", node_deadline());
-    let b_public = registered(&dg, b_name.split('@').next().unwrap());
-    let real = dg.registry.get(b_name.split('@').next().unwrap()).unwrap();
-    assert_ne!(real.real_port, b_public);
+    let b = with_node_b(Options::default(), "b", "127.0.0.1", &[]);
+    let real = b.dg.registry.get(&b.short).unwrap();
+    assert_ne!(real.real_port, b.public);
 
     let a_name = format!("{}@127.0.0.1", unique("a"));
-    let mut a = Output::spawn("node a", &mut erl(&a_name, port, &talk_to(&b_name)));
-    check_talk(&mut a, b_public, &b_name);
+    let mut a = Output::spawn(
+        "node a",
+        &mut erl(&a_name, b.dg.epmd.port(), &talk_to(&b.name)),
+    );
+    check_talk(&mut a, b.public, &b.name);
 }
 
 #[test]
@@ -98,30 +124,26 @@ fn ipv6_nodes_talk_through_distgate() {
     if !require(&["erl"]) {
         return;
     }
-    let rt = runtime();
-    let dg = rt.block_on(TestSidecar::start(Options {
-        pool: 2,
+    let inet6 = ["-proto_dist", "inet6_tcp"];
+    let options = Options {
         ipv6: true,
         ..Options::default()
-    }));
-    let port = dg.epmd.port();
-    let b_short = unique("b6");
-    let b_name = format!("{b_short}@::1");
-    let mut b_cmd = erl(&b_name, port, IDLE);
-    b_cmd.args(["-proto_dist", "inet6_tcp"]);
-    let mut b = Output::spawn("node b6", &mut b_cmd);
-    b.wait_for("READY", node_deadline());
-    let b_public = registered(&dg, &b_short);
-    let node = dg.registry.get(&b_short).unwrap();
+    };
+    let b = with_node_b(options, "b6", "::1", &inet6);
+    let node = b.dg.registry.get(&b.short).unwrap();
     assert!(
         node.upstream_ip.is_ipv6(),
         "inet6_tcp node registered over IPv4"
     );
 
-    let mut a_cmd = erl(&format!("{}@::1", unique("a6")), port, &talk_to(&b_name));
-    a_cmd.args(["-proto_dist", "inet6_tcp"]);
+    let mut a_cmd = erl(
+        &format!("{}@::1", unique("a6")),
+        b.dg.epmd.port(),
+        &talk_to(&b.name),
+    );
+    a_cmd.args(inet6);
     let mut a = Output::spawn("node a6", &mut a_cmd);
-    check_talk(&mut a, b_public, &b_name);
+    check_talk(&mut a, b.public, &b.name);
 }
 
 #[test]
@@ -278,18 +300,19 @@ fn metrics_match_the_nodes_own_socket_counts() {
     if !require(&["erl"]) {
         return;
     }
-    let rt = runtime();
-    let dg = rt.block_on(TestSidecar::start(Options {
-        pool: 2,
+    let admin = Options {
         admin: true,
         ..Options::default()
-    }));
+    };
+    let WithB {
+        b: _b,
+        dg,
+        rt,
+        short: b_short,
+        name: b_name,
+        ..
+    } = with_node_b(admin, "mb", "127.0.0.1", &[]);
     let port = dg.epmd.port();
-    let b_short = unique("mb");
-    let b_name = format!("{b_short}@127.0.0.1");
-    let mut b = Output::spawn("node b", &mut erl(&b_name, port, IDLE));
-    b.wait_for("READY", node_deadline());
-    registered(&dg, &b_short);
     // Talk, let global settle, read the socket's own counters until they stand still,
     // then hang up.
     let script = format!(
@@ -390,25 +413,21 @@ fn tls_distribution_passes_through_and_is_labelled_tls() {
     let dir = std::env::temp_dir().join(unique("distgate-tls-"));
     std::fs::create_dir_all(&dir).unwrap();
     let optfile = tls_files(&dir);
-    let tls = |command: &mut Command| {
-        command
-            .args(["-proto_dist", "inet_tls", "-ssl_dist_optfile"])
-            .arg(&optfile);
-    };
-    let rt = runtime();
-    let dg = rt.block_on(TestSidecar::start(Options {
-        pool: 2,
+    let optfile = optfile.to_str().unwrap();
+    let tls = ["-proto_dist", "inet_tls", "-ssl_dist_optfile", optfile];
+    let admin = Options {
         admin: true,
         ..Options::default()
-    }));
+    };
+    let WithB {
+        b: _b,
+        dg,
+        rt,
+        short: b_short,
+        name: b_name,
+        public: b_public,
+    } = with_node_b(admin, "tb", "127.0.0.1", &tls);
     let port = dg.epmd.port();
-    let b_short = unique("tb");
-    let b_name = format!("{b_short}@127.0.0.1");
-    let mut b_cmd = erl(&b_name, port, IDLE);
-    tls(&mut b_cmd);
-    let mut b = Output::spawn("tls node b", &mut b_cmd);
-    b.wait_for("READY", node_deadline());
-    let b_public = registered(&dg, &b_short);
 
     let eval = format!(
         "io:format(\"PING ~p~n\", [net_adm:ping('{b_name}')]),\
@@ -416,7 +435,7 @@ fn tls_distribution_passes_through_and_is_labelled_tls() {
          halt()."
     );
     let mut a_cmd = erl(&format!("{}@127.0.0.1", unique("ta")), port, &eval);
-    tls(&mut a_cmd);
+    a_cmd.args(tls);
     let mut a = Output::spawn("tls node a", &mut a_cmd);
     assert_eq!(a.wait_for("PING ", node_deadline()), "pong");
     assert_eq!(a.wait_for("RPC ", node_deadline()), format!("'{b_name}'"));

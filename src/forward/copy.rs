@@ -5,9 +5,10 @@
 //! source turns readable and go back when it is drained.
 
 use std::io;
-use std::sync::Mutex;
 
 use tokio::net::TcpStream;
+
+use super::pool::Pool;
 
 /// Size of one copy buffer.
 pub const BUFFER_SIZE: usize = 64 * 1024;
@@ -15,29 +16,24 @@ pub const BUFFER_SIZE: usize = 64 * 1024;
 const MAX_IDLE_BUFFERS: usize = 256;
 
 /// Idle copy buffers shared by every connection.
-#[derive(Debug, Default)]
-pub struct BufferPool {
-    idle: Mutex<Vec<Box<[u8]>>>,
+#[derive(Debug)]
+pub struct BufferPool(Pool<Box<[u8]>>);
+
+impl Default for BufferPool {
+    fn default() -> Self {
+        BufferPool(Pool::new(MAX_IDLE_BUFFERS))
+    }
 }
 
 impl BufferPool {
     fn take(&self) -> Box<[u8]> {
-        let idle = self
-            .idle
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .pop();
-        idle.unwrap_or_else(|| vec![0u8; BUFFER_SIZE].into_boxed_slice())
+        self.0
+            .take()
+            .unwrap_or_else(|| vec![0u8; BUFFER_SIZE].into_boxed_slice())
     }
 
     fn put(&self, buffer: Box<[u8]>) {
-        let mut idle = self
-            .idle
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if idle.len() < MAX_IDLE_BUFFERS {
-            idle.push(buffer);
-        }
+        self.0.put(buffer);
     }
 }
 

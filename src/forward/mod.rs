@@ -7,6 +7,7 @@
 
 pub mod copy;
 pub mod identify;
+pub mod pool;
 pub mod public;
 pub mod splice;
 

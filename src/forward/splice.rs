@@ -13,13 +13,14 @@
 
 use std::io;
 use std::os::fd::OwnedFd;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use nix::fcntl::{FcntlArg, OFlag, SpliceFFlags, fcntl, splice};
 use nix::unistd::pipe2;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
+
+use super::pool::Pool;
 
 /// The kernel's own pipe size, used when a larger one cannot be had.
 pub const DEFAULT_PIPE_SIZE: usize = 64 * 1024;
@@ -63,7 +64,7 @@ impl Pipe {
 #[derive(Debug)]
 pub struct PipePool {
     size: usize,
-    idle: Mutex<Vec<Pipe>>,
+    idle: Pool<Pipe>,
     created: AtomicUsize,
 }
 
@@ -72,7 +73,7 @@ impl PipePool {
     pub fn new(size: usize) -> PipePool {
         PipePool {
             size: size.min(max_pipe_size()),
-            idle: Mutex::new(Vec::new()),
+            idle: Pool::new(MAX_IDLE_PIPES),
             created: AtomicUsize::new(0),
         }
     }
@@ -84,30 +85,17 @@ impl PipePool {
 
     /// An idle pipe, or a new one.
     pub fn take(&self) -> io::Result<Pipe> {
-        let idle = self
-            .idle
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .pop();
-        match idle {
-            Some(pipe) => Ok(pipe),
-            None => {
-                let pipe = Pipe::new(self.size)?;
-                self.created.fetch_add(1, Ordering::Relaxed);
-                Ok(pipe)
-            }
+        if let Some(pipe) = self.idle.take() {
+            return Ok(pipe);
         }
+        let pipe = Pipe::new(self.size)?;
+        self.created.fetch_add(1, Ordering::Relaxed);
+        Ok(pipe)
     }
 
     /// Returns an empty pipe for reuse.
     fn put(&self, pipe: Pipe) {
-        let mut idle = self
-            .idle
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if idle.len() < MAX_IDLE_PIPES {
-            idle.push(pipe);
-        }
+        self.idle.put(pipe);
     }
 
     /// How many pipes the pool has made so far.
@@ -117,10 +105,7 @@ impl PipePool {
 
     /// How many idle pipes the pool holds.
     pub fn idle(&self) -> usize {
-        self.idle
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .len()
+        self.idle.len()
     }
 }
 
