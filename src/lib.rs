@@ -12,6 +12,8 @@
 //! - [`metrics`]: every metric name, described once.
 //! - [`admin`]: the HTTP server for `/metrics`, `/livez` and `/readyz`.
 //! - [`probe`]: `distgate probe NODE@HOST`, which finds where a node's path breaks.
+//! - [`route`]: gateway routes (node-name glob → upstream host template), pure; the
+//!   gateway that uses them is not built yet.
 //!
 //! The library binds nothing and installs no signal handler: the binary binds the
 //! listeners and hands them to [`Sidecar::run`] with a shutdown token, and tests do the
@@ -27,6 +29,7 @@ pub mod handshake;
 pub mod metrics;
 pub mod probe;
 pub mod registry;
+pub mod route;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,0 +1,229 @@
+//! Routes for gateway mode: which node names (the part before `@`) go to which
+//! upstream. Pure: a glob on the name and a host template, nothing resolved here.
+//!
+//! ```text
+//! nodes = "app-*"
+//! upstream = "{name}.app-headless.prod.svc.cluster.local"
+//! port = 43691            # or "epmd": ask the upstream's EPMD
+//! ```
+//!
+//! The gateway (issue 6) resolves the host, leases a public port and forwards; this
+//! module only decides where a name would go.
+
+use std::fmt;
+
+/// A glob over node names: `*` matches any run of characters, `?` one character.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Glob(String);
+
+impl Glob {
+    pub fn new(pattern: &str) -> Result<Glob, String> {
+        if pattern.is_empty() {
+            return Err("an empty pattern matches no node name".into());
+        }
+        if pattern.contains('@') {
+            return Err("match the name part only, without `@host`".into());
+        }
+        Ok(Glob(pattern.to_owned()))
+    }
+
+    /// Whether `name` matches, by the classic two-pointer wildcard walk.
+    pub fn matches(&self, name: &str) -> bool {
+        let (pattern, name): (Vec<char>, Vec<char>) =
+            (self.0.chars().collect(), name.chars().collect());
+        let (mut p, mut n) = (0, 0);
+        let mut star: Option<(usize, usize)> = None;
+        while n < name.len() {
+            match pattern.get(p) {
+                Some('*') => {
+                    star = Some((p, n));
+                    p += 1;
+                }
+                Some(&c) if c == '?' || c == name[n] => {
+                    p += 1;
+                    n += 1;
+                }
+                _ => match star {
+                    // Let the last star swallow one more character.
+                    Some((sp, sn)) => {
+                        p = sp + 1;
+                        n = sn + 1;
+                        star = Some((sp, sn + 1));
+                    }
+                    None => return false,
+                },
+            }
+        }
+        pattern[p..].iter().all(|&c| c == '*')
+    }
+}
+
+impl fmt::Display for Glob {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A host template: `{name}` stands for the node's name part.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Template(String);
+
+impl Template {
+    pub fn new(template: &str) -> Result<Template, String> {
+        let rest = template.replace("{name}", "");
+        if rest.contains('{') || rest.contains('}') {
+            return Err(format!("`{template}`: the only placeholder is {{name}}"));
+        }
+        if template.trim().is_empty() || template.contains(char::is_whitespace) {
+            return Err(format!("`{template}` is not a host name"));
+        }
+        Ok(Template(template.to_owned()))
+    }
+
+    /// The host for node `name`. Names that cannot be a DNS label give `None`.
+    pub fn expand(&self, name: &str) -> Option<String> {
+        if self.0.contains("{name}") && !is_dns_label(name) {
+            return None;
+        }
+        Some(self.0.replace("{name}", name))
+    }
+}
+
+/// Whether `s` can stand in a DNS name as one label (RFC 1123: letters, digits,
+/// hyphens, not at either end, at most 63).
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// Where an upstream's dist port comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamPort {
+    /// A fixed port (43691 where a distgate sidecar sits).
+    Fixed(u16),
+    /// Ask the upstream's EPMD (PORT_PLEASE2) for the name's port.
+    Epmd,
+}
+
+/// One route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub nodes: Glob,
+    pub upstream: Template,
+    pub port: UpstreamPort,
+}
+
+/// Where a routed name goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub host: String,
+    pub port: UpstreamPort,
+}
+
+/// The first route whose glob matches `name`, expanded; `None` when no route takes it
+/// (the name is then served as a local one).
+pub fn route(routes: &[Route], name: &str) -> Option<Target> {
+    routes.iter().find(|r| r.nodes.matches(name)).and_then(|r| {
+        Some(Target {
+            host: r.upstream.expand(name)?,
+            port: r.port,
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn glob(p: &str) -> Glob {
+        Glob::new(p).unwrap()
+    }
+
+    #[test]
+    fn globs_match_like_shells() {
+        let cases = [
+            ("app-*", "app-0", true),
+            ("app-*", "app-", true),
+            ("app-*", "app", false),
+            ("app-*", "web-0", false),
+            ("*", "anything", true),
+            ("a?c", "abc", true),
+            ("a?c", "ac", false),
+            ("*-worker-*", "eu-worker-7", true),
+            ("*-worker-*", "eu-worker", false),
+            ("a*b*c", "aXbYbZc", true),
+            ("a*b*c", "aXbYbZ", false),
+            ("exact", "exact", true),
+            ("exact", "exactly", false),
+            ("ü*", "über", true),
+        ];
+        for (pattern, name, expected) in cases {
+            assert_eq!(glob(pattern).matches(name), expected, "{pattern} ~ {name}");
+        }
+    }
+
+    #[test]
+    fn globs_refuse_hosts_and_emptiness() {
+        assert!(Glob::new("").is_err());
+        assert!(Glob::new("app@host").is_err());
+    }
+
+    #[test]
+    fn templates_expand_the_name() {
+        let t = Template::new("{name}.app-headless.prod.svc.cluster.local").unwrap();
+        assert_eq!(
+            t.expand("app-0").as_deref(),
+            Some("app-0.app-headless.prod.svc.cluster.local")
+        );
+        // A name that is no DNS label cannot be put in a host.
+        assert_eq!(t.expand("App_0"), None);
+        assert_eq!(t.expand("-x"), None);
+        // A template without {name} sends every matching name to one host.
+        assert_eq!(
+            Template::new("gateway.other")
+                .unwrap()
+                .expand("App_0")
+                .as_deref(),
+            Some("gateway.other")
+        );
+    }
+
+    #[test]
+    fn templates_refuse_other_placeholders() {
+        assert!(Template::new("{host}.svc").is_err());
+        assert!(Template::new("{name").is_err());
+        assert!(Template::new("a b").is_err());
+        assert!(Template::new("").is_err());
+    }
+
+    #[test]
+    fn the_first_matching_route_wins() {
+        let routes = [
+            Route {
+                nodes: glob("app-db*"),
+                upstream: Template::new("{name}.db.svc").unwrap(),
+                port: UpstreamPort::Epmd,
+            },
+            Route {
+                nodes: glob("app-*"),
+                upstream: Template::new("{name}.app.svc").unwrap(),
+                port: UpstreamPort::Fixed(43691),
+            },
+        ];
+        assert_eq!(
+            route(&routes, "app-db1"),
+            Some(Target {
+                host: "app-db1.db.svc".into(),
+                port: UpstreamPort::Epmd
+            })
+        );
+        assert_eq!(
+            route(&routes, "app-3").unwrap().port,
+            UpstreamPort::Fixed(43691)
+        );
+        assert_eq!(route(&routes, "web-1"), None);
+    }
+}
