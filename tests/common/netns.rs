@@ -49,24 +49,34 @@ fn run(args: &[&str], stdin: Option<&str>) {
     );
 }
 
-/// Inbound TCP only to EPMD and the public dist port: a Kubernetes Service in
+/// Inbound TCP only to EPMD and the public dist ports: a Kubernetes Service in
 /// miniature. Loopback (containers of the same pod) is not filtered.
-const SERVICE_RULES: &str = r#"
-table inet distgate_test {
-  chain input {
+fn service_rules(ports: &str) -> String {
+    format!(
+        r#"
+table inet distgate_test {{
+  chain input {{
     type filter hook input priority 0; policy accept;
     iif "lo" accept
     ct state established,related accept
-    tcp dport { 4369, 43691 } accept
+    tcp dport {{ 4369, {ports} }} accept
     meta l4proto tcp drop
-  }
+  }}
+}}
+"#
+    )
 }
-"#;
 
 impl Pods {
     /// Two pods `a` and `b` (hosts `pod-a.<id>.test`, `pod-b.<id>.test`), each with
-    /// the Service rules.
+    /// the Service rules for 4369 and 43691.
     pub fn two(id: &str) -> Pods {
+        Self::two_with_ports(id, "43691")
+    }
+
+    /// [`Pods::two`] with the Service declaring `ports` (nftables syntax, e.g.
+    /// `43691-43693`) next to 4369.
+    pub fn two_with_ports(id: &str, ports: &str) -> Pods {
         let mut pods = Pods {
             pods: vec![],
             processes: vec![],
@@ -114,7 +124,7 @@ impl Pods {
             run(&["ip", "-n", ns, "link", "set", "eth0", "up"], None);
             run(
                 &["ip", "netns", "exec", ns, "nft", "-f", "-"],
-                Some(SERVICE_RULES),
+                Some(&service_rules(ports)),
             );
         }
         pods
