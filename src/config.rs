@@ -11,6 +11,7 @@ use std::ops::Range;
 use std::path::Path;
 use std::time::Duration;
 
+use ipnet::IpNet;
 use serde::Deserialize;
 use serde::de::{self, Deserializer};
 use toml::Spanned;
@@ -166,7 +167,7 @@ impl Default for EpmdConfig {
                 SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), DEFAULT_EPMD_PORT),
                 SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), DEFAULT_EPMD_PORT),
             ],
-            names_from: NamesFrom::Local,
+            names_from: NamesFrom::LOCAL,
             packet_timeout: Duration::from_secs(60),
             allow_kill: false,
             relaxed_command_check: false,
@@ -174,14 +175,69 @@ impl Default for EpmdConfig {
     }
 }
 
-/// Who is answered NAMES_REQ.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+/// Who is answered NAMES_REQ: `"local"`, `"any"`, or a list of `"local"` and CIDRs
+/// (a gateway's pod network, say).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NamesFrom {
-    /// Loopback and the pod's own address, like ALIVE2_REQ.
-    Local,
     /// Everyone, as OTP's epmd does.
     Any,
+    /// Local peers (loopback and the pod's own address, as for ALIVE2_REQ) when
+    /// `local`, and peers in `nets`.
+    Only { local: bool, nets: Vec<IpNet> },
+}
+
+impl NamesFrom {
+    /// Loopback and the pod's own address only: the default.
+    pub const LOCAL: NamesFrom = NamesFrom::Only {
+        local: true,
+        nets: Vec::new(),
+    };
+
+    /// Whether `peer` (local or not, by the registration rule) may list names.
+    pub fn allows(&self, peer: IpAddr, local: bool) -> bool {
+        match self {
+            NamesFrom::Any => true,
+            NamesFrom::Only { local: l, nets } => {
+                (*l && local) || nets.iter().any(|n| n.contains(&peer.to_canonical()))
+            }
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for NamesFrom {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Word(String),
+            List(Vec<String>),
+        }
+        let words = match Raw::deserialize(deserializer)? {
+            Raw::Word(word) if word == "any" => return Ok(NamesFrom::Any),
+            Raw::Word(word) => vec![word],
+            Raw::List(list) if list.is_empty() => {
+                return Err(de::Error::custom("an empty list; use \"local\""));
+            }
+            Raw::List(list) => list,
+        };
+        let (mut local, mut nets) = (false, vec![]);
+        for word in words {
+            match word.as_str() {
+                "local" => local = true,
+                "any" => return Err(de::Error::custom("\"any\" stands alone, not in a list")),
+                cidr => nets.push(
+                    cidr.parse::<IpNet>()
+                        .or_else(|_| cidr.parse::<IpAddr>().map(IpNet::from))
+                        .map_err(|_| {
+                            de::Error::custom(format!(
+                                "`{cidr}` is not \"local\", \"any\", an address or a CIDR like \"10.42.0.0/16\""
+                            ))
+                        })?,
+                ),
+            }
+        }
+        Ok(NamesFrom::Only { local, nets })
+    }
 }
 
 /// `[dist]`: the public dist ports.

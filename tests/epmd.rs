@@ -221,3 +221,29 @@ async fn garbage_on_one_connection_leaves_registrations_alone() {
     );
     assert_eq!(dg.registry.len(), 1);
 }
+
+#[tokio::test]
+async fn names_go_only_to_the_listed_networks() {
+    use distgate::config::NamesFrom;
+    let only = |cidr: &str| NamesFrom::Only {
+        local: false,
+        nets: vec![cidr.parse().unwrap()],
+    };
+    let mut options = Options::default();
+    options.config.epmd.names_from = only("192.0.2.0/24");
+    let elsewhere = TestSidecar::start(options).await;
+    let (_conn, _) = register(elsewhere.epmd, &alive2("listed", 40001)).await;
+    // Not in the list (and "local" not listed): closed without a reply.
+    assert_eq!(request(elsewhere.epmd, &frame(b"n")).await, b"");
+    // PORT_PLEASE2 is for everyone regardless.
+    assert_eq!(
+        port_please(elsewhere.epmd, "listed").await,
+        Some(elsewhere.public_ports[0])
+    );
+
+    let mut options = Options::default();
+    options.config.epmd.names_from = only("127.0.0.0/8");
+    let here = TestSidecar::start(options).await;
+    let (_conn, _) = register(here.epmd, &alive2("listed", 40001)).await;
+    assert_eq!(names(here.epmd).await.1.len(), 1);
+}

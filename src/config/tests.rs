@@ -180,3 +180,30 @@ fn file_errors_name_the_file() {
     let missing = load(&dir.join("missing.toml")).unwrap_err();
     assert!(matches!(missing, ConfigError::Read { .. }));
 }
+
+#[test]
+fn names_from_takes_words_and_cidrs() {
+    let from =
+        |text: &str| parse(&format!("[epmd]\nnames_from = {text}\n")).map(|c| c.epmd.names_from);
+    assert_eq!(from("\"local\"").unwrap(), NamesFrom::LOCAL);
+    assert_eq!(from("\"any\"").unwrap(), NamesFrom::Any);
+    let mixed = from("[\"local\", \"10.42.0.0/16\", \"fd00::/8\", \"192.0.2.7\"]").unwrap();
+    let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+    assert!(mixed.allows(ip("127.0.0.1"), true));
+    assert!(mixed.allows(ip("10.42.3.4"), false));
+    assert!(mixed.allows(ip("::ffff:10.42.3.4"), false));
+    assert!(mixed.allows(ip("fd12::1"), false));
+    assert!(mixed.allows(ip("192.0.2.7"), false));
+    assert!(!mixed.allows(ip("10.43.0.1"), false));
+    let only_net = from("[\"10.42.0.0/16\"]").unwrap();
+    assert!(!only_net.allows(ip("127.0.0.1"), true), "local not listed");
+    for bad in [
+        "[]",
+        "[\"any\", \"local\"]",
+        "[\"10.0.0.0/33\"]",
+        "\"everyone\"",
+    ] {
+        let e = from(bad).unwrap_err();
+        assert_eq!(e.key(), "epmd.names_from", "{bad}");
+    }
+}

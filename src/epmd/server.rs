@@ -19,7 +19,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::message::{self, Alive2Req, FrameError, Request, RequestKind};
-use crate::config::{EpmdConfig, NamesFrom};
+use crate::config::EpmdConfig;
 use crate::metrics as m;
 use crate::registry::{Registration, Registry};
 
@@ -116,10 +116,12 @@ impl Server {
             }
         };
         let kind = request.kind();
-        let local_only = !matches!(request, Request::PortPlease2 { .. } | Request::Names);
-        let names_refused =
-            matches!(request, Request::Names) && self.config.names_from == NamesFrom::Local;
-        if !local && (local_only || names_refused) {
+        let refused = match request {
+            Request::PortPlease2 { .. } => false,
+            Request::Names => !self.config.names_from.allows(peer.ip(), local),
+            _ => !local,
+        };
+        if refused {
             if kind == RequestKind::Alive2 {
                 warn!("registration from a non-local address refused");
                 metrics::counter!(m::REGISTRATIONS_REJECTED, "reason" => "not_local").increment(1);
