@@ -12,6 +12,7 @@
 //! - [`metrics`]: every metric name, described once.
 //! - [`admin`]: the HTTP server for `/metrics`, `/livez` and `/readyz`.
 //! - [`probe`]: `distgate probe NODE@HOST`, which finds where a node's path breaks.
+//! - [`dns`]: hickory behind a trait, and a cache that owns TTLs (for the gateway).
 //! - [`route`]: gateway routes (node-name glob → upstream host template), pure; the
 //!   gateway that uses them is not built yet.
 //!
@@ -23,6 +24,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod dns;
 pub mod epmd;
 pub mod forward;
 pub mod handshake;

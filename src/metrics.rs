@@ -36,6 +36,10 @@ pub const DIST_UPSTREAM_FAILURES: &str = "distgate_dist_upstream_connect_failure
 pub const DIST_NO_NODE: &str = "distgate_dist_connections_no_node_total";
 /// Accept errors on any listener.
 pub const ACCEPT_ERRORS: &str = "distgate_accept_errors_total";
+/// DNS lookups for routes, by `result` (`ok`, `not_found`, `error`, `stale`).
+pub const DNS_LOOKUPS: &str = "distgate_dns_lookups_total";
+/// How long DNS lookups took.
+pub const DNS_DURATION: &str = "distgate_dns_lookup_duration_seconds";
 
 /// Every metric name, for documentation and for checking dashboards.
 pub const ALL: &[&str] = &[
@@ -52,6 +56,8 @@ pub const ALL: &[&str] = &[
     DIST_UPSTREAM_FAILURES,
     DIST_NO_NODE,
     ACCEPT_ERRORS,
+    DNS_LOOKUPS,
+    DNS_DURATION,
 ];
 
 /// Dist link durations: from a failed handshake to links that live for days.
