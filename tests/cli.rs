@@ -66,30 +66,28 @@ fn check_config_accepts_the_example() {
     assert!(String::from_utf8(out.stdout).unwrap().ends_with(": ok\n"));
 }
 
+/// Runs `check-config` on `text`: (exit code, stderr, the file's path).
+fn check(text: &str) -> (Option<i32>, String, String) {
+    let (_dir, path) = temp_config(text);
+    let out = distgate()
+        .args(["check-config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8(out.stderr).unwrap();
+    (out.status.code(), err, path.display().to_string())
+}
+
 #[test]
 fn check_config_names_the_key_and_line() {
-    let (_dir, path) =
-        temp_config("[epmd]\nnames_from = \"any\"\n\n[dist]\nports = [43691, 99999]\n");
-    let out = distgate()
-        .args(["check-config", path.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(64));
-    let err = String::from_utf8(out.stderr).unwrap();
+    let (code, err, path) =
+        check("[epmd]\nnames_from = \"any\"\n\n[dist]\nports = [43691, 99999]\n");
+    assert_eq!(code, Some(64));
     assert_eq!(
         err.trim(),
-        format!(
-            "{}:5: `dist.ports[1]`: port 99999 is out of range 1-65535",
-            path.display()
-        )
+        format!("{path}:5: `dist.ports[1]`: port 99999 is out of range 1-65535")
     );
-    let (_dir, path) = temp_config("[epmd]\nlisten_port = 4369\n");
-    let out = distgate()
-        .args(["check-config", path.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(64));
-    let err = String::from_utf8(out.stderr).unwrap();
+    let (code, err, _) = check("[epmd]\nlisten_port = 4369\n");
+    assert_eq!(code, Some(64));
     assert!(
         err.contains(":2: `epmd.listen_port`: unknown field"),
         "{err}"
