@@ -149,15 +149,14 @@ impl Link {
         }
     }
 
-    /// Records the close with a bounded `reason`.
-    pub fn close(self, reason: &'static str) {
+    /// Records the close with a bounded `reason`; returns how long the link lived.
+    pub fn close(self, reason: &'static str) -> std::time::Duration {
+        let lived = self.started.elapsed();
         gauge!(DIST_ACTIVE, &self.labels).decrement(1.0);
-        histogram!(DIST_DURATION, &self.labels).record(self.started.elapsed().as_secs_f64());
+        histogram!(DIST_DURATION, &self.labels).record(lived.as_secs_f64());
         let [node, peer, direction] = self.labels;
-        counter!(
-            DIST_CLOSED,
-            &[node, peer, direction, ("reason", reason.to_owned())]
-        )
-        .increment(1);
+        let closed = [node, peer, direction, ("reason", reason.to_owned())];
+        counter!(DIST_CLOSED, &closed).increment(1);
+        lived
     }
 }

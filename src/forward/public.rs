@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::timeout;
@@ -111,7 +111,6 @@ impl Forwarder {
         };
         info!(%node, %peer, tls_sni, real_port = target.port(), "dist connection opened");
         let link = m::Link::open(&node, &peer, DIRECTION);
-        let started = Instant::now();
         let outcome = self
             .engine
             .proxy_metered(
@@ -122,13 +121,13 @@ impl Forwarder {
             )
             .await;
         let reason = close_reason(&outcome.result);
-        link.close(reason);
+        let lived = link.close(reason);
         info!(
             %node,
             %peer,
             bytes_from_peer = outcome.to_upstream,
             bytes_to_peer = outcome.to_client,
-            duration_ms = started.elapsed().as_millis() as u64,
+            duration_ms = lived.as_millis() as u64,
             reason,
             error = outcome.result.as_ref().err().map(ToString::to_string),
             "dist connection closed"
