@@ -18,6 +18,7 @@ use toml::Spanned;
 
 use crate::forward::Mode;
 use crate::registry::PortPlan;
+use crate::route::Route;
 
 /// Pipe size of the splice path; the benchmark chose it (BENCHMARKS.md).
 pub const DEFAULT_PIPE_SIZE: usize = 1024 * 1024;
@@ -39,6 +40,42 @@ pub struct Config {
     pub forward: ForwardConfig,
     pub admin: AdminConfig,
     pub shutdown: ShutdownConfig,
+    /// `[[route]]`: names answered and forwarded for nodes elsewhere (gateway mode).
+    pub routes: Vec<Route>,
+    pub dns: DnsConfig,
+}
+
+/// `[dns]`: how route upstreams are resolved.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DnsConfig {
+    /// Name servers (`"10.96.0.10:53"`); empty: the system's resolv.conf, with its
+    /// search domains and ndots as Kubernetes writes them.
+    pub nameservers: Vec<SocketAddr>,
+    /// Answers are kept at least this long, whatever their TTL.
+    #[serde(with = "humantime_serde")]
+    pub min_ttl: Duration,
+    /// And at most this long.
+    #[serde(with = "humantime_serde")]
+    pub max_ttl: Duration,
+    /// While DNS fails, the last good answer is used this long past its expiry.
+    #[serde(with = "humantime_serde")]
+    pub stale_for: Duration,
+    /// Limit of each DNS query, and of asking an upstream's EPMD.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        DnsConfig {
+            nameservers: vec![],
+            min_ttl: Duration::from_secs(1),
+            max_ttl: Duration::from_secs(300),
+            stale_for: Duration::from_secs(300),
+            timeout: Duration::from_secs(2),
+        }
+    }
 }
 
 /// The admin HTTP port distgate serves metrics and probes on.
@@ -384,6 +421,8 @@ struct RawConfig {
     forward: ForwardConfig,
     admin: AdminConfig,
     shutdown: ShutdownConfig,
+    route: Vec<Route>,
+    dns: DnsConfig,
 }
 
 #[derive(Debug, Deserialize)]
@@ -424,7 +463,14 @@ impl RawConfig {
         if dist.listen.is_empty() {
             return Err(no_span("dist.listen", "needs at least one address".into()));
         }
+        if self.dns.min_ttl > self.dns.max_ttl {
+            return Err(no_span(
+                "dns.min_ttl",
+                "is longer than `dns.max_ttl`".into(),
+            ));
+        }
         for (key, value) in [
+            ("dns.timeout", self.dns.timeout),
             ("epmd.packet_timeout", epmd.packet_timeout),
             ("dist.connect_timeout", dist.connect_timeout),
             ("dist.first_frame_timeout", dist.first_frame_timeout),
@@ -476,6 +522,8 @@ impl RawConfig {
             forward: self.forward,
             admin: self.admin,
             shutdown: self.shutdown,
+            routes: self.route,
+            dns: self.dns,
         })
     }
 }

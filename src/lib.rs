@@ -13,8 +13,8 @@
 //! - [`admin`]: the HTTP server for `/metrics`, `/livez` and `/readyz`.
 //! - [`probe`]: `distgate probe NODE@HOST`, which finds where a node's path breaks.
 //! - [`dns`]: hickory behind a trait, and a cache that owns TTLs (for the gateway).
-//! - [`route`]: gateway routes (node-name glob → upstream host template), pure; the
-//!   gateway that uses them is not built yet.
+//! - [`route`]: gateway routes (node-name glob → upstream host template), pure.
+//! - [`gateway`]: routed names: confirmed upstream, leased a public port, forwarded.
 //!
 //! The library binds nothing and installs no signal handler: the binary binds the
 //! listeners and hands them to [`Sidecar::run`] with a shutdown token, and tests do the
@@ -27,6 +27,7 @@ pub mod config;
 pub mod dns;
 pub mod epmd;
 pub mod forward;
+pub mod gateway;
 pub mod handshake;
 pub mod metrics;
 pub mod probe;
@@ -83,11 +84,23 @@ impl Sidecar {
     /// `config.dist.port_plan()`; tests pass the ports they bound). Cancelling
     /// `shutdown` stops it; so does an allowed KILL_REQ.
     pub fn new(config: &Config, plan: PortPlan, shutdown: CancellationToken) -> Self {
+        Self::with_gateway(config, plan, None, shutdown)
+    }
+
+    /// [`Sidecar::new`] that also answers and forwards the names `gateway` routes.
+    pub fn with_gateway(
+        config: &Config,
+        plan: PortPlan,
+        gateway: Option<gateway::Gateway>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let gateway = gateway.map(Arc::new);
         let registry = Arc::new(Registry::new(plan));
         let tracker = TaskTracker::new();
         let epmd = Arc::new(epmd::Server::new(
             config.epmd.clone(),
             Arc::clone(&registry),
+            gateway.clone(),
             shutdown.clone(),
             tracker.clone(),
         ));
@@ -97,6 +110,7 @@ impl Sidecar {
         ));
         let forwarder = Arc::new(Forwarder::new(
             Arc::clone(&registry),
+            gateway,
             engine,
             config.dist.connect_timeout,
             config.dist.first_frame_timeout,

@@ -182,9 +182,12 @@ fn init_logging(cli: &Cli) -> anyhow::Result<()> {
 
 async fn run(config: Config) -> anyhow::Result<()> {
     let metrics = distgate::metrics::install().map_err(anyhow::Error::msg)?;
+    let gateway = distgate::gateway::Gateway::from_config(&config)
+        .map_err(|e| anyhow::anyhow!("cannot set up DNS for the routes: {e}"))?;
     let listeners = bind_all(&config)?;
     let shutdown = CancellationToken::new();
-    let mut sidecar = Sidecar::new(&config, config.dist.port_plan(), shutdown.clone());
+    let mut sidecar =
+        Sidecar::with_gateway(&config, config.dist.port_plan(), gateway, shutdown.clone());
     sidecar.set_metrics(metrics);
     tokio::spawn(watch_signals(shutdown));
     match sidecar.run(listeners, config.shutdown.grace).await {

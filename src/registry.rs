@@ -62,6 +62,36 @@ impl Node {
     }
 }
 
+/// A name routed to an upstream (gateway mode), holding a public port while it lives
+/// upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub name: String,
+    pub public_port: u16,
+    /// The upstream host (resolved at each connect) and its dist port.
+    pub host: String,
+    pub dist_port: u16,
+    /// The fields the upstream registered, echoed in PORT2_RESP.
+    pub node_type: u8,
+    pub protocol: u8,
+    pub highest_version: u16,
+    pub lowest_version: u16,
+    pub extra: Vec<u8>,
+}
+
+/// Where a connection to a public port goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// A local node's real port.
+    Local { name: String, addr: SocketAddr },
+    /// A routed name's upstream host and dist port.
+    Routed {
+        name: String,
+        host: String,
+        port: u16,
+    },
+}
+
 /// A name that was registered and has left; DUMP lists it, and its next registration
 /// continues from its creation.
 #[derive(Debug, Clone)]
@@ -114,6 +144,8 @@ struct Inner {
     nodes: Vec<Node>,
     /// Recently unregistered names, oldest first.
     unused: VecDeque<Unused>,
+    /// Routed names holding public ports (gateway mode).
+    leases: Vec<Lease>,
     next_id: u64,
 }
 
@@ -186,7 +218,10 @@ impl Registry {
     /// The node's pinned port, or the first pool port that is neither held nor pinned to
     /// another name.
     fn free_public_port(&self, inner: &Inner, name: &str) -> Option<u16> {
-        let held = |port: u16| inner.nodes.iter().any(|n| n.public_port == Some(port));
+        let held = |port: u16| {
+            inner.nodes.iter().any(|n| n.public_port == Some(port))
+                || inner.leases.iter().any(|l| l.public_port == port)
+        };
         if let Some(&pinned) = self.plan.pins.get(name) {
             return (!held(pinned)).then_some(pinned);
         }
@@ -238,13 +273,57 @@ impl Registry {
         self.len() == 0
     }
 
-    /// Where a connection to `public_port` goes: the holder's name and real address.
-    pub fn target_of(&self, public_port: u16) -> Option<(String, SocketAddr)> {
-        self.lock()
+    /// Where a connection to `public_port` goes.
+    pub fn target_of(&self, public_port: u16) -> Option<Target> {
+        let inner = self.lock();
+        if let Some(n) = inner
             .nodes
             .iter()
             .find(|n| n.public_port == Some(public_port))
-            .map(|n| (n.name.clone(), SocketAddr::new(n.upstream_ip, n.real_port)))
+        {
+            return Some(Target::Local {
+                name: n.name.clone(),
+                addr: SocketAddr::new(n.upstream_ip, n.real_port),
+            });
+        }
+        inner
+            .leases
+            .iter()
+            .find(|l| l.public_port == public_port)
+            .map(|l| Target::Routed {
+                name: l.name.clone(),
+                host: l.host.clone(),
+                port: l.dist_port,
+            })
+    }
+
+    /// Leases a public port to routed name `lease.name` (the port in `lease` is
+    /// ignored): the one it holds already (details refreshed), else the first free one.
+    /// `None` when the pool is used up.
+    pub fn lease(&self, mut lease: Lease) -> Option<u16> {
+        let mut inner = self.lock();
+        if let Some(held) = inner.leases.iter_mut().find(|l| l.name == lease.name) {
+            lease.public_port = held.public_port;
+            *held = lease;
+            return Some(held.public_port);
+        }
+        lease.public_port = self.free_public_port(&inner, &lease.name)?;
+        let port = lease.public_port;
+        inner.leases.push(lease);
+        Some(port)
+    }
+
+    /// Gives back the public port of routed name `name`; whether it held one.
+    pub fn release(&self, name: &str) -> bool {
+        let mut inner = self.lock();
+        let before = inner.leases.len();
+        inner.leases.retain(|l| l.name != name);
+        inner.leases.len() != before
+    }
+
+    /// Routed names holding public ports, oldest first.
+    pub fn leases(&self) -> Vec<Lease> {
+        self.lock().leases.clone()
     }
 
     /// Asks the connection holding `name`'s registration to end it (STOP_REQ). Returns
@@ -317,7 +396,9 @@ mod tests {
         assert_eq!(dup.unwrap_err(), RegisterError::Duplicate);
         let node = reg.get("a").unwrap();
         assert_eq!((node.id, node.real_port), (first.id, 1000));
-        assert_eq!(reg.target_of(43691).unwrap().1.port(), 1000);
+        assert!(
+            matches!(reg.target_of(43691), Some(Target::Local { addr, .. }) if addr.port() == 1000)
+        );
     }
 
     #[test]
@@ -346,7 +427,7 @@ mod tests {
         reg.unregister(a.id);
         let d = reg.register(&req("d", 4), 5, LOOPBACK, NOW).unwrap();
         assert_eq!(d.public_port, Some(100));
-        assert_eq!(reg.target_of(100).unwrap().0, "d");
+        assert!(matches!(reg.target_of(100), Some(Target::Local { name, .. }) if name == "d"));
     }
 
     #[test]
@@ -395,6 +476,38 @@ mod tests {
         let unused = reg.unused();
         assert_eq!(unused.len(), MAX_UNUSED);
         assert_eq!(unused[0].name, format!("n{}", MAX_UNUSED + 4));
+    }
+
+    fn lease(name: &str) -> Lease {
+        Lease {
+            name: name.into(),
+            public_port: 0,
+            host: format!("{name}.svc"),
+            dist_port: 43691,
+            node_type: 77,
+            protocol: 0,
+            highest_version: 6,
+            lowest_version: 5,
+            extra: vec![],
+        }
+    }
+
+    #[test]
+    fn leases_share_the_pool_with_local_nodes_and_stick_to_their_name() {
+        let reg = registry(&[100, 101, 102], &[]);
+        reg.register(&req("local", 1), 5, LOOPBACK, NOW).unwrap();
+        assert_eq!(reg.lease(lease("app-0")), Some(101));
+        assert_eq!(reg.lease(lease("app-1")), Some(102));
+        assert_eq!(reg.lease(lease("app-0")), Some(101), "not sticky");
+        assert_eq!(reg.lease(lease("app-2")), None, "pool used up");
+        assert!(matches!(reg.target_of(102), Some(Target::Routed { name, .. }) if name == "app-1"));
+        assert!(reg.release("app-1"));
+        assert!(!reg.release("app-1"));
+        assert_eq!(reg.target_of(102), None);
+        assert_eq!(reg.lease(lease("app-2")), Some(102));
+        // A local node registering now finds no free port: leases hold theirs.
+        let late = reg.register(&req("late", 2), 5, LOOPBACK, NOW).unwrap();
+        assert_eq!(late.public_port, None);
     }
 
     #[test]

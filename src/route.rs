@@ -7,14 +7,25 @@
 //! port = 43691            # or "epmd": ask the upstream's EPMD
 //! ```
 //!
-//! The gateway (issue 6) resolves the host, leases a public port and forwards; this
-//! module only decides where a name would go.
+//! The gateway ([`crate::gateway`]) resolves the host, leases a public port and
+//! forwards; this module only decides where a name would go.
 
 use std::fmt;
 
+use serde::Deserialize;
+use serde::de::{self, Deserializer};
+
 /// A glob over node names: `*` matches any run of characters, `?` one character.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
 pub struct Glob(String);
+
+impl TryFrom<String> for Glob {
+    type Error = String;
+    fn try_from(s: String) -> Result<Glob, String> {
+        Glob::new(&s)
+    }
+}
 
 impl Glob {
     pub fn new(pattern: &str) -> Result<Glob, String> {
@@ -65,8 +76,16 @@ impl fmt::Display for Glob {
 }
 
 /// A host template: `{name}` stands for the node's name part.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
 pub struct Template(String);
+
+impl TryFrom<String> for Template {
+    type Error = String;
+    fn try_from(s: String) -> Result<Template, String> {
+        Template::new(&s)
+    }
+}
 
 impl Template {
     pub fn new(template: &str) -> Result<Template, String> {
@@ -108,12 +127,55 @@ pub enum UpstreamPort {
     Epmd,
 }
 
-/// One route.
-#[derive(Debug, Clone, PartialEq, Eq)]
+impl<'de> Deserialize<'de> for UpstreamPort {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(i64),
+            Word(String),
+        }
+        match Raw::deserialize(deserializer)? {
+            Raw::Number(n) => u16::try_from(n)
+                .ok()
+                .filter(|&p| p != 0)
+                .map(UpstreamPort::Fixed)
+                .ok_or_else(|| de::Error::custom(format!("port {n} is out of range 1-65535"))),
+            Raw::Word(w) if w == "epmd" => Ok(UpstreamPort::Epmd),
+            Raw::Word(w) => Err(de::Error::custom(format!(
+                "`{w}` is not a port number or \"epmd\""
+            ))),
+        }
+    }
+}
+
+/// The port peers and upstream sidecars use for EPMD.
+const EPMD_PORT: u16 = 4369;
+/// The public dist port of a distgate sidecar.
+const DIST_PORT: u16 = 43691;
+
+/// One `[[route]]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Route {
+    /// Which names (the part before `@`) this route takes.
     pub nodes: Glob,
+    /// The upstream host for a name.
     pub upstream: Template,
+    /// The upstream's dist port: a number (43691, a distgate sidecar) or `"epmd"`.
+    #[serde(default = "default_dist_port")]
     pub port: UpstreamPort,
+    /// Where the upstream answers EPMD; asked to confirm a name exists.
+    #[serde(default = "default_epmd_port")]
+    pub epmd_port: u16,
+}
+
+fn default_dist_port() -> UpstreamPort {
+    UpstreamPort::Fixed(DIST_PORT)
+}
+
+fn default_epmd_port() -> u16 {
+    EPMD_PORT
 }
 
 /// Where a routed name goes.
@@ -121,6 +183,7 @@ pub struct Route {
 pub struct Target {
     pub host: String,
     pub port: UpstreamPort,
+    pub epmd_port: u16,
 }
 
 /// The first route whose glob matches `name`, expanded; `None` when no route takes it
@@ -130,6 +193,7 @@ pub fn route(routes: &[Route], name: &str) -> Option<Target> {
         Some(Target {
             host: r.upstream.expand(name)?,
             port: r.port,
+            epmd_port: r.epmd_port,
         })
     })
 }
@@ -206,18 +270,21 @@ mod tests {
                 nodes: glob("app-db*"),
                 upstream: Template::new("{name}.db.svc").unwrap(),
                 port: UpstreamPort::Epmd,
+                epmd_port: 4369,
             },
             Route {
                 nodes: glob("app-*"),
                 upstream: Template::new("{name}.app.svc").unwrap(),
                 port: UpstreamPort::Fixed(43691),
+                epmd_port: 4369,
             },
         ];
         assert_eq!(
             route(&routes, "app-db1"),
             Some(Target {
                 host: "app-db1.db.svc".into(),
-                port: UpstreamPort::Epmd
+                port: UpstreamPort::Epmd,
+                epmd_port: 4369,
             })
         );
         assert_eq!(

@@ -207,3 +207,59 @@ fn names_from_takes_words_and_cidrs() {
         assert_eq!(e.key(), "epmd.names_from", "{bad}");
     }
 }
+
+#[test]
+fn routes_parse_and_their_errors_name_the_key() {
+    let config = parse(
+        "[[route]]\nnodes = \"app-*\"\nupstream = \"{name}.svc\"\n\n[[route]]\nnodes = \"db\"\nupstream = \"db.other\"\nport = \"epmd\"\nepmd_port = 14369\n",
+    )
+    .unwrap();
+    assert_eq!(config.routes.len(), 2);
+    assert_eq!(
+        config.routes[0].port,
+        crate::route::UpstreamPort::Fixed(43691)
+    );
+    assert_eq!(config.routes[0].epmd_port, 4369);
+    assert_eq!(config.routes[1].port, crate::route::UpstreamPort::Epmd);
+    for (text, key, line) in [
+        (
+            "[[route]]\nnodes = \"a@b\"\nupstream = \"x\"\n",
+            "route[0].nodes",
+            2,
+        ),
+        (
+            "[[route]]\nnodes = \"a\"\nupstream = \"{host}.x\"\n",
+            "route[0].upstream",
+            3,
+        ),
+        (
+            "[[route]]\nnodes = \"a\"\nupstream = \"x\"\nport = \"dns\"\n",
+            "route[0].port",
+            4,
+        ),
+        (
+            "[[route]]\nnodes = \"a\"\nupstream = \"x\"\nwhere = 1\n",
+            "route[0].where",
+            4,
+        ),
+        ("[[route]]\nupstream = \"x\"\n", "route[0]", 1),
+    ] {
+        let (k, l, message) = error_of(text);
+        assert_eq!((k.as_str(), l), (key, Some(line)), "{text}: {message}");
+    }
+}
+
+#[test]
+fn dns_settings_are_checked() {
+    let config = parse("[dns]\nnameservers = [\"127.0.0.1:5353\"]\nmin_ttl = \"0s\"\n").unwrap();
+    assert_eq!(config.dns.nameservers.len(), 1);
+    assert_eq!(
+        error_of("[dns]\nmin_ttl = \"10m\"\nmax_ttl = \"1m\"\n").0,
+        "dns.min_ttl"
+    );
+    assert_eq!(error_of("[dns]\ntimeout = \"0s\"\n").0, "dns.timeout");
+    assert_eq!(
+        error_of("[dns]\nnameservers = [\"dns.local\"]\n").0,
+        "dns.nameservers[0]"
+    );
+}

@@ -350,6 +350,53 @@ fn push_u16_len(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(&bytes[..usize::from(len)]);
 }
 
+/// A PORT2_RESP that found the node, owned (what a client reads back).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Port2 {
+    pub port: u16,
+    pub node_type: u8,
+    pub protocol: u8,
+    pub highest_version: u16,
+    pub lowest_version: u16,
+    pub name: String,
+    pub extra: Vec<u8>,
+}
+
+/// Decodes a whole PORT2_RESP: `Ok(Some)` found, `Ok(None)` for `77 01` (or any
+/// other error result), `Err` for bytes that are no PORT2_RESP.
+pub fn decode_port2_resp(reply: &[u8]) -> Result<Option<Port2>, FrameError> {
+    let bad = |reason| malformed("PORT2_RESP", reason);
+    match reply {
+        [PORT2_RESP, 0, rest @ ..] => {
+            let fixed = rest.get(..10).ok_or_else(|| bad("too short"))?;
+            let name_len = usize::from(u16_at(fixed, 8));
+            let name = rest
+                .get(10..10 + name_len)
+                .ok_or_else(|| bad("name cut short"))?;
+            let elen_at = 10 + name_len;
+            let extra_len = usize::from(u16_at(
+                rest.get(elen_at..elen_at + 2)
+                    .ok_or_else(|| bad("no Elen"))?,
+                0,
+            ));
+            let extra = rest
+                .get(elen_at + 2..elen_at + 2 + extra_len)
+                .ok_or_else(|| bad("extra cut short"))?;
+            Ok(Some(Port2 {
+                port: u16_at(fixed, 0),
+                node_type: fixed[2],
+                protocol: fixed[3],
+                highest_version: u16_at(fixed, 4),
+                lowest_version: u16_at(fixed, 6),
+                name: String::from_utf8_lossy(name).into_owned(),
+                extra: extra.to_vec(),
+            }))
+        }
+        [PORT2_RESP, _, ..] => Ok(None),
+        _ => Err(bad("not a PORT2_RESP")),
+    }
+}
+
 /// The 4-byte header of NAMES and DUMP replies: the port the client dialled.
 pub fn encode_port_header(port: u16) -> [u8; 4] {
     u32::from(port).to_be_bytes()

@@ -20,6 +20,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::message::{self, Alive2Req, FrameError, Request, RequestKind};
 use crate::config::EpmdConfig;
+use crate::gateway::Gateway;
 use crate::metrics as m;
 use crate::registry::{Registration, Registry};
 
@@ -54,6 +55,7 @@ impl ReadError {
 pub struct Server {
     config: EpmdConfig,
     registry: Arc<Registry>,
+    gateway: Option<Arc<Gateway>>,
     /// Cancelled to stop distgate (an allowed KILL_REQ) and observed to end
     /// registrations when distgate stops.
     shutdown: CancellationToken,
@@ -64,12 +66,14 @@ impl Server {
     pub fn new(
         config: EpmdConfig,
         registry: Arc<Registry>,
+        gateway: Option<Arc<Gateway>>,
         shutdown: CancellationToken,
         tracker: TaskTracker,
     ) -> Self {
         Server {
             config,
             registry,
+            gateway,
             shutdown,
             tracker,
         }
@@ -134,26 +138,35 @@ impl Server {
         match request {
             Request::Alive2(req) => self.alive2(stream, peer, req).await,
             Request::PortPlease2 { name } => {
-                let node = self.registry.get(&name);
-                let info = node.as_ref().map(|n| message::PortInfo {
-                    port: n.advertised_port(),
-                    node_type: n.node_type,
-                    protocol: n.protocol,
-                    highest_version: n.highest_version,
-                    lowest_version: n.lowest_version,
-                    name: &n.name,
-                    extra: &n.extra,
-                });
-                let result = if node.is_some() { "found" } else { "not_found" };
+                let reply = match self.registry.get(&name) {
+                    Some(n) => message::encode_port2_resp(Some(&message::PortInfo {
+                        port: n.advertised_port(),
+                        node_type: n.node_type,
+                        protocol: n.protocol,
+                        highest_version: n.highest_version,
+                        lowest_version: n.lowest_version,
+                        name: &n.name,
+                        extra: &n.extra,
+                    })),
+                    None => self.routed_port_please(&name).await,
+                };
+                let result = if reply.len() > 2 {
+                    "found"
+                } else {
+                    "not_found"
+                };
                 debug!(%name, result, "PORT_PLEASE2_REQ");
                 count_request(kind.as_str(), result);
-                self.reply(stream, &message::encode_port2_resp(info.as_ref()))
-                    .await;
+                self.reply(stream, &reply).await;
             }
             Request::Names => {
                 let mut reply = message::encode_port_header(local_addr.port()).to_vec();
                 for node in self.registry.nodes() {
                     let line = message::encode_names_line(&node.name, node.advertised_port());
+                    reply.extend_from_slice(line.as_bytes());
+                }
+                for lease in self.registry.leases() {
+                    let line = message::encode_names_line(&lease.name, lease.public_port);
                     reply.extend_from_slice(line.as_bytes());
                 }
                 count_request(kind.as_str(), "ok");
@@ -175,6 +188,24 @@ impl Server {
             Request::Kill => self.kill(stream).await,
             Request::Stop { name } => self.stop(stream, &name).await,
         }
+    }
+
+    /// PORT2_RESP for a name that is not local: the routed lease, or `77 01`.
+    async fn routed_port_please(&self, name: &str) -> Vec<u8> {
+        let lease = match &self.gateway {
+            Some(gateway) if gateway.takes(name) => gateway.port_please(&self.registry, name).await,
+            _ => None,
+        };
+        let info = lease.as_ref().map(|l| message::PortInfo {
+            port: l.public_port,
+            node_type: l.node_type,
+            protocol: l.protocol,
+            highest_version: l.highest_version,
+            lowest_version: l.lowest_version,
+            name,
+            extra: &l.extra,
+        });
+        message::encode_port2_resp(info.as_ref())
     }
 
     /// Reads the one request of a connection, closing idle ones after packet_timeout.

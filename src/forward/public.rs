@@ -11,11 +11,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use crate::gateway::Gateway;
 use crate::metrics as m;
-use crate::registry::Registry;
+use crate::registry::{Registry, Target};
 
-/// The `direction` label of connections that come in on a public port.
+/// The `direction` label of connections that come in on a public port for a local node.
 pub const DIRECTION: &str = "inbound";
+/// The `direction` label of connections forwarded to a routed name's upstream.
+pub const GATEWAY_DIRECTION: &str = "gateway";
 
 /// A bounded label for how a forwarded stream ended.
 pub fn close_reason(result: &std::io::Result<()>) -> &'static str {
@@ -33,6 +36,7 @@ pub fn close_reason(result: &std::io::Result<()>) -> &'static str {
 /// Accepts on the public dist ports and forwards to the nodes holding them.
 pub struct Forwarder {
     registry: Arc<Registry>,
+    gateway: Option<Arc<Gateway>>,
     engine: Arc<super::Engine>,
     connect_timeout: Duration,
     first_frame_timeout: Duration,
@@ -43,6 +47,7 @@ pub struct Forwarder {
 impl Forwarder {
     pub fn new(
         registry: Arc<Registry>,
+        gateway: Option<Arc<Gateway>>,
         engine: Arc<super::Engine>,
         connect_timeout: Duration,
         first_frame_timeout: Duration,
@@ -51,6 +56,7 @@ impl Forwarder {
     ) -> Self {
         Forwarder {
             registry,
+            gateway,
             engine,
             connect_timeout,
             first_frame_timeout,
@@ -81,10 +87,26 @@ impl Forwarder {
     }
 
     async fn handle(&self, client: TcpStream, public_port: u16) {
-        let Some((node, target)) = self.registry.target_of(public_port) else {
-            debug!("no node holds this public port; connection closed");
-            metrics::counter!(m::DIST_NO_NODE).increment(1);
-            return;
+        let (node, target, direction) = match self.registry.target_of(public_port) {
+            Some(Target::Local { name, addr }) => (name, addr, DIRECTION),
+            Some(Target::Routed { name, host, port }) => {
+                let Some(gateway) = &self.gateway else {
+                    return;
+                };
+                match gateway.resolve(&host).await {
+                    Ok(ip) => (name, SocketAddr::new(ip, port), GATEWAY_DIRECTION),
+                    Err(e) => {
+                        warn!(node = %name, %host, "upstream does not resolve: {e}");
+                        metrics::counter!(m::DIST_UPSTREAM_FAILURES, "node" => name).increment(1);
+                        return;
+                    }
+                }
+            }
+            None => {
+                debug!("no node holds this public port; connection closed");
+                metrics::counter!(m::DIST_NO_NODE).increment(1);
+                return;
+            }
         };
         let upstream = match self.connect(target).await {
             Ok(upstream) => upstream,
@@ -109,8 +131,8 @@ impl Forwarder {
             crate::handshake::Caller::Tls { sni } => sni.clone(),
             _ => None,
         };
-        info!(%node, %peer, tls_sni, real_port = target.port(), "dist connection opened");
-        let link = m::Link::open(&node, &peer, DIRECTION);
+        info!(%node, %peer, direction, tls_sni, upstream_port = target.port(), "dist connection opened");
+        let link = m::Link::open(&node, &peer, direction);
         let outcome = self
             .engine
             .proxy_metered(

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod beam;
+pub mod dnsmasq;
 pub mod netns;
 
 use std::future::Future;
@@ -133,7 +134,8 @@ impl TestSidecar {
             listeners.admin.push(listener);
         }
         let shutdown = CancellationToken::new();
-        let mut sidecar = Sidecar::new(&options.config, plan, shutdown.clone());
+        let gateway = distgate::gateway::Gateway::from_config(&options.config).unwrap();
+        let mut sidecar = Sidecar::with_gateway(&options.config, plan, gateway, shutdown.clone());
         if options.admin {
             sidecar.set_metrics(recorder());
         }

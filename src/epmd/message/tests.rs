@@ -327,3 +327,27 @@ fn frame_errors_have_bounded_reasons() {
         ]
     );
 }
+
+#[test]
+fn port2_replies_decode_back() {
+    let info = PortInfo {
+        port: 50001,
+        node_type: 77,
+        protocol: 0,
+        highest_version: 6,
+        lowest_version: 5,
+        name: "alpha",
+        extra: b"EXT\0\x01",
+    };
+    let wire = encode_port2_resp(Some(&info));
+    let back = decode_port2_resp(&wire).unwrap().unwrap();
+    assert_eq!(
+        (back.port, back.name.as_str(), back.extra.as_slice()),
+        (50001, "alpha", &b"EXT\0\x01"[..])
+    );
+    assert_eq!(decode_port2_resp(&[0x77, 0x01]), Ok(None));
+    for cut in 2..wire.len() {
+        assert!(decode_port2_resp(&wire[..cut]).is_err(), "cut at {cut}");
+    }
+    assert!(decode_port2_resp(b"HTTP").is_err());
+}

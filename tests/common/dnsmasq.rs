@@ -1,0 +1,63 @@
+//! A real DNS server for tests: dnsmasq on a free loopback port, authoritative for the
+//! made-up domain `cluster.test`, ended by PID on drop.
+
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use distgate::dns::{Hickory, Lookup};
+
+use super::{Process, eventually, free_port, loopback};
+
+pub struct Dnsmasq {
+    pub process: Process,
+    pub addr: SocketAddr,
+}
+
+/// dnsmasq answering `records` (name, address) with a TTL of `ttl` seconds.
+pub async fn dnsmasq(records: &[(&str, &str)], ttl: u32) -> Dnsmasq {
+    for _ in 0..10 {
+        let port = free_port();
+        let mut command = Command::new("dnsmasq");
+        command
+            .args([
+                "--keep-in-foreground",
+                "--conf-file=/dev/null",
+                "--no-resolv",
+                "--no-hosts",
+            ])
+            .args([
+                "--listen-address=127.0.0.1",
+                "--bind-interfaces",
+                "--pid-file=",
+                "--user=root",
+            ])
+            // Authoritative for the made-up domain: unknown names are NXDOMAIN.
+            .arg("--local=/cluster.test/")
+            .arg(format!("--port={port}"))
+            .arg(format!("--local-ttl={ttl}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        for (name, addr) in records {
+            command.arg(format!("--host-record={name},{addr}"));
+        }
+        let mut process = Process::spawn("dnsmasq", &mut command);
+        let addr = loopback(port);
+        let resolver = Hickory::with_nameservers(&[addr], Duration::from_millis(200)).unwrap();
+        let up = eventually("dnsmasq to answer", || {
+            let exited = process.exited().is_some();
+            let resolver = &resolver;
+            async move {
+                if exited {
+                    return Some(false);
+                }
+                resolver.lookup_ip(records[0].0).await.ok().map(|_| true)
+            }
+        })
+        .await;
+        if up {
+            return Dnsmasq { process, addr };
+        }
+    }
+    panic!("dnsmasq would not start");
+}

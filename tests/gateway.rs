@@ -1,0 +1,156 @@
+//! Gateway mode on loopback: a gateway distgate with a route `app-*` →
+//! `{name}.cluster.test`, names resolved by a real DNS server (dnsmasq), and an
+//! upstream "pod" (a distgate sidecar with a registered node). Routed names are
+//! confirmed upstream, leased a public port, listed, forwarded, and given back when
+//! they leave.
+//!
+//! Needs `dnsmasq`; with `CI=true` a missing one fails the test.
+
+mod common;
+
+use common::dnsmasq::dnsmasq;
+use common::*;
+use distgate::route::{Glob, Route, Template, UpstreamPort};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routed_names_are_confirmed_leased_forwarded_and_given_back() {
+    if !require(&["dnsmasq"]) {
+        return;
+    }
+    // The upstream pod: a sidecar with node app-0 behind its public port.
+    let upstream = TestSidecar::start(Options::default()).await;
+    let node = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (registration, _) = register(
+        upstream.epmd,
+        &alive2("app-0", node.local_addr().unwrap().port()),
+    )
+    .await;
+
+    let dns = dnsmasq(
+        &[
+            ("app-0.cluster.test", "127.0.0.1"),
+            ("app-1.cluster.test", "127.0.0.1"),
+        ],
+        5,
+    )
+    .await;
+    let mut options = Options {
+        pool: 2,
+        ..Options::default()
+    };
+    options.config.routes = vec![Route {
+        nodes: Glob::new("app-*").unwrap(),
+        upstream: Template::new("{name}.cluster.test").unwrap(),
+        port: UpstreamPort::Epmd,
+        epmd_port: upstream.epmd.port(),
+    }];
+    options.config.dns.nameservers = vec![dns.addr];
+    let gateway = TestSidecar::start(options).await;
+
+    // app-0 exists upstream: leased the gateway's first public port.
+    let leased = port_please(gateway.epmd, "app-0").await;
+    assert_eq!(leased, Some(gateway.public_ports[0]));
+    assert_eq!(
+        port_please(gateway.epmd, "app-0").await,
+        leased,
+        "the lease is sticky"
+    );
+    let (_, lines) = names(gateway.epmd).await;
+    assert_eq!(
+        lines,
+        [format!("name app-0 at port {}", gateway.public_ports[0])]
+    );
+    // app-1 resolves but has no node upstream; web matches no route.
+    assert_eq!(port_please(gateway.epmd, "app-1").await, None);
+    assert_eq!(port_please(gateway.epmd, "web").await, None);
+
+    // A connection to the leased port reaches the node through both distgates.
+    let mut client = TcpStream::connect(gateway.public_addr(0)).await.unwrap();
+    let (mut at_node, _) = tokio::time::timeout(DEADLINE, node.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    client
+        .write_all(b"\x00\x00through the gateway")
+        .await
+        .unwrap();
+    let mut got = [0u8; 21];
+    at_node.read_exact(&mut got).await.unwrap();
+    assert_eq!(&got, b"\x00\x00through the gateway");
+    at_node.write_all(b"back").await.unwrap();
+    let mut back = [0u8; 4];
+    client.read_exact(&mut back).await.unwrap();
+    assert_eq!(&back, b"back");
+
+    // The node leaves upstream: the next lookup says "not found", the lease is gone.
+    drop(registration);
+    eventually("app-0 to be gone through the gateway", || async {
+        port_please(gateway.epmd, "app-0")
+            .await
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    assert!(names(gateway.epmd).await.1.is_empty());
+    assert!(gateway.registry.leases().is_empty());
+}
+
+#[test]
+fn a_real_node_reaches_a_routed_node_through_the_gateway() {
+    use common::beam::{IDLE, Output, erl, node_deadline};
+    if !require(&["dnsmasq", "erl"]) {
+        return;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let upstream = rt.block_on(TestSidecar::start(Options::default()));
+    let b_short = unique("gb");
+    let b_name = format!("{b_short}@127.0.0.1");
+    let mut b = Output::spawn(
+        "node b upstream",
+        &mut erl(&b_name, upstream.epmd.port(), IDLE),
+    );
+    b.wait_for("READY", node_deadline());
+
+    let dns = rt.block_on(dnsmasq(
+        &[(&format!("{b_short}.cluster.test"), "127.0.0.1")],
+        5,
+    ));
+    let mut options = Options {
+        pool: 2,
+        ..Options::default()
+    };
+    options.config.routes = vec![Route {
+        nodes: Glob::new("gb*").unwrap(),
+        upstream: Template::new("{name}.cluster.test").unwrap(),
+        port: UpstreamPort::Epmd,
+        epmd_port: upstream.epmd.port(),
+    }];
+    options.config.dns.nameservers = vec![dns.addr];
+    let gateway = rt.block_on(TestSidecar::start(options));
+
+    // Node a knows only the gateway's EPMD: b is found and reached through it.
+    let eval = format!(
+        "io:format(\"PING ~p~n\", [net_adm:ping('{b_name}')]),\
+         io:format(\"RPC ~p~n\", [rpc:call('{b_name}', erlang, node, [])]),\
+         halt()."
+    );
+    let a_name = format!("{}@127.0.0.1", unique("ga"));
+    let mut a = Output::spawn("node a", &mut erl(&a_name, gateway.epmd.port(), &eval));
+    assert_eq!(a.wait_for("PING ", node_deadline()), "pong");
+    assert_eq!(a.wait_for("RPC ", node_deadline()), format!("'{b_name}'"));
+    let leases = gateway.registry.leases();
+    assert_eq!(leases.len(), 1);
+    // Node a registered with the gateway too: the pool serves both.
+    assert_eq!(leases[0].name, b_short);
+    assert!(gateway.public_ports.contains(&leases[0].public_port));
+    assert_eq!(
+        leases[0].dist_port, upstream.public_ports[0],
+        "not the upstream's public port"
+    );
+}
