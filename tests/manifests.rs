@@ -67,6 +67,7 @@ fn every_manifest_renders_and_validates() {
         names,
         [
             "base",
+            "gateway",
             "monitoring",
             "network-policy",
             "sidecar-legacy",
@@ -175,4 +176,13 @@ fn pods_meet_the_restricted_profile() {
         );
         assert!(!rendered.contains("privileged: true"), "{dir}");
     }
+}
+
+#[test]
+fn the_gateways_config_is_valid() {
+    let file =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes/gateway/distgate.toml");
+    let config = distgate::config::load(&file).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.routes.len(), 1);
+    assert_eq!(config.dist.ports.len(), 10);
 }
