@@ -8,13 +8,10 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::time::timeout;
 use tracing::{debug, info, warn};
 
 use crate::dns::{Cache, DnsError, Hickory};
-use crate::epmd::message;
+use crate::epmd::{client, message};
 use crate::registry::{Lease, Registry};
 use crate::route::{self, Route, UpstreamPort};
 
@@ -136,20 +133,6 @@ impl Gateway {
 
     /// PORT_PLEASE2 to the EPMD at `epmd`.
     async fn ask(&self, epmd: SocketAddr, name: &str) -> Result<Option<message::Port2>, String> {
-        let exchange = async {
-            let mut stream = TcpStream::connect(epmd).await?;
-            let mut wire = vec![message::PORT_PLEASE2_REQ];
-            wire.extend_from_slice(name.as_bytes());
-            stream.write_all(&message::frame(&wire)).await?;
-            let mut reply = vec![];
-            stream.read_to_end(&mut reply).await?;
-            Ok::<_, std::io::Error>(reply)
-        };
-        let reply = match timeout(self.timeout, exchange).await {
-            Ok(Ok(reply)) => reply,
-            Ok(Err(e)) => return Err(e.to_string()),
-            Err(_) => return Err(format!("no answer in {:?}", self.timeout)),
-        };
-        message::decode_port2_resp(&reply).map_err(|e| e.to_string())
+        client::port_please(epmd, name, self.timeout).await
     }
 }

@@ -14,7 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
-use crate::epmd::message;
+use crate::epmd::{client, message};
 use crate::handshake::{self, Challenge};
 
 /// What to probe and how.
@@ -178,32 +178,18 @@ async fn walk(target: &Target, report: &mut Report) -> Result<(), Failure> {
 
     let epmd = SocketAddr::new(ip, target.epmd_port);
     let started = Instant::now();
-    let mut wire = vec![message::PORT_PLEASE2_REQ];
-    wire.extend_from_slice(target.name.as_bytes());
-    let reply = epmd_request(epmd, &message::frame(&wire), limit)
+    let found = client::port_please(epmd, &target.name, limit)
         .await
         .map_err(Failure::EpmdUnreachable)?;
-    let (port, high, low) = match reply.as_slice() {
-        [message::PORT2_RESP, 0, p1, p2, _, _, h1, h2, l1, l2, ..] => (
-            u16::from_be_bytes([*p1, *p2]),
-            u16::from_be_bytes([*h1, *h2]),
-            u16::from_be_bytes([*l1, *l2]),
-        ),
-        [message::PORT2_RESP, _, ..] => {
-            let names = epmd_request(epmd, &message::frame(&[message::NAMES_REQ]), limit)
-                .await
-                .ok()
-                .filter(|r| r.len() >= 4)
-                .map(|r| names_of(&r[4..]));
-            return Err(Failure::NotRegistered { names });
-        }
-        [] => {
-            return Err(Failure::EpmdUnreachable(format!(
-                "{epmd} closed without a reply"
-            )));
-        }
-        other => return Err(Failure::Protocol(format!("EPMD replied {other:02x?}"))),
+    let Some(found) = found else {
+        let names = client::request(epmd, &message::frame(&[message::NAMES_REQ]), limit)
+            .await
+            .ok()
+            .filter(|r| r.len() >= 4)
+            .map(|r| names_of(&r[4..]));
+        return Err(Failure::NotRegistered { names });
     };
+    let (port, high, low) = (found.port, found.highest_version, found.lowest_version);
     report.steps.push(Step {
         what: format!("epmd {epmd}"),
         found: format!("{} on port {port}, versions {low}-{high}", target.name),
@@ -292,21 +278,6 @@ fn probe_name(target_host: &str) -> String {
         "distgate-probe"
     };
     format!("distgate-probe-{}@{host}", std::process::id())
-}
-
-async fn epmd_request(addr: SocketAddr, wire: &[u8], limit: Duration) -> Result<Vec<u8>, String> {
-    let exchange = async {
-        let mut stream = TcpStream::connect(addr).await?;
-        stream.write_all(wire).await?;
-        let mut reply = vec![];
-        stream.read_to_end(&mut reply).await?;
-        Ok::<_, std::io::Error>(reply)
-    };
-    match timeout(limit, exchange).await {
-        Ok(Ok(reply)) => Ok(reply),
-        Ok(Err(e)) => Err(format!("{addr}: {e}")),
-        Err(_) => Err(format!("{addr}: no answer in {limit:?}")),
-    }
 }
 
 fn names_of(lines: &[u8]) -> Vec<String> {

@@ -1,6 +1,7 @@
-//! EPMD: the wire format ([`message`], pure) and the server that answers it
-//! ([`server`]).
+//! EPMD: the wire format ([`message`], pure), the server that answers it
+//! ([`server`]) and the client side ([`client`]).
 
+pub mod client;
 pub mod message;
 pub mod server;
 
