@@ -103,6 +103,14 @@ impl Default for AdminConfig {
     }
 }
 
+/// A key that takes a keyword or a list of strings (`ready_when`, `names_from`).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum WordOrList {
+    Word(String),
+    List(Vec<String>),
+}
+
 /// `[admin] ready_when`: `"always"`, `"any-node"`, or a list of node names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReadyWhen {
@@ -116,22 +124,16 @@ pub enum ReadyWhen {
 
 impl<'de> Deserialize<'de> for ReadyWhen {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Word(String),
-            Names(Vec<String>),
-        }
-        match Raw::deserialize(deserializer)? {
-            Raw::Word(word) if word == "always" => Ok(ReadyWhen::Always),
-            Raw::Word(word) if word == "any-node" => Ok(ReadyWhen::AnyNode),
-            Raw::Word(word) => Err(de::Error::custom(format!(
+        match WordOrList::deserialize(deserializer)? {
+            WordOrList::Word(word) if word == "always" => Ok(ReadyWhen::Always),
+            WordOrList::Word(word) if word == "any-node" => Ok(ReadyWhen::AnyNode),
+            WordOrList::Word(word) => Err(de::Error::custom(format!(
                 "`{word}` is not \"always\", \"any-node\" or a list of node names"
             ))),
-            Raw::Names(names) if names.is_empty() => {
+            WordOrList::List(names) if names.is_empty() => {
                 Err(de::Error::custom("an empty list; use \"always\""))
             }
-            Raw::Names(names) => {
+            WordOrList::List(names) => {
                 for name in &names {
                     check_node_name(name).map_err(de::Error::custom)?;
                 }
@@ -243,19 +245,13 @@ impl NamesFrom {
 
 impl<'de> Deserialize<'de> for NamesFrom {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Word(String),
-            List(Vec<String>),
-        }
-        let words = match Raw::deserialize(deserializer)? {
-            Raw::Word(word) if word == "any" => return Ok(NamesFrom::Any),
-            Raw::Word(word) => vec![word],
-            Raw::List(list) if list.is_empty() => {
+        let words = match WordOrList::deserialize(deserializer)? {
+            WordOrList::Word(word) if word == "any" => return Ok(NamesFrom::Any),
+            WordOrList::Word(word) => vec![word],
+            WordOrList::List(list) if list.is_empty() => {
                 return Err(de::Error::custom("an empty list; use \"local\""));
             }
-            Raw::List(list) => list,
+            WordOrList::List(list) => list,
         };
         let (mut local, mut nets) = (false, vec![]);
         for word in words {
