@@ -2,8 +2,9 @@
 //! owns the TTLs — a floor and a ceiling on each answer, and the last good answer kept
 //! for a bounded time while the DNS server is down — with every lookup counted.
 //!
-//! The gateway that uses it (issue 6) is not built yet; tests drive it against a real
-//! DNS server.
+//! The gateway's template routes resolve through the cache at each connect; its
+//! discovery routes ask afresh on their own schedule ([`Cache::fresh`], [`Cache::srv`]),
+//! keeping their own last good table.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -13,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use hickory_resolver::config::{NameServerConfig, ResolverConfig};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::proto::rr::RData;
 use hickory_resolver::{Resolver, TokioResolver};
 use tracing::warn;
 
@@ -22,6 +24,13 @@ use crate::metrics as m;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Answer {
     pub addrs: Vec<IpAddr>,
+    pub ttl: Duration,
+}
+
+/// SRV targets (host, port) of a service and how long they may be used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SrvAnswer {
+    pub targets: Vec<(String, u16)>,
     pub ttl: Duration,
 }
 
@@ -46,6 +55,7 @@ impl DnsError {
 /// Something that resolves host names: hickory, or a table in tests.
 pub trait Lookup: Send + Sync {
     fn lookup_ip(&self, host: &str) -> impl Future<Output = Result<Answer, DnsError>> + Send;
+    fn lookup_srv(&self, name: &str) -> impl Future<Output = Result<SrvAnswer, DnsError>> + Send;
 }
 
 /// hickory-resolver, with the system's configuration (search domains and ndots as
@@ -85,24 +95,52 @@ impl Hickory {
 
 impl Lookup for Hickory {
     async fn lookup_ip(&self, host: &str) -> Result<Answer, DnsError> {
-        match self.0.lookup_ip(host).await {
-            Ok(lookup) => {
-                let addrs: Vec<IpAddr> = lookup.iter().collect();
-                if addrs.is_empty() {
-                    return Err(DnsError::NotFound { host: host.into() });
-                }
-                let ttl = lookup
-                    .valid_until()
-                    .saturating_duration_since(Instant::now());
-                Ok(Answer { addrs, ttl })
-            }
-            Err(e) if e.is_nx_domain() || e.is_no_records_found() => {
-                Err(DnsError::NotFound { host: host.into() })
-            }
-            Err(e) => Err(DnsError::Failed {
-                host: host.into(),
-                reason: e.to_string(),
-            }),
+        let lookup = self
+            .0
+            .lookup_ip(host)
+            .await
+            .map_err(|e| failure(host, &e))?;
+        let addrs: Vec<IpAddr> = lookup.iter().collect();
+        if addrs.is_empty() {
+            return Err(DnsError::NotFound { host: host.into() });
+        }
+        let ttl = lookup
+            .valid_until()
+            .saturating_duration_since(Instant::now());
+        Ok(Answer { addrs, ttl })
+    }
+
+    async fn lookup_srv(&self, name: &str) -> Result<SrvAnswer, DnsError> {
+        let lookup = self
+            .0
+            .srv_lookup(name)
+            .await
+            .map_err(|e| failure(name, &e))?;
+        let targets: Vec<(String, u16)> = lookup
+            .answers()
+            .iter()
+            .filter_map(|record| match &record.data {
+                RData::SRV(srv) if !srv.target.is_root() => Some((srv.target.to_utf8(), srv.port)),
+                _ => None,
+            })
+            .collect();
+        if targets.is_empty() {
+            return Err(DnsError::NotFound { host: name.into() });
+        }
+        let ttl = lookup
+            .valid_until()
+            .saturating_duration_since(Instant::now());
+        Ok(SrvAnswer { targets, ttl })
+    }
+}
+
+fn failure(host: &str, e: &hickory_resolver::net::NetError) -> DnsError {
+    if e.is_nx_domain() || e.is_no_records_found() {
+        DnsError::NotFound { host: host.into() }
+    } else {
+        DnsError::Failed {
+            host: host.into(),
+            reason: e.to_string(),
         }
     }
 }
@@ -167,14 +205,12 @@ impl<L: Lookup> Cache<L> {
                 stale: false,
             });
         }
-        let started = Instant::now();
-        let answer = self.lookup.lookup_ip(host).await;
-        ::metrics::histogram!(m::DNS_DURATION).record(started.elapsed().as_secs_f64());
+        let answer = timed(self.lookup.lookup_ip(host)).await;
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         match answer {
             Ok(answer) => {
-                ::metrics::counter!(m::DNS_LOOKUPS, "result" => "ok").increment(1);
-                let ttl = answer.ttl.clamp(self.ttls.floor, self.ttls.ceiling);
+                count("ok");
+                let ttl = self.ttls.clamp(answer.ttl);
                 entries.insert(
                     host.to_owned(),
                     Entry {
@@ -188,7 +224,7 @@ impl<L: Lookup> Cache<L> {
                 })
             }
             Err(e @ DnsError::NotFound { .. }) => {
-                ::metrics::counter!(m::DNS_LOOKUPS, "result" => e.result()).increment(1);
+                count(e.result());
                 entries.remove(host);
                 Err(e)
             }
@@ -199,7 +235,7 @@ impl<L: Lookup> Cache<L> {
                 } else {
                     e.result()
                 };
-                ::metrics::counter!(m::DNS_LOOKUPS, "result" => result).increment(1);
+                count(result);
                 warn!(%host, stale = usable.is_some(), "DNS lookup failed: {e}");
                 match usable {
                     Some(entry) => Ok(Resolved {
@@ -211,6 +247,52 @@ impl<L: Lookup> Cache<L> {
             }
         }
     }
+}
+
+impl<L: Lookup> Cache<L> {
+    /// A and AAAA records of `host` asked afresh (not cached), counted, the TTL
+    /// clamped to the floor and ceiling.
+    pub async fn fresh(&self, host: &str) -> Result<Answer, DnsError> {
+        let answer = timed(self.lookup.lookup_ip(host)).await;
+        count(answer.as_ref().map_or_else(DnsError::result, |_| "ok"));
+        answer.map(|a| Answer {
+            ttl: self.ttls.clamp(a.ttl),
+            ..a
+        })
+    }
+
+    /// SRV records of `name` asked afresh, counted, the TTL clamped.
+    pub async fn srv(&self, name: &str) -> Result<SrvAnswer, DnsError> {
+        let answer = timed(self.lookup.lookup_srv(name)).await;
+        count(answer.as_ref().map_or_else(DnsError::result, |_| "ok"));
+        answer.map(|a| SrvAnswer {
+            ttl: self.ttls.clamp(a.ttl),
+            ..a
+        })
+    }
+
+    pub fn ttls(&self) -> Ttls {
+        self.ttls
+    }
+}
+
+impl Ttls {
+    /// `ttl` raised to the floor and cut to the ceiling.
+    pub fn clamp(&self, ttl: Duration) -> Duration {
+        ttl.clamp(self.floor, self.ceiling)
+    }
+}
+
+/// Runs a lookup, recording how long it took.
+async fn timed<T>(lookup: impl Future<Output = T>) -> T {
+    let started = Instant::now();
+    let result = lookup.await;
+    ::metrics::histogram!(m::DNS_DURATION).record(started.elapsed().as_secs_f64());
+    result
+}
+
+fn count(result: &'static str) {
+    ::metrics::counter!(m::DNS_LOOKUPS, "result" => result).increment(1);
 }
 
 #[cfg(test)]
@@ -235,6 +317,10 @@ mod tests {
                     host: host.into(),
                     reason: "timed out".into(),
                 }))
+        }
+
+        async fn lookup_srv(&self, name: &str) -> Result<SrvAnswer, DnsError> {
+            Err(DnsError::NotFound { host: name.into() })
         }
     }
 

@@ -75,6 +75,7 @@ pub struct Sidecar {
     metrics: Option<PrometheusHandle>,
     epmd: Arc<epmd::Server>,
     forwarder: Arc<Forwarder>,
+    gateway: Option<Arc<gateway::Gateway>>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 }
@@ -110,7 +111,7 @@ impl Sidecar {
         ));
         let forwarder = Arc::new(Forwarder::new(
             Arc::clone(&registry),
-            gateway,
+            gateway.clone(),
             engine,
             config.dist.connect_timeout,
             config.dist.first_frame_timeout,
@@ -128,6 +129,7 @@ impl Sidecar {
             metrics: None,
             epmd,
             forwarder,
+            gateway,
             shutdown,
             tracker,
         }
@@ -158,6 +160,11 @@ impl Sidecar {
         }
         for (port, listener) in listeners.dist {
             accept_loops.spawn(Arc::clone(&self.forwarder).serve(listener, port));
+        }
+        if let Some(gateway) = &self.gateway {
+            accept_loops.spawn(
+                Arc::clone(gateway).maintain(Arc::clone(&self.registry), self.shutdown.clone()),
+            );
         }
         accept_loops.close();
         let admin_stop = CancellationToken::new();

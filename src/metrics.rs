@@ -40,6 +40,10 @@ pub const ACCEPT_ERRORS: &str = "distgate_accept_errors_total";
 pub const DNS_LOOKUPS: &str = "distgate_dns_lookups_total";
 /// How long DNS lookups took.
 pub const DNS_DURATION: &str = "distgate_dns_lookup_duration_seconds";
+/// Names a discovery route knows now, by `service`.
+pub const DISCOVERED_NAMES: &str = "distgate_gateway_discovered_names";
+/// Asks of a discovered member's EPMD (NAMES) that failed, by `service`.
+pub const DISCOVERY_FAILURES: &str = "distgate_gateway_names_failures_total";
 
 /// Every metric name, for documentation and for checking dashboards.
 pub const ALL: &[&str] = &[
@@ -58,6 +62,8 @@ pub const ALL: &[&str] = &[
     ACCEPT_ERRORS,
     DNS_LOOKUPS,
     DNS_DURATION,
+    DISCOVERED_NAMES,
+    DISCOVERY_FAILURES,
 ];
 
 /// Dist link durations: from a failed handshake to links that live for days.
@@ -119,6 +125,14 @@ fn describe() {
     describe_counter!(
         ACCEPT_ERRORS,
         "Errors accepting connections on any listener"
+    );
+    describe_gauge!(
+        DISCOVERED_NAMES,
+        "Names a gateway discovery route knows now, by service"
+    );
+    describe_counter!(
+        DISCOVERY_FAILURES,
+        "NAMES asks of discovered members that failed, by service"
     );
 }
 

@@ -151,27 +151,96 @@ impl<'de> Deserialize<'de> for UpstreamPort {
 
 /// The port peers and upstream sidecars use for EPMD.
 const EPMD_PORT: u16 = 4369;
-/// The public dist port of a distgate sidecar.
-const DIST_PORT: u16 = 43691;
 
 /// One `[[route]]`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "RawRoute")]
 pub struct Route {
     /// Which names (the part before `@`) this route takes.
     pub nodes: Glob,
-    /// The upstream host for a name.
-    pub upstream: Template,
-    /// The upstream's dist port: a number (43691, a distgate sidecar) or `"epmd"`.
-    #[serde(default = "default_dist_port")]
+    /// Where a name's node lives.
+    pub upstream: Upstream,
+    /// The upstream's dist port: `"epmd"` (the port the upstream's EPMD gives: a
+    /// distgate sidecar's public port, or a bare node's real one) or a number.
     pub port: UpstreamPort,
-    /// Where the upstream answers EPMD; asked to confirm a name exists.
-    #[serde(default = "default_epmd_port")]
+    /// Where the upstream answers EPMD (SRV discovery takes it from each record).
     pub epmd_port: u16,
 }
 
+/// How a route finds a name's node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Upstream {
+    /// `upstream = "{name}.app-headless"`: one host per name, from the template.
+    Host(Template),
+    /// `discover = "app-headless"`: the names registered at each address of a
+    /// (headless) Service, by asking each address's EPMD for its NAMES.
+    Discover { service: String, records: Records },
+}
+
+/// Which DNS records list a discovery route's members.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Records {
+    /// A and AAAA records of the service name; each address's EPMD on `epmd_port`.
+    A,
+    /// SRV records of the service name (`_tcp-epmd._tcp.app-headless…`): each target
+    /// host's addresses, with the record's port as its EPMD port.
+    Srv,
+}
+
+/// A `[[route]]` as written: exactly one of `upstream` and `discover`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    nodes: Glob,
+    upstream: Option<Template>,
+    discover: Option<String>,
+    records: Option<Records>,
+    #[serde(default = "default_dist_port")]
+    port: UpstreamPort,
+    #[serde(default = "default_epmd_port")]
+    epmd_port: u16,
+}
+
+impl TryFrom<RawRoute> for Route {
+    type Error = String;
+    fn try_from(raw: RawRoute) -> Result<Route, String> {
+        let upstream = match (raw.upstream, raw.discover) {
+            (Some(template), None) => {
+                if raw.records.is_some() {
+                    return Err("`records` belongs to `discover`, not `upstream`".into());
+                }
+                Upstream::Host(template)
+            }
+            (None, Some(service)) => {
+                if service.is_empty() || service.contains(char::is_whitespace) {
+                    return Err(format!("`discover`: `{service}` is not a host name"));
+                }
+                Upstream::Discover {
+                    service,
+                    records: raw.records.unwrap_or(Records::A),
+                }
+            }
+            (Some(_), Some(_)) => {
+                return Err("give `upstream` or `discover`, not both".into());
+            }
+            (None, None) => {
+                return Err(
+                    "missing `upstream` (a host template) or `discover` (a service name)".into(),
+                );
+            }
+        };
+        Ok(Route {
+            nodes: raw.nodes,
+            upstream,
+            port: raw.port,
+            epmd_port: raw.epmd_port,
+        })
+    }
+}
+
 fn default_dist_port() -> UpstreamPort {
-    UpstreamPort::Fixed(DIST_PORT)
+    UpstreamPort::Epmd
 }
 
 fn default_epmd_port() -> u16 {
@@ -181,20 +250,32 @@ fn default_epmd_port() -> u16 {
 /// Where a routed name goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
-    pub host: String,
+    /// The index of the route that takes the name.
+    pub route: usize,
+    /// The name's upstream host (template routes); `None` for discovery routes, whose
+    /// table knows the address.
+    pub host: Option<String>,
     pub port: UpstreamPort,
     pub epmd_port: u16,
 }
 
-/// The first route whose glob matches `name`, expanded; `None` when no route takes it
-/// (the name is then served as a local one).
+/// The first route whose glob matches `name`; `None` when no route takes it (the name
+/// is then served as a local one). A template route cannot take a name that is no DNS
+/// label.
 pub fn route(routes: &[Route], name: &str) -> Option<Target> {
-    routes.iter().find(|r| r.nodes.matches(name)).and_then(|r| {
-        Some(Target {
-            host: r.upstream.expand(name)?,
-            port: r.port,
-            epmd_port: r.epmd_port,
-        })
+    let (index, route) = routes
+        .iter()
+        .enumerate()
+        .find(|(_, r)| r.nodes.matches(name))?;
+    let host = match &route.upstream {
+        Upstream::Host(template) => Some(template.expand(name)?),
+        Upstream::Discover { .. } => None,
+    };
+    Some(Target {
+        route: index,
+        host,
+        port: route.port,
+        epmd_port: route.epmd_port,
     })
 }
 
@@ -263,26 +344,35 @@ mod tests {
         assert!(Template::new("").is_err());
     }
 
+    fn host_route(nodes: &str, template: &str, port: UpstreamPort) -> Route {
+        Route {
+            nodes: glob(nodes),
+            upstream: Upstream::Host(Template::new(template).unwrap()),
+            port,
+            epmd_port: 4369,
+        }
+    }
+
     #[test]
     fn the_first_matching_route_wins() {
         let routes = [
+            host_route("app-db*", "{name}.db.svc", UpstreamPort::Epmd),
+            host_route("app-*", "{name}.app.svc", UpstreamPort::Fixed(43691)),
             Route {
-                nodes: glob("app-db*"),
-                upstream: Template::new("{name}.db.svc").unwrap(),
+                nodes: glob("*"),
+                upstream: Upstream::Discover {
+                    service: "all.svc".into(),
+                    records: Records::Srv,
+                },
                 port: UpstreamPort::Epmd,
-                epmd_port: 4369,
-            },
-            Route {
-                nodes: glob("app-*"),
-                upstream: Template::new("{name}.app.svc").unwrap(),
-                port: UpstreamPort::Fixed(43691),
                 epmd_port: 4369,
             },
         ];
         assert_eq!(
             route(&routes, "app-db1"),
             Some(Target {
-                host: "app-db1.db.svc".into(),
+                route: 0,
+                host: Some("app-db1.db.svc".into()),
                 port: UpstreamPort::Epmd,
                 epmd_port: 4369,
             })
@@ -291,6 +381,11 @@ mod tests {
             route(&routes, "app-3").unwrap().port,
             UpstreamPort::Fixed(43691)
         );
-        assert_eq!(route(&routes, "web-1"), None);
+        // Discovery routes take any name; their table knows where it lives.
+        let web = route(&routes, "Web_1").unwrap();
+        assert_eq!((web.route, web.host), (2, None));
+        // A template route cannot put a non-label name in a host; nor can it pass it on.
+        assert_eq!(route(&routes[..2], "app-X_1"), None);
+        assert_eq!(route(&routes[..2], "web-1"), None);
     }
 }

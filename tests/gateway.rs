@@ -8,9 +8,9 @@
 
 mod common;
 
-use common::dnsmasq::dnsmasq;
+use common::dnsmasq::{dnsmasq, dnsmasq_srv};
 use common::*;
-use distgate::route::{Glob, Route, Template, UpstreamPort};
+use distgate::route::{Glob, Records, Route, Template, Upstream, UpstreamPort};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -42,7 +42,7 @@ async fn routed_names_are_confirmed_leased_forwarded_and_given_back() {
     };
     options.config.routes = vec![Route {
         nodes: Glob::new("app-*").unwrap(),
-        upstream: Template::new("{name}.cluster.test").unwrap(),
+        upstream: Upstream::Host(Template::new("{name}.cluster.test").unwrap()),
         port: UpstreamPort::Epmd,
         epmd_port: upstream.epmd.port(),
     }];
@@ -97,6 +97,143 @@ async fn routed_names_are_confirmed_leased_forwarded_and_given_back() {
     assert!(gateway.registry.leases().is_empty());
 }
 
+/// The (sorted) names a NAMES reply lists.
+async fn listed(epmd: std::net::SocketAddr) -> Vec<String> {
+    let mut lines = names(epmd).await.1;
+    lines.sort();
+    lines
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_srv_discovery_route_lists_follows_and_forgets_names() {
+    if !require(&["dnsmasq"]) {
+        return;
+    }
+    let metrics = recorder();
+    // Two upstream "pods", each a sidecar; app-0 and web on the first, app-1 on the
+    // second. Fake nodes: listeners that take the forwarded connections.
+    let pods = [
+        TestSidecar::start(Options::default()).await,
+        TestSidecar::start(Options::default()).await,
+    ];
+    let nodes = [
+        TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        TcpListener::bind("127.0.0.1:0").await.unwrap(),
+    ];
+    let port_of = |i: usize| nodes[i].local_addr().unwrap().port();
+    let _app0 = register(pods[0].epmd, &alive2("app-0", port_of(0))).await;
+    let _web = register(pods[0].epmd, &alive2("web", port_of(2))).await;
+    let app1 = register(pods[1].epmd, &alive2("app-1", port_of(1))).await;
+
+    let service = "_tcp-epmd._tcp.app.cluster.test";
+    let dns = dnsmasq_srv(
+        &[
+            ("pod-0.app.cluster.test", "127.0.0.1"),
+            ("pod-1.app.cluster.test", "127.0.0.1"),
+        ],
+        &[
+            (service, "pod-0.app.cluster.test", pods[0].epmd.port()),
+            (service, "pod-1.app.cluster.test", pods[1].epmd.port()),
+        ],
+        1,
+    )
+    .await;
+    let mut options = Options {
+        pool: 3,
+        ..Options::default()
+    };
+    options.config.routes = vec![Route {
+        nodes: Glob::new("app-*").unwrap(),
+        upstream: Upstream::Discover {
+            service: service.into(),
+            records: Records::Srv,
+        },
+        port: UpstreamPort::Epmd,
+        epmd_port: 4369,
+    }];
+    options.config.dns.nameservers = vec![dns.addr];
+    options.config.dns.min_ttl = std::time::Duration::from_millis(200);
+    options.config.dns.timeout = std::time::Duration::from_millis(300);
+    let gateway = TestSidecar::start(options).await;
+    let ports = gateway.public_ports.clone();
+
+    // Both app names are found and listed with leased ports; web matches no route.
+    let both = eventually("both app names to be discovered", || async {
+        let lines = listed(gateway.epmd).await;
+        (lines.len() == 2).then_some(lines)
+    })
+    .await;
+    let lease_of = |name: &str| {
+        gateway
+            .registry
+            .leases()
+            .into_iter()
+            .find(|l| l.name == name)
+            .map(|l| l.public_port)
+    };
+    let (p0, p1) = (lease_of("app-0").unwrap(), lease_of("app-1").unwrap());
+    assert_eq!(
+        both,
+        [
+            format!("name app-0 at port {p0}"),
+            format!("name app-1 at port {p1}")
+        ]
+    );
+    assert!(ports.contains(&p0) && ports.contains(&p1) && p0 != p1);
+    assert_eq!(port_please(gateway.epmd, "app-0").await, Some(p0));
+    assert_eq!(port_please(gateway.epmd, "app-9").await, None);
+    assert_eq!(port_please(gateway.epmd, "web").await, None);
+
+    // A connection to app-1's leased port reaches app-1's node through its pod.
+    let reach = |port: u16, node: usize| {
+        let nodes = &nodes;
+        async move {
+            let mut client = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+            client.write_all(b"\x00\x00hello").await.unwrap();
+            let (mut at_node, _) = tokio::time::timeout(DEADLINE, nodes[node].accept())
+                .await
+                .expect("the node was not reached")
+                .unwrap();
+            let mut got = [0u8; 7];
+            at_node.read_exact(&mut got).await.unwrap();
+            assert_eq!(&got, b"\x00\x00hello");
+        }
+    };
+    reach(p1, 1).await;
+
+    // app-1 leaves its pod: dropped from NAMES and "not found" within the TTL.
+    drop(app1);
+    eventually("app-1 to be forgotten", || async {
+        (listed(gateway.epmd).await.len() == 1).then_some(())
+    })
+    .await;
+    assert_eq!(port_please(gateway.epmd, "app-1").await, None);
+    assert_eq!(lease_of("app-1"), None);
+
+    // app-1 comes back on the other pod: found there, and reached there.
+    let _moved = register(pods[0].epmd, &alive2("app-1", port_of(1))).await;
+    let p1 = eventually("app-1 to be found on pod 0", || async { lease_of("app-1") }).await;
+    assert_eq!(port_please(gateway.epmd, "app-1").await, Some(p1));
+    reach(p1, 1).await;
+
+    // DNS goes away: the last good table stays (for `stale_for`), lookups fail.
+    let failed = |text: &str| sample(text, "distgate_dns_lookups_total", &[("result", "error")]);
+    let before = failed(&metrics.render()).unwrap_or(0.0);
+    drop(dns);
+    eventually("discovery lookups to fail twice", || async {
+        (failed(&metrics.render()).unwrap_or(0.0) >= before + 2.0).then_some(())
+    })
+    .await;
+    assert_eq!(
+        listed(gateway.epmd).await.len(),
+        2,
+        "names lost with DNS down"
+    );
+    assert_eq!(port_please(gateway.epmd, "app-0").await, Some(p0));
+    reach(p0, 0).await;
+}
+
 #[test]
 fn a_real_node_reaches_a_routed_node_through_the_gateway() {
     use common::beam::{IDLE, Output, erl, node_deadline};
@@ -127,7 +264,7 @@ fn a_real_node_reaches_a_routed_node_through_the_gateway() {
     };
     options.config.routes = vec![Route {
         nodes: Glob::new("gb*").unwrap(),
-        upstream: Template::new("{name}.cluster.test").unwrap(),
+        upstream: Upstream::Host(Template::new("{name}.cluster.test").unwrap()),
         port: UpstreamPort::Epmd,
         epmd_port: upstream.epmd.port(),
     }];

@@ -211,16 +211,29 @@ fn names_from_takes_words_and_cidrs() {
 #[test]
 fn routes_parse_and_their_errors_name_the_key() {
     let config = parse(
-        "[[route]]\nnodes = \"app-*\"\nupstream = \"{name}.svc\"\n\n[[route]]\nnodes = \"db\"\nupstream = \"db.other\"\nport = \"epmd\"\nepmd_port = 14369\n",
+        "[[route]]\nnodes = \"app-*\"\nupstream = \"{name}.svc\"\n\n[[route]]\nnodes = \"db\"\nupstream = \"db.other\"\nport = 43691\nepmd_port = 14369\n\n[[route]]\nnodes = \"*\"\ndiscover = \"_tcp-epmd._tcp.app\"\nrecords = \"srv\"\n\n[[route]]\nnodes = \"w*\"\ndiscover = \"web\"\n",
     )
     .unwrap();
-    assert_eq!(config.routes.len(), 2);
-    assert_eq!(
-        config.routes[0].port,
-        crate::route::UpstreamPort::Fixed(43691)
-    );
+    use crate::route::{Records, Upstream, UpstreamPort};
+    assert_eq!(config.routes.len(), 4);
+    assert_eq!(config.routes[0].port, UpstreamPort::Epmd);
     assert_eq!(config.routes[0].epmd_port, 4369);
-    assert_eq!(config.routes[1].port, crate::route::UpstreamPort::Epmd);
+    assert_eq!(config.routes[1].port, UpstreamPort::Fixed(43691));
+    assert_eq!(config.routes[1].epmd_port, 14369);
+    assert_eq!(
+        config.routes[2].upstream,
+        Upstream::Discover {
+            service: "_tcp-epmd._tcp.app".into(),
+            records: Records::Srv
+        }
+    );
+    assert_eq!(
+        config.routes[3].upstream,
+        Upstream::Discover {
+            service: "web".into(),
+            records: Records::A
+        }
+    );
     for (text, key, line) in [
         (
             "[[route]]\nnodes = \"a@b\"\nupstream = \"x\"\n",
@@ -243,9 +256,33 @@ fn routes_parse_and_their_errors_name_the_key() {
             4,
         ),
         ("[[route]]\nupstream = \"x\"\n", "route[0]", 1),
+        (
+            "[[route]]\nnodes = \"a\"\ndiscover = \"x\"\nrecords = \"mx\"\n",
+            "route[0].records",
+            4,
+        ),
     ] {
         let (k, l, message) = error_of(text);
         assert_eq!((k.as_str(), l), (key, Some(line)), "{text}: {message}");
+    }
+}
+
+#[test]
+fn a_route_needs_one_upstream_or_discover() {
+    for (text, says) in [
+        ("[[route]]\nnodes = \"a\"\n", "missing `upstream`"),
+        (
+            "[[route]]\nnodes = \"a\"\nupstream = \"x\"\ndiscover = \"y\"\n",
+            "not both",
+        ),
+        (
+            "[[route]]\nnodes = \"a\"\nupstream = \"x\"\nrecords = \"srv\"\n",
+            "`records` belongs to `discover`",
+        ),
+    ] {
+        let (key, _, message) = error_of(text);
+        assert_eq!(key, "route[0]", "{text}");
+        assert!(message.contains(says), "{text}: {message}");
     }
 }
 

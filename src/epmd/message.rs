@@ -407,6 +407,22 @@ pub fn encode_names_line(name: &str, port: u16) -> String {
     format!("name {name} at port {port}\n")
 }
 
+/// Decodes a whole NAMES reply: the 4-byte port header, then `name N at port P` lines.
+/// Lines of another shape are skipped, as `net_adm:names/1` skips them.
+pub fn decode_names_resp(reply: &[u8]) -> Result<Vec<(String, u16)>, FrameError> {
+    let body = reply
+        .get(4..)
+        .ok_or_else(|| malformed("NAMES reply", "no port header"))?;
+    let text = std::str::from_utf8(body).map_err(|_| malformed("NAMES reply", "not UTF-8"))?;
+    Ok(text
+        .lines()
+        .filter_map(|line| {
+            let (name, port) = line.strip_prefix("name ")?.rsplit_once(" at port ")?;
+            Some((name.to_owned(), port.parse().ok()?))
+        })
+        .collect())
+}
+
 /// One DUMP line for a registered node; `epmd` ends each with a NUL.
 pub fn encode_dump_active(name: &str, port: u16, fd: i32) -> String {
     format!("active name     <{name}> at port {port}, fd = {fd}\n\0")

@@ -16,6 +16,11 @@ pub struct Dnsmasq {
 
 /// dnsmasq answering `records` (name, address) with a TTL of `ttl` seconds.
 pub async fn dnsmasq(records: &[(&str, &str)], ttl: u32) -> Dnsmasq {
+    dnsmasq_srv(records, &[], ttl).await
+}
+
+/// [`dnsmasq`] that also answers SRV records (service, target, port).
+pub async fn dnsmasq_srv(records: &[(&str, &str)], srv: &[(&str, &str, u16)], ttl: u32) -> Dnsmasq {
     for _ in 0..10 {
         let port = free_port();
         let mut command = Command::new("dnsmasq");
@@ -38,9 +43,7 @@ pub async fn dnsmasq(records: &[(&str, &str)], ttl: u32) -> Dnsmasq {
             .arg(format!("--local-ttl={ttl}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        for (name, addr) in records {
-            command.arg(format!("--host-record={name},{addr}"));
-        }
+        command.args(args(records, srv));
         let mut process = Process::spawn("dnsmasq", &mut command);
         let addr = loopback(port);
         let resolver = Hickory::with_nameservers(&[addr], Duration::from_millis(200)).unwrap();
@@ -60,4 +63,15 @@ pub async fn dnsmasq(records: &[(&str, &str)], ttl: u32) -> Dnsmasq {
         }
     }
     panic!("dnsmasq would not start");
+}
+
+/// dnsmasq arguments for `records` (name, address) and `srv` (service, target, port).
+pub fn args(records: &[(&str, &str)], srv: &[(&str, &str, u16)]) -> Vec<String> {
+    let hosts = records
+        .iter()
+        .map(|(name, addr)| format!("--host-record={name},{addr}"));
+    let services = srv
+        .iter()
+        .map(|(service, target, port)| format!("--srv-host={service},{target},{port}"));
+    hosts.chain(services).collect()
 }

@@ -351,3 +351,21 @@ fn port2_replies_decode_back() {
     }
     assert!(decode_port2_resp(b"HTTP").is_err());
 }
+
+#[test]
+fn names_replies_decode_and_skip_odd_lines() {
+    let mut reply = encode_port_header(4369).to_vec();
+    reply.extend_from_slice(encode_names_line("app-0", 43691).as_bytes());
+    reply.extend_from_slice(b"garbage line\nname x at port 99999\n");
+    reply.extend_from_slice(encode_names_line("with at port in it", 7).as_bytes());
+    assert_eq!(
+        decode_names_resp(&reply).unwrap(),
+        [
+            ("app-0".to_owned(), 43691),
+            ("with at port in it".to_owned(), 7)
+        ]
+    );
+    assert_eq!(decode_names_resp(&reply[..4]).unwrap(), []);
+    assert!(decode_names_resp(&reply[..3]).is_err());
+    assert!(decode_names_resp(b"\0\0\x11\x11\xff").is_err());
+}
