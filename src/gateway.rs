@@ -102,9 +102,25 @@ impl Gateway {
     }
 
     /// Keeps the discovery routes' tables (and the leases they hold) fresh until
-    /// `shutdown`: each refreshes when its DNS answer's TTL runs out.
+    /// `shutdown`: each refreshes when its DNS answer's TTL runs out. Leases of
+    /// template routes are confirmed upstream every `[dns] max_ttl`, so a name nobody
+    /// asks for again still gives its port back once it is gone.
     pub async fn maintain(self: Arc<Self>, registry: Arc<Registry>, shutdown: CancellationToken) {
         let tasks = TaskTracker::new();
+        {
+            let (gateway, registry, shutdown) =
+                (Arc::clone(&self), Arc::clone(&registry), shutdown.clone());
+            tasks.spawn(async move {
+                let every = gateway.dns.ttls().ceiling.max(Duration::from_millis(100));
+                loop {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(every) => {}
+                    }
+                    gateway.recheck(&registry).await;
+                }
+            });
+        }
         for index in 0..self.discoveries.len() {
             let (gateway, registry, shutdown) =
                 (Arc::clone(&self), Arc::clone(&registry), shutdown.clone());
@@ -121,6 +137,17 @@ impl Gateway {
         }
         tasks.close();
         tasks.wait().await;
+    }
+
+    /// Confirms every template route's lease upstream; those gone are given back.
+    async fn recheck(&self, registry: &Registry) {
+        for lease in registry.leases() {
+            let templated =
+                route::route(&self.routes, &lease.name).is_some_and(|t| t.host.is_some());
+            if templated {
+                self.port_please(registry, &lease.name).await;
+            }
+        }
     }
 
     /// The discovery of route `index`, if that route discovers.

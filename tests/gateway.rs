@@ -47,6 +47,7 @@ async fn routed_names_are_confirmed_leased_forwarded_and_given_back() {
         epmd_port: upstream.epmd.port(),
     }];
     options.config.dns.nameservers = vec![dns.addr];
+    options.config.dns.max_ttl = std::time::Duration::from_secs(1);
     let gateway = TestSidecar::start(options).await;
 
     // app-0 exists upstream: leased the gateway's first public port.
@@ -95,6 +96,20 @@ async fn routed_names_are_confirmed_leased_forwarded_and_given_back() {
     .await;
     assert!(names(gateway.epmd).await.1.is_empty());
     assert!(gateway.registry.leases().is_empty());
+
+    // A lease nobody asks for again is reclaimed too: confirmed every `max_ttl`.
+    let (again, _) = register(
+        upstream.epmd,
+        &alive2("app-0", node.local_addr().unwrap().port()),
+    )
+    .await;
+    assert_eq!(port_please(gateway.epmd, "app-0").await, leased);
+    drop(again);
+    eventually("the unasked lease to be reclaimed", || async {
+        gateway.registry.leases().is_empty().then_some(())
+    })
+    .await;
+    assert!(names(gateway.epmd).await.1.is_empty());
 }
 
 /// The (sorted) names a NAMES reply lists.

@@ -161,3 +161,66 @@ pub const IDLE: &str =
 pub fn node_deadline() -> Duration {
     DEADLINE * 6
 }
+
+/// An `-eval` loop that reads lines `TAG EXPR.` from standard input, evaluates each
+/// and prints `TAG RESULT` on one line (errors as `TAG error {Class,Reason}`).
+pub const REPL: &str = r#"Loop = fun Loop() ->
+    case io:get_line("") of
+        eof -> halt();
+        Line ->
+            [Tag, Expr] = string:split(string:trim(Line), " "),
+            Result = try
+                {ok, Tokens, _} = erl_scan:string(Expr),
+                {ok, Exprs} = erl_parse:parse_exprs(Tokens),
+                {value, Value, _} = erl_eval:exprs(Exprs, []),
+                Value
+            catch Class:Reason -> {error, {Class, Reason}}
+            end,
+            io:format("~s ~s~n", [Tag, io_lib:print(Result, 1, 1000000, -1)]),
+            Loop()
+    end
+end, Loop()."#;
+
+/// Types expressions into a node running [`REPL`].
+pub struct Repl {
+    stdin: ChildStdin,
+    asked: u32,
+}
+
+impl Repl {
+    pub fn new(stdin: ChildStdin) -> Repl {
+        Repl { stdin, asked: 0 }
+    }
+
+    /// Evaluates `expr` (without the final dot) on the node; its printed result.
+    pub fn ask(&mut self, node: &mut Output, expr: &str) -> String {
+        use std::io::Write;
+        self.asked += 1;
+        let tag = format!("q{}", self.asked);
+        writeln!(self.stdin, "{tag} {expr}.").expect("the node's stdin");
+        node.wait_for(&format!("{tag} "), node_deadline())
+    }
+
+    /// Asks `expr` until its result satisfies `done`, for at most `within`; the last
+    /// result.
+    pub fn until(
+        &mut self,
+        node: &mut Output,
+        expr: &str,
+        within: Duration,
+        done: impl Fn(&str) -> bool,
+    ) -> String {
+        let start = Instant::now();
+        loop {
+            let result = self.ask(node, expr);
+            if done(&result) {
+                return result;
+            }
+            assert!(
+                start.elapsed() < within,
+                "`{expr}` still gives {result} after {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}

@@ -1,6 +1,8 @@
-//! Test "pods": network namespaces created for one test run, joined by a veth pair,
-//! with their own /etc/hosts and nftables rules, torn down on drop. Addresses come
-//! from 198.18.0.0/15 (set aside for test networks) and exist only inside them.
+//! Test "pods": network namespaces created for one test run, joined by a veth pair
+//! ([`Pods::two`]) or through a bridge in a "switch" namespace of their own
+//! ([`Pods::switched`]), with their own /etc/hosts and nftables rules, torn down on
+//! drop. Addresses come from 198.18.0.0/15 (set aside for test networks) and exist only
+//! inside these namespaces.
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -15,11 +17,13 @@ pub struct Pod {
     pub host: String,
 }
 
-/// Pods joined by one veth pair, and every process started in them.
+/// Pods joined by one veth pair or a switch, and every process started in them.
 pub struct Pods {
     pub pods: Vec<Pod>,
+    /// The namespace holding the bridge, for switched pods.
+    switch: Option<String>,
     processes: Vec<Process>,
-    outputs: Vec<Output>,
+    outputs: Vec<Option<Output>>,
 }
 
 fn run(args: &[&str], stdin: Option<&str>) {
@@ -79,6 +83,7 @@ impl Pods {
     pub fn two_with_ports(id: &str, ports: &str) -> Pods {
         let mut pods = Pods {
             pods: vec![],
+            switch: None,
             processes: vec![],
             outputs: vec![],
         };
@@ -130,6 +135,88 @@ impl Pods {
         pods
     }
 
+    /// No pods yet, only a "switch" namespace `<id>-sw` with a bridge; pods join it
+    /// with [`Pods::join`].
+    pub fn switched(id: &str) -> Pods {
+        let switch = format!("{id}-sw");
+        run(&["ip", "netns", "add", &switch], None);
+        let pods = Pods {
+            pods: vec![],
+            switch: Some(switch.clone()),
+            processes: vec![],
+            outputs: vec![],
+        };
+        run(
+            &["ip", "-n", &switch, "link", "add", "br0", "type", "bridge"],
+            None,
+        );
+        run(&["ip", "-n", &switch, "link", "set", "br0", "up"], None);
+        pods
+    }
+
+    /// A new pod namespace `<id>-<name>` at `ip`/24, wired to the switch, with
+    /// `hosts` as its /etc/hosts and no firewall. Returns its index.
+    pub fn join(&mut self, name: &str, ip: &str, hosts: &str) -> usize {
+        let switch = self.switch.clone().expect("join needs Pods::switched");
+        let id = switch.trim_end_matches("-sw");
+        let index = self.pods.len();
+        let pod = Pod {
+            ns: format!("{id}-{name}"),
+            ip: ip.to_owned(),
+            host: format!("{name}.{id}.test"),
+        };
+        run(&["ip", "netns", "add", &pod.ns], None);
+        self.pods.push(pod);
+        let pod = &self.pods[index];
+        self.set_hosts(index, hosts);
+        let port = format!("p{index}");
+        run(
+            &[
+                "ip", "link", "add", "eth0", "netns", &pod.ns, "type", "veth", "peer", "name",
+                &port, "netns", &switch,
+            ],
+            None,
+        );
+        run(
+            &[
+                "ip", "-n", &switch, "link", "set", &port, "master", "br0", "up",
+            ],
+            None,
+        );
+        let ns = pod.ns.as_str();
+        run(&["ip", "-n", ns, "link", "set", "lo", "up"], None);
+        run(
+            &[
+                "ip",
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("{ip}/24"),
+                "dev",
+                "eth0",
+            ],
+            None,
+        );
+        run(&["ip", "-n", ns, "link", "set", "eth0", "up"], None);
+        index
+    }
+
+    /// Replaces `pod`'s /etc/hosts.
+    pub fn set_hosts(&self, pod: usize, hosts: &str) {
+        let etc = pods_etc(&self.pods[pod].ns);
+        std::fs::create_dir_all(&etc).unwrap();
+        std::fs::write(etc.join("hosts"), hosts).unwrap();
+    }
+
+    /// Loads nftables `rules` in `pod`'s namespace.
+    pub fn firewall(&self, pod: usize, rules: &str) {
+        run(
+            &["ip", "netns", "exec", &self.pods[pod].ns, "nft", "-f", "-"],
+            Some(rules),
+        );
+    }
+
     /// A command run inside `pod`'s namespace (with its /etc/hosts).
     pub fn command(&self, pod: usize, program: &str) -> Command {
         let mut command = Command::new("ip");
@@ -142,12 +229,27 @@ impl Pods {
     /// Starts a collected-output process in `pod`; it is ended at teardown. Returns
     /// its index for [`Pods::output`].
     pub fn spawn(&mut self, label: &str, command: &mut Command) -> usize {
-        self.outputs.push(Output::spawn(label, command));
+        self.adopt(Output::spawn(label, command))
+    }
+
+    /// Takes `output` (a process started in a pod) to be ended at teardown.
+    pub fn adopt(&mut self, output: Output) -> usize {
+        self.outputs.push(Some(output));
         self.outputs.len() - 1
     }
 
     pub fn output(&mut self, index: usize) -> &mut Output {
-        &mut self.outputs[index]
+        self.outputs[index]
+            .as_mut()
+            .expect("that process was stopped")
+    }
+
+    /// Ends the process `index` now (by its PID) and returns what it printed.
+    pub fn stop(&mut self, index: usize) -> String {
+        let output = self.outputs[index].take().expect("stopped twice");
+        let text = output.text();
+        drop(output);
+        text
     }
 
     pub fn keep(&mut self, process: Process) {
@@ -170,6 +272,12 @@ impl Drop for Pods {
                 .stderr(Stdio::null())
                 .status();
             let _ = std::fs::remove_dir_all(pods_etc(&pod.ns));
+        }
+        if let Some(switch) = &self.switch {
+            let _ = Command::new("ip")
+                .args(["netns", "del", switch])
+                .stderr(Stdio::null())
+                .status();
         }
     }
 }
