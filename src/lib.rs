@@ -21,6 +21,7 @@
 //! same with listeners on `127.0.0.1:0`.
 
 #![forbid(unsafe_code)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod admin;
 pub mod config;

@@ -2,6 +2,7 @@
 //! and exit codes. Everything else is the library's.
 
 #![forbid(unsafe_code)]
+#![deny(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io;
 use std::net::SocketAddr;
