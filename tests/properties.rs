@@ -36,7 +36,9 @@ fn alive2() -> impl Strategy<Value = Alive2Req> {
 /// Requests epmd decodes: no NUL in the name (epmd compares names as C strings), and
 /// not both name and extra empty (epmd's "too short").
 fn decodable(req: &Alive2Req) -> bool {
-    !req.name.contains(&0) && !(req.name.is_empty() && req.extra.is_empty())
+    let nul_in_name = req.name.contains(&0);
+    let nothing = req.name.is_empty() && req.extra.is_empty();
+    !nul_in_name && !nothing
 }
 
 proptest! {
