@@ -7,6 +7,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::num::NonZeroUsize;
 use std::ops::Range;
 use std::path::Path;
 use std::time::Duration;
@@ -197,6 +198,9 @@ pub struct EpmdConfig {
     /// `epmd -relaxed_command_check`: STOP_REQ is served and KILL_REQ (when allowed)
     /// works with nodes registered.
     pub relaxed_command_check: bool,
+    /// EPMD connections from other hosts open at once; more are closed at accept.
+    /// Connections from the pod itself (its nodes registering) are never refused.
+    pub max_connections: NonZeroUsize,
 }
 
 impl Default for EpmdConfig {
@@ -210,6 +214,7 @@ impl Default for EpmdConfig {
             packet_timeout: Duration::from_secs(60),
             allow_kill: false,
             relaxed_command_check: false,
+            max_connections: NonZeroUsize::new(1024).unwrap_or(NonZeroUsize::MIN),
         }
     }
 }
@@ -287,6 +292,9 @@ pub struct DistConfig {
     /// How long to wait for a dist connection's first frame (which names the peer)
     /// before labelling the peer `unknown` and forwarding anyway.
     pub first_frame_timeout: Duration,
+    /// Dist connections forwarded at once (each holds two descriptors); more are
+    /// closed at accept.
+    pub max_connections: NonZeroUsize,
 }
 
 impl Default for DistConfig {
@@ -298,6 +306,7 @@ impl Default for DistConfig {
             connect_timeout: Duration::from_secs(5),
             // OTP's net_setuptime, the longest a node itself waits for a handshake.
             first_frame_timeout: Duration::from_secs(7),
+            max_connections: NonZeroUsize::new(8192).unwrap_or(NonZeroUsize::MIN),
         }
     }
 }
@@ -431,6 +440,7 @@ struct RawDist {
     connect_timeout: Duration,
     #[serde(with = "humantime_serde")]
     first_frame_timeout: Duration,
+    max_connections: NonZeroUsize,
 }
 
 impl Default for RawDist {
@@ -442,6 +452,7 @@ impl Default for RawDist {
             pins: BTreeMap::new(),
             connect_timeout: d.connect_timeout,
             first_frame_timeout: d.first_frame_timeout,
+            max_connections: d.max_connections,
         }
     }
 }
@@ -514,6 +525,7 @@ impl RawConfig {
                 pins,
                 connect_timeout: dist.connect_timeout,
                 first_frame_timeout: dist.first_frame_timeout,
+                max_connections: dist.max_connections,
             },
             forward: self.forward,
             admin: self.admin,

@@ -8,6 +8,7 @@
 //! - [`epmd`]: the EPMD wire format (pure) and the server that answers it.
 //! - [`registry`]: the local nodes, their creations and public ports.
 //! - [`forward`]: public-port listeners and the stream forwarding.
+//! - [`limit`]: how many connections of each kind are held at once.
 //! - [`handshake`]: the first frame of a dist connection (who is calling), pure.
 //! - [`metrics`]: every metric name, described once.
 //! - [`admin`]: the HTTP server for `/metrics`, `/livez` and `/readyz`.
@@ -30,6 +31,7 @@ pub mod epmd;
 pub mod forward;
 pub mod gateway;
 pub mod handshake;
+pub mod limit;
 pub mod metrics;
 pub mod probe;
 pub mod registry;
@@ -114,8 +116,7 @@ impl Sidecar {
             Arc::clone(&registry),
             gateway.clone(),
             engine,
-            config.dist.connect_timeout,
-            config.dist.first_frame_timeout,
+            &config.dist,
             shutdown.clone(),
             tracker.clone(),
         ));

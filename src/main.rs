@@ -185,6 +185,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let metrics = distgate::metrics::install().map_err(anyhow::Error::msg)?;
     let gateway = distgate::gateway::Gateway::from_config(&config)
         .map_err(|e| anyhow::anyhow!("cannot set up DNS for the routes: {e}"))?;
+    raise_descriptor_limit(&config);
     let listeners = bind_all(&config)?;
     let shutdown = CancellationToken::new();
     let mut sidecar =
@@ -196,6 +197,36 @@ async fn run(config: Config) -> anyhow::Result<()> {
         Drain::TimedOut { open } => warn!(open, "distgate stopped with connections cut"),
     }
     Ok(())
+}
+
+/// Raises the soft descriptor limit to the hard one (as servers commonly do) and warns
+/// when the connection limits could need more descriptors than that.
+fn raise_descriptor_limit(config: &Config) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    let limit = match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+        Ok(()) => hard,
+        Err(e) => {
+            warn!("cannot raise the descriptor limit from {soft} to {hard}: {e}");
+            soft
+        }
+    };
+    // Two per forwarded connection, one per EPMD connection, and headroom for
+    // listeners, pipes of idle pools, DNS and the admin server.
+    let epmd = config.epmd.max_connections.get() as u64;
+    let dist = config.dist.max_connections.get() as u64;
+    let needed = epmd + 2 * dist + 256;
+    if needed > limit {
+        warn!(
+            descriptors = limit,
+            needed,
+            "epmd.max_connections + 2 × dist.max_connections could exceed the descriptor limit; lower them"
+        );
+    } else {
+        info!(descriptors = limit, "descriptor limit");
+    }
 }
 
 async fn watch_signals(shutdown: CancellationToken) {

@@ -40,6 +40,10 @@ pub const ACCEPT_ERRORS: &str = "distgate_accept_errors_total";
 pub const DNS_LOOKUPS: &str = "distgate_dns_lookups_total";
 /// How long DNS lookups took.
 pub const DNS_DURATION: &str = "distgate_dns_lookup_duration_seconds";
+/// Connections closed at accept because a limit was reached, by `listener`.
+pub const CONNECTIONS_REFUSED: &str = "distgate_connections_refused_total";
+/// Connections held under a limit now, by `listener` (`epmd` counts other hosts only).
+pub const CONNECTIONS_OPEN: &str = "distgate_connections_open";
 /// Names a discovery route knows now, by `service`.
 pub const DISCOVERED_NAMES: &str = "distgate_gateway_discovered_names";
 /// Asks of a discovered member's EPMD (NAMES) that failed, by `service`.
@@ -64,6 +68,8 @@ pub const ALL: &[&str] = &[
     DNS_DURATION,
     DISCOVERED_NAMES,
     DISCOVERY_FAILURES,
+    CONNECTIONS_REFUSED,
+    CONNECTIONS_OPEN,
 ];
 
 /// Dist link durations: from a failed handshake to links that live for days.
@@ -125,6 +131,14 @@ fn describe() {
     describe_counter!(
         ACCEPT_ERRORS,
         "Errors accepting connections on any listener"
+    );
+    describe_counter!(
+        CONNECTIONS_REFUSED,
+        "Connections closed at accept because max_connections was reached, by listener"
+    );
+    describe_gauge!(
+        CONNECTIONS_OPEN,
+        "Connections held under max_connections now, by listener"
     );
     describe_gauge!(
         DISCOVERED_NAMES,

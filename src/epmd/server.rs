@@ -21,6 +21,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use super::message::{self, Alive2Req, FrameError, Request, RequestKind};
 use crate::config::EpmdConfig;
 use crate::gateway::Gateway;
+use crate::limit::Limit;
 use crate::metrics as m;
 use crate::registry::{Registration, Registry};
 
@@ -32,8 +33,8 @@ const SEND_BUFFER: usize = 64 * 1024;
 enum ReadError {
     #[error("closed before a whole request")]
     Closed,
-    #[error("idle for longer than packet_timeout")]
-    Idle,
+    #[error("no whole request within packet_timeout")]
+    Timeout,
     #[error("read failed: {0}")]
     Io(#[from] std::io::Error),
     #[error(transparent)]
@@ -44,7 +45,7 @@ impl ReadError {
     fn reason(&self) -> &'static str {
         match self {
             ReadError::Closed => "closed",
-            ReadError::Idle => "idle_timeout",
+            ReadError::Timeout => "request_timeout",
             ReadError::Io(_) => "io_error",
             ReadError::Frame(e) => e.reason(),
         }
@@ -60,6 +61,8 @@ pub struct Server {
     /// registrations when distgate stops.
     shutdown: CancellationToken,
     tracker: TaskTracker,
+    /// Connections from other hosts; the pod's own are never refused.
+    limit: Limit,
 }
 
 impl Server {
@@ -70,12 +73,14 @@ impl Server {
         shutdown: CancellationToken,
         tracker: TaskTracker,
     ) -> Self {
+        let limit = Limit::new("epmd", config.max_connections.get());
         Server {
             config,
             registry,
             gateway,
             shutdown,
             tracker,
+            limit,
         }
     }
 
@@ -88,10 +93,23 @@ impl Server {
             };
             match accepted {
                 Ok((stream, peer)) => {
+                    let local = stream
+                        .local_addr()
+                        .is_ok_and(|addr| is_local(peer.ip(), addr.ip()));
+                    let admission = if local { None } else { self.limit.admit() };
+                    if !local && admission.is_none() {
+                        debug!(%peer, "EPMD connection closed: max_connections reached");
+                        continue;
+                    }
                     let server = Arc::clone(&self);
                     let span = info_span!("epmd", %peer);
-                    self.tracker
-                        .spawn(async move { server.handle(stream, peer).await }.instrument(span));
+                    self.tracker.spawn(
+                        async move {
+                            server.handle(stream, peer).await;
+                            drop(admission);
+                        }
+                        .instrument(span),
+                    );
                 }
                 Err(e) => crate::accept_backoff(&e, &self.shutdown).await,
             }
@@ -209,7 +227,10 @@ impl Server {
     }
 
     /// Reads the one request of a connection, closing idle ones after packet_timeout.
+    /// The connection's one request, which must arrive whole within `packet_timeout`
+    /// of the accept: a client trickling a byte at a time (slowloris) is cut then too.
     async fn read_request(&self, stream: &mut TcpStream) -> Result<Request, ReadError> {
+        let deadline = tokio::time::Instant::now() + self.config.packet_timeout;
         let mut buf = Vec::with_capacity(128);
         loop {
             if let Some(request) = message::decode_request(&buf)? {
@@ -218,8 +239,8 @@ impl Server {
             // Room for the whole frame and then some, so trailing bytes are seen.
             let want = message::frame_len(&buf)?.unwrap_or(2) + 1;
             buf.reserve(want.saturating_sub(buf.len()).max(64));
-            match timeout(self.config.packet_timeout, stream.read_buf(&mut buf)).await {
-                Err(_) => return Err(ReadError::Idle),
+            match tokio::time::timeout_at(deadline, stream.read_buf(&mut buf)).await {
+                Err(_) => return Err(ReadError::Timeout),
                 Ok(Ok(0)) => return Err(ReadError::Closed),
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => return Err(ReadError::Io(e)),

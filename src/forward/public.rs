@@ -11,7 +11,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use crate::config::DistConfig;
 use crate::gateway::Gateway;
+use crate::limit::Limit;
 use crate::metrics as m;
 use crate::registry::{Registry, Target};
 
@@ -42,6 +44,7 @@ pub struct Forwarder {
     first_frame_timeout: Duration,
     shutdown: CancellationToken,
     tracker: TaskTracker,
+    limit: Limit,
 }
 
 impl Forwarder {
@@ -49,8 +52,7 @@ impl Forwarder {
         registry: Arc<Registry>,
         gateway: Option<Arc<Gateway>>,
         engine: Arc<super::Engine>,
-        connect_timeout: Duration,
-        first_frame_timeout: Duration,
+        config: &DistConfig,
         shutdown: CancellationToken,
         tracker: TaskTracker,
     ) -> Self {
@@ -58,10 +60,11 @@ impl Forwarder {
             registry,
             gateway,
             engine,
-            connect_timeout,
-            first_frame_timeout,
+            connect_timeout: config.connect_timeout,
+            first_frame_timeout: config.first_frame_timeout,
             shutdown,
             tracker,
+            limit: Limit::new("dist", config.max_connections.get()),
         }
     }
 
@@ -75,10 +78,18 @@ impl Forwarder {
             };
             match accepted {
                 Ok((client, peer)) => {
+                    let Some(admission) = self.limit.admit() else {
+                        debug!(%peer, public_port, "dist connection closed: max_connections reached");
+                        continue;
+                    };
                     let forwarder = Arc::clone(&self);
                     let span = info_span!("dist", %peer, public_port);
                     self.tracker.spawn(
-                        async move { forwarder.handle(client, public_port).await }.instrument(span),
+                        async move {
+                            forwarder.handle(client, public_port).await;
+                            drop(admission);
+                        }
+                        .instrument(span),
                     );
                 }
                 Err(e) => crate::accept_backoff(&e, &self.shutdown).await,
