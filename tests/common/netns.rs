@@ -281,3 +281,25 @@ impl Drop for Pods {
         }
     }
 }
+
+/// Runs `work` on a thread of its own inside namespace `ns` and returns its result.
+/// Sockets it makes stay in `ns` and can be used from any thread afterwards.
+pub fn in_netns<T: Send + 'static>(ns: &str, work: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = PathBuf::from("/var/run/netns").join(ns);
+    std::thread::spawn(move || {
+        let handle = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path:?}: {e}"));
+        nix::sched::setns(&handle, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        work()
+    })
+    .join()
+    .expect("the thread in the namespace panicked")
+}
+
+/// Raises this process's soft descriptor limit to the hard one (tests that open
+/// thousands of sockets).
+pub fn raise_descriptor_limit() -> u64 {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
+    setrlimit(Resource::RLIMIT_NOFILE, hard, hard).expect("setrlimit");
+    hard
+}
