@@ -11,61 +11,10 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::beam::{COOKIE, IDLE, Output, erl, node_deadline};
+use common::beam::{
+    COOKIE, IDLE, Output, WithB, erl, node_deadline, registered, runtime, with_node_b,
+};
 use common::*;
-
-/// A runtime on its own threads for distgate, so the test thread may block on nodes.
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-/// Waits until `name` is registered with `dg` and returns its public port.
-fn registered(dg: &TestSidecar, name: &str) -> u16 {
-    let start = Instant::now();
-    loop {
-        if let Some(node) = dg.registry.get(name) {
-            return node.public_port.expect("node has no public port");
-        }
-        assert!(start.elapsed() < node_deadline(), "{name} never registered");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// distgate (two public ports, in-process) with node b registered: b idles.
-struct WithB {
-    b: Output,
-    dg: TestSidecar,
-    rt: tokio::runtime::Runtime,
-    /// b's name part and full name.
-    short: String,
-    name: String,
-    public: u16,
-}
-
-/// Starts distgate with `options` and node `<prefix…>@host` (with `args`) behind it.
-fn with_node_b(options: Options, prefix: &str, host: &str, args: &[&str]) -> WithB {
-    let rt = runtime();
-    let dg = rt.block_on(TestSidecar::start(Options { pool: 2, ..options }));
-    let short = unique(prefix);
-    let name = format!("{short}@{host}");
-    let mut command = erl(&name, dg.epmd.port(), IDLE);
-    command.args(args);
-    let mut b = Output::spawn("node b", &mut command);
-    b.wait_for("READY", node_deadline());
-    let public = registered(&dg, &short);
-    WithB {
-        b,
-        dg,
-        rt,
-        short,
-        name,
-        public,
-    }
-}
 
 /// The Erlang script run by the initiating node: ping, rpc, the public port it reached
 /// the peer on, and 64 MiB each way checked by MD5.

@@ -6,7 +6,7 @@ use std::process::{ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::{DEADLINE, Process};
+use super::{DEADLINE, Options, Process, TestSidecar, unique};
 
 /// The cookie every test node uses.
 pub const COOKIE: &str = "distgate-test";
@@ -222,5 +222,58 @@ impl Repl {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+}
+
+/// A runtime on its own threads for distgate, so the test thread may block on nodes.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Waits until `name` is registered with `dg` and returns its public port.
+pub fn registered(dg: &TestSidecar, name: &str) -> u16 {
+    let start = Instant::now();
+    loop {
+        if let Some(node) = dg.registry.get(name) {
+            return node.public_port.expect("node has no public port");
+        }
+        assert!(start.elapsed() < node_deadline(), "{name} never registered");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// distgate (two public ports, in-process) with node b registered: b idles.
+pub struct WithB {
+    pub b: Output,
+    pub dg: TestSidecar,
+    pub rt: tokio::runtime::Runtime,
+    /// b's name part and full name.
+    pub short: String,
+    pub name: String,
+    pub public: u16,
+}
+
+/// Starts distgate with `options` and node `<prefix…>@host` (with `args`) behind it.
+pub fn with_node_b(options: Options, prefix: &str, host: &str, args: &[&str]) -> WithB {
+    let rt = runtime();
+    let dg = rt.block_on(TestSidecar::start(Options { pool: 2, ..options }));
+    let short = unique(prefix);
+    let name = format!("{short}@{host}");
+    let mut command = erl(&name, dg.epmd.port(), IDLE);
+    command.args(args);
+    let mut b = Output::spawn("node b", &mut command);
+    b.wait_for("READY", node_deadline());
+    let public = registered(&dg, &short);
+    WithB {
+        b,
+        dg,
+        rt,
+        short,
+        name,
+        public,
     }
 }
