@@ -15,43 +15,13 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::beam::{COOKIE, IDLE, Output, REPL, Repl, node_deadline};
-use common::netns::Pods;
+use common::netns::{Pods, service_rules};
 use common::*;
 
 const GATEWAY_IP: &str = "198.18.0.1";
 const OUTSIDE_IP: &str = "198.18.0.2";
 /// The TTL dnsmasq gives its records, in seconds.
 const TTL: u64 = 2;
-
-/// The gateway's Service: EPMD and its pool of public ports.
-const GATEWAY_RULES: &str = r#"
-table inet distgate_test {
-  chain input {
-    type filter hook input priority 0; policy accept;
-    iif "lo" accept
-    ct state established,related accept
-    tcp dport { 4369, 43691-43699 } accept
-    meta l4proto tcp drop
-  }
-}
-"#;
-
-/// A pod takes EPMD and dist connections from the gateway alone.
-fn pod_rules() -> String {
-    format!(
-        r#"
-table inet distgate_test {{
-  chain input {{
-    type filter hook input priority 0; policy accept;
-    iif "lo" accept
-    ct state established,related accept
-    ip saddr {GATEWAY_IP} tcp dport {{ 4369, 43691 }} accept
-    meta l4proto tcp drop
-  }}
-}}
-"#
-    )
-}
 
 fn node_name(app: &str) -> String {
     format!("{app}@{app}.app.cluster.test")
@@ -67,14 +37,7 @@ fn service_hosts(pods: &[&str]) -> String {
 /// Starts a pod: its sidecar (NAMES allowed to the gateway) and node `app`, with the
 /// environment variable POD telling where it runs.
 fn start_pod(pods: &mut Pods, pod: usize, app: &str, config: &std::path::Path) -> [usize; 2] {
-    let mut distgate = pods.command(pod, env!("CARGO_BIN_EXE_distgate"));
-    distgate
-        .args(["--log-format", "json", "--config"])
-        .arg(config);
-    let dg = pods.spawn(&format!("distgate in pod {pod}"), &mut distgate);
-    let listening = "\"public dist port listening\"";
-    pods.output(dg)
-        .wait_line(listening, DEADLINE, |l| l.contains(listening));
+    let dg = pods.distgate(pod, &format!("distgate in pod {pod}"), Some(config));
     let mut erl = pods.command(pod, "erl");
     erl.env("POD", pods.pods[pod].ns.clone())
         .args(["-noshell", "-name", &node_name(app), "-setcookie", COOKIE])
@@ -126,10 +89,12 @@ fn scenario(discover: &str) {
         let app = if i == 3 { "app-1" } else { apps[i] };
         let hosts = format!("{local}{ip} {app}.app.cluster.test\n");
         let index = pods.join(&format!("p{i}"), ip, &hosts);
-        pods.firewall(index, &pod_rules());
+        pods.firewall(index, &service_rules("43691", Some(GATEWAY_IP)));
         pod.push(index);
     }
-    pods.firewall(gateway, GATEWAY_RULES);
+    // The gateway's Service: EPMD and its pool of public ports; a pod takes EPMD and
+    // dist connections from the gateway alone.
+    pods.firewall(gateway, &service_rules("43691-43699", None));
 
     // DNS in the gateway's namespace: the Service's A records from a hosts file that
     // the test rewrites (dnsmasq rereads it on SIGHUP), and an SRV record whose target
@@ -197,12 +162,7 @@ timeout = "500ms"
     }
 
     // The outside: a node registered with a distgate of its own, driven from here.
-    let mut own = pods.command(outside, env!("CARGO_BIN_EXE_distgate"));
-    own.args(["--log-format", "json"]);
-    let own = pods.spawn("distgate outside", &mut own);
-    let listening = "\"public dist port listening\"";
-    pods.output(own)
-        .wait_line(listening, DEADLINE, |l| l.contains(listening));
+    pods.distgate(outside, "distgate outside", None);
     let mut out = pods.command(outside, "erl");
     out.args([
         "-noshell",

@@ -80,14 +80,7 @@ fn floods_and_garbage_leave_nodes_and_links_working() {
         ),
     )
     .unwrap();
-    let mut distgate = pods.command(pod, env!("CARGO_BIN_EXE_distgate"));
-    distgate
-        .args(["--log-format", "json", "--config"])
-        .arg(&config);
-    let dg = pods.spawn("distgate in the pod", &mut distgate);
-    let listening = "\"public dist port listening\"";
-    pods.output(dg)
-        .wait_line(listening, DEADLINE, |l| l.contains(listening));
+    let dg = pods.distgate(pod, "distgate in the pod", Some(&config));
     let pid = pods.output(dg).process.pid();
     assert_eq!(
         std::fs::read_to_string(format!("/proc/{pid}/comm"))
@@ -103,11 +96,7 @@ fn floods_and_garbage_leave_nodes_and_links_working() {
     pods.output(n).wait_for("READY", node_deadline());
 
     // A node in the attacker's namespace holds a link to n through distgate.
-    let mut own = pods.command(attacker, env!("CARGO_BIN_EXE_distgate"));
-    own.args(["--log-format", "json"]);
-    let own = pods.spawn("distgate of the other pod", &mut own);
-    pods.output(own)
-        .wait_line(listening, DEADLINE, |l| l.contains(listening));
+    pods.distgate(attacker, "distgate of the other pod", None);
     let mut z = pods.command(attacker, "erl");
     z.args([
         "-noshell",

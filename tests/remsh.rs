@@ -27,12 +27,7 @@ fn remsh_through_a_port_forward_reaches_the_pod_node() {
     let pod_ip = pods.pods[pod].ip.clone();
     let pod_host = pods.pods[pod].host.clone();
 
-    let mut distgate = pods.command(pod, env!("CARGO_BIN_EXE_distgate"));
-    distgate.args(["--log-format", "json"]);
-    let dg = pods.spawn("distgate in the pod", &mut distgate);
-    let listening = "\"public dist port listening\"";
-    pods.output(dg)
-        .wait_line(listening, DEADLINE, |l| l.contains(listening));
+    pods.distgate(pod, "distgate in the pod", None);
     let node = format!("app@{pod_host}");
     let mut app = pods.command(pod, "erl");
     app.args(["-noshell", "-name", &node, "-setcookie", COOKIE])

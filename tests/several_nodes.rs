@@ -26,14 +26,7 @@ fn three_nodes_in_one_pod_each_get_a_port_and_a_peer() {
         "[dist]\nports = [\"43691-43693\"]\n[dist.pins]\nc = 43691\n",
     )
     .unwrap();
-    let mut distgate = pods.command(pod, env!("CARGO_BIN_EXE_distgate"));
-    distgate
-        .args(["--log-format", "json", "--config"])
-        .arg(&config);
-    let dg = pods.spawn("distgate with three ports", &mut distgate);
-    let listening = "\"public dist port listening\"";
-    pods.output(dg)
-        .wait_line(listening, DEADLINE, |l| l.contains(listening));
+    let dg = pods.distgate(pod, "distgate with three ports", Some(&config));
 
     let host = pods.pods[pod].host.clone();
     let mut public = vec![];
@@ -76,11 +69,7 @@ fn three_nodes_in_one_pod_each_get_a_port_and_a_peer() {
         ])
         .args(["-start_epmd", "false", "-eval", &script]);
     // The outside pod needs its own EPMD to register with: a distgate on defaults.
-    let mut outside_dg = pods.command(outside, env!("CARGO_BIN_EXE_distgate"));
-    outside_dg.args(["--log-format", "json"]);
-    let odg = pods.spawn("distgate outside", &mut outside_dg);
-    pods.output(odg)
-        .wait_line(listening, DEADLINE, |l| l.contains(listening));
+    pods.distgate(outside, "distgate outside", None);
     let z = pods.spawn("caller", &mut caller);
     for n in ["a", "b", "c"] {
         assert_eq!(

@@ -53,9 +53,11 @@ fn run(args: &[&str], stdin: Option<&str>) {
     );
 }
 
-/// Inbound TCP only to EPMD and the public dist ports: a Kubernetes Service in
-/// miniature. Loopback (containers of the same pod) is not filtered.
-fn service_rules(ports: &str) -> String {
+/// Inbound TCP only to EPMD and the public dist ports `ports` (nftables syntax, e.g.
+/// `43691-43693`), from anyone or only from address `from`: a Kubernetes Service (or
+/// NetworkPolicy) in miniature. Loopback (containers of the same pod) is not filtered.
+pub fn service_rules(ports: &str, from: Option<&str>) -> String {
+    let source = from.map(|ip| format!("ip saddr {ip} ")).unwrap_or_default();
     format!(
         r#"
 table inet distgate_test {{
@@ -63,12 +65,31 @@ table inet distgate_test {{
     type filter hook input priority 0; policy accept;
     iif "lo" accept
     ct state established,related accept
-    tcp dport {{ 4369, {ports} }} accept
+    {source}tcp dport {{ 4369, {ports} }} accept
     meta l4proto tcp drop
   }}
 }}
 "#
     )
+}
+
+/// Loopback up, `ip`/24 on eth0, eth0 up, in namespace `ns`.
+fn bring_up(ns: &str, ip: &str) {
+    run(&["ip", "-n", ns, "link", "set", "lo", "up"], None);
+    run(
+        &[
+            "ip",
+            "-n",
+            ns,
+            "addr",
+            "add",
+            &format!("{ip}/24"),
+            "dev",
+            "eth0",
+        ],
+        None,
+    );
+    run(&["ip", "-n", ns, "link", "set", "eth0", "up"], None);
 }
 
 impl Pods {
@@ -111,25 +132,10 @@ impl Pods {
             None,
         );
         for pod in &pods.pods {
-            let ns = pod.ns.as_str();
-            run(&["ip", "-n", ns, "link", "set", "lo", "up"], None);
+            bring_up(&pod.ns, &pod.ip);
             run(
-                &[
-                    "ip",
-                    "-n",
-                    ns,
-                    "addr",
-                    "add",
-                    &format!("{}/24", pod.ip),
-                    "dev",
-                    "eth0",
-                ],
-                None,
-            );
-            run(&["ip", "-n", ns, "link", "set", "eth0", "up"], None);
-            run(
-                &["ip", "netns", "exec", ns, "nft", "-f", "-"],
-                Some(&service_rules(ports)),
+                &["ip", "netns", "exec", &pod.ns, "nft", "-f", "-"],
+                Some(&service_rules(ports, None)),
             );
         }
         pods
@@ -183,22 +189,23 @@ impl Pods {
             ],
             None,
         );
-        let ns = pod.ns.as_str();
-        run(&["ip", "-n", ns, "link", "set", "lo", "up"], None);
-        run(
-            &[
-                "ip",
-                "-n",
-                ns,
-                "addr",
-                "add",
-                &format!("{ip}/24"),
-                "dev",
-                "eth0",
-            ],
-            None,
-        );
-        run(&["ip", "-n", ns, "link", "set", "eth0", "up"], None);
+        bring_up(&pod.ns, ip);
+        index
+    }
+
+    /// Starts the distgate binary in `pod` (JSON logs, `config` or the defaults) and
+    /// waits until its public dist ports listen. Returns its index for
+    /// [`Pods::output`].
+    pub fn distgate(&mut self, pod: usize, label: &str, config: Option<&std::path::Path>) -> usize {
+        let mut command = self.command(pod, env!("CARGO_BIN_EXE_distgate"));
+        command.args(["--log-format", "json"]);
+        if let Some(config) = config {
+            command.arg("--config").arg(config);
+        }
+        let index = self.spawn(label, &mut command);
+        let listening = "\"public dist port listening\"";
+        self.output(index)
+            .wait_line(listening, super::DEADLINE, |l| l.contains(listening));
         index
     }
 
