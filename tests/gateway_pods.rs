@@ -14,7 +14,7 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::beam::{COOKIE, IDLE, Output, REPL, Repl, node_deadline};
+use common::beam::{IDLE, Output, REPL, Repl, node_deadline};
 use common::netns::{Pods, service_rules};
 use common::*;
 
@@ -38,17 +38,9 @@ fn service_hosts(pods: &[&str]) -> String {
 /// environment variable POD telling where it runs.
 fn start_pod(pods: &mut Pods, pod: usize, app: &str, config: &std::path::Path) -> [usize; 2] {
     let dg = pods.distgate(pod, &format!("distgate in pod {pod}"), Some(config));
-    let mut erl = pods.command(pod, "erl");
+    let mut erl = pods.erl(pod, &node_name(app), IDLE);
     erl.env("POD", pods.pods[pod].ns.clone())
-        .args(["-noshell", "-name", &node_name(app), "-setcookie", COOKIE])
-        .args([
-            "-start_epmd",
-            "false",
-            "-connect_all",
-            "false",
-            "-eval",
-            IDLE,
-        ]);
+        .args(["-connect_all", "false"]);
     let node = pods.spawn(&format!("{app} in pod {pod}"), &mut erl);
     pods.output(node).wait_for("READY", node_deadline());
     [dg, node]
@@ -163,15 +155,10 @@ timeout = "500ms"
 
     // The outside: a node registered with a distgate of its own, driven from here.
     pods.distgate(outside, "distgate outside", None);
-    let mut out = pods.command(outside, "erl");
-    out.args([
-        "-noshell",
-        "-name",
-        "out@out.cluster.test",
-        "-setcookie",
-        COOKIE,
-    ])
-    .args(["-start_epmd", "false", "-eval", REPL]);
+    let mut out = pods.erl(outside, "out@out.cluster.test", REPL);
+    // The pods' nodes cannot reach each other (only the gateway may dial them): no
+    // full mesh, so global does not cut links it cannot complete.
+    out.args(["-connect_all", "false"]);
     let (node, stdin) = Output::spawn_interactive("outside node", &mut out);
     let out = pods.adopt(node);
     let mut repl = Repl::new(stdin);

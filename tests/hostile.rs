@@ -14,7 +14,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream as StdStream;
 use std::time::{Duration, Instant};
 
-use common::beam::{COOKIE, IDLE, Output, REPL, Repl, node_deadline};
+use common::beam::{Output, REPL, Repl, node_deadline};
 use common::netns::{Pods, in_netns, raise_descriptor_limit};
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -89,21 +89,11 @@ fn floods_and_garbage_leave_nodes_and_links_working() {
         "distgate"
     );
     let node = format!("n@{pod_host}");
-    let mut n = pods.command(pod, "erl");
-    n.args(["-noshell", "-name", &node, "-setcookie", COOKIE])
-        .args(["-start_epmd", "false", "-eval", IDLE]);
-    let n = pods.spawn("node n", &mut n);
-    pods.output(n).wait_for("READY", node_deadline());
+    pods.idle_node(pod, &node);
 
     // A node in the attacker's namespace holds a link to n through distgate.
     pods.distgate(attacker, "distgate of the other pod", None);
-    let mut z = pods.command(attacker, "erl");
-    z.args([
-        "-noshell",
-        "-name",
-        &format!("z@{}", pods.pods[attacker].host),
-    ])
-    .args(["-setcookie", COOKIE, "-start_epmd", "false", "-eval", REPL]);
+    let mut z = pods.erl(attacker, &format!("z@{}", pods.pods[attacker].host), REPL);
     let (z, stdin) = Output::spawn_interactive("node z", &mut z);
     let z = pods.adopt(z);
     let mut repl = Repl::new(stdin);
@@ -160,11 +150,7 @@ fn floods_and_garbage_leave_nodes_and_links_working() {
         format!("'{node}'")
     );
     let second = format!("m@{pod_host}");
-    let mut m = pods.command(pod, "erl");
-    m.args(["-noshell", "-name", &second, "-setcookie", COOKIE])
-        .args(["-start_epmd", "false", "-eval", IDLE]);
-    let m = pods.spawn("node m", &mut m);
-    pods.output(m).wait_for("READY", node_deadline());
+    pods.idle_node(pod, &second);
 
     // Garbage on the dist port: forwarded as an unknown peer, refused by the node.
     let target = pod_ip.clone();

@@ -12,7 +12,7 @@ mod common;
 
 use std::io::Write;
 
-use common::beam::{COOKIE, IDLE, Output, node_deadline};
+use common::beam::{COOKIE, Output, node_deadline};
 use common::netns::Pods;
 use common::*;
 
@@ -29,11 +29,7 @@ fn remsh_through_a_port_forward_reaches_the_pod_node() {
 
     pods.distgate(pod, "distgate in the pod", None);
     let node = format!("app@{pod_host}");
-    let mut app = pods.command(pod, "erl");
-    app.args(["-noshell", "-name", &node, "-setcookie", COOKIE])
-        .args(["-start_epmd", "false", "-eval", IDLE]);
-    let app = pods.spawn("node in the pod", &mut app);
-    pods.output(app).wait_for("READY", node_deadline());
+    let app = pods.idle_node(pod, &node);
 
     // The laptop does not know the pod's name at all (its hosts file lacks it), so
     // only the ERL_INETRC entry can resolve it, to the port-forward.

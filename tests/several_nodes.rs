@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::beam::{COOKIE, IDLE, node_deadline};
+use common::beam::node_deadline;
 use common::netns::Pods;
 use common::*;
 
@@ -32,11 +32,7 @@ fn three_nodes_in_one_pod_each_get_a_port_and_a_peer() {
     let mut public = vec![];
     for name in ["a", "b", "c"] {
         let node = format!("{name}@{host}");
-        let mut erl = pods.command(pod, "erl");
-        erl.args(["-noshell", "-name", &node, "-setcookie", COOKIE])
-            .args(["-start_epmd", "false", "-eval", IDLE]);
-        let index = pods.spawn(&format!("node {name}"), &mut erl);
-        pods.output(index).wait_for("READY", node_deadline());
+        pods.idle_node(pod, &node);
         let event = format!("\"node\":\"{name}\"");
         let line = pods
             .output(dg)
@@ -58,16 +54,7 @@ fn three_nodes_in_one_pod_each_get_a_port_and_a_peer() {
         })
         .collect();
     let script = format!("{checks} halt().");
-    let mut caller = pods.command(outside, "erl");
-    caller
-        .args([
-            "-noshell",
-            "-name",
-            &format!("z@{}", pods.pods[outside].host),
-            "-setcookie",
-            COOKIE,
-        ])
-        .args(["-start_epmd", "false", "-eval", &script]);
+    let mut caller = pods.erl(outside, &format!("z@{}", pods.pods[outside].host), &script);
     // The outside pod needs its own EPMD to register with: a distgate on defaults.
     pods.distgate(outside, "distgate outside", None);
     let z = pods.spawn("caller", &mut caller);

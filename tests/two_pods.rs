@@ -9,7 +9,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::beam::{COOKIE, IDLE, node_deadline};
+use common::beam::node_deadline;
 use common::netns::Pods;
 use common::*;
 
@@ -56,10 +56,7 @@ fn two_pods_reach_each_other_only_through_distgate() {
     }
     let (a_host, b_host) = (pods.pods[0].host.clone(), pods.pods[1].host.clone());
     let b_name = format!("b@{b_host}");
-    let mut b = erl_in(&pods, 1, &["-name", &b_name, "-setcookie", COOKIE]);
-    b.args(["-start_epmd", "false", "-eval", IDLE]);
-    let b_out = pods.spawn("node b", &mut b);
-    pods.output(b_out).wait_for("READY", node_deadline());
+    pods.idle_node(1, &b_name);
     let registered = log_event(&mut pods, 1, "node registered", "b");
     let real_port = registered["real_port"].as_u64().unwrap();
     assert_eq!(registered["public_port"].as_u64(), Some(43691));
@@ -110,8 +107,7 @@ halt().
 "#
     );
     let a_name = format!("a@{a_host}");
-    let mut a = erl_in(&pods, 0, &["-name", &a_name, "-setcookie", COOKIE]);
-    a.args(["-start_epmd", "false", "-eval", &script]);
+    let mut a = pods.erl(0, &a_name, &script);
     let a_out = pods.spawn("node a", &mut a);
     let out = pods.output(a_out);
     let deadline = node_deadline();

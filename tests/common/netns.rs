@@ -209,6 +209,27 @@ impl Pods {
         index
     }
 
+    /// An `erl` command in `pod` for node `name` (a full `name@host`) with the test
+    /// cookie, registering with the pod's distgate (never starting its own epmd), and
+    /// running `eval`.
+    pub fn erl(&self, pod: usize, name: &str, eval: &str) -> Command {
+        let mut command = self.command(pod, "erl");
+        command
+            .args(["-noshell", "-name", name, "-setcookie", super::beam::COOKIE])
+            .args(["-start_epmd", "false", "-eval", eval]);
+        command
+    }
+
+    /// Starts an idle node `name` in `pod` and waits until it is distributed; its
+    /// index for [`Pods::output`].
+    pub fn idle_node(&mut self, pod: usize, name: &str) -> usize {
+        let mut command = self.erl(pod, name, super::beam::IDLE);
+        let index = self.spawn(&format!("node {name}"), &mut command);
+        self.output(index)
+            .wait_for("READY", super::beam::node_deadline());
+        index
+    }
+
     /// Replaces `pod`'s /etc/hosts.
     pub fn set_hosts(&self, pod: usize, hosts: &str) {
         let etc = pods_etc(&self.pods[pod].ns);
