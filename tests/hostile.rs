@@ -208,6 +208,7 @@ fn eventually_sync<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
 
 #[tokio::test]
 async fn a_slowloris_is_cut_at_packet_timeout_and_blocks_nobody() {
+    let metrics = recorder();
     let mut options = Options::default();
     options.config.epmd.packet_timeout = Duration::from_millis(1500);
     let sidecar = TestSidecar::start(options).await;
@@ -243,4 +244,10 @@ async fn a_slowloris_is_cut_at_packet_timeout_and_blocks_nobody() {
         lived >= Duration::from_millis(1400) && lived < Duration::from_secs(5),
         "cut after {lived:?}, packet_timeout is 1.5 s"
     );
+    // Counted by reason.
+    let cut = [("type", "invalid"), ("result", "request_timeout")];
+    eventually("the slowloris to be counted", || async {
+        (sample(&metrics.render(), "distgate_epmd_requests_total", &cut) >= Some(1.0)).then_some(())
+    })
+    .await;
 }
