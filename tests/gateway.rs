@@ -11,6 +11,8 @@ mod common;
 use common::dnsmasq::{dnsmasq, dnsmasq_srv};
 use common::*;
 use distgate::route::{Glob, Records, Route, Template, Upstream, UpstreamPort};
+use std::process::Command;
+
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -304,5 +306,30 @@ fn a_real_node_reaches_a_routed_node_through_the_gateway() {
     assert_eq!(
         leases[0].dist_port, upstream.public_ports[0],
         "not the upstream's public port"
+    );
+
+    // `distgate probe` follows the same path: the gateway's EPMD, its leased port,
+    // the upstream sidecar, the node, which answers as itself.
+    let probe = Command::new(env!("CARGO_BIN_EXE_distgate"))
+        .args([
+            "probe",
+            &b_name,
+            "--epmd-port",
+            &gateway.epmd.port().to_string(),
+        ])
+        .args(["--timeout", "3s"])
+        .env_remove("ERL_EPMD_PORT")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&probe.stdout).into_owned()
+        + &String::from_utf8_lossy(&probe.stderr);
+    assert!(probe.status.success(), "{text}");
+    assert!(
+        text.contains(&format!("{b_short} on port {}", leases[0].public_port)),
+        "{text}"
+    );
+    assert!(
+        text.ends_with(&format!("ok: {b_name} answers as itself\n")),
+        "{text}"
     );
 }
