@@ -134,10 +134,12 @@ impl TestSidecar {
             listeners.admin.push(listener);
         }
         let shutdown = CancellationToken::new();
+        // The recorder first, so metrics set up with the sidecar are recorded too.
+        let metrics = options.admin.then(recorder);
         let gateway = distgate::gateway::Gateway::from_config(&options.config).unwrap();
         let mut sidecar = Sidecar::with_gateway(&options.config, plan, gateway, shutdown.clone());
-        if options.admin {
-            sidecar.set_metrics(recorder());
+        if let Some(handle) = metrics {
+            sidecar.set_metrics(handle);
         }
         let registry = Arc::clone(sidecar.registry());
         let grace = options.config.shutdown.grace;
