@@ -106,6 +106,7 @@ fn main() {
         Kind::DistgateSplice,
         Kind::DistgateCopy,
         Kind::Haproxy,
+        Kind::Gateway,
     ];
     if measure::have("socat") {
         kinds.push(Kind::Socat);
@@ -173,6 +174,7 @@ fn report(plan: &Plan, results: &Results) -> String {
         "distgate-copy",
         "haproxy-splice",
         "socat",
+        "gateway+sidecar",
     ];
     for (metric, by_variant) in results {
         let (title, higher_is_better) = measure::describe(metric);

@@ -19,6 +19,8 @@ pub enum Kind {
     DistgateCopy,
     Haproxy,
     Socat,
+    /// A gateway distgate in front of a sidecar distgate (both `auto`): two hops.
+    Gateway,
 }
 
 impl Kind {
@@ -30,6 +32,7 @@ impl Kind {
             Kind::DistgateCopy => "distgate-copy",
             Kind::Haproxy => "haproxy-splice",
             Kind::Socat => "socat",
+            Kind::Gateway => "gateway+sidecar",
         }
     }
 }
@@ -104,10 +107,32 @@ pub fn register(epmd: u16, name: &str, port: u16) -> TcpStream {
     stream
 }
 
+/// PORT_PLEASE2 for `name` at the EPMD at `epmd`: the port it answers.
+fn port_please(epmd: u16, name: &str) -> u16 {
+    use distgate::epmd::message::{PORT_PLEASE2_REQ, decode_port2_resp, frame};
+    let mut request = vec![PORT_PLEASE2_REQ];
+    request.extend_from_slice(name.as_bytes());
+    let mut stream = TcpStream::connect(loopback(epmd)).unwrap();
+    stream.write_all(&frame(&request)).unwrap();
+    let mut reply = vec![];
+    stream.read_to_end(&mut reply).unwrap();
+    decode_port2_resp(&reply)
+        .unwrap()
+        .unwrap_or_else(|| panic!("{name} not found at {epmd}"))
+        .port
+}
+
 /// Starts the distgate binary with `config` (TOML); returns the process.
 pub fn distgate(dir: &TempDir, config: &str) -> Proc {
-    let path = dir.0.join("distgate.toml");
-    // No admin server: several distgates run side by side.
+    distgate_named(dir, "distgate", config)
+}
+
+/// [`distgate`] with its config file called `name`.toml (several in one directory).
+fn distgate_named(dir: &TempDir, name: &str, config: &str) -> Proc {
+    let path = dir.0.join(format!("{name}.toml"));
+    // No admin server: several distgates run side by side. The idle-memory step holds
+    // 9,000 connections, past the default dist limit of 8,192.
+    let config = config.replace("[dist]\n", "[dist]\nmax_connections = 10000\n");
     let mut config = format!("[admin]\nlisten = []\n{config}");
     if let Ok(size) = std::env::var("BENCH_PIPE_SIZE") {
         if config.contains("[forward]") {
@@ -184,6 +209,29 @@ impl Variant {
                     registrations.push(register(epmd, name, port));
                 }
                 public
+            }
+            Kind::Gateway => {
+                let [epmd, p0, p1, p2, gateway_epmd, g0, g1, g2] = free_ports();
+                let sidecar = format!(
+                    "[epmd]\nlisten = [\"127.0.0.1:{epmd}\"]\n\
+                     [dist]\nlisten = [\"127.0.0.1\"]\nports = [{p0}, {p1}, {p2}]\n"
+                );
+                let mut proc = distgate_named(&dir, "sidecar", &sidecar);
+                proc.wait_listening(epmd);
+                procs.push(proc);
+                for (name, port) in ["sink", "echo", "hold"].iter().zip(servers) {
+                    registrations.push(register(epmd, name, port));
+                }
+                let gateway = format!(
+                    "[epmd]\nlisten = [\"127.0.0.1:{gateway_epmd}\"]\n\
+                     [dist]\nlisten = [\"127.0.0.1\"]\nports = [{g0}, {g1}, {g2}]\n\
+                     [[route]]\nnodes = \"*\"\nupstream = \"127.0.0.1\"\nepmd_port = {epmd}\n"
+                );
+                let mut proc = distgate_named(&dir, "gateway", &gateway);
+                proc.wait_listening(gateway_epmd);
+                procs.push(proc);
+                // Each name is leased a gateway port by asking for it.
+                ["sink", "echo", "hold"].map(|name| port_please(gateway_epmd, name))
             }
             Kind::Haproxy => {
                 let listen: [u16; 3] = free_ports();
