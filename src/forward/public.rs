@@ -104,7 +104,9 @@ impl Forwarder {
                 let Some(gateway) = &self.gateway else {
                     return;
                 };
-                match gateway.resolve(&host).await {
+                // Boxed: the resolver's future is large, and every connection's task
+                // would carry its size for the connection's whole life otherwise.
+                match Box::pin(gateway.resolve(&host)).await {
                     Ok(ip) => (name, SocketAddr::new(ip, port), GATEWAY_DIRECTION),
                     Err(e) => {
                         warn!(node = %name, %host, "upstream does not resolve: {e}");
@@ -175,5 +177,39 @@ impl Forwarder {
             })??;
         stream.set_nodelay(true)?;
         Ok(stream)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::registry::PortPlan;
+
+    /// Every open connection's task holds this future for the connection's whole life;
+    /// it is most of distgate's memory per idle link (BENCHMARKS.md). A large future
+    /// on a rare path (the resolver's, once) grew it by 1.1 KiB unnoticed.
+    #[tokio::test]
+    async fn a_connection_task_stays_small() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let plan = PortPlan {
+            pool: vec![1],
+            pins: Default::default(),
+        };
+        let forwarder = Forwarder::new(
+            Arc::new(Registry::new(plan)),
+            None,
+            Arc::new(super::super::Engine::new(super::super::Mode::Auto, 1 << 20)),
+            &DistConfig::default(),
+            CancellationToken::new(),
+            TaskTracker::new(),
+        );
+        let task = forwarder.handle(client, 1);
+        let size = std::mem::size_of_val(&task);
+        assert!(size <= 2048, "a connection's future is {size} bytes");
     }
 }
