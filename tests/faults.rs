@@ -111,13 +111,15 @@ async fn a_node_re_registering_on_a_new_port_keeps_its_old_streams() {
     drop(again);
 }
 
-/// The distgate binary on loopback ports: EPMD at `epmd`, one public port `dist`.
-fn distgate_on(epmd: u16, dist: u16, dir: &std::path::Path) -> Output {
+/// The distgate binary on loopback ports: EPMD at `epmd`, public ports `dist`.
+fn distgate_on(epmd: u16, dist: &[u16], dir: &std::path::Path) -> Output {
     let config = dir.join("distgate.toml");
+    let ports: Vec<String> = dist.iter().map(u16::to_string).collect();
     std::fs::write(
         &config,
         format!(
-            "[epmd]\nlisten = [\"127.0.0.1:{epmd}\"]\n[dist]\nlisten = [\"127.0.0.1\"]\nports = [{dist}]\n[admin]\nlisten = []\n"
+            "[epmd]\nlisten = [\"127.0.0.1:{epmd}\"]\n[dist]\nlisten = [\"127.0.0.1\"]\nports = [{}]\n[admin]\nlisten = []\n",
+            ports.join(", ")
         ),
     )
     .unwrap();
@@ -138,8 +140,9 @@ fn live_nodes_register_again_when_distgate_restarts() {
     }
     let dir = std::env::temp_dir().join(unique("distgate-restart-"));
     std::fs::create_dir_all(&dir).unwrap();
-    let (epmd, dist) = (free_port(), free_port());
-    let mut distgate = distgate_on(epmd, dist, &dir);
+    // A public port for each node, whichever registers first after the restart.
+    let (epmd, dist) = (free_port(), [free_port(), free_port()]);
+    let mut distgate = distgate_on(epmd, &dist, &dir);
     let b_short = unique("rb");
     let b = format!("{b_short}@127.0.0.1");
     let mut node_b = Output::spawn("node b", &mut erl(&b, epmd, IDLE));
@@ -156,7 +159,7 @@ fn live_nodes_register_again_when_distgate_restarts() {
     distgate.process.child.kill().unwrap();
     distgate.wait_exit(DEADLINE);
     let restarted = Instant::now();
-    let mut distgate = distgate_on(epmd, dist, &dir);
+    let mut distgate = distgate_on(epmd, &dist, &dir);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -195,7 +198,7 @@ async fn a_gateway_stream_ends_when_its_upstream_vanishes() {
     std::fs::create_dir_all(&dir).unwrap();
     // The upstream: a distgate binary with a node registered behind it.
     let (epmd, dist) = (free_port(), free_port());
-    let mut upstream = distgate_on(epmd, dist, &dir);
+    let mut upstream = distgate_on(epmd, &[dist], &dir);
     let node = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let (_registration, _) = register(
         loopback(epmd),
