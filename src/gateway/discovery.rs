@@ -179,8 +179,7 @@ impl Discovery {
                     continue;
                 }
                 let member = Member { epmd, port };
-                if let Some(first) = names.get(&name) {
-                    let Member { epmd: first, .. } = first;
+                if let Some(Member { epmd: first, .. }) = names.get(&name) {
                     warn!(service = %self.service, node = %name, %first, also = %epmd, "discovery: name registered at two members; using the first");
                     continue;
                 }
