@@ -38,17 +38,7 @@ async fn routed_names_are_confirmed_leased_forwarded_and_given_back() {
         5,
     )
     .await;
-    let mut options = Options {
-        pool: 2,
-        ..Options::default()
-    };
-    options.config.routes = vec![Route {
-        nodes: Glob::new("app-*").unwrap(),
-        upstream: Upstream::Host(Template::new("{name}.cluster.test").unwrap()),
-        port: UpstreamPort::Epmd,
-        epmd_port: upstream.epmd.port(),
-    }];
-    options.config.dns.nameservers = vec![dns.addr];
+    let mut options = templated("app-*", upstream.epmd.port(), dns.addr);
     options.config.dns.max_ttl = std::time::Duration::from_secs(1);
     let gateway = TestSidecar::start(options).await;
 
@@ -112,6 +102,23 @@ async fn routed_names_are_confirmed_leased_forwarded_and_given_back() {
     })
     .await;
     assert!(names(gateway.epmd).await.1.is_empty());
+}
+
+/// A gateway with two public ports and one route: `nodes` → `{name}.cluster.test`,
+/// confirmed at the EPMD on `epmd_port`, resolved by the DNS server at `dns`.
+fn templated(nodes: &str, epmd_port: u16, dns: std::net::SocketAddr) -> Options {
+    let mut options = Options {
+        pool: 2,
+        ..Options::default()
+    };
+    options.config.routes = vec![Route {
+        nodes: Glob::new(nodes).unwrap(),
+        upstream: Upstream::Host(Template::new("{name}.cluster.test").unwrap()),
+        port: UpstreamPort::Epmd,
+        epmd_port,
+    }];
+    options.config.dns.nameservers = vec![dns];
+    options
 }
 
 /// The (sorted) names a NAMES reply lists.
@@ -275,17 +282,7 @@ fn a_real_node_reaches_a_routed_node_through_the_gateway() {
         &[(&format!("{b_short}.cluster.test"), "127.0.0.1")],
         5,
     ));
-    let mut options = Options {
-        pool: 2,
-        ..Options::default()
-    };
-    options.config.routes = vec![Route {
-        nodes: Glob::new("gb*").unwrap(),
-        upstream: Upstream::Host(Template::new("{name}.cluster.test").unwrap()),
-        port: UpstreamPort::Epmd,
-        epmd_port: upstream.epmd.port(),
-    }];
-    options.config.dns.nameservers = vec![dns.addr];
+    let options = templated("gb*", upstream.epmd.port(), dns.addr);
     let gateway = rt.block_on(TestSidecar::start(options));
 
     // Node a knows only the gateway's EPMD: b is found and reached through it.
