@@ -6,8 +6,10 @@
 //! local nodes registered.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -18,10 +20,43 @@ use hyper_util::rt::TokioIo;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::debug;
+use tracing::{debug, info_span};
 
+use crate::accept::{Acceptor, Admit};
 use crate::config::ReadyWhen;
 use crate::registry::Registry;
+
+/// How long an open admin connection may take to finish once the server stops.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// Why `/readyz` says not ready.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotReady {
+    /// Shutdown has begun.
+    #[error("shutting down")]
+    ShuttingDown,
+    /// The listeners are not all serving yet.
+    #[error("listeners not serving yet")]
+    NotListening,
+    /// `ready_when = "any-node"` and no node has registered.
+    #[error("no node registered")]
+    NoNode,
+    /// `ready_when` names nodes that have not registered.
+    #[error("not registered: {}", .0.join(", "))]
+    Missing(Vec<String>),
+}
+
+impl NotReady {
+    /// A bounded label for logs and metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            NotReady::ShuttingDown => "shutting_down",
+            NotReady::NotListening => "not_listening",
+            NotReady::NoNode => "no_node",
+            NotReady::Missing(_) => "nodes_missing",
+        }
+    }
+}
 
 /// What `/readyz` reports.
 #[derive(Debug)]
@@ -34,6 +69,7 @@ pub struct Health {
 }
 
 impl Health {
+    /// Not ready until [`Health::set_listening`]; never once `shutdown` is cancelled.
     pub fn new(
         ready_when: ReadyWhen,
         registry: Arc<Registry>,
@@ -53,65 +89,68 @@ impl Health {
     }
 
     /// `Ok` when ready, or why not.
-    pub fn ready(&self) -> Result<(), String> {
+    pub fn ready(&self) -> Result<(), NotReady> {
         if self.shutdown.is_cancelled() {
-            return Err("shutting down".into());
+            return Err(NotReady::ShuttingDown);
         }
         if !self.listening.load(Ordering::Relaxed) {
-            return Err("listeners not serving yet".into());
+            return Err(NotReady::NotListening);
         }
         match &self.ready_when {
             ReadyWhen::Always => Ok(()),
-            ReadyWhen::AnyNode if self.registry.is_empty() => Err("no node registered".into()),
+            ReadyWhen::AnyNode if self.registry.is_empty() => Err(NotReady::NoNode),
             ReadyWhen::AnyNode => Ok(()),
             ReadyWhen::Nodes(names) => {
-                let missing: Vec<&str> = names
+                let missing: Vec<String> = names
                     .iter()
                     .filter(|n| self.registry.get(n).is_none())
-                    .map(String::as_str)
+                    .cloned()
                     .collect();
                 if missing.is_empty() {
                     Ok(())
                 } else {
-                    Err(format!("not registered: {}", missing.join(", ")))
+                    Err(NotReady::Missing(missing))
                 }
             }
         }
     }
 }
 
-/// Serves the admin endpoints on `listener` until `shutdown`.
-pub async fn serve(
+/// Serves the admin endpoints on `listener` until `acceptor.shutdown`; connections
+/// still open then get [`CLOSE_GRACE`] to finish.
+pub(crate) async fn serve(
     listener: TcpListener,
     metrics: PrometheusHandle,
     health: Arc<Health>,
-    shutdown: CancellationToken,
+    acceptor: Acceptor,
 ) {
-    loop {
-        let accepted = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            accepted = listener.accept() => accepted,
-        };
-        let (stream, _) = match accepted {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                crate::accept_backoff(&e, &shutdown).await;
-                continue;
-            }
-        };
-        let (metrics, health) = (metrics.clone(), Arc::clone(&health));
+    let stop = acceptor.shutdown.clone();
+    let span = |peer: SocketAddr| info_span!("admin", %peer);
+    let handle = |stream, _| {
+        let (metrics, health, stop) = (metrics.clone(), Arc::clone(&health), stop.clone());
         let service = service_fn(move |req| {
             let response = route(&req, &metrics, &health);
             async move { Ok::<_, Infallible>(response) }
         });
-        tokio::spawn(async move {
+        async move {
             let conn = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service);
-            if let Err(e) = conn.await {
+            tokio::pin!(conn);
+            let result = tokio::select! {
+                result = conn.as_mut() => result,
+                _ = stop.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    tokio::time::timeout(CLOSE_GRACE, conn).await.unwrap_or(Ok(()))
+                }
+            };
+            if let Err(e) = result {
                 debug!("admin connection: {e}");
             }
-        });
-    }
+        }
+    };
+    acceptor
+        .run(listener, |_, _| Admit::Exempt, span, handle)
+        .await;
 }
 
 fn route(

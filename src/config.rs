@@ -5,7 +5,6 @@
 //! IPv4 and IPv6 address. `config.example.toml` documents every key.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::num::NonZeroUsize;
 use std::ops::Range;
@@ -15,11 +14,12 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::Deserialize;
 use serde::de::{self, Deserializer};
-use toml::Spanned;
 
-use crate::forward::Mode;
-use crate::registry::PortPlan;
+use crate::ports::PortPlan;
 use crate::route::Route;
+use raw::RawConfig;
+
+mod raw;
 
 /// Pipe size of the splice path; the benchmark chose it (BENCHMARKS.md).
 pub const DEFAULT_PIPE_SIZE: usize = 1024 * 1024;
@@ -36,13 +36,19 @@ pub const MAX_POOL_PORTS: usize = 1024;
 /// A validated configuration.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Config {
+    /// `[epmd]`.
     pub epmd: EpmdConfig,
+    /// `[dist]`.
     pub dist: DistConfig,
+    /// `[forward]`.
     pub forward: ForwardConfig,
+    /// `[admin]`.
     pub admin: AdminConfig,
+    /// `[shutdown]`.
     pub shutdown: ShutdownConfig,
     /// `[[route]]`: names answered and forwarded for nodes elsewhere (gateway mode).
     pub routes: Vec<Route>,
+    /// `[dns]`.
     pub dns: DnsConfig,
 }
 
@@ -144,6 +150,20 @@ impl<'de> Deserialize<'de> for ReadyWhen {
     }
 }
 
+/// How stream bytes are moved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Per direction: small messages by copy (lower latency, no pipe held), bulk by
+    /// splice from the first read that fills a whole copy buffer until the source is
+    /// drained again. The benchmark chose this (BENCHMARKS.md).
+    Auto,
+    /// splice(2) for everything; a direction that cannot get a pipe falls back to copy.
+    Splice,
+    /// A buffered copy through user space.
+    Copy,
+}
+
 /// `[forward]`: how dist stream bytes are moved.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -227,7 +247,12 @@ pub enum NamesFrom {
     Any,
     /// Local peers (loopback and the pod's own address, as for ALIVE2_REQ) when
     /// `local`, and peers in `nets`.
-    Only { local: bool, nets: Vec<IpNet> },
+    Only {
+        /// Whether local peers may.
+        local: bool,
+        /// Networks whose peers may.
+        nets: Vec<IpNet>,
+    },
 }
 
 impl NamesFrom {
@@ -324,12 +349,16 @@ impl DistConfig {
 /// A configuration that cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// The file cannot be read.
     #[error("{path}: cannot read: {source}")]
     Read {
+        /// The file.
         path: String,
+        /// Why.
         #[source]
         source: std::io::Error,
     },
+    /// The file is read but unusable.
     #[error("{}", describe(.file.as_deref(), .key, *.line, .message))]
     Invalid {
         /// The file, when the configuration came from one.
@@ -338,6 +367,7 @@ pub enum ConfigError {
         key: String,
         /// 1-based line in the file.
         line: Option<usize>,
+        /// What is wrong.
         message: String,
     },
 }
@@ -418,124 +448,6 @@ fn line_of(text: &str, offset: usize) -> usize {
         .map_or(1, |before| before.matches('\n').count() + 1)
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-struct RawConfig {
-    epmd: EpmdConfig,
-    dist: RawDist,
-    forward: ForwardConfig,
-    admin: AdminConfig,
-    shutdown: ShutdownConfig,
-    route: Vec<Route>,
-    dns: DnsConfig,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-struct RawDist {
-    listen: Vec<IpAddr>,
-    ports: Spanned<PortPool>,
-    pins: BTreeMap<String, Spanned<u16>>,
-    #[serde(with = "humantime_serde")]
-    connect_timeout: Duration,
-    #[serde(with = "humantime_serde")]
-    first_frame_timeout: Duration,
-    max_connections: NonZeroUsize,
-}
-
-impl Default for RawDist {
-    fn default() -> Self {
-        let d = DistConfig::default();
-        RawDist {
-            listen: d.listen,
-            ports: Spanned::new(0..0, PortPool(d.ports)),
-            pins: BTreeMap::new(),
-            connect_timeout: d.connect_timeout,
-            first_frame_timeout: d.first_frame_timeout,
-            max_connections: d.max_connections,
-        }
-    }
-}
-
-type Invalid = (String, Option<Range<usize>>, String);
-
-impl RawConfig {
-    fn validate(self) -> Result<Config, Invalid> {
-        let no_span = |key: &str, message: String| (key.to_owned(), None, message);
-        let epmd = self.epmd;
-        if epmd.listen.is_empty() {
-            return Err(no_span("epmd.listen", "needs at least one address".into()));
-        }
-        let dist = self.dist;
-        if dist.listen.is_empty() {
-            return Err(no_span("dist.listen", "needs at least one address".into()));
-        }
-        if self.dns.min_ttl > self.dns.max_ttl {
-            return Err(no_span(
-                "dns.min_ttl",
-                "is longer than `dns.max_ttl`".into(),
-            ));
-        }
-        for (key, value) in [
-            ("dns.timeout", self.dns.timeout),
-            ("epmd.packet_timeout", epmd.packet_timeout),
-            ("dist.connect_timeout", dist.connect_timeout),
-            ("dist.first_frame_timeout", dist.first_frame_timeout),
-        ] {
-            if value.is_zero() {
-                return Err(no_span(key, "must be more than 0".into()));
-            }
-        }
-        if self.forward.pipe_size < MIN_PIPE_SIZE {
-            let message = format!("must be at least {MIN_PIPE_SIZE} bytes");
-            return Err(no_span("forward.pipe_size", message));
-        }
-        let pool_span = dist.ports.span();
-        let pool = dist.ports.into_inner().0;
-        for &port in &pool {
-            if epmd.listen.iter().any(|a| a.port() == port) {
-                let message = format!("port {port} is also an `epmd.listen` port");
-                return Err(("dist.ports".into(), Some(pool_span), message));
-            }
-        }
-        let mut pins = BTreeMap::new();
-        let mut pinned_ports: BTreeMap<u16, String> = BTreeMap::new();
-        for (name, port) in dist.pins {
-            let key = format!("dist.pins.{name}");
-            let span = Some(port.span());
-            let port = port.into_inner();
-            if let Err(reason) = check_node_name(&name) {
-                return Err((key, span, reason));
-            }
-            if !pool.contains(&port) {
-                let message = format!("port {port} is not in `dist.ports`");
-                return Err((key, span, message));
-            }
-            if let Some(other) = pinned_ports.insert(port, name.clone()) {
-                let message = format!("port {port} is already pinned to `{other}`");
-                return Err((key, span, message));
-            }
-            pins.insert(name, port);
-        }
-        Ok(Config {
-            epmd,
-            dist: DistConfig {
-                listen: dist.listen,
-                ports: pool,
-                pins,
-                connect_timeout: dist.connect_timeout,
-                first_frame_timeout: dist.first_frame_timeout,
-                max_connections: dist.max_connections,
-            },
-            forward: self.forward,
-            admin: self.admin,
-            shutdown: self.shutdown,
-            routes: self.route,
-            dns: self.dns,
-        })
-    }
-}
-
 /// The name part of a node name as epmd stores it: no `@`, 1..=255 characters.
 fn check_node_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.chars().count() > 255 {
@@ -545,80 +457,6 @@ fn check_node_name(name: &str) -> Result<(), String> {
         return Err("pin the name part only, without `@host`".into());
     }
     Ok(())
-}
-
-/// The public port pool: a list of ports and `"first-last"` ranges, unique.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct PortPool(Vec<u16>);
-
-impl<'de> Deserialize<'de> for PortPool {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let specs = Vec::<PortSpec>::deserialize(deserializer)?;
-        let mut ports = Vec::new();
-        for spec in specs {
-            for port in spec.0 {
-                if ports.contains(&port) {
-                    return Err(de::Error::custom(format!("port {port} is listed twice")));
-                }
-                ports.push(port);
-                if ports.len() > MAX_POOL_PORTS {
-                    let message = format!("more than {MAX_POOL_PORTS} ports");
-                    return Err(de::Error::custom(message));
-                }
-            }
-        }
-        Ok(PortPool(ports))
-    }
-}
-
-/// One pool entry: a port number or a `"first-last"` range.
-struct PortSpec(std::ops::RangeInclusive<u16>);
-
-impl<'de> Deserialize<'de> for PortSpec {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(PortSpecVisitor)
-    }
-}
-
-struct PortSpecVisitor;
-
-fn port_number<E: de::Error>(value: i64) -> Result<u16, E> {
-    u16::try_from(value)
-        .ok()
-        .filter(|&p| p != 0)
-        .ok_or_else(|| E::custom(format!("port {value} is out of range 1-65535")))
-}
-
-impl de::Visitor<'_> for PortSpecVisitor {
-    type Value = PortSpec;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a port number or a \"first-last\" range")
-    }
-
-    fn visit_i64<E: de::Error>(self, value: i64) -> Result<PortSpec, E> {
-        let port = port_number(value)?;
-        Ok(PortSpec(port..=port))
-    }
-
-    fn visit_u64<E: de::Error>(self, value: u64) -> Result<PortSpec, E> {
-        self.visit_i64(i64::try_from(value).unwrap_or(i64::MAX))
-    }
-
-    fn visit_str<E: de::Error>(self, value: &str) -> Result<PortSpec, E> {
-        let bad = || {
-            E::custom(format!(
-                "`{value}` is not a port range like \"43691-43699\""
-            ))
-        };
-        let (first, last) = value.split_once('-').ok_or_else(bad)?;
-        let parse = |s: &str| s.trim().parse::<i64>().map_err(|_| bad());
-        let (first, last) = (port_number(parse(first)?)?, port_number(parse(last)?)?);
-        if first > last {
-            return Err(E::custom(format!("range `{value}` runs backwards")));
-        }
-        Ok(PortSpec(first..=last))
-    }
 }
 
 #[cfg(test)]

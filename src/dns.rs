@@ -23,27 +23,61 @@ use crate::metrics as m;
 /// Addresses for a host and how long they may be used.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Answer {
+    /// The addresses, in the server's order.
     pub addrs: Vec<IpAddr>,
+    /// How long they may be used.
     pub ttl: Duration,
 }
 
 /// SRV targets (host, port) of a service and how long they may be used.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SrvAnswer {
+    /// Target hosts and their ports.
     pub targets: Vec<(String, u16)>,
+    /// How long they may be used.
     pub ttl: Duration,
 }
 
 /// A lookup that gave no addresses.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DnsError {
+    /// The name does not exist (NXDOMAIN or no records).
     #[error("{host}: no such name")]
-    NotFound { host: String },
+    NotFound {
+        /// The name asked for.
+        host: String,
+    },
+    /// The lookup failed (time-out, server failure).
     #[error("{host}: {reason}")]
-    Failed { host: String, reason: String },
+    Failed {
+        /// The name asked for.
+        host: String,
+        /// What the resolver said.
+        reason: String,
+    },
+}
+
+/// The resolver could not be set up (an unreadable resolv.conf, say).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot set up the DNS resolver: {source}")]
+pub struct DnsSetupError {
+    #[source]
+    source: hickory_resolver::net::NetError,
+}
+
+impl DnsSetupError {
+    /// A bounded label for logs and metrics.
+    pub fn reason(&self) -> &'static str {
+        "dns_setup"
+    }
 }
 
 impl DnsError {
+    /// A bounded label for logs and metrics (the `result` of a lookup).
+    pub fn reason(&self) -> &'static str {
+        self.result()
+    }
+
     fn result(&self) -> &'static str {
         match self {
             DnsError::NotFound { .. } => "not_found",
@@ -54,7 +88,9 @@ impl DnsError {
 
 /// Something that resolves host names: hickory, or a table in tests.
 pub trait Lookup: Send + Sync {
+    /// A and AAAA records of `host`.
     fn lookup_ip(&self, host: &str) -> impl Future<Output = Result<Answer, DnsError>> + Send;
+    /// SRV records of `name`.
     fn lookup_srv(&self, name: &str) -> impl Future<Output = Result<SrvAnswer, DnsError>> + Send;
 }
 
@@ -62,18 +98,27 @@ pub trait Lookup: Send + Sync {
 /// Kubernetes writes them into resolv.conf) or with given name servers.
 pub struct Hickory(TokioResolver);
 
+impl std::fmt::Debug for Hickory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Hickory")
+    }
+}
+
 impl Hickory {
     /// The system resolver configuration (/etc/resolv.conf).
-    pub fn system() -> Result<Hickory, String> {
+    pub fn system() -> Result<Hickory, DnsSetupError> {
         let resolver = Resolver::builder_tokio()
             .and_then(|b| b.build())
-            .map_err(|e| e.to_string())?;
+            .map_err(|source| DnsSetupError { source })?;
         Ok(Hickory(resolver))
     }
 
     /// These name servers (UDP, then TCP), no search domains, and `timeout` for each
     /// query (two attempts).
-    pub fn with_nameservers(servers: &[SocketAddr], timeout: Duration) -> Result<Hickory, String> {
+    pub fn with_nameservers(
+        servers: &[SocketAddr],
+        timeout: Duration,
+    ) -> Result<Hickory, DnsSetupError> {
         let servers = servers
             .iter()
             .map(|server| {
@@ -88,7 +133,7 @@ impl Hickory {
         let mut builder = Resolver::builder_with_config(config, TokioRuntimeProvider::default());
         builder.options_mut().timeout = timeout;
         builder.options_mut().attempts = 2;
-        let resolver = builder.build().map_err(|e| e.to_string())?;
+        let resolver = builder.build().map_err(|source| DnsSetupError { source })?;
         Ok(Hickory(resolver))
     }
 }
@@ -157,6 +202,7 @@ pub struct Ttls {
 }
 
 /// Answers keyed by host, with the TTL rules of [`Ttls`].
+#[derive(Debug)]
 pub struct Cache<L> {
     lookup: L,
     ttls: Ttls,
@@ -172,11 +218,14 @@ struct Entry {
 /// Addresses from a [`Cache`], and whether they are past their TTL (DNS down).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Resolved {
+    /// The addresses.
     pub addrs: Vec<IpAddr>,
+    /// Whether they are the last good answer, past its TTL.
     pub stale: bool,
 }
 
 impl<L: Lookup> Cache<L> {
+    /// An empty cache over `lookup`.
     pub fn new(lookup: L, ttls: Ttls) -> Cache<L> {
         Cache {
             lookup,
@@ -271,6 +320,7 @@ impl<L: Lookup> Cache<L> {
         })
     }
 
+    /// The TTL rules.
     pub fn ttls(&self) -> Ttls {
         self.ttls
     }

@@ -1,4 +1,4 @@
-//! The first bytes of a dist connection (PROTOCOL.md §3): who is calling. Pure
+//! The first bytes of a dist connection (docs/protocol.md §13): who is calling. Pure
 //! functions over bytes: no sockets.
 //!
 //! The initiator speaks first. A plain TCP dist connection starts with its `send_name`
@@ -18,12 +18,16 @@ pub enum Caller {
     Node {
         /// The full node name (`name@host`), or the host only with DFLAG_NAME_ME.
         name: String,
+        /// The capability flags it sends.
         flags: u64,
         /// Absent in the pre-OTP-23 `n` form.
         creation: Option<u32>,
     },
     /// TLS distribution; the SNI host name when the ClientHello has one.
-    Tls { sni: Option<String> },
+    Tls {
+        /// The SNI host name.
+        sni: Option<String>,
+    },
     /// Anything else.
     Unknown,
 }
@@ -172,7 +176,7 @@ fn client_hello_sni(record: &[u8]) -> Option<String> {
     None
 }
 
-/// Capability flags an OTP 25 node sends (PROTOCOL.md §2.4); what a probe claims.
+/// Capability flags an OTP 25 node sends (docs/protocol.md §13); what a probe claims.
 pub const OTP25_FLAGS: u64 = 0x0000_000d_07df_7fbd;
 
 /// A `send_name` frame (the v6 `N` form), with its `u16` length.
@@ -196,7 +200,9 @@ pub fn parse_status(payload: &[u8]) -> Option<String> {
 /// The acceptor's challenge: its real node name, creation and flags.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Challenge {
+    /// The acceptor's own node name.
     pub name: String,
+    /// Its capability flags.
     pub flags: u64,
     /// Absent from a pre-OTP-23 acceptor's `n` form.
     pub creation: Option<u32>,

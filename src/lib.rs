@@ -5,34 +5,43 @@
 //! random port. The crate's map:
 //!
 //! - [`config`]: TOML → validated [`Config`]; every error names its key and line.
-//! - [`epmd`]: the EPMD wire format (pure) and the server that answers it.
-//! - [`registry`]: the local nodes, their creations and public ports.
+//! - [`epmd`]: the EPMD wire format (pure), the server that answers it, the client.
+//! - [`directory`]: which port peers dial for a name, and where a public port goes;
+//!   the EPMD server and the forwarder ask it and nothing else.
+//! - [`registry`]: the local nodes and their creations.
+//! - [`ports`]: the public dist ports and who holds each.
 //! - [`forward`]: public-port listeners and the stream forwarding.
-//! - [`limit`]: how many connections of each kind are held at once.
+//! - `accept`: the one accept loop of every listener; `limit`: how many connections
+//!   of each kind are held at once.
 //! - [`handshake`]: the first frame of a dist connection (who is calling), pure.
 //! - [`metrics`]: every metric name, described once.
 //! - [`admin`]: the HTTP server for `/metrics`, `/livez` and `/readyz`.
 //! - [`probe`]: `distgate probe NODE@HOST`, which finds where a node's path breaks.
 //! - [`dns`]: hickory behind a trait, and a cache that owns TTLs (for the gateway).
 //! - [`route`]: gateway routes (node-name glob → upstream host template), pure.
-//! - [`gateway`]: routed names: confirmed upstream, leased a public port, forwarded.
+//! - [`gateway`]: routed names: confirmed upstream, leased a public port, forwarded;
+//!   it serves the directory through [`directory::Routes`].
+//!
+//! Dependencies run one way: `epmd::server` and `forward` know the directory, the
+//! directory knows the registry, the ports and the `Routes` trait, and the gateway
+//! implements that trait; only this file puts them together.
 //!
 //! The library binds nothing and installs no signal handler: the binary binds the
-//! listeners and hands them to [`Sidecar::run`] with a shutdown token, and tests do the
-//! same with listeners on `127.0.0.1:0`.
+//! listeners and hands them to [`Distgate::run`] with a shutdown token, and tests do
+//! the same with listeners on `127.0.0.1:0`. The wire reference is `docs/protocol.md`.
 
-#![forbid(unsafe_code)]
-#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
-
+mod accept;
 pub mod admin;
 pub mod config;
+pub mod directory;
 pub mod dns;
 pub mod epmd;
 pub mod forward;
 pub mod gateway;
 pub mod handshake;
-pub mod limit;
+mod limit;
 pub mod metrics;
+pub mod ports;
 pub mod probe;
 pub mod registry;
 pub mod route;
@@ -46,9 +55,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+use accept::Acceptor;
 pub use config::Config;
+use directory::{Directory, Routes};
 use forward::public::Forwarder;
-use registry::{PortPlan, Registry};
+use gateway::Gateway;
+use limit::Limit;
+use ports::{PortPlan, Ports};
+use registry::Registry;
 
 /// Listeners bound by the caller.
 #[derive(Debug, Default)]
@@ -68,65 +82,86 @@ pub enum Drain {
     /// Every connection ended within the grace period.
     Complete,
     /// The grace period passed with connections still open; they are dropped.
-    TimedOut { open: usize },
+    TimedOut {
+        /// Connections still open then.
+        open: usize,
+    },
 }
 
-/// A distgate sidecar: the EPMD server and the public dist ports of one pod.
-pub struct Sidecar {
-    registry: Arc<Registry>,
+/// Why a distgate could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// The DNS resolver for the routes.
+    #[error(transparent)]
+    Dns(#[from] dns::DnsSetupError),
+}
+
+impl SetupError {
+    /// A bounded label for logs and metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            SetupError::Dns(e) => e.reason(),
+        }
+    }
+}
+
+/// A running distgate: the EPMD server and the public dist ports of a pod (a
+/// sidecar), and, when the configuration has routes, the gateway that answers and
+/// forwards names living elsewhere.
+#[derive(Debug)]
+pub struct Distgate {
+    directory: Arc<Directory>,
     health: Arc<admin::Health>,
     metrics: Option<PrometheusHandle>,
     epmd: Arc<epmd::Server>,
     forwarder: Arc<Forwarder>,
-    gateway: Option<Arc<gateway::Gateway>>,
+    gateway: Option<Arc<Gateway>>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 }
 
-impl Sidecar {
-    /// A sidecar for `config` whose public ports are `plan` (the binary uses
+impl Distgate {
+    /// A distgate for `config` whose public ports are `plan` (the binary uses
     /// `config.dist.port_plan()`; tests pass the ports they bound). Cancelling
     /// `shutdown` stops it; so does an allowed KILL_REQ.
-    pub fn new(config: &Config, plan: PortPlan, shutdown: CancellationToken) -> Self {
-        Self::with_gateway(config, plan, None, shutdown)
-    }
-
-    /// [`Sidecar::new`] that also answers and forwards the names `gateway` routes.
-    pub fn with_gateway(
+    pub fn new(
         config: &Config,
         plan: PortPlan,
-        gateway: Option<gateway::Gateway>,
         shutdown: CancellationToken,
-    ) -> Self {
-        let gateway = gateway.map(Arc::new);
-        let registry = Arc::new(Registry::new(plan));
+    ) -> Result<Distgate, SetupError> {
+        let ports = Arc::new(Ports::new(plan));
+        let gateway = Gateway::from_config(config, Arc::clone(&ports))?.map(Arc::new);
+        let routes = gateway.clone().map(|g| g as Arc<dyn Routes>);
+        let directory = Arc::new(Directory::new(ports, routes));
         let tracker = TaskTracker::new();
+        let acceptor = |listener, max: usize| Acceptor {
+            listener,
+            limit: Some(Arc::new(Limit::new(listener, max))),
+            shutdown: shutdown.clone(),
+            tracker: tracker.clone(),
+        };
         let epmd = Arc::new(epmd::Server::new(
             config.epmd.clone(),
-            Arc::clone(&registry),
-            gateway.clone(),
-            shutdown.clone(),
-            tracker.clone(),
+            Arc::clone(&directory),
+            acceptor("epmd", config.epmd.max_connections.get()),
         ));
         let engine = Arc::new(forward::Engine::new(
             config.forward.mode,
             config.forward.pipe_size,
         ));
         let forwarder = Arc::new(Forwarder::new(
-            Arc::clone(&registry),
-            gateway.clone(),
+            Arc::clone(&directory),
             engine,
             &config.dist,
-            shutdown.clone(),
-            tracker.clone(),
+            acceptor("dist", config.dist.max_connections.get()),
         ));
         let health = Arc::new(admin::Health::new(
             config.admin.ready_when.clone(),
-            Arc::clone(&registry),
+            Arc::clone(directory.registry()),
             shutdown.clone(),
         ));
-        Sidecar {
-            registry,
+        Ok(Distgate {
+            directory,
             health,
             metrics: None,
             epmd,
@@ -134,12 +169,22 @@ impl Sidecar {
             gateway,
             shutdown,
             tracker,
-        }
+        })
+    }
+
+    /// Which port each name has and where each public port goes.
+    pub fn directory(&self) -> &Arc<Directory> {
+        &self.directory
     }
 
     /// The registry of local nodes.
     pub fn registry(&self) -> &Arc<Registry> {
-        &self.registry
+        self.directory.registry()
+    }
+
+    /// The gateway, when the configuration has routes.
+    pub fn gateway(&self) -> Option<&Arc<Gateway>> {
+        self.gateway.as_ref()
     }
 
     /// What `/readyz` reports.
@@ -164,13 +209,17 @@ impl Sidecar {
             accept_loops.spawn(Arc::clone(&self.forwarder).serve(listener, port));
         }
         if let Some(gateway) = &self.gateway {
-            accept_loops.spawn(
-                Arc::clone(gateway).maintain(Arc::clone(&self.registry), self.shutdown.clone()),
-            );
+            accept_loops.spawn(Arc::clone(gateway).maintain(self.shutdown.clone()));
         }
         accept_loops.close();
         let admin_stop = CancellationToken::new();
         let admin_loops = TaskTracker::new();
+        let admin = Acceptor {
+            listener: "admin",
+            limit: None,
+            shutdown: admin_stop.clone(),
+            tracker: admin_loops.clone(),
+        };
         if !listeners.admin.is_empty() {
             let handle = self.metrics.clone().unwrap_or_else(|| {
                 metrics_exporter_prometheus::PrometheusBuilder::new()
@@ -182,7 +231,7 @@ impl Sidecar {
                     listener,
                     handle.clone(),
                     Arc::clone(&self.health),
-                    admin_stop.clone(),
+                    admin.clone(),
                 ));
             }
         }
@@ -209,16 +258,5 @@ impl Sidecar {
         admin_stop.cancel();
         admin_loops.wait().await;
         drain
-    }
-}
-
-/// Logs and counts an accept error, then waits a little before accepting again (the
-/// usual cause, running out of descriptors, does not clear at once).
-pub(crate) async fn accept_backoff(error: &std::io::Error, shutdown: &CancellationToken) {
-    warn!("accept failed: {error}");
-    ::metrics::counter!(metrics::ACCEPT_ERRORS).increment(1);
-    tokio::select! {
-        _ = shutdown.cancelled() => {}
-        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
     }
 }

@@ -12,7 +12,8 @@ use tracing::{info, warn};
 use crate::metrics as m;
 
 /// The limit for one kind of connection.
-pub struct Limit {
+#[derive(Debug)]
+pub(crate) struct Limit {
     listener: &'static str,
     max: usize,
     permits: Arc<Semaphore>,
@@ -21,7 +22,8 @@ pub struct Limit {
 }
 
 /// A held place under a [`Limit`]; given back when dropped.
-pub struct Admission {
+#[derive(Debug)]
+pub(crate) struct Admission {
     _permit: OwnedSemaphorePermit,
     listener: &'static str,
 }
@@ -35,7 +37,7 @@ impl Drop for Admission {
 impl Limit {
     /// At most `max` connections at once for `listener` (`"epmd"` or `"dist"`, the
     /// metric label).
-    pub fn new(listener: &'static str, max: usize) -> Limit {
+    pub(crate) fn new(listener: &'static str, max: usize) -> Limit {
         ::metrics::counter!(m::CONNECTIONS_REFUSED, "listener" => listener).increment(0);
         Limit {
             listener,
@@ -47,7 +49,7 @@ impl Limit {
 
     /// A place for a new connection, or `None` (counted, logged once per episode)
     /// when all are taken.
-    pub fn admit(&self) -> Option<Admission> {
+    pub(crate) fn admit(&self) -> Option<Admission> {
         match Arc::clone(&self.permits).try_acquire_owned() {
             Ok(permit) => {
                 if self.saturated.swap(false, Ordering::Relaxed) {
@@ -79,7 +81,8 @@ impl Limit {
     }
 
     /// Places taken now.
-    pub fn open(&self) -> usize {
+    #[cfg(test)]
+    fn open(&self) -> usize {
         self.max - self.permits.available_permits()
     }
 }

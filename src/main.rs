@@ -1,9 +1,6 @@
 //! The `distgate` binary: the command line, logging, binding the listeners, signals
 //! and exit codes. Everything else is the library's.
 
-#![forbid(unsafe_code)]
-#![deny(clippy::unwrap_used, clippy::expect_used)]
-
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -17,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use distgate::config::{self, Config};
-use distgate::{Drain, Listeners, Sidecar};
+use distgate::{Distgate, Drain, Listeners};
 
 /// EX_USAGE from sysexits.h: the configuration is unusable.
 const EXIT_CONFIG: u8 = 64;
@@ -142,7 +139,7 @@ fn check_config(file: &Path) -> ExitCode {
 }
 
 fn probe(node: &str, epmd_port: u16, ipv6: bool, timeout: std::time::Duration) -> ExitCode {
-    let target = match distgate::probe::Target::parse(node, epmd_port, ipv6, timeout) {
+    let target = match distgate::probe::Probe::parse(node, epmd_port, ipv6, timeout) {
         Ok(target) => target,
         Err(e) => {
             eprintln!("distgate probe: {e}");
@@ -182,17 +179,15 @@ fn init_logging(cli: &Cli) -> anyhow::Result<()> {
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
-    let metrics = distgate::metrics::install().map_err(anyhow::Error::msg)?;
-    let gateway = distgate::gateway::Gateway::from_config(&config)
-        .map_err(|e| anyhow::anyhow!("cannot set up DNS for the routes: {e}"))?;
+    let metrics = distgate::metrics::install()?;
+    let shutdown = CancellationToken::new();
+    let mut distgate = Distgate::new(&config, config.dist.port_plan(), shutdown.clone())
+        .context("cannot set up DNS for the routes")?;
+    distgate.set_metrics(metrics);
     raise_descriptor_limit(&config);
     let listeners = bind_all(&config)?;
-    let shutdown = CancellationToken::new();
-    let mut sidecar =
-        Sidecar::with_gateway(&config, config.dist.port_plan(), gateway, shutdown.clone());
-    sidecar.set_metrics(metrics);
     tokio::spawn(watch_signals(shutdown));
-    match sidecar.run(listeners, config.shutdown.grace).await {
+    match distgate.run(listeners, config.shutdown.grace).await {
         Drain::Complete => info!("distgate stopped"),
         Drain::TimedOut { open } => warn!(open, "distgate stopped with connections cut"),
     }

@@ -8,7 +8,19 @@ use std::time::Instant;
 use metrics::{
     Counter, Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
 };
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{BuildError, PrometheusBuilder, PrometheusHandle};
+
+/// The Prometheus recorder could not be installed (one is installed already, say).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot install the metrics recorder: {0}")]
+pub struct InstallError(#[from] BuildError);
+
+impl InstallError {
+    /// A bounded label for logs and metrics.
+    pub fn reason(&self) -> &'static str {
+        "metrics_install"
+    }
+}
 
 /// Always 1, labelled with the version.
 pub const BUILD_INFO: &str = "distgate_build_info";
@@ -78,15 +90,13 @@ const DURATION_BUCKETS: &[f64] = &[
 ];
 
 /// Installs the Prometheus recorder for this process and describes every metric.
-pub fn install() -> Result<PrometheusHandle, String> {
+pub fn install() -> Result<PrometheusHandle, InstallError> {
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(
             metrics_exporter_prometheus::Matcher::Full(DIST_DURATION.into()),
             DURATION_BUCKETS,
-        )
-        .map_err(|e| e.to_string())?
-        .install_recorder()
-        .map_err(|e| e.to_string())?;
+        )?
+        .install_recorder()?;
     describe();
     gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     // Present from the start, so dashboards and alerts see zeros rather than gaps.
@@ -151,17 +161,19 @@ fn describe() {
 }
 
 /// The metrics of one dist connection: opened on creation, closed by [`Link::close`].
-pub struct Link {
+#[derive(Debug)]
+pub(crate) struct Link {
     labels: [(&'static str, String); 3],
     /// Bytes from the peer (towards the node).
-    pub received: Counter,
+    pub(crate) received: Counter,
     /// Bytes to the peer.
-    pub sent: Counter,
+    pub(crate) sent: Counter,
     started: Instant,
 }
 
 impl Link {
-    pub fn open(node: &str, peer: &str, direction: &'static str) -> Link {
+    /// Counts the link open, labelled with its node, peer and direction.
+    pub(crate) fn open(node: &str, peer: &str, direction: &'static str) -> Link {
         let labels = [
             ("node", node.to_owned()),
             ("peer", peer.to_owned()),
@@ -178,7 +190,7 @@ impl Link {
     }
 
     /// Records the close with a bounded `reason`; returns how long the link lived.
-    pub fn close(self, reason: &'static str) -> std::time::Duration {
+    pub(crate) fn close(self, reason: &'static str) -> std::time::Duration {
         let lived = self.started.elapsed();
         gauge!(DIST_ACTIVE, &self.labels).decrement(1.0);
         histogram!(DIST_DURATION, &self.labels).record(lived.as_secs_f64());

@@ -19,37 +19,50 @@ use crate::handshake::{self, Challenge};
 
 /// What to probe and how.
 #[derive(Debug, Clone)]
-pub struct Target {
+pub struct Probe {
     /// The name part, before `@`.
     pub name: String,
     /// The host part, after `@`.
     pub host: String,
+    /// The EPMD port to ask.
     pub epmd_port: u16,
+    /// Resolve and connect over IPv6.
     pub ipv6: bool,
     /// Limit of each step.
     pub timeout: Duration,
 }
 
-impl Target {
+/// A node name the probe cannot take.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{node}` is not a node name like app@host")]
+pub struct NotANodeName {
+    /// What was given.
+    pub node: String,
+}
+
+impl Probe {
     /// Parses `name@host`.
     pub fn parse(
         node: &str,
         epmd_port: u16,
         ipv6: bool,
         timeout: Duration,
-    ) -> Result<Target, String> {
+    ) -> Result<Probe, NotANodeName> {
         match node.split_once('@') {
-            Some((name, host)) if !name.is_empty() && !host.is_empty() => Ok(Target {
+            Some((name, host)) if !name.is_empty() && !host.is_empty() => Ok(Probe {
                 name: name.to_owned(),
                 host: host.to_owned(),
                 epmd_port,
                 ipv6,
                 timeout,
             }),
-            _ => Err(format!("`{node}` is not a node name like app@host")),
+            _ => Err(NotANodeName {
+                node: node.to_owned(),
+            }),
         }
     }
 
+    /// `name@host`.
     pub fn node(&self) -> String {
         format!("{}@{}", self.name, self.host)
     }
@@ -58,33 +71,69 @@ impl Target {
 /// One step that worked, with what it found and how long it took.
 #[derive(Debug, Clone)]
 pub struct Step {
+    /// What was done.
     pub what: String,
+    /// What it found.
     pub found: String,
+    /// How long it took.
     pub took: Duration,
 }
 
 /// Where the path broke.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Failure {
+    /// The host does not resolve.
     Dns(String),
+    /// Its EPMD does not answer.
     EpmdUnreachable(String),
-    NotRegistered { names: Option<Vec<String>> },
+    /// Its EPMD does not know the name; the names it lists, if it lists them to us.
+    NotRegistered {
+        /// The names registered there, when shown.
+        names: Option<Vec<String>>,
+    },
+    /// The dist port does not accept.
     PortUnreachable(String),
+    /// The node refused the handshake, with this status or reason.
     HandshakeRefused(String),
-    NameMismatch { actual: String },
+    /// The node answers under another name.
+    NameMismatch {
+        /// The name it gives itself.
+        actual: String,
+    },
+    /// The port does not speak the dist protocol.
     Protocol(String),
+}
+
+impl Failure {
+    /// A bounded label for logs and metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Failure::Dns(_) => "dns",
+            Failure::EpmdUnreachable(_) => "epmd_unreachable",
+            Failure::NotRegistered { .. } => "not_registered",
+            Failure::PortUnreachable(_) => "port_unreachable",
+            Failure::HandshakeRefused(_) => "handshake_refused",
+            Failure::NameMismatch { .. } => "name_mismatch",
+            Failure::Protocol(_) => "protocol",
+        }
+    }
 }
 
 /// The probe's findings: the steps that worked, then the failure if any.
 #[derive(Debug, Clone)]
 pub struct Report {
+    /// The node probed, `name@host`.
     pub target: String,
+    /// The steps that worked, in order.
     pub steps: Vec<Step>,
+    /// The node's challenge, when the handshake got that far.
     pub challenge: Option<Challenge>,
+    /// Where the path broke, if it did.
     pub failure: Option<Failure>,
 }
 
 impl Report {
+    /// Whether the node answered as itself.
     pub fn ok(&self) -> bool {
         self.failure.is_none()
     }
@@ -153,7 +202,7 @@ impl fmt::Display for Report {
 }
 
 /// Runs the probe.
-pub async fn probe(target: &Target) -> Report {
+pub async fn probe(target: &Probe) -> Report {
     let mut report = Report {
         target: target.node(),
         steps: vec![],
@@ -166,7 +215,7 @@ pub async fn probe(target: &Target) -> Report {
     report
 }
 
-async fn walk(target: &Target, report: &mut Report) -> Result<(), Failure> {
+async fn walk(target: &Probe, report: &mut Report) -> Result<(), Failure> {
     let limit = target.timeout;
     let started = Instant::now();
     let ip = resolve(target).await?;
@@ -180,7 +229,7 @@ async fn walk(target: &Target, report: &mut Report) -> Result<(), Failure> {
     let started = Instant::now();
     let found = client::port_please(epmd, &target.name, limit)
         .await
-        .map_err(Failure::EpmdUnreachable)?;
+        .map_err(|e| Failure::EpmdUnreachable(e.to_string()))?;
     let Some(found) = found else {
         let names = client::request(epmd, &message::frame(&[message::NAMES_REQ]), limit)
             .await
@@ -247,7 +296,7 @@ async fn walk(target: &Target, report: &mut Report) -> Result<(), Failure> {
 }
 
 /// The first address of the wanted family, as `inet:getaddr/2` picks it.
-async fn resolve(target: &Target) -> Result<IpAddr, Failure> {
+async fn resolve(target: &Probe) -> Result<IpAddr, Failure> {
     if let Ok(ip) = target.host.parse::<IpAddr>() {
         return Ok(ip);
     }
@@ -316,10 +365,10 @@ mod tests {
 
     #[test]
     fn node_names_parse() {
-        let t = Target::parse("app@pod.svc", 4369, false, Duration::from_secs(1)).unwrap();
+        let t = Probe::parse("app@pod.svc", 4369, false, Duration::from_secs(1)).unwrap();
         assert_eq!((t.name.as_str(), t.host.as_str()), ("app", "pod.svc"));
-        assert!(Target::parse("app", 4369, false, Duration::from_secs(1)).is_err());
-        assert!(Target::parse("@host", 4369, false, Duration::from_secs(1)).is_err());
+        assert!(Probe::parse("app", 4369, false, Duration::from_secs(1)).is_err());
+        assert!(Probe::parse("@host", 4369, false, Duration::from_secs(1)).is_err());
     }
 
     #[test]

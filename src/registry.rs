@@ -1,18 +1,19 @@
 //! The local nodes registered over EPMD: name → real port, public port, creation.
 //!
-//! The registry owns the rules of registration (duplicates, creations, which public port
-//! a node gets) and answers lookups for the EPMD server and the dist forwarder. It holds
-//! no sockets: the EPMD server keeps each registration alive exactly as long as its
-//! connection and calls [`Registry::unregister`] when it ends. All methods are quick and
-//! lock a plain mutex that is never held across an await.
+//! The registry owns the rules of registration (duplicates, creations) and takes each
+//! node's public port from [`Ports`]. It holds no sockets: the EPMD server keeps each
+//! registration alive exactly as long as its connection and calls
+//! [`Registry::unregister`] when it ends. Routed names are the gateway's, not here. All
+//! methods are quick and lock a plain mutex that is never held across an await.
 
-use std::collections::{HashMap, VecDeque};
-use std::net::{IpAddr, SocketAddr};
-use std::sync::{Mutex, MutexGuard};
+use std::collections::VecDeque;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::epmd::message::{Alive2Req, NameError};
+use crate::epmd::message::{Alive2Req, NameError, Port2Resp};
+use crate::ports::{Holder, Ports};
 
 /// How many unregistered names are remembered for their creation, as in `epmd`.
 pub const MAX_UNUSED: usize = 1000;
@@ -23,29 +24,28 @@ const MIN_CREATION: u32 = 4;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct RegistrationId(u64);
 
-/// Which public ports exist and which names have one pinned.
-#[derive(Debug, Clone, Default)]
-pub struct PortPlan {
-    /// Public dist ports in the order they are handed out.
-    pub pool: Vec<u16>,
-    /// Names whose node always gets this port; every pinned port is in the pool.
-    pub pins: HashMap<String, u16>,
-}
-
 /// A registered node.
 #[derive(Debug, Clone)]
 pub struct Node {
+    /// This registration.
     pub id: RegistrationId,
+    /// The name part, before `@`.
     pub name: String,
     /// The port the node listens on for distribution.
     pub real_port: u16,
     /// The public port that forwards to `real_port`, if the pool had one free.
     pub public_port: Option<u16>,
+    /// `M` (77) for a normal node, `H` (72) for a hidden one, as registered.
     pub node_type: u8,
+    /// 0: TCP/IPv4.
     pub protocol: u8,
+    /// Highest distribution version the node speaks.
     pub highest_version: u16,
+    /// Lowest distribution version the node speaks.
     pub lowest_version: u16,
+    /// The extra field, echoed in PORT2_RESP.
     pub extra: Vec<u8>,
+    /// The creation it was given.
     pub creation: u32,
     /// The registration socket's descriptor, shown by DUMP as `epmd` does.
     pub fd: i32,
@@ -60,53 +60,43 @@ impl Node {
     pub fn advertised_port(&self) -> u16 {
         self.public_port.unwrap_or(self.real_port)
     }
-}
 
-/// A name routed to an upstream (gateway mode), holding a public port while it lives
-/// upstream.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Lease {
-    pub name: String,
-    pub public_port: u16,
-    /// The upstream host (resolved at each connect) and its dist port.
-    pub host: String,
-    pub dist_port: u16,
-    /// The fields the upstream registered, echoed in PORT2_RESP.
-    pub node_type: u8,
-    pub protocol: u8,
-    pub highest_version: u16,
-    pub lowest_version: u16,
-    pub extra: Vec<u8>,
-}
-
-/// Where a connection to a public port goes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Target {
-    /// A local node's real port.
-    Local { name: String, addr: SocketAddr },
-    /// A routed name's upstream host and dist port.
-    Routed {
-        name: String,
-        host: String,
-        port: u16,
-    },
+    /// What PORT2_RESP tells peers about this node.
+    pub fn port2_resp(&self) -> Port2Resp {
+        Port2Resp {
+            port: self.advertised_port(),
+            node_type: self.node_type,
+            protocol: self.protocol,
+            highest_version: self.highest_version,
+            lowest_version: self.lowest_version,
+            name: self.name.clone(),
+            extra: self.extra.clone(),
+        }
+    }
 }
 
 /// A name that was registered and has left; DUMP lists it, and its next registration
 /// continues from its creation.
 #[derive(Debug, Clone)]
 pub struct Unused {
+    /// The name part.
     pub name: String,
+    /// The real port it had.
     pub port: u16,
+    /// The descriptor its registration had.
     pub fd: i32,
+    /// The creation it had.
     pub creation: u32,
 }
 
 /// What a successful registration hands back to the connection that made it.
 #[derive(Debug, Clone)]
 pub struct Registration {
+    /// Identifies it for [`Registry::unregister`].
     pub id: RegistrationId,
+    /// The creation for the ALIVE2 reply.
     pub creation: u32,
+    /// The public port the node got, if the pool had one.
     pub public_port: Option<u16>,
     /// Cancelled when the registration is to be ended from outside (STOP_REQ).
     pub stop: CancellationToken,
@@ -115,8 +105,10 @@ pub struct Registration {
 /// Why a registration is refused with an error reply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum RegisterError {
+    /// The name or extra field breaks epmd's rules.
     #[error(transparent)]
     InvalidName(#[from] NameError),
+    /// A live node holds the name.
     #[error("name already registered by a live node")]
     Duplicate,
 }
@@ -134,7 +126,7 @@ impl RegisterError {
 /// The registry of local nodes.
 #[derive(Debug)]
 pub struct Registry {
-    plan: PortPlan,
+    ports: Arc<Ports>,
     inner: Mutex<Inner>,
 }
 
@@ -144,21 +136,16 @@ struct Inner {
     nodes: Vec<Node>,
     /// Recently unregistered names, oldest first.
     unused: VecDeque<Unused>,
-    /// Routed names holding public ports (gateway mode).
-    leases: Vec<Lease>,
     next_id: u64,
 }
 
 impl Registry {
-    pub fn new(plan: PortPlan) -> Self {
+    /// No node registered; public ports come from `ports`.
+    pub fn new(ports: Arc<Ports>) -> Self {
         Registry {
-            plan,
+            ports,
             inner: Mutex::new(Inner::default()),
         }
-    }
-
-    pub fn plan(&self) -> &PortPlan {
-        &self.plan
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -188,7 +175,7 @@ impl Registry {
         }
         .wrapping_add(1)
         .max(MIN_CREATION);
-        let public_port = self.free_public_port(&inner, name);
+        let public_port = self.ports.claim(name, Holder::Local(name.to_owned()));
         let id = RegistrationId(inner.next_id);
         inner.next_id += 1;
         let stop = CancellationToken::new();
@@ -215,29 +202,14 @@ impl Registry {
         })
     }
 
-    /// The node's pinned port, or the first pool port that is neither held nor pinned to
-    /// another name.
-    fn free_public_port(&self, inner: &Inner, name: &str) -> Option<u16> {
-        let held = |port: u16| {
-            inner.nodes.iter().any(|n| n.public_port == Some(port))
-                || inner.leases.iter().any(|l| l.public_port == port)
-        };
-        if let Some(&pinned) = self.plan.pins.get(name) {
-            return (!held(pinned)).then_some(pinned);
-        }
-        let pinned = |port: u16| self.plan.pins.values().any(|&p| p == port);
-        self.plan
-            .pool
-            .iter()
-            .copied()
-            .find(|&port| !held(port) && !pinned(port))
-    }
-
     /// Ends a registration; a no-op when it has already ended. Returns the node that left.
     pub fn unregister(&self, id: RegistrationId) -> Option<Node> {
         let mut inner = self.lock();
         let at = inner.nodes.iter().position(|n| n.id == id)?;
         let node = inner.nodes.remove(at);
+        if let Some(port) = node.public_port {
+            self.ports.release(port, &Holder::Local(node.name.clone()));
+        }
         if inner.unused.len() >= MAX_UNUSED {
             inner.unused.pop_front();
         }
@@ -265,65 +237,14 @@ impl Registry {
         self.lock().unused.iter().rev().cloned().collect()
     }
 
+    /// How many nodes are registered.
     pub fn len(&self) -> usize {
         self.lock().nodes.len()
     }
 
+    /// Whether no node is registered.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-
-    /// Where a connection to `public_port` goes.
-    pub fn target_of(&self, public_port: u16) -> Option<Target> {
-        let inner = self.lock();
-        if let Some(n) = inner
-            .nodes
-            .iter()
-            .find(|n| n.public_port == Some(public_port))
-        {
-            return Some(Target::Local {
-                name: n.name.clone(),
-                addr: SocketAddr::new(n.upstream_ip, n.real_port),
-            });
-        }
-        inner
-            .leases
-            .iter()
-            .find(|l| l.public_port == public_port)
-            .map(|l| Target::Routed {
-                name: l.name.clone(),
-                host: l.host.clone(),
-                port: l.dist_port,
-            })
-    }
-
-    /// Leases a public port to routed name `lease.name` (the port in `lease` is
-    /// ignored): the one it holds already (details refreshed), else the first free one.
-    /// `None` when the pool is used up.
-    pub fn lease(&self, mut lease: Lease) -> Option<u16> {
-        let mut inner = self.lock();
-        if let Some(held) = inner.leases.iter_mut().find(|l| l.name == lease.name) {
-            lease.public_port = held.public_port;
-            *held = lease;
-            return Some(held.public_port);
-        }
-        lease.public_port = self.free_public_port(&inner, &lease.name)?;
-        let port = lease.public_port;
-        inner.leases.push(lease);
-        Some(port)
-    }
-
-    /// Gives back the public port of routed name `name`; whether it held one.
-    pub fn release(&self, name: &str) -> bool {
-        let mut inner = self.lock();
-        let before = inner.leases.len();
-        inner.leases.retain(|l| l.name != name);
-        inner.leases.len() != before
-    }
-
-    /// Routed names holding public ports, oldest first.
-    pub fn leases(&self) -> Vec<Lease> {
-        self.lock().leases.clone()
     }
 
     /// Asks the connection holding `name`'s registration to end it (STOP_REQ). Returns
@@ -353,10 +274,10 @@ mod tests {
     }
 
     fn registry(pool: &[u16], pins: &[(&str, u16)]) -> Registry {
-        Registry::new(PortPlan {
+        Registry::new(Arc::new(Ports::new(crate::ports::PortPlan {
             pool: pool.to_vec(),
             pins: pins.iter().map(|&(n, p)| (n.to_owned(), p)).collect(),
-        })
+        })))
     }
 
     #[test]
@@ -396,9 +317,7 @@ mod tests {
         assert_eq!(dup.unwrap_err(), RegisterError::Duplicate);
         let node = reg.get("a").unwrap();
         assert_eq!((node.id, node.real_port), (first.id, 1000));
-        assert!(
-            matches!(reg.target_of(43691), Some(Target::Local { addr, .. }) if addr.port() == 1000)
-        );
+        assert_eq!(reg.ports.holder(43691), Some(Holder::Local("a".into())));
     }
 
     #[test]
@@ -427,7 +346,7 @@ mod tests {
         reg.unregister(a.id);
         let d = reg.register(&req("d", 4), 5, LOOPBACK, NOW).unwrap();
         assert_eq!(d.public_port, Some(100));
-        assert!(matches!(reg.target_of(100), Some(Target::Local { name, .. }) if name == "d"));
+        assert_eq!(reg.ports.holder(100), Some(Holder::Local("d".into())));
     }
 
     #[test]
@@ -476,38 +395,6 @@ mod tests {
         let unused = reg.unused();
         assert_eq!(unused.len(), MAX_UNUSED);
         assert_eq!(unused[0].name, format!("n{}", MAX_UNUSED + 4));
-    }
-
-    fn lease(name: &str) -> Lease {
-        Lease {
-            name: name.into(),
-            public_port: 0,
-            host: format!("{name}.svc"),
-            dist_port: 43691,
-            node_type: 77,
-            protocol: 0,
-            highest_version: 6,
-            lowest_version: 5,
-            extra: vec![],
-        }
-    }
-
-    #[test]
-    fn leases_share_the_pool_with_local_nodes_and_stick_to_their_name() {
-        let reg = registry(&[100, 101, 102], &[]);
-        reg.register(&req("local", 1), 5, LOOPBACK, NOW).unwrap();
-        assert_eq!(reg.lease(lease("app-0")), Some(101));
-        assert_eq!(reg.lease(lease("app-1")), Some(102));
-        assert_eq!(reg.lease(lease("app-0")), Some(101), "not sticky");
-        assert_eq!(reg.lease(lease("app-2")), None, "pool used up");
-        assert!(matches!(reg.target_of(102), Some(Target::Routed { name, .. }) if name == "app-1"));
-        assert!(reg.release("app-1"));
-        assert!(!reg.release("app-1"));
-        assert_eq!(reg.target_of(102), None);
-        assert_eq!(reg.lease(lease("app-2")), Some(102));
-        // A local node registering now finds no free port: leases hold theirs.
-        let late = reg.register(&req("late", 2), 5, LOOPBACK, NOW).unwrap();
-        assert_eq!(late.public_port, None);
     }
 
     #[test]

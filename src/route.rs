@@ -28,6 +28,7 @@ impl TryFrom<String> for Glob {
 }
 
 impl Glob {
+    /// A glob over name parts; refuses the empty pattern and one with `@`.
     pub fn new(pattern: &str) -> Result<Glob, String> {
         if pattern.is_empty() {
             return Err("an empty pattern matches no node name".into());
@@ -88,6 +89,7 @@ impl TryFrom<String> for Template {
 }
 
 impl Template {
+    /// A host template; `{name}` is its only placeholder.
     pub fn new(template: &str) -> Result<Template, String> {
         let rest = template.replace("{name}", "");
         if rest.contains('{') || rest.contains('}') {
@@ -174,7 +176,12 @@ pub enum Upstream {
     Host(Template),
     /// `discover = "app-headless"`: the names registered at each address of a
     /// (headless) Service, by asking each address's EPMD for its NAMES.
-    Discover { service: String, records: Records },
+    Discover {
+        /// The Service's DNS name.
+        service: String,
+        /// Which records list its members.
+        records: Records,
+    },
 }
 
 /// Which DNS records list a discovery route's members.
@@ -247,22 +254,24 @@ fn default_epmd_port() -> u16 {
     EPMD_PORT
 }
 
-/// Where a routed name goes.
+/// The route that takes a name, and where it sends it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Target {
+pub struct Match {
     /// The index of the route that takes the name.
     pub route: usize,
     /// The name's upstream host (template routes); `None` for discovery routes, whose
     /// table knows the address.
     pub host: Option<String>,
+    /// Where the upstream's dist port comes from.
     pub port: UpstreamPort,
+    /// Where the upstream answers EPMD.
     pub epmd_port: u16,
 }
 
 /// The first route whose glob matches `name`; `None` when no route takes it (the name
 /// is then served as a local one). A template route cannot take a name that is no DNS
 /// label.
-pub fn route(routes: &[Route], name: &str) -> Option<Target> {
+pub fn first_match(routes: &[Route], name: &str) -> Option<Match> {
     let (index, route) = routes
         .iter()
         .enumerate()
@@ -271,7 +280,7 @@ pub fn route(routes: &[Route], name: &str) -> Option<Target> {
         Upstream::Host(template) => Some(template.expand(name)?),
         Upstream::Discover { .. } => None,
     };
-    Some(Target {
+    Some(Match {
         route: index,
         host,
         port: route.port,
@@ -369,8 +378,8 @@ mod tests {
             },
         ];
         assert_eq!(
-            route(&routes, "app-db1"),
-            Some(Target {
+            first_match(&routes, "app-db1"),
+            Some(Match {
                 route: 0,
                 host: Some("app-db1.db.svc".into()),
                 port: UpstreamPort::Epmd,
@@ -378,14 +387,14 @@ mod tests {
             })
         );
         assert_eq!(
-            route(&routes, "app-3").unwrap().port,
+            first_match(&routes, "app-3").unwrap().port,
             UpstreamPort::Fixed(43691)
         );
         // Discovery routes take any name; their table knows where it lives.
-        let web = route(&routes, "Web_1").unwrap();
+        let web = first_match(&routes, "Web_1").unwrap();
         assert_eq!((web.route, web.host), (2, None));
         // A template route cannot put a non-label name in a host; nor can it pass it on.
-        assert_eq!(route(&routes[..2], "app-X_1"), None);
-        assert_eq!(route(&routes[..2], "web-1"), None);
+        assert_eq!(first_match(&routes[..2], "app-X_1"), None);
+        assert_eq!(first_match(&routes[..2], "web-1"), None);
     }
 }

@@ -5,6 +5,8 @@
 //! Needs `erl` (and `elixir`/`iex` for the Elixir test); `scripts/test` installs them.
 //! With `CI=true` a missing runtime fails the test instead of skipping it.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test may panic on what it did not expect
+
 mod common;
 
 use std::io::Write;

@@ -1,6 +1,8 @@
 //! The `distgate` binary: version and help, `check-config` exit codes and messages,
 //! bind failures that name the address, and a clean exit on SIGTERM.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test may panic on what it did not expect
+
 mod common;
 
 use std::process::{Command, Stdio};
@@ -26,10 +28,10 @@ fn temp_config(text: &str) -> (tempdir::Dir, std::path::PathBuf) {
 
 mod tempdir {
     /// A directory removed on drop.
-    pub struct Dir(pub std::path::PathBuf);
+    pub(crate) struct Dir(pub(crate) std::path::PathBuf);
 
     impl Dir {
-        pub fn new() -> Dir {
+        pub(crate) fn new() -> Dir {
             let path = std::env::temp_dir().join(super::unique("distgate-cli-"));
             std::fs::create_dir_all(&path).unwrap();
             Dir(path)

@@ -5,6 +5,8 @@
 //! distgate runs with an empty public port pool here, so it answers real ports just as
 //! epmd does; public ports are tested elsewhere.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test may panic on what it did not expect
+
 mod common;
 
 use std::net::SocketAddr;

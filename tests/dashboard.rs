@@ -1,6 +1,8 @@
 //! The Grafana dashboard under deploy/ queries only metrics distgate exports: every
 //! name is one of `distgate::metrics::ALL`, and shows up on a live `/metrics`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test may panic on what it did not expect
+
 mod common;
 
 use std::collections::BTreeSet;

@@ -4,6 +4,8 @@
 //!
 //! Needs `dnsmasq` (Debian's dnsmasq-base); with `CI=true` a missing one fails.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test may panic on what it did not expect
+
 mod common;
 
 use std::net::IpAddr;

@@ -2,6 +2,8 @@
 //! OTP's epmd: public ports in PORT2_RESP and NAMES, pins, creations, timeouts, and
 //! clients that never read.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test may panic on what it did not expect
+
 mod common;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

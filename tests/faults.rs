@@ -6,6 +6,8 @@
 //!
 //! Needs `erl`; with `CI=true` a missing one fails the tests that use it.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test may panic on what it did not expect
+
 mod common;
 
 use std::process::Command;

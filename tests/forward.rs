@@ -2,6 +2,8 @@
 //! each direction, resets, integrity of large transfers, and ports no node holds.
 //! The "node" here is a plain TCP listener registered over EPMD.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test may panic on what it did not expect
+
 mod common;
 
 use std::net::SocketAddr;

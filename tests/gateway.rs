@@ -6,6 +6,8 @@
 //!
 //! Needs `dnsmasq`; with `CI=true` a missing one fails the test.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test may panic on what it did not expect
+
 mod common;
 
 use common::dnsmasq::{dnsmasq, dnsmasq_srv};
@@ -87,7 +89,7 @@ async fn routed_names_are_confirmed_leased_forwarded_and_given_back() {
     })
     .await;
     assert!(names(gateway.epmd).await.1.is_empty());
-    assert!(gateway.registry.leases().is_empty());
+    assert!(gateway.leases().is_empty());
 
     // A lease nobody asks for again is reclaimed too: confirmed every `max_ttl`.
     let (again, _) = register(
@@ -98,7 +100,7 @@ async fn routed_names_are_confirmed_leased_forwarded_and_given_back() {
     assert_eq!(port_please(gateway.epmd, "app-0").await, leased);
     drop(again);
     eventually("the unasked lease to be reclaimed", || async {
-        gateway.registry.leases().is_empty().then_some(())
+        gateway.leases().is_empty().then_some(())
     })
     .await;
     assert!(names(gateway.epmd).await.1.is_empty());
@@ -190,7 +192,6 @@ async fn a_srv_discovery_route_lists_follows_and_forgets_names() {
     .await;
     let lease_of = |name: &str| {
         gateway
-            .registry
             .leases()
             .into_iter()
             .find(|l| l.name == name)
@@ -295,7 +296,7 @@ fn a_real_node_reaches_a_routed_node_through_the_gateway() {
     let mut a = Output::spawn("node a", &mut erl(&a_name, gateway.epmd.port(), &eval));
     assert_eq!(a.wait_for("PING ", node_deadline()), "pong");
     assert_eq!(a.wait_for("RPC ", node_deadline()), format!("'{b_name}'"));
-    let leases = gateway.registry.leases();
+    let leases = gateway.leases();
     assert_eq!(leases.len(), 1);
     // Node a registered with the gateway too: the pool serves both.
     assert_eq!(leases[0].name, b_short);

@@ -9,6 +9,8 @@
 //!
 //! Needs root, `ip`, `nft`, `erl` and `dnsmasq`; with `CI=true` a missing one fails.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test may panic on what it did not expect
+
 mod common;
 
 use std::process::Command;

@@ -8,6 +8,8 @@
 //! The namespace test needs root, `ip`, `nft` and `erl`; with `CI=true` a missing one
 //! fails it.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test may panic on what it did not expect
+
 mod common;
 
 use std::io::{Read, Write};

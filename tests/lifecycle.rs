@@ -2,6 +2,8 @@
 //! stops accepting, keeps established streams flowing until they close (no byte in
 //! flight lost) or `[shutdown] grace` passes, then exits 0 and says which.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test may panic on what it did not expect
+
 mod common;
 
 use std::net::SocketAddr;

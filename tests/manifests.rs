@@ -3,6 +3,8 @@
 //! PyPI package `kubernetes-validate` (installed by scripts/test). The native sidecar
 //! needs Kubernetes 1.29; the legacy variant must validate against 1.27.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test may panic on what it did not expect
+
 mod common;
 
 use std::path::{Path, PathBuf};

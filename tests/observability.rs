@@ -2,6 +2,8 @@
 //! return to zero, EPMD counters, `/livez`, and `/readyz` flipping at registration and
 //! at shutdown. Real nodes check the counts against the node's own socket statistics.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test may panic on what it did not expect
+
 mod common;
 
 use std::time::Duration;

@@ -1,6 +1,8 @@
 //! `distgate probe NODE@HOST`: one test per diagnosis. The node that answers is real
 //! where it matters (success), a scripted acceptor where a failure must be forced.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test may panic on what it did not expect
+
 mod common;
 
 use common::beam::{IDLE, Output, erl, node_deadline};

@@ -4,6 +4,8 @@
 //!
 //! Needs root, `ip`, `nft` and `erl`; with `CI=true` a missing one fails the test.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test may panic on what it did not expect
+
 mod common;
 
 use common::beam::node_deadline;

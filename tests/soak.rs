@@ -11,6 +11,8 @@
 //! SOAK_SECONDS=600 SOAK_STREAMS=256 cargo nextest run --test soak --no-capture
 //! ```
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test may panic on what it did not expect
+
 mod common;
 
 use std::collections::HashMap;

@@ -9,8 +9,9 @@ use std::process::Command;
 use std::sync::Arc;
 
 use distgate::config::Config;
-use distgate::registry::{PortPlan, Registry};
-use distgate::{Listeners, Sidecar};
+use distgate::ports::PortPlan;
+use distgate::registry::Registry;
+use distgate::{Distgate, Listeners};
 use tokio_util::sync::CancellationToken;
 
 use crate::measure::Proc;
@@ -85,7 +86,7 @@ fn library_epmd(
             pool,
             pins: Default::default(),
         };
-        let sidecar = Sidecar::new(&Config::default(), plan, shutdown.clone());
+        let sidecar = Distgate::new(&Config::default(), plan, shutdown.clone()).unwrap();
         let registry = Arc::clone(sidecar.registry());
         let listeners = Listeners {
             epmd: vec![listener],

@@ -1,4 +1,4 @@
-//! The EPMD wire format (PROTOCOL.md §1): request framing and decoding, reply
+//! The EPMD wire format (docs/protocol.md §1–§8): request framing and decoding, reply
 //! encoding. Pure functions over bytes: no sockets, no clock, no registry.
 //!
 //! Decoding mirrors what OTP's `epmd` accepts. Input that makes `epmd` close the
@@ -16,17 +16,26 @@ pub const MAX_SYMLEN: usize = 1020;
 /// Most code points in a node name.
 pub const MAX_NAME_CHARS: usize = 255;
 /// Most code points in a PORT_PLEASE2_REQ name: `epmd` counts one too many, so a
-/// 255-character name registers but cannot be looked up (PROTOCOL.md §1.6).
+/// 255-character name registers but cannot be looked up (docs/protocol.md §5).
 pub const MAX_LOOKUP_CHARS: usize = MAX_NAME_CHARS - 1;
 
+/// A node registers.
 pub const ALIVE2_REQ: u8 = b'x';
+/// The registration reply with a 16-bit creation (nodes before version 6).
 pub const ALIVE2_RESP: u8 = b'y';
+/// The registration reply with a 32-bit creation.
 pub const ALIVE2_X_RESP: u8 = b'v';
+/// A peer asks for a node's port.
 pub const PORT_PLEASE2_REQ: u8 = b'z';
+/// The reply to PORT_PLEASE2_REQ.
 pub const PORT2_RESP: u8 = b'w';
+/// List the registered names.
 pub const NAMES_REQ: u8 = b'n';
+/// List registered and remembered names with descriptors (local only).
 pub const DUMP_REQ: u8 = b'd';
+/// Stop the EPMD server (local only).
 pub const KILL_REQ: u8 = b'k';
+/// End a node's registration (local only, relaxed command check).
 pub const STOP_REQ: u8 = b's';
 
 /// Fixed part of an ALIVE2_REQ payload: command, port, type, protocol, versions, Nlen
@@ -38,15 +47,22 @@ const ERROR_CREATION: u32 = 99;
 /// A decoded EPMD request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
+    /// ALIVE2_REQ: a registration.
     Alive2(Alive2Req),
+    /// PORT_PLEASE2_REQ for a name part.
     PortPlease2 {
+        /// The name asked for, a trailing NUL removed.
         name: String,
     },
+    /// NAMES_REQ.
     Names,
+    /// DUMP_REQ.
     Dump,
+    /// KILL_REQ.
     Kill,
     /// STOP_REQ; the name is compared as `epmd` does, as a C string.
     Stop {
+        /// The name, up to its first NUL.
         name: Vec<u8>,
     },
 }
@@ -68,15 +84,22 @@ impl Request {
 /// The kind of a request, a bounded label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RequestKind {
+    /// ALIVE2_REQ.
     Alive2,
+    /// PORT_PLEASE2_REQ.
     PortPlease2,
+    /// NAMES_REQ.
     Names,
+    /// DUMP_REQ.
     Dump,
+    /// KILL_REQ.
     Kill,
+    /// STOP_REQ.
     Stop,
 }
 
 impl RequestKind {
+    /// The `type` label.
     pub fn as_str(self) -> &'static str {
         match self {
             RequestKind::Alive2 => "alive2",
@@ -89,28 +112,38 @@ impl RequestKind {
     }
 }
 
-/// ALIVE2_REQ: a node registering its distribution port (PROTOCOL.md §1.3).
+/// ALIVE2_REQ: a node registering its distribution port (docs/protocol.md §3).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Alive2Req {
+    /// The node's real dist port.
     pub port: u16,
+    /// `M` (77) for a normal node, `H` (72) for a hidden one.
     pub node_type: u8,
+    /// 0: TCP/IPv4.
     pub protocol: u8,
+    /// Highest distribution version the node speaks.
     pub highest_version: u16,
+    /// Lowest distribution version the node speaks.
     pub lowest_version: u16,
     /// The name part before `@`, as sent; see [`Alive2Req::validate`].
     pub name: Vec<u8>,
+    /// The extra field, echoed in PORT2_RESP.
     pub extra: Vec<u8>,
 }
 
 /// Why an ALIVE2_REQ is refused with an error reply (the socket stays open).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum NameError {
+    /// More than [`MAX_SYMLEN`] bytes.
     #[error("node name longer than {MAX_SYMLEN} bytes")]
     TooLong,
+    /// Not UTF-8.
     #[error("node name is not valid UTF-8")]
     NotUtf8,
+    /// More than [`MAX_NAME_CHARS`] code points.
     #[error("node name longer than {MAX_NAME_CHARS} characters")]
     TooManyChars,
+    /// An extra field of more than [`MAX_SYMLEN`] bytes.
     #[error("extra field longer than {MAX_SYMLEN} bytes")]
     ExtraTooLong,
 }
@@ -155,17 +188,24 @@ impl Alive2Req {
 /// Input that `epmd` answers by closing the connection without a reply.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FrameError {
+    /// A length of 0.
     #[error("zero-length request")]
     Empty,
+    /// A length over [`MAX_REQUEST_LEN`].
     #[error("request length {0} exceeds {MAX_REQUEST_LEN}")]
     TooLong(usize),
+    /// Bytes after the one request.
     #[error("{0} bytes after the request")]
     TrailingBytes(usize),
+    /// A command byte epmd does not serve.
     #[error("unknown command byte {0:#04x}")]
     UnknownCommand(u8),
+    /// A known request whose fields do not hold together.
     #[error("malformed {kind}: {reason}")]
     Malformed {
+        /// Which request.
         kind: &'static str,
+        /// What is wrong.
         reason: &'static str,
     },
 }
@@ -315,20 +355,27 @@ pub fn encode_alive2_resp(x_resp: bool, creation: Option<u32>) -> Vec<u8> {
     }
 }
 
-/// What PORT2_RESP tells about a found node.
+/// PORT2_RESP for a found node: what peers are told about it (docs/protocol.md §5).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PortInfo<'a> {
+pub struct Port2Resp {
+    /// The port to dial.
     pub port: u16,
+    /// `M` (77) for a normal node, `H` (72) for a hidden one.
     pub node_type: u8,
+    /// 0: TCP/IPv4.
     pub protocol: u8,
+    /// Highest distribution version the node speaks.
     pub highest_version: u16,
+    /// Lowest distribution version the node speaks.
     pub lowest_version: u16,
-    pub name: &'a str,
-    pub extra: &'a [u8],
+    /// The name part, as registered.
+    pub name: String,
+    /// The extra field, as registered.
+    pub extra: Vec<u8>,
 }
 
 /// PORT2_RESP: the node's fields, or exactly `77 01` when it is unknown.
-pub fn encode_port2_resp(info: Option<&PortInfo<'_>>) -> Vec<u8> {
+pub fn encode_port2_resp(info: Option<&Port2Resp>) -> Vec<u8> {
     let Some(info) = info else {
         return vec![PORT2_RESP, 1];
     };
@@ -339,7 +386,7 @@ pub fn encode_port2_resp(info: Option<&PortInfo<'_>>) -> Vec<u8> {
     out.extend_from_slice(&info.highest_version.to_be_bytes());
     out.extend_from_slice(&info.lowest_version.to_be_bytes());
     push_u16_len(&mut out, info.name.as_bytes());
-    push_u16_len(&mut out, info.extra);
+    push_u16_len(&mut out, &info.extra);
     out
 }
 
@@ -348,53 +395,6 @@ fn push_u16_len(out: &mut Vec<u8>, bytes: &[u8]) {
     let len = u16::try_from(bytes.len()).unwrap_or(u16::MAX);
     out.extend_from_slice(&len.to_be_bytes());
     out.extend_from_slice(&bytes[..usize::from(len)]);
-}
-
-/// A PORT2_RESP that found the node, owned (what a client reads back).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Port2 {
-    pub port: u16,
-    pub node_type: u8,
-    pub protocol: u8,
-    pub highest_version: u16,
-    pub lowest_version: u16,
-    pub name: String,
-    pub extra: Vec<u8>,
-}
-
-/// Decodes a whole PORT2_RESP: `Ok(Some)` found, `Ok(None)` for `77 01` (or any
-/// other error result), `Err` for bytes that are no PORT2_RESP.
-pub fn decode_port2_resp(reply: &[u8]) -> Result<Option<Port2>, FrameError> {
-    let bad = |reason| malformed("PORT2_RESP", reason);
-    match reply {
-        [PORT2_RESP, 0, rest @ ..] => {
-            let fixed = rest.get(..10).ok_or_else(|| bad("too short"))?;
-            let name_len = usize::from(u16_at(fixed, 8));
-            let name = rest
-                .get(10..10 + name_len)
-                .ok_or_else(|| bad("name cut short"))?;
-            let elen_at = 10 + name_len;
-            let extra_len = usize::from(u16_at(
-                rest.get(elen_at..elen_at + 2)
-                    .ok_or_else(|| bad("no Elen"))?,
-                0,
-            ));
-            let extra = rest
-                .get(elen_at + 2..elen_at + 2 + extra_len)
-                .ok_or_else(|| bad("extra cut short"))?;
-            Ok(Some(Port2 {
-                port: u16_at(fixed, 0),
-                node_type: fixed[2],
-                protocol: fixed[3],
-                highest_version: u16_at(fixed, 4),
-                lowest_version: u16_at(fixed, 6),
-                name: String::from_utf8_lossy(name).into_owned(),
-                extra: extra.to_vec(),
-            }))
-        }
-        [PORT2_RESP, _, ..] => Ok(None),
-        _ => Err(bad("not a PORT2_RESP")),
-    }
 }
 
 /// The 4-byte header of NAMES and DUMP replies: the port the client dialled.
@@ -407,22 +407,6 @@ pub fn encode_names_line(name: &str, port: u16) -> String {
     format!("name {name} at port {port}\n")
 }
 
-/// Decodes a whole NAMES reply: the 4-byte port header, then `name N at port P` lines.
-/// Lines of another shape are skipped, as `net_adm:names/1` skips them.
-pub fn decode_names_resp(reply: &[u8]) -> Result<Vec<(String, u16)>, FrameError> {
-    let body = reply
-        .get(4..)
-        .ok_or_else(|| malformed("NAMES reply", "no port header"))?;
-    let text = std::str::from_utf8(body).map_err(|_| malformed("NAMES reply", "not UTF-8"))?;
-    Ok(text
-        .lines()
-        .filter_map(|line| {
-            let (name, port) = line.strip_prefix("name ")?.rsplit_once(" at port ")?;
-            Some((name.to_owned(), port.parse().ok()?))
-        })
-        .collect())
-}
-
 /// One DUMP line for a registered node; `epmd` ends each with a NUL.
 pub fn encode_dump_active(name: &str, port: u16, fd: i32) -> String {
     format!("active name     <{name}> at port {port}, fd = {fd}\n\0")
@@ -433,10 +417,13 @@ pub fn encode_dump_unused(name: &str, port: u16, fd: i32) -> String {
     format!("old/unused name <{name}>, port = {port}, fd = {fd} \n\0")
 }
 
+/// KILL_REQ accepted.
 pub const KILL_OK: &[u8] = b"OK";
+/// KILL_REQ refused.
 pub const KILL_NO: &[u8] = b"NO";
+/// STOP_REQ ended the registration.
 pub const STOP_OK: &[u8] = b"STOPPED";
-/// OTP 25's epmd sends both words when the name is unknown (PROTOCOL.md §1.9).
+/// OTP 25's epmd sends both words when the name is unknown (docs/protocol.md §8).
 pub const STOP_NOEXIST: &[u8] = b"NOEXISTSTOPPED";
 
 impl fmt::Display for RequestKind {
@@ -445,28 +432,8 @@ impl fmt::Display for RequestKind {
     }
 }
 
-/// Builds a request frame: the u16 length then the payload. For clients and tests.
-pub fn frame(payload: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(payload.len() + 2);
-    let len = u16::try_from(payload.len()).unwrap_or(u16::MAX);
-    out.extend_from_slice(&len.to_be_bytes());
-    out.extend_from_slice(payload);
-    out
-}
-
-/// Encodes an ALIVE2_REQ frame. For clients and tests.
-pub fn encode_alive2_req(req: &Alive2Req) -> Vec<u8> {
-    let mut payload = vec![ALIVE2_REQ];
-    payload.extend_from_slice(&req.port.to_be_bytes());
-    payload.extend_from_slice(&[req.node_type, req.protocol]);
-    payload.extend_from_slice(&req.highest_version.to_be_bytes());
-    payload.extend_from_slice(&req.lowest_version.to_be_bytes());
-    payload.extend_from_slice(&(req.name.len() as u16).to_be_bytes());
-    payload.extend_from_slice(&req.name);
-    payload.extend_from_slice(&(req.extra.len() as u16).to_be_bytes());
-    payload.extend_from_slice(&req.extra);
-    frame(&payload)
-}
+mod client_side;
+pub use client_side::{ReplyError, decode_names_resp, decode_port2_resp, encode_alive2_req, frame};
 
 #[cfg(test)]
 mod tests;

@@ -3,6 +3,6 @@
 
 pub mod client;
 pub mod message;
-pub mod server;
+pub(crate) mod server;
 
-pub use server::Server;
+pub(crate) use server::Server;

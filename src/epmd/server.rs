@@ -4,7 +4,7 @@
 //!
 //! Every connection runs in its own task; a slow or hostile client holds only its own
 //! task. Byte formats live in [`super::message`], registration rules in
-//! [`crate::registry`].
+//! [`crate::registry`], and which port a name has in [`crate::directory`].
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::AsRawFd;
@@ -15,13 +15,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{debug, info, info_span, warn};
 
 use super::message::{self, Alive2Req, FrameError, Request, RequestKind};
+use crate::accept::{Acceptor, Admit};
 use crate::config::EpmdConfig;
-use crate::gateway::Gateway;
-use crate::limit::Limit;
+use crate::directory::Directory;
 use crate::metrics as m;
 use crate::registry::{Registration, Registry};
 
@@ -53,67 +52,45 @@ impl ReadError {
 }
 
 /// The EPMD server shared by every EPMD listener.
-pub struct Server {
+#[derive(Debug)]
+pub(crate) struct Server {
     config: EpmdConfig,
-    registry: Arc<Registry>,
-    gateway: Option<Arc<Gateway>>,
+    directory: Arc<Directory>,
     /// Cancelled to stop distgate (an allowed KILL_REQ) and observed to end
     /// registrations when distgate stops.
     shutdown: CancellationToken,
-    tracker: TaskTracker,
-    /// Connections from other hosts; the pod's own are never refused.
-    limit: Limit,
+    /// Limits connections from other hosts; the pod's own are never refused.
+    acceptor: Acceptor,
 }
 
 impl Server {
-    pub fn new(
-        config: EpmdConfig,
-        registry: Arc<Registry>,
-        gateway: Option<Arc<Gateway>>,
-        shutdown: CancellationToken,
-        tracker: TaskTracker,
-    ) -> Self {
-        let limit = Limit::new("epmd", config.max_connections.get());
+    /// A server answering from `directory`; its connections join `acceptor`'s
+    /// tracker, and `acceptor.shutdown` both stops it and is what KILL_REQ cancels.
+    pub(crate) fn new(config: EpmdConfig, directory: Arc<Directory>, acceptor: Acceptor) -> Self {
         Server {
             config,
-            registry,
-            gateway,
-            shutdown,
-            tracker,
-            limit,
+            directory,
+            shutdown: acceptor.shutdown.clone(),
+            acceptor,
         }
     }
 
+    fn registry(&self) -> &Registry {
+        self.directory.registry()
+    }
+
     /// Accepts EPMD connections until shutdown.
-    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
-        loop {
-            let accepted = tokio::select! {
-                _ = self.shutdown.cancelled() => return,
-                accepted = listener.accept() => accepted,
-            };
-            match accepted {
-                Ok((stream, peer)) => {
-                    let local = stream
-                        .local_addr()
-                        .is_ok_and(|addr| is_local(peer.ip(), addr.ip()));
-                    let admission = if local { None } else { self.limit.admit() };
-                    if !local && admission.is_none() {
-                        debug!(%peer, "EPMD connection closed: max_connections reached");
-                        continue;
-                    }
-                    let server = Arc::clone(&self);
-                    let span = info_span!("epmd", %peer);
-                    self.tracker.spawn(
-                        async move {
-                            server.handle(stream, peer).await;
-                            drop(admission);
-                        }
-                        .instrument(span),
-                    );
-                }
-                Err(e) => crate::accept_backoff(&e, &self.shutdown).await,
-            }
-        }
+    pub(crate) async fn serve(self: Arc<Self>, listener: TcpListener) {
+        let admit = |stream: &TcpStream, peer: SocketAddr| {
+            let local = (stream.local_addr()).is_ok_and(|addr| is_local(peer.ip(), addr.ip()));
+            if local { Admit::Exempt } else { Admit::Limited }
+        };
+        let span = |peer: SocketAddr| info_span!("epmd", %peer);
+        let handle = |stream, peer| {
+            let server = Arc::clone(&self);
+            async move { server.handle(stream, peer).await }
+        };
+        self.acceptor.run(listener, admit, span, handle).await;
     }
 
     async fn handle(&self, mut stream: TcpStream, peer: SocketAddr) {
@@ -156,35 +133,21 @@ impl Server {
         match request {
             Request::Alive2(req) => self.alive2(stream, peer, req).await,
             Request::PortPlease2 { name } => {
-                let reply = match self.registry.get(&name) {
-                    Some(n) => message::encode_port2_resp(Some(&message::PortInfo {
-                        port: n.advertised_port(),
-                        node_type: n.node_type,
-                        protocol: n.protocol,
-                        highest_version: n.highest_version,
-                        lowest_version: n.lowest_version,
-                        name: &n.name,
-                        extra: &n.extra,
-                    })),
-                    None => self.routed_port_please(&name).await,
-                };
-                let result = if reply.len() > 2 {
+                let found = self.directory.port_please(&name).await;
+                let result = if found.is_some() {
                     "found"
                 } else {
                     "not_found"
                 };
                 debug!(%name, result, "PORT_PLEASE2_REQ");
                 count_request(kind.as_str(), result);
-                self.reply(stream, &reply).await;
+                self.reply(stream, &message::encode_port2_resp(found.as_ref()))
+                    .await;
             }
             Request::Names => {
                 let mut reply = message::encode_port_header(local_addr.port()).to_vec();
-                for node in self.registry.nodes() {
-                    let line = message::encode_names_line(&node.name, node.advertised_port());
-                    reply.extend_from_slice(line.as_bytes());
-                }
-                for lease in self.registry.leases() {
-                    let line = message::encode_names_line(&lease.name, lease.public_port);
+                for (name, port) in self.directory.names() {
+                    let line = message::encode_names_line(&name, port);
                     reply.extend_from_slice(line.as_bytes());
                 }
                 count_request(kind.as_str(), "ok");
@@ -192,11 +155,11 @@ impl Server {
             }
             Request::Dump => {
                 let mut reply = message::encode_port_header(local_addr.port()).to_vec();
-                for node in self.registry.nodes() {
+                for node in self.registry().nodes() {
                     let line = message::encode_dump_active(&node.name, node.real_port, node.fd);
                     reply.extend_from_slice(line.as_bytes());
                 }
-                for old in self.registry.unused() {
+                for old in self.registry().unused() {
                     let line = message::encode_dump_unused(&old.name, old.port, old.fd);
                     reply.extend_from_slice(line.as_bytes());
                 }
@@ -208,25 +171,6 @@ impl Server {
         }
     }
 
-    /// PORT2_RESP for a name that is not local: the routed lease, or `77 01`.
-    async fn routed_port_please(&self, name: &str) -> Vec<u8> {
-        let lease = match &self.gateway {
-            Some(gateway) if gateway.takes(name) => gateway.port_please(&self.registry, name).await,
-            _ => None,
-        };
-        let info = lease.as_ref().map(|l| message::PortInfo {
-            port: l.public_port,
-            node_type: l.node_type,
-            protocol: l.protocol,
-            highest_version: l.highest_version,
-            lowest_version: l.lowest_version,
-            name,
-            extra: &l.extra,
-        });
-        message::encode_port2_resp(info.as_ref())
-    }
-
-    /// Reads the one request of a connection, closing idle ones after packet_timeout.
     /// The connection's one request, which must arrive whole within `packet_timeout`
     /// of the accept: a client trickling a byte at a time (slowloris) is cut then too.
     async fn read_request(&self, stream: &mut TcpStream) -> Result<Request, ReadError> {
@@ -251,9 +195,9 @@ impl Server {
     async fn alive2(&self, mut stream: TcpStream, peer: SocketAddr, req: Alive2Req) {
         let x_resp = req.wants_x_resp();
         let upstream_ip = loopback_like(peer.ip());
-        let registered = self
-            .registry
-            .register(&req, stream.as_raw_fd(), upstream_ip, unix_now());
+        let registered =
+            self.registry()
+                .register(&req, stream.as_raw_fd(), upstream_ip, unix_now());
         let name = String::from_utf8_lossy(&req.name).into_owned();
         let registration = match registered {
             Ok(registration) => registration,
@@ -293,7 +237,7 @@ impl Server {
         } else {
             "reply not taken"
         };
-        if let Some(node) = self.registry.unregister(id) {
+        if let Some(node) = self.registry().unregister(id) {
             metrics::gauge!(m::REGISTERED_NODES).decrement(1);
             info!(
                 node = %node.name, real_port = node.real_port, public_port = node.public_port,
@@ -319,7 +263,7 @@ impl Server {
 
     async fn kill(&self, stream: TcpStream) {
         let allowed = self.config.allow_kill
-            && (self.config.relaxed_command_check || self.registry.is_empty());
+            && (self.config.relaxed_command_check || self.registry().is_empty());
         if !allowed {
             info!("KILL_REQ refused");
             count_request("kill", "refused");
@@ -338,7 +282,7 @@ impl Server {
             count_request("stop", "disabled");
             return;
         }
-        let found = self.registry.stop(name);
+        let found = self.registry().stop(name);
         let name = String::from_utf8_lossy(name);
         info!(node = %name, found, "STOP_REQ");
         count_request("stop", if found { "ok" } else { "not_found" });
@@ -378,9 +322,9 @@ fn count_request(kind: &'static str, result: &'static str) {
     metrics::counter!(m::EPMD_REQUESTS, "type" => kind, "result" => result).increment(1);
 }
 
-/// epmd's rule (PROTOCOL.md §1.10): loopback, or the socket's own local address (a
+/// epmd's rule (docs/protocol.md §9): loopback, or the socket's own local address (a
 /// sibling container dialling the pod IP).
-pub fn is_local(peer: IpAddr, local: IpAddr) -> bool {
+pub(crate) fn is_local(peer: IpAddr, local: IpAddr) -> bool {
     let peer = peer.to_canonical();
     peer.is_loopback() || peer == local.to_canonical()
 }

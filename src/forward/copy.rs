@@ -11,13 +11,13 @@ use tokio::net::TcpStream;
 use super::pool::Pool;
 
 /// Size of one copy buffer.
-pub const BUFFER_SIZE: usize = 64 * 1024;
+pub(super) const BUFFER_SIZE: usize = 64 * 1024;
 /// Most idle buffers a pool keeps.
 const MAX_IDLE_BUFFERS: usize = 256;
 
 /// Idle copy buffers shared by every connection.
 #[derive(Debug)]
-pub struct BufferPool(Pool<Box<[u8]>>);
+pub(super) struct BufferPool(Pool<Box<[u8]>>);
 
 impl Default for BufferPool {
     fn default() -> Self {
@@ -39,7 +39,7 @@ impl BufferPool {
 
 /// How a copy pump ended without an I/O error.
 #[derive(Debug, PartialEq, Eq)]
-pub enum End {
+pub(super) enum End {
     /// The source reached EOF and every byte was passed on.
     Eof,
     /// A read filled a whole buffer: bulk data is queued (only with `until_bulk`).
@@ -49,7 +49,7 @@ pub enum End {
 /// Moves bytes from `src` to `dst` until EOF on `src` (or, with `until_bulk`, until a
 /// read fills a whole buffer), adding each byte written to `count`. Does not shut
 /// `dst` down.
-pub async fn pump(
+pub(super) async fn pump(
     pool: &BufferPool,
     src: &TcpStream,
     dst: &TcpStream,

@@ -14,7 +14,7 @@ const MAX_PAUSE: Duration = Duration::from_millis(100);
 
 /// Waits for the first frame on `stream` (at most `limit`) and classifies it. Nothing
 /// is consumed. A peer that closes, errs, or sends too little in time is `Unknown`.
-pub async fn identify(stream: &TcpStream, limit: Duration) -> Caller {
+pub(super) async fn identify(stream: &TcpStream, limit: Duration) -> Caller {
     tokio::time::timeout(limit, first_frame(stream))
         .await
         .ok()

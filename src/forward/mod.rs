@@ -5,32 +5,20 @@
 //! with splice(2) ([`splice`]) or a buffered copy ([`copy`]) as `[forward] mode` says,
 //! falling back to the copy when no pipe can be made.
 
-pub mod copy;
-pub mod identify;
-pub mod pool;
-pub mod public;
-pub mod splice;
+mod copy;
+mod identify;
+mod pool;
+pub(crate) mod public;
+mod splice;
+
+pub use crate::config::Mode;
+pub use splice::{MAX_IDLE_PIPES, PipePool};
 
 use std::io;
 use std::net::Shutdown;
 
-use serde::Deserialize;
 use tokio::net::TcpStream;
 use tracing::warn;
-
-/// How stream bytes are moved.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    /// Per direction: small messages by copy (lower latency, no pipe held), bulk by
-    /// splice from the first read that fills a whole copy buffer until the source is
-    /// drained again. The benchmark chose this (BENCHMARKS.md).
-    Auto,
-    /// splice(2) for everything; a direction that cannot get a pipe falls back to copy.
-    Splice,
-    /// A buffered copy through user space.
-    Copy,
-}
 
 /// What a forwarded stream carried and how it ended.
 #[derive(Debug)]
@@ -51,6 +39,7 @@ pub struct Meter {
 }
 
 impl Meter {
+    /// A meter at 0 that also counts into `live`.
     pub fn new(live: metrics::Counter) -> Meter {
         Meter { total: 0, live }
     }
@@ -61,6 +50,7 @@ impl Meter {
         self.live.increment(n as u64);
     }
 
+    /// Bytes counted so far.
     pub fn total(&self) -> u64 {
         self.total
     }
@@ -84,6 +74,7 @@ impl Engine {
         }
     }
 
+    /// How it moves bytes.
     pub fn mode(&self) -> Mode {
         self.mode
     }

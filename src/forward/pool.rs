@@ -5,13 +5,13 @@ use std::sync::{Mutex, MutexGuard};
 
 /// Idle items of one kind, at most `cap` of them.
 #[derive(Debug)]
-pub struct Pool<T> {
+pub(super) struct Pool<T> {
     idle: Mutex<Vec<T>>,
     cap: usize,
 }
 
 impl<T> Pool<T> {
-    pub fn new(cap: usize) -> Pool<T> {
+    pub(super) fn new(cap: usize) -> Pool<T> {
         Pool {
             idle: Mutex::new(Vec::new()),
             cap,
@@ -26,12 +26,12 @@ impl<T> Pool<T> {
     }
 
     /// An idle item, if any.
-    pub fn take(&self) -> Option<T> {
+    pub(super) fn take(&self) -> Option<T> {
         self.lock().pop()
     }
 
     /// Keeps `item` for reuse, or drops it when the pool is full.
-    pub fn put(&self, item: T) {
+    pub(super) fn put(&self, item: T) {
         let mut idle = self.lock();
         if idle.len() < self.cap {
             idle.push(item);
@@ -39,11 +39,7 @@ impl<T> Pool<T> {
     }
 
     /// How many idle items the pool holds.
-    pub fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.lock().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }

@@ -1,5 +1,6 @@
-//! Public dist ports: a connection to one is forwarded to the real port of the node
-//! that holds it, over loopback. A port no node holds closes the connection at once.
+//! Public dist ports: a connection to one is forwarded to where the directory says the
+//! port goes (a local node's real port over loopback, or a routed name's upstream). A
+//! port nobody holds closes the connection at once.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -7,23 +8,20 @@ use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::timeout;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{debug, info, info_span, warn};
 
+use crate::accept::{Acceptor, Admit};
 use crate::config::DistConfig;
-use crate::gateway::Gateway;
-use crate::limit::Limit;
+use crate::directory::{Destination, Directory};
 use crate::metrics as m;
-use crate::registry::{Registry, Target};
 
 /// The `direction` label of connections that come in on a public port for a local node.
-pub const DIRECTION: &str = "inbound";
+pub(crate) const DIRECTION: &str = "inbound";
 /// The `direction` label of connections forwarded to a routed name's upstream.
-pub const GATEWAY_DIRECTION: &str = "gateway";
+pub(crate) const GATEWAY_DIRECTION: &str = "gateway";
 
 /// A bounded label for how a forwarded stream ended.
-pub fn close_reason(result: &std::io::Result<()>) -> &'static str {
+pub(crate) fn close_reason(result: &std::io::Result<()>) -> &'static str {
     use std::io::ErrorKind::*;
     match result {
         Ok(()) => "closed",
@@ -35,78 +33,53 @@ pub fn close_reason(result: &std::io::Result<()>) -> &'static str {
     }
 }
 
-/// Accepts on the public dist ports and forwards to the nodes holding them.
-pub struct Forwarder {
-    registry: Arc<Registry>,
-    gateway: Option<Arc<Gateway>>,
+/// Accepts on the public dist ports and forwards to where each port goes.
+#[derive(Debug)]
+pub(crate) struct Forwarder {
+    directory: Arc<Directory>,
     engine: Arc<super::Engine>,
     connect_timeout: Duration,
     first_frame_timeout: Duration,
-    shutdown: CancellationToken,
-    tracker: TaskTracker,
-    limit: Limit,
+    acceptor: Acceptor,
 }
 
 impl Forwarder {
-    pub fn new(
-        registry: Arc<Registry>,
-        gateway: Option<Arc<Gateway>>,
+    /// A forwarder to the destinations of `directory`, moving bytes with `engine`.
+    pub(crate) fn new(
+        directory: Arc<Directory>,
         engine: Arc<super::Engine>,
         config: &DistConfig,
-        shutdown: CancellationToken,
-        tracker: TaskTracker,
+        acceptor: Acceptor,
     ) -> Self {
         Forwarder {
-            registry,
-            gateway,
+            directory,
             engine,
             connect_timeout: config.connect_timeout,
             first_frame_timeout: config.first_frame_timeout,
-            shutdown,
-            tracker,
-            limit: Limit::new("dist", config.max_connections.get()),
+            acceptor,
         }
     }
 
     /// Accepts connections on `listener`, which is bound to public port `public_port`,
     /// until shutdown. Connections already forwarded keep going.
-    pub async fn serve(self: Arc<Self>, listener: TcpListener, public_port: u16) {
-        loop {
-            let accepted = tokio::select! {
-                _ = self.shutdown.cancelled() => return,
-                accepted = listener.accept() => accepted,
-            };
-            match accepted {
-                Ok((client, peer)) => {
-                    let Some(admission) = self.limit.admit() else {
-                        debug!(%peer, public_port, "dist connection closed: max_connections reached");
-                        continue;
-                    };
-                    let forwarder = Arc::clone(&self);
-                    let span = info_span!("dist", %peer, public_port);
-                    self.tracker.spawn(
-                        async move {
-                            forwarder.handle(client, public_port).await;
-                            drop(admission);
-                        }
-                        .instrument(span),
-                    );
-                }
-                Err(e) => crate::accept_backoff(&e, &self.shutdown).await,
-            }
-        }
+    pub(crate) async fn serve(self: Arc<Self>, listener: TcpListener, public_port: u16) {
+        let span = |peer: SocketAddr| info_span!("dist", %peer, public_port);
+        let handle = |client, _| {
+            let forwarder = Arc::clone(&self);
+            async move { forwarder.handle(client, public_port).await }
+        };
+        (self.acceptor)
+            .run(listener, |_, _| Admit::Limited, span, handle)
+            .await;
     }
 
     async fn handle(&self, client: TcpStream, public_port: u16) {
-        let (node, target, direction) = match self.registry.target_of(public_port) {
-            Some(Target::Local { name, addr }) => (name, addr, DIRECTION),
-            Some(Target::Routed { name, host, port }) => {
-                let Some(gateway) = &self.gateway else {
-                    return;
-                };
+        let (node, target, direction) = match self.directory.destination(public_port) {
+            Some(Destination::Local { name, addr }) => (name, addr, DIRECTION),
+            Some(Destination::Routed { name, host, port }) => {
                 // Boxed: the resolver's future is large, and every connection's task
                 // would carry its size for the connection's whole life otherwise.
-                match Box::pin(gateway.resolve(&host)).await {
+                match Box::pin(self.directory.resolve(&host)).await {
                     Ok(ip) => (name, SocketAddr::new(ip, port), GATEWAY_DIRECTION),
                     Err(e) => {
                         warn!(node = %name, %host, "upstream does not resolve: {e}");
@@ -185,7 +158,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::registry::PortPlan;
+    use crate::ports::PortPlan;
 
     /// Every open connection's task holds this future for the connection's whole life;
     /// it is most of distgate's memory per idle link (BENCHMARKS.md). A large future
@@ -200,13 +173,17 @@ mod tests {
             pool: vec![1],
             pins: Default::default(),
         };
+        let acceptor = Acceptor {
+            listener: "dist",
+            limit: None,
+            shutdown: Default::default(),
+            tracker: Default::default(),
+        };
         let forwarder = Forwarder::new(
-            Arc::new(Registry::new(plan)),
-            None,
+            Arc::new(Directory::local(plan)),
             Arc::new(super::super::Engine::new(super::super::Mode::Auto, 1 << 20)),
             &DistConfig::default(),
-            CancellationToken::new(),
-            TaskTracker::new(),
+            acceptor,
         );
         let task = forwarder.handle(client, 1);
         let size = std::mem::size_of_val(&task);

@@ -23,7 +23,7 @@ use tokio::net::TcpStream;
 use super::pool::Pool;
 
 /// The kernel's own pipe size, used when a larger one cannot be had.
-pub const DEFAULT_PIPE_SIZE: usize = 64 * 1024;
+pub(super) const DEFAULT_PIPE_SIZE: usize = 64 * 1024;
 /// Most idle pipes a pool keeps; more are closed.
 /// Kept small: every pipe counts against the user's pipe quota (pipe-user-pages-soft).
 pub const MAX_IDLE_PIPES: usize = 16;
@@ -119,7 +119,7 @@ fn max_pipe_size() -> usize {
 
 /// How a splice pump ended without an I/O error.
 #[derive(Debug)]
-pub enum End {
+pub(super) enum End {
     /// The source reached EOF and every byte was passed on.
     Eof,
     /// The source was drained and the pipe is empty (only with `until_idle`).
@@ -138,10 +138,47 @@ fn would_block(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::WouldBlock
 }
 
+/// Passes what the pipe holds on to `dst`; whether `dst` would block.
+fn drain(
+    p: &Pipe,
+    dst: &TcpStream,
+    in_pipe: &mut usize,
+    count: &mut super::Meter,
+) -> io::Result<bool> {
+    let out = || splice(&p.read, None, dst, None, *in_pipe, flags()).map_err(io::Error::from);
+    match dst.try_io(Interest::WRITABLE, out) {
+        Ok(n) => {
+            *in_pipe -= n;
+            count.add(n);
+            Ok(false)
+        }
+        Err(e) if would_block(&e) => Ok(true),
+        Err(e) => Err(e),
+    }
+}
+
+/// Adds to a pipe that holds bytes already; whether anything happened (bytes or EOF).
+/// EAGAIN may mean a full pipe here, so the socket's readiness is left alone and the
+/// drain decides what to wait for.
+fn top_up(src: &TcpStream, p: &Pipe, in_pipe: &mut usize, eof: &mut bool) -> io::Result<bool> {
+    match splice(src, None, &p.write, None, p.capacity - *in_pipe, flags()) {
+        Ok(0) => {
+            *eof = true;
+            Ok(true)
+        }
+        Ok(n) => {
+            *in_pipe += n;
+            Ok(true)
+        }
+        Err(nix::errno::Errno::EAGAIN) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Moves bytes from `src` to `dst` until EOF on `src` with the pipe drained (or, with
 /// `until_idle`, until `src` has nothing more for now), adding each byte passed to
 /// `dst` to `count`. Does not shut `dst` down.
-pub async fn pump(
+pub(super) async fn pump(
     pool: &PipePool,
     src: &TcpStream,
     dst: &TcpStream,
@@ -153,19 +190,10 @@ pub async fn pump(
     let mut eof = false;
     loop {
         tokio::task::consume_budget().await;
-        let mut dst_blocked = false;
-        if let Some(p) = pipe.as_ref().filter(|_| in_pipe > 0) {
-            let out =
-                || splice(&p.read, None, dst, None, in_pipe, flags()).map_err(io::Error::from);
-            match dst.try_io(Interest::WRITABLE, out) {
-                Ok(n) => {
-                    in_pipe -= n;
-                    count.add(n);
-                }
-                Err(e) if would_block(&e) => dst_blocked = true,
-                Err(e) => return Err(e),
-            }
-        }
+        let dst_blocked = match pipe.as_ref().filter(|_| in_pipe > 0) {
+            Some(p) => drain(p, dst, &mut in_pipe, count)?,
+            None => false,
+        };
         if eof {
             if in_pipe == 0 {
                 if let Some(p) = pipe {
@@ -211,21 +239,8 @@ pub async fn pump(
         let Some(p) = pipe.as_ref() else {
             continue;
         };
-        if in_pipe < p.capacity {
-            // Bytes in the pipe: EAGAIN may mean a full pipe, so the socket's readiness
-            // is left alone and the drain decides what to wait for.
-            match splice(src, None, &p.write, None, p.capacity - in_pipe, flags()) {
-                Ok(0) => {
-                    eof = true;
-                    continue;
-                }
-                Ok(n) => {
-                    in_pipe += n;
-                    continue;
-                }
-                Err(nix::errno::Errno::EAGAIN) => {}
-                Err(e) => return Err(e.into()),
-            }
+        if in_pipe < p.capacity && top_up(src, p, &mut in_pipe, &mut eof)? {
+            continue;
         }
         if dst_blocked {
             dst.writable().await?;

@@ -15,20 +15,20 @@ use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
-use super::Gateway;
+use super::{Gateway, Lease};
 use crate::dns::DnsError;
 use crate::epmd::client;
 use crate::metrics as m;
-use crate::registry::{Lease, Registry};
-use crate::route::{self, Records, UpstreamPort};
+use crate::route::{Records, UpstreamPort};
 
 /// Fields a discovered name's lease carries until a PORT_PLEASE2 confirms it upstream
 /// and fills in what the node registered (NAMES does not tell them).
 const UNCONFIRMED: (u8, u8, u16, u16) = (77, 0, 6, 5);
 
+#[derive(Debug)]
 pub(super) struct Discovery {
     /// The index of the route this discovers for.
-    pub route: usize,
+    pub(super) route: usize,
     service: String,
     records: Records,
     epmd_port: u16,
@@ -52,7 +52,12 @@ struct Member {
 }
 
 impl Discovery {
-    pub fn new(route: usize, service: String, records: Records, epmd_port: u16) -> Discovery {
+    pub(super) fn new(
+        route: usize,
+        service: String,
+        records: Records,
+        epmd_port: u16,
+    ) -> Discovery {
         Discovery {
             route,
             service,
@@ -67,14 +72,14 @@ impl Discovery {
     }
 
     /// The EPMD of the member where `name` was last found.
-    pub fn find(&self, name: &str) -> Option<SocketAddr> {
+    pub(super) fn find(&self, name: &str) -> Option<SocketAddr> {
         self.table().names.get(name).map(|m| m.epmd)
     }
 
     /// Asks DNS and every member, updates the table and the leases; returns how long
     /// until the next refresh.
-    pub async fn refresh(&self, gateway: &Gateway, registry: &Registry) -> Duration {
-        let ttls = gateway.dns.ttls();
+    pub(super) async fn refresh(&self, gateway: &Gateway) -> Duration {
+        let ttls = gateway.dns().ttls();
         let (members, ttl) = match self.members(gateway).await {
             Ok(found) => found,
             Err(e @ DnsError::NotFound { .. }) => {
@@ -94,7 +99,7 @@ impl Discovery {
             }
         };
         let found = self.ask_members(gateway, members).await;
-        self.update(gateway, registry, found);
+        self.update(gateway, found);
         self.table().usable_until = Some(Instant::now() + ttl + ttls.stale_for);
         ttl
     }
@@ -103,7 +108,7 @@ impl Discovery {
     async fn members(&self, gateway: &Gateway) -> Result<(Vec<SocketAddr>, Duration), DnsError> {
         match self.records {
             Records::A => {
-                let answer = gateway.dns.fresh(&self.service).await?;
+                let answer = gateway.dns().fresh(&self.service).await?;
                 let members = answer
                     .addrs
                     .iter()
@@ -112,10 +117,10 @@ impl Discovery {
                 Ok((members, answer.ttl))
             }
             Records::Srv => {
-                let answer = gateway.dns.srv(&self.service).await?;
+                let answer = gateway.dns().srv(&self.service).await?;
                 let mut members = vec![];
                 for (host, port) in &answer.targets {
-                    match gateway.dns.resolve(host).await {
+                    match gateway.dns().resolve(host).await {
                         Ok(resolved) => members
                             .extend(resolved.addrs.iter().map(|&ip| SocketAddr::new(ip, *port))),
                         Err(e) => {
@@ -138,7 +143,7 @@ impl Discovery {
         members.dedup();
         let mut asks = JoinSet::new();
         for (order, epmd) in members.into_iter().enumerate() {
-            let limit = gateway.timeout;
+            let limit = gateway.ask_timeout();
             asks.spawn(async move { (order, epmd, client::names(epmd, limit).await) });
         }
         let mut answers = vec![];
@@ -164,17 +169,11 @@ impl Discovery {
 
     /// Replaces the table with the names found that this route takes, and brings the
     /// leases along: new names leased, moved names re-pointed, gone names given back.
-    fn update(
-        &self,
-        gateway: &Gateway,
-        registry: &Registry,
-        found: Vec<(SocketAddr, Vec<(String, u16)>)>,
-    ) {
+    fn update(&self, gateway: &Gateway, found: Vec<(SocketAddr, Vec<(String, u16)>)>) {
         let mut names = BTreeMap::new();
         for (epmd, listed) in found {
             for (name, port) in listed {
-                let ours =
-                    route::route(&gateway.routes, &name).map(|t| t.route) == Some(self.route);
+                let ours = gateway.route_match(&name).map(|m| m.route) == Some(self.route);
                 if !ours {
                     continue;
                 }
@@ -188,14 +187,14 @@ impl Discovery {
         }
         let old = std::mem::take(&mut self.table().names);
         for name in old.keys().filter(|n| !names.contains_key(*n)) {
-            if registry.release(name) {
+            if gateway.give_back(name) {
                 info!(service = %self.service, node = %name, "discovered name gone; lease given back");
             }
         }
-        let leases = registry.leases();
-        let route = &gateway.routes[self.route];
+        let leases = gateway.leases();
+        let route_port = gateway.route_port(self.route);
         for (name, member) in &names {
-            let dist_port = match route.port {
+            let dist_port = match route_port {
                 UpstreamPort::Fixed(port) => port,
                 UpstreamPort::Epmd => member.port,
             };
@@ -230,7 +229,7 @@ impl Discovery {
                     extra: vec![],
                 },
             };
-            gateway.lease(registry, lease);
+            gateway.lease(lease);
         }
         ::metrics::gauge!(m::DISCOVERED_NAMES, "service" => self.service.clone())
             .set(names.len() as f64);

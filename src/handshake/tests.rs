@@ -1,10 +1,10 @@
-//! Tests of the first-frame classifier: the trace PROTOCOL.md records from OTP 25, the
+//! Tests of the first-frame classifier: the trace docs/protocol.md records from OTP 25, the
 //! old `n` form, every truncation point, TLS ClientHellos with and without SNI, and
 //! garbage.
 
 use super::*;
 
-/// `send_name` as OTP 25 sent it (PROTOCOL.md §3.2).
+/// `send_name` as OTP 25 sent it (docs/protocol.md §13).
 fn otp25_send_name() -> Vec<u8> {
     let mut frame = vec![0x00, 0x1a, b'N'];
     frame.extend_from_slice(&0x0000_000d_07df_7fbd_u64.to_be_bytes());
@@ -173,7 +173,7 @@ fn send_name_round_trips() {
 
 #[test]
 fn challenge_from_the_otp25_trace_parses() {
-    // B→A challenge of PROTOCOL.md §3.2, after its u16 length.
+    // B→A challenge of docs/protocol.md §13, after its u16 length.
     let mut payload = vec![b'N'];
     payload.extend_from_slice(&OTP25_FLAGS.to_be_bytes());
     payload.extend_from_slice(&0xc9e0_8fc7_u32.to_be_bytes());

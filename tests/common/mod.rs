@@ -2,7 +2,7 @@
 //! clients, real `epmd` and `erl` processes owned by the test (ended by PID on drop),
 //! and polling with deadlines instead of sleeps.
 
-#![allow(dead_code)]
+#![allow(dead_code, unreachable_pub)] // each test crate uses some of these helpers
 
 pub mod beam;
 pub mod dnsmasq;
@@ -15,9 +15,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use distgate::config::{Config, NamesFrom};
+use distgate::directory::Directory;
 use distgate::epmd::message::{self, Alive2Req};
-use distgate::registry::{PortPlan, Registry};
-use distgate::{Listeners, Sidecar};
+use distgate::gateway::Gateway;
+use distgate::ports::PortPlan;
+use distgate::registry::Registry;
+use distgate::{Distgate, Listeners};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -52,6 +55,10 @@ pub struct TestSidecar {
     /// The public dist ports, in pool order.
     pub public_ports: Vec<u16>,
     pub registry: Arc<Registry>,
+    /// Names and ports, local and routed.
+    pub directory: Arc<Directory>,
+    /// The gateway, when the options have routes.
+    pub gateway: Option<Arc<Gateway>>,
     pub shutdown: CancellationToken,
     pub task: tokio::task::JoinHandle<distgate::Drain>,
 }
@@ -136,12 +143,13 @@ impl TestSidecar {
         let shutdown = CancellationToken::new();
         // The recorder first, so metrics set up with the sidecar are recorded too.
         let metrics = options.admin.then(recorder);
-        let gateway = distgate::gateway::Gateway::from_config(&options.config).unwrap();
-        let mut sidecar = Sidecar::with_gateway(&options.config, plan, gateway, shutdown.clone());
+        let mut sidecar = Distgate::new(&options.config, plan, shutdown.clone()).unwrap();
         if let Some(handle) = metrics {
             sidecar.set_metrics(handle);
         }
         let registry = Arc::clone(sidecar.registry());
+        let directory = Arc::clone(sidecar.directory());
+        let gateway = sidecar.gateway().cloned();
         let grace = options.config.shutdown.grace;
         let task = tokio::spawn(sidecar.run(listeners, grace));
         TestSidecar {
@@ -149,9 +157,16 @@ impl TestSidecar {
             admin,
             public_ports,
             registry,
+            directory,
+            gateway,
             shutdown,
             task,
         }
+    }
+
+    /// The gateway's leases (none without routes).
+    pub fn leases(&self) -> Vec<distgate::gateway::Lease> {
+        self.gateway.as_ref().map_or_else(Vec::new, |g| g.leases())
     }
 
     pub fn public_addr(&self, index: usize) -> SocketAddr {

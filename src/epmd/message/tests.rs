@@ -1,5 +1,5 @@
 //! Codec tests: every request, every truncation point, every malformed field, and the
-//! reply bytes PROTOCOL.md records from the real epmd.
+//! reply bytes docs/protocol.md records from the real epmd.
 
 use super::*;
 
@@ -21,7 +21,7 @@ fn malformed_kind(result: Result<Option<Request>, FrameError>) -> &'static str {
 
 #[test]
 fn alive2_req_from_a_real_otp25_node_decodes() {
-    // PROTOCOL.md §1.3: node b@127.0.0.1, port 43783, high 6, low 5.
+    // docs/protocol.md §3: node b@127.0.0.1, port 43783, high 6, low 5.
     let wire = [
         0x00, 0x0e, 0x78, 0xab, 0x07, 0x4d, 0x00, 0x00, 0x06, 0x00, 0x05, 0x00, 0x01, 0x62, 0x00,
         0x00,
@@ -267,15 +267,15 @@ fn alive2_replies_match_epmd() {
 
 #[test]
 fn port2_replies_match_epmd() {
-    // PROTOCOL.md §1.6: "alpha", port 50001, hv6/lv6, no extra.
-    let info = PortInfo {
+    // docs/protocol.md §5: "alpha", port 50001, hv6/lv6, no extra.
+    let info = Port2Resp {
         port: 50001,
         node_type: 77,
         protocol: 0,
         highest_version: 6,
         lowest_version: 6,
-        name: "alpha",
-        extra: b"",
+        name: "alpha".into(),
+        extra: vec![],
     };
     assert_eq!(
         encode_port2_resp(Some(&info)),
@@ -284,8 +284,8 @@ fn port2_replies_match_epmd() {
             0x70, 0x68, 0x61, 0x00, 0x00
         ]
     );
-    let with_extra = PortInfo {
-        extra: b"EXT\0\x01",
+    let with_extra = Port2Resp {
+        extra: b"EXT\0\x01".to_vec(),
         ..info
     };
     assert!(encode_port2_resp(Some(&with_extra)).ends_with(&[0, 5, b'E', b'X', b'T', 0, 1]));
@@ -330,14 +330,14 @@ fn frame_errors_have_bounded_reasons() {
 
 #[test]
 fn port2_replies_decode_back() {
-    let info = PortInfo {
+    let info = Port2Resp {
         port: 50001,
         node_type: 77,
         protocol: 0,
         highest_version: 6,
         lowest_version: 5,
-        name: "alpha",
-        extra: b"EXT\0\x01",
+        name: "alpha".into(),
+        extra: b"EXT\0\x01".to_vec(),
     };
     let wire = encode_port2_resp(Some(&info));
     let back = decode_port2_resp(&wire).unwrap().unwrap();

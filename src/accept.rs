@@ -1,0 +1,166 @@
+//! The one accept loop every listener (EPMD, dist, admin) runs: the connection limit,
+//! a back-off on accept errors that grows (capped) and resets once an accept works,
+//! one tracked task and one tracing span per connection. What a connection is for is
+//! the caller's `handle`; this module only accepts.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, Span, debug, warn};
+
+use crate::limit::Limit;
+use crate::metrics as m;
+
+/// First wait after an accept error (running out of descriptors, usually).
+const FIRST_BACKOFF: Duration = Duration::from_millis(10);
+/// Longest wait between accept errors.
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+/// Whether a connection counts against a listener's limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Admit {
+    /// It takes a place under the limit (and is refused when none is left).
+    Limited,
+    /// It is never refused (the pod's own nodes registering).
+    Exempt,
+}
+
+/// What an accept loop serves with: its limit, the shutdown that ends it, and the
+/// tracker its connection tasks join.
+#[derive(Debug, Clone)]
+pub(crate) struct Acceptor {
+    /// The `listener` label of the limit and the logs.
+    pub(crate) listener: &'static str,
+    /// `None`: no limit.
+    pub(crate) limit: Option<Arc<Limit>>,
+    /// Ends the loop; connections already accepted go on.
+    pub(crate) shutdown: CancellationToken,
+    /// Every connection's task, so that shutdown can wait for them.
+    pub(crate) tracker: TaskTracker,
+}
+
+impl Acceptor {
+    /// Accepts on `listener` until shutdown. Each connection that `admit` lets in (and
+    /// the limit has room for) runs `handle` in a task of its own, inside `span`.
+    pub(crate) async fn run<A, S, H, F>(&self, listener: TcpListener, admit: A, span: S, handle: H)
+    where
+        A: Fn(&TcpStream, SocketAddr) -> Admit,
+        S: Fn(SocketAddr) -> Span,
+        H: Fn(TcpStream, SocketAddr) -> F,
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let mut backoff = FIRST_BACKOFF;
+        loop {
+            let accepted = tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                accepted = listener.accept() => accepted,
+            };
+            let (stream, peer) = match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    warn!(listener = self.listener, "accept failed: {e}");
+                    ::metrics::counter!(m::ACCEPT_ERRORS).increment(1);
+                    tokio::select! {
+                        _ = self.shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = next_backoff(backoff);
+                    continue;
+                }
+            };
+            backoff = FIRST_BACKOFF;
+            let admission = match (&self.limit, admit(&stream, peer)) {
+                (Some(limit), Admit::Limited) => match limit.admit() {
+                    Some(admission) => Some(admission),
+                    None => {
+                        debug!(%peer, listener = self.listener, "connection closed: max_connections reached");
+                        continue;
+                    }
+                },
+                _ => None,
+            };
+            let task = handle(stream, peer);
+            self.tracker.spawn(
+                async move {
+                    task.await;
+                    drop(admission);
+                }
+                .instrument(span(peer)),
+            );
+        }
+    }
+}
+
+/// The wait after another accept error: doubled, capped.
+fn next_backoff(backoff: Duration) -> Duration {
+    (backoff * 2).min(MAX_BACKOFF)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    #[test]
+    fn the_backoff_doubles_up_to_its_cap() {
+        let mut waits = vec![FIRST_BACKOFF];
+        for _ in 0..8 {
+            waits.push(next_backoff(*waits.last().unwrap()));
+        }
+        let ms: Vec<u128> = waits.iter().map(Duration::as_millis).collect();
+        assert_eq!(ms, [10, 20, 40, 80, 160, 320, 640, 1000, 1000]);
+    }
+
+    /// A connection past the limit is closed at once; the one admitted runs in a
+    /// tracked task that outlives the loop and that shutdown can wait for.
+    #[tokio::test]
+    async fn the_limit_refuses_and_the_tracker_counts() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let acceptor = Acceptor {
+            listener: "test",
+            limit: Some(Arc::new(Limit::new("test", 1))),
+            shutdown: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+        };
+        let release = CancellationToken::new();
+        let serving = {
+            let (acceptor, release) = (acceptor.clone(), release.clone());
+            tokio::spawn(async move {
+                let handle = move |stream: TcpStream, _| {
+                    let release = release.clone();
+                    async move {
+                        release.cancelled().await;
+                        drop(stream);
+                    }
+                };
+                acceptor
+                    .run(listener, |_, _| Admit::Limited, |_| Span::none(), handle)
+                    .await;
+            })
+        };
+        let _held = TcpStream::connect(addr).await.unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while acceptor.tracker.is_empty() {
+            assert!(tokio::time::Instant::now() < deadline, "never admitted");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let mut refused = TcpStream::connect(addr).await.unwrap();
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_secs(10), refused.read(&mut byte));
+        assert_eq!(read.await.unwrap().unwrap(), 0, "not closed at accept");
+        assert_eq!(acceptor.tracker.len(), 1);
+        acceptor.shutdown.cancel();
+        serving.await.unwrap();
+        release.cancel();
+        acceptor.tracker.close();
+        tokio::time::timeout(Duration::from_secs(10), acceptor.tracker.wait())
+            .await
+            .unwrap();
+    }
+}

@@ -1,0 +1,213 @@
+//! The configuration as written: the raw TOML shapes, deserialized with serde, and
+//! their validation into a [`Config`] (cross-key rules: ports that collide, pins
+//! outside the pool, durations of zero). Each error names its key and, where the file
+//! says, its span.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::num::NonZeroUsize;
+use std::ops::Range;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde::de::{self, Deserializer};
+use toml::Spanned;
+
+use super::{
+    AdminConfig, Config, DistConfig, DnsConfig, EpmdConfig, ForwardConfig, MAX_POOL_PORTS,
+    MIN_PIPE_SIZE, ShutdownConfig, check_node_name,
+};
+use crate::route::Route;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(super) struct RawConfig {
+    epmd: EpmdConfig,
+    dist: RawDist,
+    forward: ForwardConfig,
+    admin: AdminConfig,
+    shutdown: ShutdownConfig,
+    route: Vec<Route>,
+    dns: DnsConfig,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawDist {
+    listen: Vec<IpAddr>,
+    ports: Spanned<PortPool>,
+    pins: BTreeMap<String, Spanned<u16>>,
+    #[serde(with = "humantime_serde")]
+    connect_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    first_frame_timeout: Duration,
+    max_connections: NonZeroUsize,
+}
+
+impl Default for RawDist {
+    fn default() -> Self {
+        let d = DistConfig::default();
+        RawDist {
+            listen: d.listen,
+            ports: Spanned::new(0..0, PortPool(d.ports)),
+            pins: BTreeMap::new(),
+            connect_timeout: d.connect_timeout,
+            first_frame_timeout: d.first_frame_timeout,
+            max_connections: d.max_connections,
+        }
+    }
+}
+
+type Invalid = (String, Option<Range<usize>>, String);
+
+impl RawConfig {
+    pub(super) fn validate(self) -> Result<Config, Invalid> {
+        let no_span = |key: &str, message: String| (key.to_owned(), None, message);
+        let epmd = self.epmd;
+        if epmd.listen.is_empty() {
+            return Err(no_span("epmd.listen", "needs at least one address".into()));
+        }
+        let dist = self.dist;
+        if dist.listen.is_empty() {
+            return Err(no_span("dist.listen", "needs at least one address".into()));
+        }
+        if self.dns.min_ttl > self.dns.max_ttl {
+            return Err(no_span(
+                "dns.min_ttl",
+                "is longer than `dns.max_ttl`".into(),
+            ));
+        }
+        for (key, value) in [
+            ("dns.timeout", self.dns.timeout),
+            ("epmd.packet_timeout", epmd.packet_timeout),
+            ("dist.connect_timeout", dist.connect_timeout),
+            ("dist.first_frame_timeout", dist.first_frame_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(no_span(key, "must be more than 0".into()));
+            }
+        }
+        if self.forward.pipe_size < MIN_PIPE_SIZE {
+            let message = format!("must be at least {MIN_PIPE_SIZE} bytes");
+            return Err(no_span("forward.pipe_size", message));
+        }
+        let pool_span = dist.ports.span();
+        let pool = dist.ports.into_inner().0;
+        for &port in &pool {
+            if epmd.listen.iter().any(|a| a.port() == port) {
+                let message = format!("port {port} is also an `epmd.listen` port");
+                return Err(("dist.ports".into(), Some(pool_span), message));
+            }
+        }
+        let mut pins = BTreeMap::new();
+        let mut pinned_ports: BTreeMap<u16, String> = BTreeMap::new();
+        for (name, port) in dist.pins {
+            let key = format!("dist.pins.{name}");
+            let span = Some(port.span());
+            let port = port.into_inner();
+            if let Err(reason) = check_node_name(&name) {
+                return Err((key, span, reason));
+            }
+            if !pool.contains(&port) {
+                let message = format!("port {port} is not in `dist.ports`");
+                return Err((key, span, message));
+            }
+            if let Some(other) = pinned_ports.insert(port, name.clone()) {
+                let message = format!("port {port} is already pinned to `{other}`");
+                return Err((key, span, message));
+            }
+            pins.insert(name, port);
+        }
+        Ok(Config {
+            epmd,
+            dist: DistConfig {
+                listen: dist.listen,
+                ports: pool,
+                pins,
+                connect_timeout: dist.connect_timeout,
+                first_frame_timeout: dist.first_frame_timeout,
+                max_connections: dist.max_connections,
+            },
+            forward: self.forward,
+            admin: self.admin,
+            shutdown: self.shutdown,
+            routes: self.route,
+            dns: self.dns,
+        })
+    }
+}
+
+/// The public port pool: a list of ports and `"first-last"` ranges, unique.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct PortPool(Vec<u16>);
+
+impl<'de> Deserialize<'de> for PortPool {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let specs = Vec::<PortSpec>::deserialize(deserializer)?;
+        let mut ports = Vec::new();
+        for spec in specs {
+            for port in spec.0 {
+                if ports.contains(&port) {
+                    return Err(de::Error::custom(format!("port {port} is listed twice")));
+                }
+                ports.push(port);
+                if ports.len() > MAX_POOL_PORTS {
+                    let message = format!("more than {MAX_POOL_PORTS} ports");
+                    return Err(de::Error::custom(message));
+                }
+            }
+        }
+        Ok(PortPool(ports))
+    }
+}
+
+/// One pool entry: a port number or a `"first-last"` range.
+struct PortSpec(std::ops::RangeInclusive<u16>);
+
+impl<'de> Deserialize<'de> for PortSpec {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(PortSpecVisitor)
+    }
+}
+
+struct PortSpecVisitor;
+
+fn port_number<E: de::Error>(value: i64) -> Result<u16, E> {
+    u16::try_from(value)
+        .ok()
+        .filter(|&p| p != 0)
+        .ok_or_else(|| E::custom(format!("port {value} is out of range 1-65535")))
+}
+
+impl de::Visitor<'_> for PortSpecVisitor {
+    type Value = PortSpec;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a port number or a \"first-last\" range")
+    }
+
+    fn visit_i64<E: de::Error>(self, value: i64) -> Result<PortSpec, E> {
+        let port = port_number(value)?;
+        Ok(PortSpec(port..=port))
+    }
+
+    fn visit_u64<E: de::Error>(self, value: u64) -> Result<PortSpec, E> {
+        self.visit_i64(i64::try_from(value).unwrap_or(i64::MAX))
+    }
+
+    fn visit_str<E: de::Error>(self, value: &str) -> Result<PortSpec, E> {
+        let bad = || {
+            E::custom(format!(
+                "`{value}` is not a port range like \"43691-43699\""
+            ))
+        };
+        let (first, last) = value.split_once('-').ok_or_else(bad)?;
+        let parse = |s: &str| s.trim().parse::<i64>().map_err(|_| bad());
+        let (first, last) = (port_number(parse(first)?)?, port_number(parse(last)?)?);
+        if first > last {
+            return Err(E::custom(format!("range `{value}` runs backwards")));
+        }
+        Ok(PortSpec(first..=last))
+    }
+}
