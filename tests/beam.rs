@@ -11,7 +11,6 @@ mod common;
 
 use std::io::Write;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use common::beam::{
     COOKIE, IDLE, Output, WithB, erl, node_deadline, registered, runtime, with_node_b,
@@ -109,14 +108,11 @@ fn a_restarted_node_gets_a_higher_creation() {
     let mut first = Output::spawn("first run", &mut erl(&name, dg.epmd.port(), IDLE));
     let c1: u64 = first.wait_for("READY ", node_deadline()).parse().unwrap();
     drop(first);
-    let start = Instant::now();
-    while dg.registry.get(&short).is_some() {
-        assert!(
-            start.elapsed() < node_deadline(),
-            "registration outlived the node"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    eventually_blocking(
+        node_deadline(),
+        "the registration to end with the node",
+        || dg.registry.get(&short).is_none().then_some(()),
+    );
     let mut second = Output::spawn("second run", &mut erl(&name, dg.epmd.port(), IDLE));
     let c2: u64 = second.wait_for("READY ", node_deadline()).parse().unwrap();
     assert!(c2 > c1, "creation {c2} after {c1}");
@@ -290,19 +286,11 @@ halt().
         ("peer", a_name.as_str()),
         ("direction", "inbound"),
     ];
-    let start = Instant::now();
-    let text = loop {
+    let closed = [labels.as_slice(), &[("reason", "closed")]].concat();
+    let text = eventually_blocking(node_deadline(), "the link to be counted closed", || {
         let text = scrape(&rt, &dg);
-        let closed = [labels.as_slice(), &[("reason", "closed")]].concat();
-        if sample(&text, "distgate_dist_connections_closed_total", &closed).is_some() {
-            break text;
-        }
-        assert!(
-            start.elapsed() < node_deadline(),
-            "link never closed:\n{text}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+        sample(&text, "distgate_dist_connections_closed_total", &closed).map(|_| text)
+    });
     // What a sent is what distgate received from the peer, and the other way round.
     assert_eq!(
         sample(&text, "distgate_dist_received_bytes_total", &labels),

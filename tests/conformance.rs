@@ -9,7 +9,9 @@
 
 mod common;
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::process::{Command, Stdio};
 
 use common::*;
@@ -17,65 +19,75 @@ use distgate::epmd::message::{self, Alive2Req, encode_alive2_req, frame};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+/// One conformance case: a conversation with the EPMD at the address, and what it saw.
+type Case = fn(SocketAddr) -> Pin<Box<dyn Future<Output = Vec<String>> + Send>>;
+
+/// A table of cases, each named once: its function's name.
+macro_rules! cases {
+    ($($case:ident),* $(,)?) => {
+        &[$((stringify!($case), |addr| Box::pin($case(addr)))),*]
+    };
+}
+
 /// Every case; each runs against a fresh epmd and a fresh distgate.
-const CASES: &[&str] = &[
-    "names_empty",
-    "names_newest_first",
-    "names_split_byte_by_byte",
-    "names_half_close_after_request",
-    "names_long_payload_ignored",
-    "alive2_v6_reply",
-    "alive2_v5_reply",
-    "alive2_split_byte_by_byte",
-    "alive2_port_zero_type_protocol_echoed",
-    "alive2_duplicate_keeps_owner",
-    "alive2_bad_utf8",
-    "alive2_255_chars",
-    "alive2_256_chars",
-    "alive2_255_four_byte_chars",
-    "alive2_1021_byte_name",
-    "alive2_extra_too_long",
-    "alive2_empty_name",
-    "alive2_empty_name_with_extra",
-    "alive2_nul_in_name",
-    "alive2_name_len_overflow",
-    "alive2_extra_len_overflow",
-    "alive2_too_short",
-    "alive2_bytes_after_extra",
-    "registration_ends_on_close",
-    "registration_ends_on_half_close",
-    "registration_ends_on_stray_byte",
-    "registration_ends_on_second_alive2",
-    "port_please_found_with_extra",
-    "port_please_v5_node",
-    "port_please_unknown",
-    "port_please_trailing_nul",
-    "port_please_two_trailing_nuls",
-    "port_please_inner_nul",
-    "port_please_bad_utf8",
-    "port_please_254_chars",
-    "port_please_255_chars",
-    "port_please_empty",
-    "zero_length",
-    "length_3057",
-    "length_3058",
-    "unknown_command",
-    "reply_command_as_request",
-    "trailing_junk_same_write",
-    "pipelined_requests",
-    "half_close_mid_frame",
-    "close_mid_header",
-    "dump_active_and_old",
-    "kill_with_nodes",
-    "stop_not_relaxed",
+const CASES: &[(&str, Case)] = cases![
+    names_empty,
+    names_newest_first,
+    names_split_byte_by_byte,
+    names_half_close_after_request,
+    names_long_payload_ignored,
+    alive2_v6_reply,
+    alive2_v5_reply,
+    alive2_split_byte_by_byte,
+    alive2_port_zero_type_protocol_echoed,
+    alive2_duplicate_keeps_owner,
+    alive2_bad_utf8,
+    alive2_255_chars,
+    alive2_256_chars,
+    alive2_255_four_byte_chars,
+    alive2_1021_byte_name,
+    alive2_extra_too_long,
+    alive2_empty_name,
+    alive2_empty_name_with_extra,
+    alive2_nul_in_name,
+    alive2_name_len_overflow,
+    alive2_extra_len_overflow,
+    alive2_too_short,
+    alive2_bytes_after_extra,
+    registration_ends_on_close,
+    registration_ends_on_half_close,
+    registration_ends_on_stray_byte,
+    registration_ends_on_second_alive2,
+    port_please_found_with_extra,
+    port_please_v5_node,
+    port_please_unknown,
+    port_please_trailing_nul,
+    port_please_two_trailing_nuls,
+    port_please_inner_nul,
+    port_please_bad_utf8,
+    port_please_254_chars,
+    port_please_255_chars,
+    port_please_empty,
+    zero_length,
+    length_3057,
+    length_3058,
+    unknown_command,
+    reply_command_as_request,
+    trailing_junk_same_write,
+    pipelined_requests,
+    half_close_mid_frame,
+    close_mid_header,
+    dump_active_and_old,
+    kill_with_nodes,
+    stop_not_relaxed,
 ];
 
 /// Cases that need `-relaxed_command_check` on both sides.
-const RELAXED_CASES: &[&str] = &[
-    "stop_found",
-    "stop_unknown",
-    "stop_empty",
-    "kill_relaxed_with_nodes",
+const RELAXED_CASES: &[(&str, Case)] = cases![
+    stop_found,
+    stop_unknown,
+    stop_empty,
+    kill_relaxed_with_nodes,
 ];
 
 struct RealEpmd {
@@ -231,316 +243,523 @@ fn alive2_wire(name: &[u8]) -> Vec<u8> {
     encode_alive2_req(&req(name, 50001))
 }
 
-/// Runs one case and returns what it observed, in order.
-async fn run_case(case: &str, addr: SocketAddr) -> Vec<String> {
+// The cases: each sends its conversation to `addr` and returns what it observed, in
+// order.
+
+async fn names_empty(addr: SocketAddr) -> Vec<String> {
+    vec![send(addr, &frame(b"n")).await]
+}
+
+async fn names_newest_first(addr: SocketAddr) -> Vec<String> {
     let mut seen = vec![];
     // Connections that must stay open until the case ends.
     let mut keep = vec![];
-    match case {
-        "names_empty" => seen.push(send(addr, &frame(b"n")).await),
-        "names_newest_first" => {
-            for (name, port) in [("first", 50001), ("second", 50002), ("third", 50003)] {
-                let (stream, reply) = exchange(
-                    addr,
-                    &[&encode_alive2_req(&req(name.as_bytes(), port))],
-                    false,
-                )
-                .await;
-                seen.push(show(addr, &reply));
-                keep.push(stream);
-            }
-            seen.push(send(addr, &frame(b"n")).await);
-        }
-        "names_split_byte_by_byte" => {
-            let (stream, _) = exchange(addr, &[&alive2_wire(b"split")], false).await;
-            keep.push(stream);
-            let wire = frame(b"n");
-            let chunks: Vec<&[u8]> = wire.chunks(1).collect();
-            seen.push(show(addr, &exchange(addr, &chunks, false).await.1));
-        }
-        "names_half_close_after_request" => {
-            seen.push(show(addr, &exchange(addr, &[&frame(b"n")], true).await.1));
-        }
-        "names_long_payload_ignored" => {
-            let mut payload = vec![b'n'];
-            payload.extend([b'q'; 3056]);
-            seen.push(send(addr, &frame(&payload)).await);
-        }
-        "alive2_v6_reply" => {
-            let (stream, reply) = exchange(addr, &[&alive2_wire(b"six")], false).await;
-            seen.push(show(addr, &reply));
-            seen.push(names_of(addr).await);
-            keep.push(stream);
-        }
-        "alive2_v5_reply" => {
-            let old = Alive2Req {
-                highest_version: 5,
-                lowest_version: 5,
-                ..req(b"five", 50001)
-            };
-            let (stream, reply) = exchange(addr, &[&encode_alive2_req(&old)], false).await;
-            seen.push(show(addr, &reply));
-            keep.push(stream);
-        }
-        "alive2_split_byte_by_byte" => {
-            let wire = alive2_wire(b"bytes");
-            let chunks: Vec<&[u8]> = wire.chunks(1).collect();
-            let (stream, reply) = exchange(addr, &chunks, false).await;
-            seen.push(show(addr, &reply));
-            seen.push(names_of(addr).await);
-            keep.push(stream);
-        }
-        "alive2_port_zero_type_protocol_echoed" => {
-            let odd = Alive2Req {
-                port: 0,
-                node_type: 72,
-                protocol: 7,
-                highest_version: 9,
-                lowest_version: 1,
-                ..req(b"odd", 0)
-            };
-            let (stream, reply) = exchange(addr, &[&encode_alive2_req(&odd)], false).await;
-            seen.push(show(addr, &reply));
-            seen.push(send(addr, &frame(b"zodd")).await);
-            keep.push(stream);
-        }
-        "alive2_duplicate_keeps_owner" => {
-            let (owner, first) = exchange(addr, &[&alive2_wire(b"dup")], false).await;
-            seen.push(show(addr, &first));
-            let dup = encode_alive2_req(&req(b"dup", 50002));
-            let (mut second, reply) = exchange(addr, &[&dup], false).await;
-            seen.push(show(addr, &reply));
-            seen.push(send(addr, &frame(b"zdup")).await);
-            // The refused connection ends on its next byte; the owner stays.
-            second.write_all(b"x").await.unwrap();
-            seen.push(format!(
-                "refused socket after a byte: {}",
-                show(addr, &read_reply(&mut second).await)
-            ));
-            seen.push(names_of(addr).await);
-            keep.push(owner);
-        }
-        "alive2_bad_utf8" => seen.push(send(addr, &alive2_wire(b"\xff\xfe")).await),
-        "alive2_255_chars" => {
-            let (stream, reply) = exchange(addr, &[&alive2_wire(&[b'a'; 255])], false).await;
-            seen.push(show(addr, &reply));
-            keep.push(stream);
-        }
-        "alive2_256_chars" => seen.push(send(addr, &alive2_wire(&[b'a'; 256])).await),
-        "alive2_255_four_byte_chars" => {
-            let name = "😀".repeat(255);
-            let (stream, reply) = exchange(addr, &[&alive2_wire(name.as_bytes())], false).await;
-            seen.push(show(addr, &reply));
-            keep.push(stream);
-        }
-        "alive2_1021_byte_name" => {
-            let mut name = "😀".repeat(255).into_bytes();
-            name.push(b'a');
-            seen.push(send(addr, &alive2_wire(&name)).await);
-        }
-        "alive2_extra_too_long" => {
-            let long = Alive2Req {
-                extra: vec![7; 1021],
-                ..req(b"extra", 50001)
-            };
-            seen.push(send(addr, &encode_alive2_req(&long)).await);
-        }
-        "alive2_empty_name" => seen.push(send(addr, &alive2_wire(b"")).await),
-        "alive2_empty_name_with_extra" => {
-            let empty = Alive2Req {
-                extra: vec![1],
-                ..req(b"", 50001)
-            };
-            let (stream, reply) = exchange(addr, &[&encode_alive2_req(&empty)], false).await;
-            seen.push(show(addr, &reply));
-            keep.push(stream);
-        }
-        "alive2_nul_in_name" => seen.push(send(addr, &alive2_wire(b"nu\0l")).await),
-        "alive2_name_len_overflow" => {
-            let mut wire = alive2_wire(b"node");
-            wire[12] = 5;
-            seen.push(send(addr, &wire).await);
-        }
-        "alive2_extra_len_overflow" => {
-            let mut wire = alive2_wire(b"node");
-            wire[17] = 1;
-            seen.push(send(addr, &wire).await);
-        }
-        "alive2_too_short" => seen.push(send(addr, &frame(b"x\x00\x01M\x00")).await),
-        "alive2_bytes_after_extra" => {
-            let mut payload = alive2_wire(b"tail")[2..].to_vec();
-            payload.extend_from_slice(b"more");
-            let (stream, reply) = exchange(addr, &[&frame(&payload)], false).await;
-            seen.push(show(addr, &reply));
-            seen.push(names_of(addr).await);
-            keep.push(stream);
-        }
-        "registration_ends_on_close" => {
-            let (stream, reply) = exchange(addr, &[&alive2_wire(b"bye")], false).await;
-            seen.push(show(addr, &reply));
-            drop(stream);
-            seen.push(gone(addr, "bye").await);
-        }
-        "registration_ends_on_half_close" => {
-            let (mut stream, reply) = exchange(addr, &[&alive2_wire(b"half")], false).await;
-            seen.push(show(addr, &reply));
-            stream.shutdown().await.unwrap();
-            seen.push(gone(addr, "half").await);
-            seen.push(format!(
-                "socket: {}",
-                show(addr, &read_reply(&mut stream).await)
-            ));
-        }
-        "registration_ends_on_stray_byte" => {
-            let (mut stream, reply) = exchange(addr, &[&alive2_wire(b"stray")], false).await;
-            seen.push(show(addr, &reply));
-            stream.write_all(b"?").await.unwrap();
-            seen.push(format!(
-                "socket: {}",
-                show(addr, &read_reply(&mut stream).await)
-            ));
-            seen.push(gone(addr, "stray").await);
-        }
-        "registration_ends_on_second_alive2" => {
-            let (mut stream, reply) = exchange(addr, &[&alive2_wire(b"twice")], false).await;
-            seen.push(show(addr, &reply));
-            stream.write_all(&alive2_wire(b"again")).await.unwrap();
-            seen.push(format!(
-                "socket: {}",
-                show(addr, &read_reply(&mut stream).await)
-            ));
-            seen.push(gone(addr, "twice").await);
-            seen.push(names_of(addr).await);
-        }
-        "port_please_found_with_extra" => {
-            let with_extra = Alive2Req {
-                extra: b"EXT\0\x01".to_vec(),
-                ..req(b"alpha", 50001)
-            };
-            let (stream, _) = exchange(addr, &[&encode_alive2_req(&with_extra)], false).await;
-            keep.push(stream);
-            seen.push(send(addr, &frame(b"zalpha")).await);
-        }
-        "port_please_v5_node" => {
-            let old = Alive2Req {
-                highest_version: 5,
-                lowest_version: 5,
-                ..req(b"old", 50009)
-            };
-            let (stream, _) = exchange(addr, &[&encode_alive2_req(&old)], false).await;
-            keep.push(stream);
-            seen.push(send(addr, &frame(b"zold")).await);
-        }
-        "port_please_unknown" => seen.push(send(addr, &frame(b"znobody")).await),
-        "port_please_trailing_nul" => {
-            let (stream, _) = exchange(addr, &[&alive2_wire(b"nul")], false).await;
-            keep.push(stream);
-            seen.push(send(addr, &frame(b"znul\0")).await);
-        }
-        "port_please_two_trailing_nuls" => seen.push(send(addr, &frame(b"znul\0\0")).await),
-        "port_please_inner_nul" => seen.push(send(addr, &frame(b"zn\0ul")).await),
-        "port_please_bad_utf8" => seen.push(send(addr, &frame(b"z\xff\xfe")).await),
-        "port_please_254_chars" => {
-            let mut wire = vec![b'z'];
-            wire.extend([b'a'; 254]);
-            seen.push(send(addr, &frame(&wire)).await);
-        }
-        "port_please_255_chars" => {
-            let (stream, _) = exchange(addr, &[&alive2_wire(&[b'a'; 255])], false).await;
-            keep.push(stream);
-            let mut wire = vec![b'z'];
-            wire.extend([b'a'; 255]);
-            seen.push(send(addr, &frame(&wire)).await);
-        }
-        "port_please_empty" => seen.push(send(addr, &frame(b"z")).await),
-        "zero_length" => seen.push(send(addr, &[0, 0]).await),
-        "length_3057" => {
-            let mut wire = vec![0x0b, 0xf1, b'z'];
-            wire.extend([b'a'; 3056]);
-            seen.push(send(addr, &wire).await);
-        }
-        "length_3058" => {
-            let mut wire = vec![0x0b, 0xf2, b'n'];
-            wire.extend([b'a'; 3057]);
-            seen.push(send(addr, &wire).await);
-        }
-        "unknown_command" => seen.push(send(addr, &frame(b"qhello")).await),
-        "reply_command_as_request" => seen.push(send(addr, &frame(b"w")).await),
-        "trailing_junk_same_write" => {
-            let mut wire = frame(b"n");
-            wire.push(b'!');
-            seen.push(send(addr, &wire).await);
-        }
-        "pipelined_requests" => {
-            let mut wire = frame(b"znobody");
-            wire.extend(frame(b"n"));
-            seen.push(send(addr, &wire).await);
-        }
-        "half_close_mid_frame" => {
-            seen.push(show(
-                addr,
-                &exchange(addr, &[&frame(b"znobody")[..4]], true).await.1,
-            ));
-        }
-        "close_mid_header" => {
-            let (stream, _) = exchange(addr, &[&alive2_wire(b"alive")], false).await;
-            keep.push(stream);
-            let mut partial = TcpStream::connect(addr).await.unwrap();
-            partial.write_all(&[0]).await.unwrap();
-            drop(partial);
-            seen.push(names_of(addr).await);
-        }
-        "dump_active_and_old" => {
-            let (gone_stream, _) =
-                exchange(addr, &[&encode_alive2_req(&req(b"left", 50007))], false).await;
-            drop(gone_stream);
-            seen.push(gone(addr, "left").await);
-            let (stream, _) = exchange(addr, &[&alive2_wire(b"here")], false).await;
-            keep.push(stream);
-            seen.push(send(addr, &frame(b"d")).await);
-        }
-        "kill_with_nodes" => {
-            let (stream, _) = exchange(addr, &[&alive2_wire(b"alive")], false).await;
-            keep.push(stream);
-            seen.push(send(addr, &frame(b"k")).await);
-            seen.push(names_of(addr).await);
-        }
-        "stop_not_relaxed" => {
-            let (stream, _) = exchange(addr, &[&alive2_wire(b"victim")], false).await;
-            keep.push(stream);
-            seen.push(send(addr, &frame(b"svictim")).await);
-            seen.push(names_of(addr).await);
-        }
-        "stop_found" => {
-            let (mut stream, _) = exchange(addr, &[&alive2_wire(b"victim")], false).await;
-            seen.push(send(addr, &frame(b"svictim")).await);
-            seen.push(format!(
-                "node socket: {}",
-                show(addr, &read_reply(&mut stream).await)
-            ));
-            seen.push(gone(addr, "victim").await);
-        }
-        "stop_unknown" => seen.push(send(addr, &frame(b"snobody")).await),
-        "stop_empty" => seen.push(send(addr, &frame(b"s")).await),
-        "kill_relaxed_with_nodes" => {
-            // Last step of its target: a relaxed epmd exits here.
-            let (stream, _) = exchange(addr, &[&alive2_wire(b"alive")], false).await;
-            keep.push(stream);
-            seen.push(send(addr, &frame(b"k")).await);
-        }
-        other => panic!("no case {other}"),
+    for (name, port) in [("first", 50001), ("second", 50002), ("third", 50003)] {
+        let (stream, reply) = exchange(
+            addr,
+            &[&encode_alive2_req(&req(name.as_bytes(), port))],
+            false,
+        )
+        .await;
+        seen.push(show(addr, &reply));
+        keep.push(stream);
     }
+    seen.push(send(addr, &frame(b"n")).await);
     drop(keep);
     seen
 }
 
-async fn compare(cases: &[&str], relaxed: bool, allow_kill: bool) -> Vec<String> {
+async fn names_split_byte_by_byte(addr: SocketAddr) -> Vec<String> {
+    let mut seen = vec![];
+    // Connections that must stay open until the case ends.
+    let mut keep = vec![];
+    let (stream, _) = exchange(addr, &[&alive2_wire(b"split")], false).await;
+    keep.push(stream);
+    let wire = frame(b"n");
+    let chunks: Vec<&[u8]> = wire.chunks(1).collect();
+    seen.push(show(addr, &exchange(addr, &chunks, false).await.1));
+    drop(keep);
+    seen
+}
+
+async fn names_half_close_after_request(addr: SocketAddr) -> Vec<String> {
+    vec![show(addr, &exchange(addr, &[&frame(b"n")], true).await.1)]
+}
+
+async fn names_long_payload_ignored(addr: SocketAddr) -> Vec<String> {
+    let mut seen = vec![];
+    let mut payload = vec![b'n'];
+    payload.extend([b'q'; 3056]);
+    seen.push(send(addr, &frame(&payload)).await);
+    seen
+}
+
+async fn alive2_v6_reply(addr: SocketAddr) -> Vec<String> {
+    let mut seen = vec![];
+    // Connections that must stay open until the case ends.
+    let mut keep = vec![];
+    let (stream, reply) = exchange(addr, &[&alive2_wire(b"six")], false).await;
+    seen.push(show(addr, &reply));
+    seen.push(names_of(addr).await);
+    keep.push(stream);
+    drop(keep);
+    seen
+}
+
+async fn alive2_v5_reply(addr: SocketAddr) -> Vec<String> {
+    let mut seen = vec![];
+    // Connections that must stay open until the case ends.
+    let mut keep = vec![];
+    let old = Alive2Req {
+        highest_version: 5,
+        lowest_version: 5,
+        ..req(b"five", 50001)
+    };
+    let (stream, reply) = exchange(addr, &[&encode_alive2_req(&old)], false).await;
+    seen.push(show(addr, &reply));
+    keep.push(stream);
+    drop(keep);
+    seen
+}
+
+async fn alive2_split_byte_by_byte(addr: SocketAddr) -> Vec<String> {
+    let mut seen = vec![];
+    // Connections that must stay open until the case ends.
+    let mut keep = vec![];
+    let wire = alive2_wire(b"bytes");
+    let chunks: Vec<&[u8]> = wire.chunks(1).collect();
+    let (stream, reply) = exchange(addr, &chunks, false).await;
+    seen.push(show(addr, &reply));
+    seen.push(names_of(addr).await);
+    keep.push(stream);
+    drop(keep);
+    seen
+}
+
+async fn alive2_port_zero_type_protocol_echoed(addr: SocketAddr) -> Vec<String> {
+    let mut seen = vec![];
+    // Connections that must stay open until the case ends.
+    let mut keep = vec![];
+    let odd = Alive2Req {
+        port: 0,
+        node_type: 72,
+        protocol: 7,
+        highest_version: 9,
+        lowest_version: 1,
+        ..req(b"odd", 0)
+    };
+    let (stream, reply) = exchange(addr, &[&encode_alive2_req(&odd)], false).await;
+    seen.push(show(addr, &reply));
+    seen.push(send(addr, &frame(b"zodd")).await);
+    keep.push(stream);
+    drop(keep);
+    seen
+}
+
+async fn alive2_duplicate_keeps_owner(addr: SocketAddr) -> Vec<String> {
+    let mut seen = vec![];
+    // Connections that must stay open until the case ends.
+    let mut keep = vec![];
+    let (owner, first) = exchange(addr, &[&alive2_wire(b"dup")], false).await;
+    seen.push(show(addr, &first));
+    let dup = encode_alive2_req(&req(b"dup", 50002));
+    let (mut second, reply) = exchange(addr, &[&dup], false).await;
+    seen.push(show(addr, &reply));
+    seen.push(send(addr, &frame(b"zdup")).await);
+    // The refused connection ends on its next byte; the owner stays.
+    second.write_all(b"x").await.unwrap();
+    seen.push(format!(
+        "refused socket after a byte: {}",
+        show(addr, &read_reply(&mut second).await)
+    ));
+    seen.push(names_of(addr).await);
+    keep.push(owner);
+    drop(keep);
+    seen
+}
+
+async fn alive2_bad_utf8(addr: SocketAddr) -> Vec<String> {
+    vec![send(addr, &alive2_wire(b"\xff\xfe")).await]
+}
+
+async fn alive2_255_chars(addr: SocketAddr) -> Vec<String> {
+    let mut seen = vec![];
+    // Connections that must stay open until the case ends.
+    let mut keep = vec![];
+    let (stream, reply) = exchange(addr, &[&alive2_wire(&[b'a'; 255])], false).await;
+    seen.push(show(addr, &reply));
+    keep.push(stream);
+    drop(keep);
+    seen
+}
+
+async fn alive2_256_chars(addr: SocketAddr) -> Vec<String> {
+    vec![send(addr, &alive2_wire(&[b'a'; 256])).await]
+}
+
+async fn alive2_255_four_byte_chars(addr: SocketAddr) -> Vec<String> {
+    let mut seen = vec![];
+    // Connections that must stay open until the case ends.
+    let mut keep = vec![];
+    let name = "😀".repeat(255);
+    let (stream, reply) = exchange(addr, &[&alive2_wire(name.as_bytes())], false).await;
+    seen.push(show(addr, &reply));
+    keep.push(stream);
+    drop(keep);
+    seen
+}
+
+async fn alive2_1021_byte_name(addr: SocketAddr) -> Vec<String> {
+    let mut seen = vec![];
+    let mut name = "😀".repeat(255).into_bytes();
+    name.push(b'a');
+    seen.push(send(addr, &alive2_wire(&name)).await);
+    seen
+}
+
+async fn alive2_extra_too_long(addr: SocketAddr) -> Vec<String> {
+    let mut seen = vec![];
+    let long = Alive2Req {
+        extra: vec![7; 1021],
+        ..req(b"extra", 50001)
+    };
+    seen.push(send(addr, &encode_alive2_req(&long)).await);
+    seen
+}
+
+async fn alive2_empty_name(addr: SocketAddr) -> Vec<String> {
+    vec![send(addr, &alive2_wire(b"")).await]
+}
+
+async fn alive2_empty_name_with_extra(addr: SocketAddr) -> Vec<String> {
+    let mut seen = vec![];
+    // Connections that must stay open until the case ends.
+    let mut keep = vec![];
+    let empty = Alive2Req {
+        extra: vec![1],
+        ..req(b"", 50001)
+    };
+    let (stream, reply) = exchange(addr, &[&encode_alive2_req(&empty)], false).await;
+    seen.push(show(addr, &reply));
+    keep.push(stream);
+    drop(keep);
+    seen
+}
+
+async fn alive2_nul_in_name(addr: SocketAddr) -> Vec<String> {
+    vec![send(addr, &alive2_wire(b"nu\0l")).await]
+}
+
+async fn alive2_name_len_overflow(addr: SocketAddr) -> Vec<String> {
+    let mut seen = vec![];
+    let mut wire = alive2_wire(b"node");
+    wire[12] = 5;
+    seen.push(send(addr, &wire).await);
+    seen
+}
+
+async fn alive2_extra_len_overflow(addr: SocketAddr) -> Vec<String> {
+    let mut seen = vec![];
+    let mut wire = alive2_wire(b"node");
+    wire[17] = 1;
+    seen.push(send(addr, &wire).await);
+    seen
+}
+
+async fn alive2_too_short(addr: SocketAddr) -> Vec<String> {
+    vec![send(addr, &frame(b"x\x00\x01M\x00")).await]
+}
+
+async fn alive2_bytes_after_extra(addr: SocketAddr) -> Vec<String> {
+    let mut seen = vec![];
+    // Connections that must stay open until the case ends.
+    let mut keep = vec![];
+    let mut payload = alive2_wire(b"tail")[2..].to_vec();
+    payload.extend_from_slice(b"more");
+    let (stream, reply) = exchange(addr, &[&frame(&payload)], false).await;
+    seen.push(show(addr, &reply));
+    seen.push(names_of(addr).await);
+    keep.push(stream);
+    drop(keep);
+    seen
+}
+
+async fn registration_ends_on_close(addr: SocketAddr) -> Vec<String> {
+    let mut seen = vec![];
+    let (stream, reply) = exchange(addr, &[&alive2_wire(b"bye")], false).await;
+    seen.push(show(addr, &reply));
+    drop(stream);
+    seen.push(gone(addr, "bye").await);
+    seen
+}
+
+async fn registration_ends_on_half_close(addr: SocketAddr) -> Vec<String> {
+    let mut seen = vec![];
+    let (mut stream, reply) = exchange(addr, &[&alive2_wire(b"half")], false).await;
+    seen.push(show(addr, &reply));
+    stream.shutdown().await.unwrap();
+    seen.push(gone(addr, "half").await);
+    seen.push(format!(
+        "socket: {}",
+        show(addr, &read_reply(&mut stream).await)
+    ));
+    seen
+}
+
+async fn registration_ends_on_stray_byte(addr: SocketAddr) -> Vec<String> {
+    let mut seen = vec![];
+    let (mut stream, reply) = exchange(addr, &[&alive2_wire(b"stray")], false).await;
+    seen.push(show(addr, &reply));
+    stream.write_all(b"?").await.unwrap();
+    seen.push(format!(
+        "socket: {}",
+        show(addr, &read_reply(&mut stream).await)
+    ));
+    seen.push(gone(addr, "stray").await);
+    seen
+}
+
+async fn registration_ends_on_second_alive2(addr: SocketAddr) -> Vec<String> {
+    let mut seen = vec![];
+    let (mut stream, reply) = exchange(addr, &[&alive2_wire(b"twice")], false).await;
+    seen.push(show(addr, &reply));
+    stream.write_all(&alive2_wire(b"again")).await.unwrap();
+    seen.push(format!(
+        "socket: {}",
+        show(addr, &read_reply(&mut stream).await)
+    ));
+    seen.push(gone(addr, "twice").await);
+    seen.push(names_of(addr).await);
+    seen
+}
+
+async fn port_please_found_with_extra(addr: SocketAddr) -> Vec<String> {
+    let mut seen = vec![];
+    // Connections that must stay open until the case ends.
+    let mut keep = vec![];
+    let with_extra = Alive2Req {
+        extra: b"EXT\0\x01".to_vec(),
+        ..req(b"alpha", 50001)
+    };
+    let (stream, _) = exchange(addr, &[&encode_alive2_req(&with_extra)], false).await;
+    keep.push(stream);
+    seen.push(send(addr, &frame(b"zalpha")).await);
+    drop(keep);
+    seen
+}
+
+async fn port_please_v5_node(addr: SocketAddr) -> Vec<String> {
+    let mut seen = vec![];
+    // Connections that must stay open until the case ends.
+    let mut keep = vec![];
+    let old = Alive2Req {
+        highest_version: 5,
+        lowest_version: 5,
+        ..req(b"old", 50009)
+    };
+    let (stream, _) = exchange(addr, &[&encode_alive2_req(&old)], false).await;
+    keep.push(stream);
+    seen.push(send(addr, &frame(b"zold")).await);
+    drop(keep);
+    seen
+}
+
+async fn port_please_unknown(addr: SocketAddr) -> Vec<String> {
+    vec![send(addr, &frame(b"znobody")).await]
+}
+
+async fn port_please_trailing_nul(addr: SocketAddr) -> Vec<String> {
+    let mut seen = vec![];
+    // Connections that must stay open until the case ends.
+    let mut keep = vec![];
+    let (stream, _) = exchange(addr, &[&alive2_wire(b"nul")], false).await;
+    keep.push(stream);
+    seen.push(send(addr, &frame(b"znul\0")).await);
+    drop(keep);
+    seen
+}
+
+async fn port_please_two_trailing_nuls(addr: SocketAddr) -> Vec<String> {
+    vec![send(addr, &frame(b"znul\0\0")).await]
+}
+
+async fn port_please_inner_nul(addr: SocketAddr) -> Vec<String> {
+    vec![send(addr, &frame(b"zn\0ul")).await]
+}
+
+async fn port_please_bad_utf8(addr: SocketAddr) -> Vec<String> {
+    vec![send(addr, &frame(b"z\xff\xfe")).await]
+}
+
+async fn port_please_254_chars(addr: SocketAddr) -> Vec<String> {
+    let mut seen = vec![];
+    let mut wire = vec![b'z'];
+    wire.extend([b'a'; 254]);
+    seen.push(send(addr, &frame(&wire)).await);
+    seen
+}
+
+async fn port_please_255_chars(addr: SocketAddr) -> Vec<String> {
+    let mut seen = vec![];
+    // Connections that must stay open until the case ends.
+    let mut keep = vec![];
+    let (stream, _) = exchange(addr, &[&alive2_wire(&[b'a'; 255])], false).await;
+    keep.push(stream);
+    let mut wire = vec![b'z'];
+    wire.extend([b'a'; 255]);
+    seen.push(send(addr, &frame(&wire)).await);
+    drop(keep);
+    seen
+}
+
+async fn port_please_empty(addr: SocketAddr) -> Vec<String> {
+    vec![send(addr, &frame(b"z")).await]
+}
+
+async fn zero_length(addr: SocketAddr) -> Vec<String> {
+    vec![send(addr, &[0, 0]).await]
+}
+
+async fn length_3057(addr: SocketAddr) -> Vec<String> {
+    let mut seen = vec![];
+    let mut wire = vec![0x0b, 0xf1, b'z'];
+    wire.extend([b'a'; 3056]);
+    seen.push(send(addr, &wire).await);
+    seen
+}
+
+async fn length_3058(addr: SocketAddr) -> Vec<String> {
+    let mut seen = vec![];
+    let mut wire = vec![0x0b, 0xf2, b'n'];
+    wire.extend([b'a'; 3057]);
+    seen.push(send(addr, &wire).await);
+    seen
+}
+
+async fn unknown_command(addr: SocketAddr) -> Vec<String> {
+    vec![send(addr, &frame(b"qhello")).await]
+}
+
+async fn reply_command_as_request(addr: SocketAddr) -> Vec<String> {
+    vec![send(addr, &frame(b"w")).await]
+}
+
+async fn trailing_junk_same_write(addr: SocketAddr) -> Vec<String> {
+    let mut seen = vec![];
+    let mut wire = frame(b"n");
+    wire.push(b'!');
+    seen.push(send(addr, &wire).await);
+    seen
+}
+
+async fn pipelined_requests(addr: SocketAddr) -> Vec<String> {
+    let mut seen = vec![];
+    let mut wire = frame(b"znobody");
+    wire.extend(frame(b"n"));
+    seen.push(send(addr, &wire).await);
+    seen
+}
+
+async fn half_close_mid_frame(addr: SocketAddr) -> Vec<String> {
+    let mut seen = vec![];
+    seen.push(show(
+        addr,
+        &exchange(addr, &[&frame(b"znobody")[..4]], true).await.1,
+    ));
+    seen
+}
+
+async fn close_mid_header(addr: SocketAddr) -> Vec<String> {
+    let mut seen = vec![];
+    // Connections that must stay open until the case ends.
+    let mut keep = vec![];
+    let (stream, _) = exchange(addr, &[&alive2_wire(b"alive")], false).await;
+    keep.push(stream);
+    let mut partial = TcpStream::connect(addr).await.unwrap();
+    partial.write_all(&[0]).await.unwrap();
+    drop(partial);
+    seen.push(names_of(addr).await);
+    drop(keep);
+    seen
+}
+
+async fn dump_active_and_old(addr: SocketAddr) -> Vec<String> {
+    let mut seen = vec![];
+    // Connections that must stay open until the case ends.
+    let mut keep = vec![];
+    let (gone_stream, _) = exchange(addr, &[&encode_alive2_req(&req(b"left", 50007))], false).await;
+    drop(gone_stream);
+    seen.push(gone(addr, "left").await);
+    let (stream, _) = exchange(addr, &[&alive2_wire(b"here")], false).await;
+    keep.push(stream);
+    seen.push(send(addr, &frame(b"d")).await);
+    drop(keep);
+    seen
+}
+
+async fn kill_with_nodes(addr: SocketAddr) -> Vec<String> {
+    let mut seen = vec![];
+    // Connections that must stay open until the case ends.
+    let mut keep = vec![];
+    let (stream, _) = exchange(addr, &[&alive2_wire(b"alive")], false).await;
+    keep.push(stream);
+    seen.push(send(addr, &frame(b"k")).await);
+    seen.push(names_of(addr).await);
+    drop(keep);
+    seen
+}
+
+async fn stop_not_relaxed(addr: SocketAddr) -> Vec<String> {
+    let mut seen = vec![];
+    // Connections that must stay open until the case ends.
+    let mut keep = vec![];
+    let (stream, _) = exchange(addr, &[&alive2_wire(b"victim")], false).await;
+    keep.push(stream);
+    seen.push(send(addr, &frame(b"svictim")).await);
+    seen.push(names_of(addr).await);
+    drop(keep);
+    seen
+}
+
+async fn stop_found(addr: SocketAddr) -> Vec<String> {
+    let mut seen = vec![];
+    let (mut stream, _) = exchange(addr, &[&alive2_wire(b"victim")], false).await;
+    seen.push(send(addr, &frame(b"svictim")).await);
+    seen.push(format!(
+        "node socket: {}",
+        show(addr, &read_reply(&mut stream).await)
+    ));
+    seen.push(gone(addr, "victim").await);
+    seen
+}
+
+async fn stop_unknown(addr: SocketAddr) -> Vec<String> {
+    vec![send(addr, &frame(b"snobody")).await]
+}
+
+async fn stop_empty(addr: SocketAddr) -> Vec<String> {
+    vec![send(addr, &frame(b"s")).await]
+}
+
+async fn kill_relaxed_with_nodes(addr: SocketAddr) -> Vec<String> {
+    let mut seen = vec![];
+    // Connections that must stay open until the case ends.
+    let mut keep = vec![];
+    // Last step of its target: a relaxed epmd exits here.
+    let (stream, _) = exchange(addr, &[&alive2_wire(b"alive")], false).await;
+    keep.push(stream);
+    seen.push(send(addr, &frame(b"k")).await);
+    drop(keep);
+    seen
+}
+
+async fn compare(cases: &[(&str, Case)], relaxed: bool, allow_kill: bool) -> Vec<String> {
     let mut mismatches = vec![];
-    for case in cases {
+    for (case, run) in cases {
         let epmd = real_epmd(relaxed).await;
-        let expected = Box::pin(run_case(case, epmd.addr)).await;
+        let expected = run(epmd.addr).await;
         let ours = distgate(relaxed, allow_kill).await;
-        let actual = Box::pin(run_case(case, ours.addr)).await;
+        let actual = run(ours.addr).await;
         if expected == actual {
             eprintln!("ok   {case}: {expected:?}");
         } else {

@@ -41,9 +41,9 @@ fn engine(mode: Mode) -> Arc<Engine> {
     Arc::new(Engine::new(mode, 256 * 1024))
 }
 
-/// Word `i` of the stream with `seed`: cheap to make and to check.
+/// Word `i` of the stream with `seed`, as bytes.
 fn word(seed: u64, i: u64) -> [u8; 8] {
-    (i.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ seed).to_le_bytes()
+    common::bytes::word(seed, i).to_le_bytes()
 }
 
 /// Writes `total` bytes of the `seed` stream in chunks from `chunk`, then half-closes.

@@ -119,7 +119,7 @@ fn floods_and_garbage_leave_nodes_and_links_working() {
     });
     let opened_in = started.elapsed();
     // Every connection past the limits is closed at accept and counted.
-    let metrics = eventually_sync("the refusals to be counted", || {
+    let metrics = eventually_blocking(node_deadline(), "the refusals to be counted", || {
         let text = metrics_in(&pod_ns);
         let refused = |l| counter(&text, "distgate_connections_refused_total", l);
         (refused("epmd") >= (FLOOD - EPMD_LIMIT) as f64 && refused("dist") >= 1.0).then_some(text)
@@ -159,9 +159,7 @@ fn floods_and_garbage_leave_nodes_and_links_working() {
     drop(flood);
     let garbage_closed = in_netns(&attacker_ns, move || {
         let mut stream = StdStream::connect((target.as_str(), 43691)).unwrap();
-        let junk: Vec<u8> = (0..65_536u32)
-            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
-            .collect();
+        let junk = common::bytes::bytes(13, 65_536);
         let _ = stream.write_all(&junk);
         stream
             .set_read_timeout(Some(Duration::from_secs(20)))
@@ -191,21 +189,6 @@ fn floods_and_garbage_leave_nodes_and_links_working() {
         "no log line for the limit:\n{text}"
     );
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// Polls `check` until it gives a value, for at most the node deadline.
-fn eventually_sync<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(value) = check() {
-            return value;
-        }
-        assert!(
-            start.elapsed() < node_deadline(),
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[tokio::test]

@@ -19,36 +19,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::bytes::Rng;
 use common::*;
 use distgate::forward::Mode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
-
-/// splitmix64: a tiny, well-mixed generator; the same seed gives the same bytes.
-#[derive(Clone)]
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    fn fill(&mut self, buf: &mut [u8]) {
-        for chunk in buf.chunks_mut(8) {
-            let word = self.next().to_le_bytes();
-            chunk.copy_from_slice(&word[..chunk.len()]);
-        }
-    }
-}
 
 /// The bytes of one direction of one stream, produced and checked in any chunking.
 struct Content {
@@ -59,7 +35,7 @@ struct Content {
 impl Content {
     fn new(seed: u64) -> Content {
         Content {
-            rng: Rng(seed),
+            rng: Rng::new(seed),
             pending: vec![],
         }
     }
@@ -243,7 +219,7 @@ async fn round(mode: Mode, streams: usize, rng: &mut Rng) -> u64 {
                         plan.down,
                         plan.seed ^ UP,
                         resets,
-                        Rng(plan.seed.rotate_left(7)),
+                        Rng::new(plan.seed.rotate_left(7)),
                         format!("stream {id} at the node"),
                     )
                     .await;
@@ -274,7 +250,7 @@ async fn round(mode: Mode, streams: usize, rng: &mut Rng) -> u64 {
                 plan.up,
                 plan.seed ^ DOWN,
                 resets,
-                Rng(plan.seed.rotate_left(13)),
+                Rng::new(plan.seed.rotate_left(13)),
                 format!("stream {id} at the client"),
             )
             .await
@@ -320,7 +296,7 @@ async fn soak(mode: Mode) {
     let seconds = env_number("SOAK_SECONDS", 2);
     let streams = env_number("SOAK_STREAMS", 48) as usize;
     let seed = env_number("SOAK_SEED", 0x5eed ^ mode as u64);
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let started = Instant::now();
     let (mut rounds, mut checked) = (0u64, 0u64);
     loop {

@@ -236,14 +236,10 @@ pub fn runtime() -> tokio::runtime::Runtime {
 
 /// Waits until `name` is registered with `dg` and returns its public port.
 pub fn registered(dg: &TestSidecar, name: &str) -> u16 {
-    let start = Instant::now();
-    loop {
-        if let Some(node) = dg.registry.get(name) {
-            return node.public_port.expect("node has no public port");
-        }
-        assert!(start.elapsed() < node_deadline(), "{name} never registered");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let node = super::eventually_blocking(node_deadline(), &format!("{name} to register"), || {
+        dg.registry.get(name)
+    });
+    node.public_port.expect("node has no public port")
 }
 
 /// distgate (two public ports, in-process) with node b registered: b idles.

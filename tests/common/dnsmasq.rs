@@ -25,22 +25,7 @@ pub async fn dnsmasq_srv(records: &[(&str, &str)], srv: &[(&str, &str, u16)], tt
         let port = free_port();
         let mut command = Command::new("dnsmasq");
         command
-            .args([
-                "--keep-in-foreground",
-                "--conf-file=/dev/null",
-                "--no-resolv",
-                "--no-hosts",
-            ])
-            .args([
-                "--listen-address=127.0.0.1",
-                "--bind-interfaces",
-                "--pid-file=",
-                "--user=root",
-            ])
-            // Authoritative for the made-up domain: unknown names are NXDOMAIN.
-            .arg("--local=/cluster.test/")
-            .arg(format!("--port={port}"))
-            .arg(format!("--local-ttl={ttl}"))
+            .args(server_args(port, ttl))
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         command.args(args(records, srv));
@@ -63,6 +48,27 @@ pub async fn dnsmasq_srv(records: &[(&str, &str)], srv: &[(&str, &str, u16)], tt
         }
     }
     panic!("dnsmasq would not start");
+}
+
+/// dnsmasq in the foreground on 127.0.0.1:`port`, no other configuration, authoritative
+/// for the made-up domain `cluster.test` (unknown names are NXDOMAIN), answers given a
+/// TTL of `ttl` seconds.
+pub fn server_args(port: u16, ttl: u32) -> Vec<String> {
+    [
+        "--keep-in-foreground",
+        "--conf-file=/dev/null",
+        "--no-resolv",
+        "--no-hosts",
+        "--listen-address=127.0.0.1",
+        "--bind-interfaces",
+        "--pid-file=",
+        "--user=root",
+        "--local=/cluster.test/",
+    ]
+    .map(str::to_owned)
+    .into_iter()
+    .chain([format!("--port={port}"), format!("--local-ttl={ttl}")])
+    .collect()
 }
 
 /// dnsmasq arguments for `records` (name, address) and `srv` (service, target, port).

@@ -5,6 +5,7 @@
 #![allow(dead_code, unreachable_pub)] // each test crate uses some of these helpers
 
 pub mod beam;
+pub mod bytes;
 pub mod dnsmasq;
 pub mod netns;
 
@@ -31,19 +32,70 @@ pub const DEADLINE: Duration = Duration::from_secs(10);
 /// be shown by waiting; local closes arrive in well under a millisecond).
 pub const SETTLE: Duration = Duration::from_millis(250);
 
-/// Polls `check` until it returns `Some`, failing the test after `DEADLINE`.
-pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+/// The clock of one wait: how long it may last and how long to pause between looks.
+struct Poll<'a> {
+    what: &'a str,
+    start: Instant,
+    deadline: Duration,
+}
+
+impl Poll<'_> {
+    /// Fails the test once the deadline has passed; else the pause before the next look.
+    fn pause(&self) -> Duration {
+        assert!(
+            self.start.elapsed() < self.deadline,
+            "timed out after {:?} waiting for {}",
+            self.deadline,
+            self.what
+        );
+        Duration::from_millis(10)
+    }
+}
+
+/// Polls `check` until it returns `Some`, failing the test once `deadline` has passed.
+pub async fn eventually_within<T, F, Fut>(deadline: Duration, what: &str, mut check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    let start = Instant::now();
+    let poll = Poll {
+        what,
+        start: Instant::now(),
+        deadline,
+    };
     loop {
         if let Some(value) = check().await {
             return value;
         }
-        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        tokio::time::sleep(poll.pause()).await;
+    }
+}
+
+/// [`eventually_within`] with the usual [`DEADLINE`].
+pub async fn eventually<T, F, Fut>(what: &str, check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    eventually_within(DEADLINE, what, check).await
+}
+
+/// [`eventually_within`] for a test that runs on threads rather than a runtime.
+pub fn eventually_blocking<T>(
+    deadline: Duration,
+    what: &str,
+    mut check: impl FnMut() -> Option<T>,
+) -> T {
+    let poll = Poll {
+        what,
+        start: Instant::now(),
+        deadline,
+    };
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        std::thread::sleep(poll.pause());
     }
 }
 
