@@ -15,26 +15,71 @@ use std::fmt;
 use serde::Deserialize;
 use serde::de::{self, Deserializer};
 
+/// A route that cannot be used; the message is what the configuration error says.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RouteError {
+    /// `nodes = ""`.
+    #[error("an empty pattern matches no node name")]
+    EmptyPattern,
+    /// `nodes` with `@host`.
+    #[error("match the name part only, without `@host`")]
+    HostInPattern,
+    /// A placeholder other than `{name}`.
+    #[error("`{0}`: the only placeholder is {{name}}")]
+    Placeholder(String),
+    /// An `upstream` that cannot be a host name.
+    #[error("`{0}` is not a host name")]
+    NotAHost(String),
+    /// A `discover` that cannot be a host name.
+    #[error("`discover`: `{0}` is not a host name")]
+    NotAService(String),
+    /// `records` with `upstream`.
+    #[error("`records` belongs to `discover`, not `upstream`")]
+    RecordsWithoutDiscover,
+    /// Both `upstream` and `discover`.
+    #[error("give `upstream` or `discover`, not both")]
+    Both,
+    /// Neither `upstream` nor `discover`.
+    #[error("missing `upstream` (a host template) or `discover` (a service name)")]
+    Neither,
+}
+
+impl RouteError {
+    /// A bounded label for logs and metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            RouteError::EmptyPattern => "empty_pattern",
+            RouteError::HostInPattern => "host_in_pattern",
+            RouteError::Placeholder(_) => "placeholder",
+            RouteError::NotAHost(_) => "not_a_host",
+            RouteError::NotAService(_) => "not_a_service",
+            RouteError::RecordsWithoutDiscover => "records_without_discover",
+            RouteError::Both => "upstream_and_discover",
+            RouteError::Neither => "no_upstream",
+        }
+    }
+}
+
 /// A glob over node names: `*` matches any run of characters, `?` one character.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "String")]
 pub struct Glob(String);
 
 impl TryFrom<String> for Glob {
-    type Error = String;
-    fn try_from(s: String) -> Result<Glob, String> {
+    type Error = RouteError;
+    fn try_from(s: String) -> Result<Glob, RouteError> {
         Glob::new(&s)
     }
 }
 
 impl Glob {
     /// A glob over name parts; refuses the empty pattern and one with `@`.
-    pub fn new(pattern: &str) -> Result<Glob, String> {
+    pub fn new(pattern: &str) -> Result<Glob, RouteError> {
         if pattern.is_empty() {
-            return Err("an empty pattern matches no node name".into());
+            return Err(RouteError::EmptyPattern);
         }
         if pattern.contains('@') {
-            return Err("match the name part only, without `@host`".into());
+            return Err(RouteError::HostInPattern);
         }
         Ok(Glob(pattern.to_owned()))
     }
@@ -82,21 +127,21 @@ impl fmt::Display for Glob {
 pub struct Template(String);
 
 impl TryFrom<String> for Template {
-    type Error = String;
-    fn try_from(s: String) -> Result<Template, String> {
+    type Error = RouteError;
+    fn try_from(s: String) -> Result<Template, RouteError> {
         Template::new(&s)
     }
 }
 
 impl Template {
     /// A host template; `{name}` is its only placeholder.
-    pub fn new(template: &str) -> Result<Template, String> {
+    pub fn new(template: &str) -> Result<Template, RouteError> {
         let rest = template.replace("{name}", "");
         if rest.contains('{') || rest.contains('}') {
-            return Err(format!("`{template}`: the only placeholder is {{name}}"));
+            return Err(RouteError::Placeholder(template.to_owned()));
         }
         if template.trim().is_empty() || template.contains(char::is_whitespace) {
-            return Err(format!("`{template}` is not a host name"));
+            return Err(RouteError::NotAHost(template.to_owned()));
         }
         Ok(Template(template.to_owned()))
     }
@@ -210,32 +255,26 @@ struct RawRoute {
 }
 
 impl TryFrom<RawRoute> for Route {
-    type Error = String;
-    fn try_from(raw: RawRoute) -> Result<Route, String> {
+    type Error = RouteError;
+    fn try_from(raw: RawRoute) -> Result<Route, RouteError> {
         let upstream = match (raw.upstream, raw.discover) {
             (Some(template), None) => {
                 if raw.records.is_some() {
-                    return Err("`records` belongs to `discover`, not `upstream`".into());
+                    return Err(RouteError::RecordsWithoutDiscover);
                 }
                 Upstream::Host(template)
             }
             (None, Some(service)) => {
                 if service.is_empty() || service.contains(char::is_whitespace) {
-                    return Err(format!("`discover`: `{service}` is not a host name"));
+                    return Err(RouteError::NotAService(service));
                 }
                 Upstream::Discover {
                     service,
                     records: raw.records.unwrap_or(Records::A),
                 }
             }
-            (Some(_), Some(_)) => {
-                return Err("give `upstream` or `discover`, not both".into());
-            }
-            (None, None) => {
-                return Err(
-                    "missing `upstream` (a host template) or `discover` (a service name)".into(),
-                );
-            }
+            (Some(_), Some(_)) => return Err(RouteError::Both),
+            (None, None) => return Err(RouteError::Neither),
         };
         Ok(Route {
             nodes: raw.nodes,
