@@ -5,7 +5,9 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
@@ -13,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, Span, debug, warn};
 
-use crate::limit::Limit;
+use crate::limit::{Admission, Limit};
 use crate::metrics as m;
 
 /// First wait after an accept error (running out of descriptors, usually).
@@ -84,15 +86,40 @@ impl Acceptor {
                 },
                 _ => None,
             };
-            let task = handle(stream, peer);
-            self.tracker.spawn(
-                async move {
-                    task.await;
-                    drop(admission);
-                }
-                .instrument(span(peer)),
-            );
+            self.tracker
+                .spawn(hold(handle(stream, peer), admission, span(peer)));
         }
+    }
+}
+
+/// What a connection's task is: `task` inside `span`, holding `admission` until it ends.
+pub(crate) fn hold<F>(task: F, admission: Option<Admission>, span: Span) -> impl Future<Output = ()>
+where
+    F: Future<Output = ()>,
+{
+    Holding {
+        task,
+        _admission: admission,
+    }
+    .instrument(span)
+}
+
+pin_project_lite::pin_project! {
+    /// A connection's task and its place under the limit, given back when the task
+    /// ends. A struct rather than an `async` block: a block that awaits a future it
+    /// captured keeps room for it twice, and this future lives as long as the link.
+    struct Holding<F> {
+        #[pin]
+        task: F,
+        _admission: Option<Admission>,
+    }
+}
+
+impl<F: Future<Output = ()>> Future for Holding<F> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        self.project().task.poll(cx)
     }
 }
 

@@ -2,6 +2,7 @@
 //! port goes (a local node's real port over loopback, or a routed name's upstream). A
 //! port nobody holds closes the connection at once.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -64,13 +65,20 @@ impl Forwarder {
     /// until shutdown. Connections already forwarded keep going.
     pub(crate) async fn serve(self: Arc<Self>, listener: TcpListener, public_port: u16) {
         let span = |peer: SocketAddr| info_span!("dist", %peer, public_port);
-        let handle = |client, _| {
-            let forwarder = Arc::clone(&self);
-            async move { forwarder.handle(client, public_port).await }
-        };
+        let handle = |client, _| self.connection(client, public_port);
         (self.acceptor)
             .run(listener, |_, _| Admit::Limited, span, handle)
             .await;
+    }
+
+    /// The task of one connection to `public_port`.
+    fn connection(
+        self: &Arc<Self>,
+        client: TcpStream,
+        public_port: u16,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        let forwarder = Arc::clone(self);
+        async move { forwarder.handle(client, public_port).await }
     }
 
     async fn handle(&self, client: TcpStream, public_port: u16) {
@@ -162,7 +170,8 @@ mod tests {
 
     /// Every open connection's task holds this future for the connection's whole life;
     /// it is most of distgate's memory per idle link (BENCHMARKS.md). A large future
-    /// on a rare path (the resolver's, once) grew it by 1.1 KiB unnoticed.
+    /// on a rare path (the resolver's, once) grew it by 1.1 KiB unnoticed, and so did
+    /// an `async` wrapper around it in the accept loop (the whole task counted twice).
     #[tokio::test]
     async fn a_connection_task_stays_small() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -179,14 +188,16 @@ mod tests {
             shutdown: Default::default(),
             tracker: Default::default(),
         };
-        let forwarder = Forwarder::new(
+        let forwarder = Arc::new(Forwarder::new(
             Arc::new(Directory::local(plan)),
             Arc::new(super::super::Engine::new(super::super::Mode::Auto, 1 << 20)),
             &DistConfig::default(),
             acceptor,
-        );
-        let task = forwarder.handle(client, 1);
+        ));
+        let admission = crate::limit::Limit::new("dist", 1).admit();
+        let span = info_span!("dist", public_port = 1);
+        let task = crate::accept::hold(forwarder.connection(client, 1), admission, span);
         let size = std::mem::size_of_val(&task);
-        assert!(size <= 2048, "a connection's future is {size} bytes");
+        assert!(size <= 2048, "a connection's task is {size} bytes");
     }
 }
