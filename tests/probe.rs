@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::beam::{IDLE, Output, erl, node_deadline};
+use common::beam::{IDLE, Output, REPL, Repl, erl, node_deadline, registered};
 use common::*;
 use distgate::handshake;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -97,6 +97,40 @@ fn a_real_node_answers_as_itself() {
         text.ends_with(&format!("ok: {name} answers as itself\n")),
         "{text}"
     );
+}
+
+/// A node makes an atom of a caller's name before it checks anything: probing again
+/// and again must not grow its atom table.
+#[test]
+fn probing_again_makes_no_new_atoms_on_the_node() {
+    if !require(&["erl"]) {
+        return;
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let dg = rt.block_on(TestSidecar::start(Options::default()));
+    let short = unique("atoms");
+    let name = format!("{short}@127.0.0.1");
+    let (mut node, stdin) =
+        Output::spawn_interactive("node", &mut erl(&name, dg.epmd.port(), REPL));
+    let mut repl = Repl::new(stdin);
+    registered(&dg, &short);
+    let atoms = |repl: &mut Repl, node: &mut Output| -> u64 {
+        repl.ask(node, "erlang:system_info(atom_count)")
+            .parse()
+            .unwrap()
+    };
+    // The first probe brings the probe's name (and whatever else a handshake makes).
+    let (code, text) = rt.block_on(probe(&name, dg.epmd.port()));
+    assert_eq!(code, 0, "{text}");
+    // The shell's first answer loads the modules that print it: ask once before counting.
+    atoms(&mut repl, &mut node);
+    let before = atoms(&mut repl, &mut node);
+    for _ in 0..10 {
+        let (code, text) = rt.block_on(probe(&name, dg.epmd.port()));
+        assert_eq!(code, 0, "{text}");
+    }
+    let after = atoms(&mut repl, &mut node);
+    assert_eq!(after, before, "10 probes made {} atoms", after - before);
 }
 
 #[tokio::test]
