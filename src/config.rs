@@ -207,8 +207,13 @@ impl Default for ShutdownConfig {
 pub struct EpmdConfig {
     /// Addresses to answer EPMD on.
     pub listen: Vec<SocketAddr>,
+    /// Who counts as the pod's own: may register (ALIVE2_REQ), DUMP, KILL and STOP, is
+    /// never refused at `max_connections`, and is what `"local"` means in
+    /// `names_from`. `"local"` (the default) is epmd's rule: loopback and the socket's
+    /// own address. `"any"` is refused.
+    pub register_from: Peers,
     /// Who may list the registered nodes (NAMES_REQ).
-    pub names_from: NamesFrom,
+    pub names_from: Peers,
     /// An unregistered connection that sends nothing for this long is closed; also
     /// the limit for writing a reply.
     #[serde(with = "humantime_serde")]
@@ -230,7 +235,8 @@ impl Default for EpmdConfig {
                 SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), DEFAULT_EPMD_PORT),
                 SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), DEFAULT_EPMD_PORT),
             ],
-            names_from: NamesFrom::LOCAL,
+            register_from: Peers::LOCAL,
+            names_from: Peers::LOCAL,
             packet_timeout: Duration::from_secs(60),
             allow_kill: false,
             relaxed_command_check: false,
@@ -239,10 +245,10 @@ impl Default for EpmdConfig {
     }
 }
 
-/// Who is answered NAMES_REQ: `"local"`, `"any"`, or a list of `"local"` and CIDRs
-/// (a gateway's pod network, say).
+/// A set of peers (`[epmd] names_from`, `register_from`): `"local"`, `"any"`, or a list
+/// of `"local"`, addresses and CIDRs (a gateway's pod network, say).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum NamesFrom {
+pub enum Peers {
     /// Everyone, as OTP's epmd does.
     Any,
     /// Local peers (loopback and the pod's own address, as for ALIVE2_REQ) when
@@ -255,28 +261,28 @@ pub enum NamesFrom {
     },
 }
 
-impl NamesFrom {
+impl Peers {
     /// Loopback and the pod's own address only: the default.
-    pub const LOCAL: NamesFrom = NamesFrom::Only {
+    pub const LOCAL: Peers = Peers::Only {
         local: true,
         nets: Vec::new(),
     };
 
-    /// Whether `peer` (local or not, by the registration rule) may list names.
+    /// Whether `peer` (local or not, by the registration rule) is in the set.
     pub fn allows(&self, peer: IpAddr, local: bool) -> bool {
         match self {
-            NamesFrom::Any => true,
-            NamesFrom::Only { local: l, nets } => {
+            Peers::Any => true,
+            Peers::Only { local: l, nets } => {
                 (*l && local) || nets.iter().any(|n| n.contains(&peer.to_canonical()))
             }
         }
     }
 }
 
-impl<'de> Deserialize<'de> for NamesFrom {
+impl<'de> Deserialize<'de> for Peers {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let words = match WordOrList::deserialize(deserializer)? {
-            WordOrList::Word(word) if word == "any" => return Ok(NamesFrom::Any),
+            WordOrList::Word(word) if word == "any" => return Ok(Peers::Any),
             WordOrList::Word(word) => vec![word],
             WordOrList::List(list) if list.is_empty() => {
                 return Err(de::Error::custom("an empty list; use \"local\""));
@@ -299,7 +305,7 @@ impl<'de> Deserialize<'de> for NamesFrom {
                 ),
             }
         }
-        Ok(NamesFrom::Only { local, nets })
+        Ok(Peers::Only { local, nets })
     }
 }
 

@@ -226,8 +226,8 @@ async fn garbage_on_one_connection_leaves_registrations_alone() {
 
 #[tokio::test]
 async fn names_go_only_to_the_listed_networks() {
-    use distgate::config::NamesFrom;
-    let only = |cidr: &str| NamesFrom::Only {
+    use distgate::config::Peers;
+    let only = |cidr: &str| Peers::Only {
         local: false,
         nets: vec![cidr.parse().unwrap()],
     };
@@ -248,4 +248,65 @@ async fn names_go_only_to_the_listed_networks() {
     let here = TestSidecar::start(options).await;
     let (_conn, _) = register(here.epmd, &alive2("listed", 40001)).await;
     assert_eq!(names(here.epmd).await.1.len(), 1);
+}
+
+/// A connection to `addr` from the loopback address `from` (a mesh's sidecar
+/// connects to the app from 127.0.0.6, for instance).
+async fn connect_from(from: &str, addr: std::net::SocketAddr) -> TcpStream {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+    socket.connect(addr).await.unwrap()
+}
+
+/// ALIVE2 from `from`: the reply (empty when refused: closed without one) and the
+/// connection, which holds the registration.
+async fn register_from(from: &str, addr: std::net::SocketAddr, name: &str) -> (Vec<u8>, TcpStream) {
+    let mut stream = connect_from(from, addr).await;
+    stream
+        .write_all(&encode_alive2_req(&alive2(name, 40001)))
+        .await
+        .unwrap();
+    let mut reply = vec![0u8; 6];
+    match tokio::time::timeout(DEADLINE, stream.read_exact(&mut reply)).await {
+        Ok(Ok(_)) => (reply, stream),
+        Ok(Err(_)) => (vec![], stream),
+        Err(_) => panic!("neither a reply nor a close"),
+    }
+}
+
+#[tokio::test]
+async fn register_from_narrows_who_counts_as_the_pods_own() {
+    // By default any loopback address is local, as in epmd: a mesh's 127.0.0.6 too.
+    let open = TestSidecar::start(Options::default()).await;
+    let (reply, _mesh) = register_from("127.0.0.6", open.epmd, "mesh").await;
+    assert_eq!(&reply[..2], b"v\0");
+
+    let mut options = Options::default();
+    options.config.epmd.register_from = distgate::config::Peers::Only {
+        local: false,
+        nets: vec!["127.0.0.1/32".parse().unwrap()],
+    };
+    options.config.epmd.max_connections = std::num::NonZeroUsize::new(1).unwrap();
+    let narrow = TestSidecar::start(options).await;
+    let (reply, _) = register_from("127.0.0.6", narrow.epmd, "mesh").await;
+    assert_eq!(reply, b"", "a registration from 127.0.0.6 was answered");
+    assert!(narrow.registry.get("mesh").is_none());
+    let (reply, _app) = register_from("127.0.0.1", narrow.epmd, "app").await;
+    assert_eq!(&reply[..2], b"v\0");
+    // 127.0.0.6 is another host now: it falls under max_connections (1). One silent
+    // connection holds the place; the next from there is closed at accept, while the
+    // pod's own (127.0.0.1) still get in.
+    let _held = connect_from("127.0.0.6", narrow.epmd).await;
+    eventually("the silent connection to take the place", || async {
+        let mut probe = connect_from("127.0.0.6", narrow.epmd).await;
+        probe.write_all(&frame(b"zapp")).await.unwrap();
+        let mut reply = vec![];
+        let _ = tokio::time::timeout(DEADLINE, probe.read_to_end(&mut reply)).await;
+        reply.is_empty().then_some(())
+    })
+    .await;
+    assert_eq!(
+        port_please(narrow.epmd, "app").await,
+        Some(narrow.public_ports[0])
+    );
 }

@@ -16,7 +16,7 @@ use toml::Spanned;
 
 use super::{
     AdminConfig, Config, DistConfig, DnsConfig, EpmdConfig, ForwardConfig, MAX_POOL_PORTS,
-    MIN_PIPE_SIZE, ShutdownConfig, check_node_name,
+    MIN_PIPE_SIZE, Peers, ShutdownConfig, check_node_name,
 };
 use crate::route::Route;
 
@@ -67,6 +67,12 @@ impl RawConfig {
         let epmd = self.epmd;
         if epmd.listen.is_empty() {
             return Err(no_span("epmd.listen", "needs at least one address".into()));
+        }
+        if epmd.register_from == Peers::Any {
+            let message = "\"any\" would let every host register names and stop distgate; \
+                           list \"local\", addresses or CIDRs"
+                .into();
+            return Err(no_span("epmd.register_from", message));
         }
         let dist = self.dist;
         if dist.listen.is_empty() {

@@ -185,8 +185,8 @@ fn file_errors_name_the_file() {
 fn names_from_takes_words_and_cidrs() {
     let from =
         |text: &str| parse(&format!("[epmd]\nnames_from = {text}\n")).map(|c| c.epmd.names_from);
-    assert_eq!(from("\"local\"").unwrap(), NamesFrom::LOCAL);
-    assert_eq!(from("\"any\"").unwrap(), NamesFrom::Any);
+    assert_eq!(from("\"local\"").unwrap(), Peers::LOCAL);
+    assert_eq!(from("\"any\"").unwrap(), Peers::Any);
     let mixed = from("[\"local\", \"10.42.0.0/16\", \"fd00::/8\", \"192.0.2.7\"]").unwrap();
     let ip = |s: &str| s.parse::<IpAddr>().unwrap();
     assert!(mixed.allows(ip("127.0.0.1"), true));
@@ -206,6 +206,24 @@ fn names_from_takes_words_and_cidrs() {
         let e = from(bad).unwrap_err();
         assert_eq!(e.key(), "epmd.names_from", "{bad}");
     }
+}
+
+#[test]
+fn register_from_takes_local_and_addresses_but_never_any() {
+    let from = |text: &str| {
+        parse(&format!("[epmd]\nregister_from = {text}\n")).map(|c| c.epmd.register_from)
+    };
+    assert_eq!(parse("").unwrap().epmd.register_from, Peers::LOCAL);
+    let only = from("[\"127.0.0.1\"]").unwrap();
+    let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+    assert!(only.allows(ip("127.0.0.1"), true));
+    assert!(
+        !only.allows(ip("127.0.0.6"), true),
+        "a mesh's loopback address"
+    );
+    let e = from("\"any\"").unwrap_err();
+    assert_eq!(e.key(), "epmd.register_from");
+    assert!(e.to_string().contains("every host"), "{e}");
 }
 
 #[test]

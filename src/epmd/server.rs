@@ -75,15 +75,21 @@ impl Server {
         }
     }
 
+    /// Whether `peer` is the pod's own by `[epmd] register_from` (epmd's locality rule
+    /// unless configured otherwise), for a connection accepted on `local`.
+    fn is_own(&self, peer: IpAddr, local: IpAddr) -> bool {
+        (self.config.register_from).allows(peer, is_local(peer, local))
+    }
+
     fn registry(&self) -> &Registry {
         self.directory.registry()
     }
 
     /// Accepts EPMD connections until shutdown.
     pub(crate) async fn serve(self: Arc<Self>, listener: TcpListener) {
-        let admit = |stream: &TcpStream, peer: SocketAddr| {
-            let local = (stream.local_addr()).is_ok_and(|addr| is_local(peer.ip(), addr.ip()));
-            if local { Admit::Exempt } else { Admit::Limited }
+        let admit = |stream: &TcpStream, peer: SocketAddr| match stream.local_addr() {
+            Ok(addr) if self.is_own(peer.ip(), addr.ip()) => Admit::Exempt,
+            _ => Admit::Limited,
         };
         let span = |peer: SocketAddr| info_span!("epmd", %peer);
         let handle = |stream, peer| {
@@ -102,7 +108,7 @@ impl Server {
         if let Err(e) = socket2::SockRef::from(&stream).set_send_buffer_size(SEND_BUFFER) {
             debug!("SO_SNDBUF: {e}");
         }
-        let local = is_local(peer.ip(), local_addr.ip());
+        let local = self.is_own(peer.ip(), local_addr.ip());
         let request = match self.read_request(&mut stream).await {
             Ok(request) => request,
             Err(e) => {

@@ -15,7 +15,7 @@ use std::process::{Child, Command};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use distgate::config::{Config, NamesFrom};
+use distgate::config::{Config, Peers};
 use distgate::directory::Directory;
 use distgate::epmd::message::{self, Alive2Req};
 use distgate::gateway::Gateway;
@@ -131,7 +131,7 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Self {
         let mut config = Config::default();
-        config.epmd.names_from = NamesFrom::Any;
+        config.epmd.names_from = Peers::Any;
         Options {
             config,
             pool: 1,
