@@ -5,9 +5,11 @@
 //! bound, not shutting down, and, when `[admin] ready_when` asks for it, the expected
 //! local nodes registered.
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -16,7 +18,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -24,6 +26,7 @@ use tracing::{debug, info_span};
 
 use crate::accept::{Acceptor, Admit};
 use crate::config::ReadyWhen;
+use crate::metrics as m;
 use crate::registry::Registry;
 
 /// How long an open admin connection may take to finish once the server stops.
@@ -116,28 +119,132 @@ impl Health {
     }
 }
 
+/// The admin connections open now, oldest first, and which of them are being
+/// served. At the limit a new connection evicts the oldest one still sending its
+/// request (slowloris clients cannot shut the kubelet's probes out).
+#[derive(Debug)]
+pub(crate) struct Slots {
+    max: usize,
+    open: Mutex<(u64, BTreeMap<u64, Slot>)>,
+}
+
+#[derive(Debug)]
+struct Slot {
+    /// Cancelled to evict the connection.
+    evict: CancellationToken,
+    /// Its request has arrived whole and is being answered.
+    serving: bool,
+}
+
+/// A held admin slot; given back when dropped.
+#[derive(Debug)]
+pub(crate) struct SlotGuard {
+    slots: Arc<Slots>,
+    id: u64,
+    /// Cancelled when a newer connection takes the slot.
+    pub(crate) evicted: CancellationToken,
+}
+
+impl Slots {
+    /// At most `max` admin connections at once.
+    pub(crate) fn new(max: usize) -> Arc<Slots> {
+        ::metrics::counter!(m::CONNECTIONS_REFUSED, "listener" => "admin").increment(0);
+        Arc::new(Slots {
+            max,
+            open: Mutex::new((0, BTreeMap::new())),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, (u64, BTreeMap<u64, Slot>)> {
+        self.open.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A slot for a new connection, evicting the oldest one still sending its request
+    /// when all are taken; `None` when every one is being answered.
+    pub(crate) fn enter(self: &Arc<Self>) -> Option<SlotGuard> {
+        let mut guard = self.lock();
+        let (next, open) = &mut *guard;
+        if open.len() >= self.max {
+            let oldest = open
+                .iter()
+                .find(|(_, slot)| !slot.serving)
+                .map(|(&id, _)| id);
+            let slot = open.remove(&oldest?)?;
+            slot.evict.cancel();
+            ::metrics::counter!(m::CONNECTIONS_REFUSED, "listener" => "admin").increment(1);
+        }
+        let id = *next;
+        *next += 1;
+        let evicted = CancellationToken::new();
+        let slot = Slot {
+            evict: evicted.clone(),
+            serving: false,
+        };
+        open.insert(id, slot);
+        Some(SlotGuard {
+            slots: Arc::clone(self),
+            id,
+            evicted,
+        })
+    }
+}
+
+impl SlotGuard {
+    /// The connection's request has arrived whole: it may no longer be evicted.
+    fn serving(&self) {
+        if let Some(slot) = self.slots.lock().1.get_mut(&self.id) {
+            slot.serving = true;
+        }
+    }
+}
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        self.slots.lock().1.remove(&self.id);
+    }
+}
+
 /// Serves the admin endpoints on `listener` until `acceptor.shutdown`; connections
-/// still open then get [`CLOSE_GRACE`] to finish.
+/// still open then get [`CLOSE_GRACE`] to finish. Each connection serves one request,
+/// whose head must arrive within `header_timeout`; `slots` bounds how many are open.
 pub(crate) async fn serve(
     listener: TcpListener,
     metrics: PrometheusHandle,
     health: Arc<Health>,
     acceptor: Acceptor,
+    slots: Arc<Slots>,
+    header_timeout: Duration,
 ) {
     let stop = acceptor.shutdown.clone();
     let span = |peer: SocketAddr| info_span!("admin", %peer);
     let handle = |stream, _| {
+        let slot = slots.enter().map(Arc::new);
         let (metrics, health, stop) = (metrics.clone(), Arc::clone(&health), stop.clone());
+        let marker = slot.clone();
         let service = service_fn(move |req| {
+            if let Some(slot) = &marker {
+                slot.serving();
+            }
             let response = route(&req, &metrics, &health);
             async move { Ok::<_, Infallible>(response) }
         });
         async move {
+            let Some(slot) = slot else {
+                debug!("admin connection closed: every slot is being answered");
+                return;
+            };
             let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .keep_alive(false)
                 .serve_connection(TokioIo::new(stream), service);
             tokio::pin!(conn);
             let result = tokio::select! {
                 result = conn.as_mut() => result,
+                _ = slot.evicted.cancelled() => {
+                    debug!("admin connection evicted: its request was not sent in time for a newer one");
+                    Ok(())
+                }
                 _ = stop.cancelled() => {
                     conn.as_mut().graceful_shutdown();
                     tokio::time::timeout(CLOSE_GRACE, conn).await.unwrap_or(Ok(()))

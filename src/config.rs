@@ -96,6 +96,14 @@ pub struct AdminConfig {
     pub listen: Vec<SocketAddr>,
     /// When `/readyz` says ready, beyond every listener serving.
     pub ready_when: ReadyWhen,
+    /// A connection must send its whole request head within this long, or it is
+    /// closed. Each connection serves one request.
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// Admin connections open at once. At the limit a new connection closes the oldest
+    /// one still sending its request, so a client that sends its request at once (a
+    /// probe, a scrape) is always served.
+    pub max_connections: NonZeroUsize,
 }
 
 impl Default for AdminConfig {
@@ -106,6 +114,8 @@ impl Default for AdminConfig {
                 SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), DEFAULT_ADMIN_PORT),
             ],
             ready_when: ReadyWhen::Always,
+            header_timeout: Duration::from_secs(10),
+            max_connections: NonZeroUsize::new(64).unwrap_or(NonZeroUsize::MIN),
         }
     }
 }

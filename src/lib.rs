@@ -116,6 +116,8 @@ pub struct Distgate {
     epmd: Arc<epmd::Server>,
     forwarder: Arc<Forwarder>,
     gateway: Option<Arc<Gateway>>,
+    admin_slots: Arc<admin::Slots>,
+    admin_header_timeout: Duration,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 }
@@ -167,6 +169,8 @@ impl Distgate {
             epmd,
             forwarder,
             gateway,
+            admin_slots: admin::Slots::new(config.admin.max_connections.get()),
+            admin_header_timeout: config.admin.header_timeout,
             shutdown,
             tracker,
         })
@@ -232,6 +236,8 @@ impl Distgate {
                     handle.clone(),
                     Arc::clone(&self.health),
                     admin.clone(),
+                    Arc::clone(&self.admin_slots),
+                    self.admin_header_timeout,
                 ));
             }
         }

@@ -86,6 +86,7 @@ impl RawConfig {
         }
         for (key, value) in [
             ("dns.timeout", self.dns.timeout),
+            ("admin.header_timeout", self.admin.header_timeout),
             ("epmd.packet_timeout", epmd.packet_timeout),
             ("dist.connect_timeout", dist.connect_timeout),
             ("dist.first_frame_timeout", dist.first_frame_timeout),
