@@ -62,9 +62,10 @@ impl Default for RawDist {
 type Invalid = (String, Option<Range<usize>>, String);
 
 impl RawConfig {
-    pub(super) fn validate(self) -> Result<Config, Invalid> {
+    /// The rules of single keys and pairs of keys, before anything is moved out.
+    fn check_keys(&self) -> Result<(), Invalid> {
         let no_span = |key: &str, message: String| (key.to_owned(), None, message);
-        let epmd = self.epmd;
+        let (epmd, dist) = (&self.epmd, &self.dist);
         if epmd.listen.is_empty() {
             return Err(no_span("epmd.listen", "needs at least one address".into()));
         }
@@ -74,7 +75,6 @@ impl RawConfig {
                 .into();
             return Err(no_span("epmd.register_from", message));
         }
-        let dist = self.dist;
         if dist.listen.is_empty() {
             return Err(no_span("dist.listen", "needs at least one address".into()));
         }
@@ -99,6 +99,12 @@ impl RawConfig {
             let message = format!("must be at least {MIN_PIPE_SIZE} bytes");
             return Err(no_span("forward.pipe_size", message));
         }
+        Ok(())
+    }
+
+    pub(super) fn validate(self) -> Result<Config, Invalid> {
+        self.check_keys()?;
+        let (epmd, dist) = (self.epmd, self.dist);
         let pool_span = dist.ports.span();
         let pool = dist.ports.into_inner().0;
         for &port in &pool {
