@@ -15,7 +15,7 @@ mod common;
 use std::io::Write;
 
 use common::beam::{COOKIE, Output, node_deadline};
-use common::netns::Pods;
+use common::netns::{Pods, in_netns};
 use common::*;
 
 #[test]
@@ -45,6 +45,15 @@ fn remsh_through_a_port_forward_reaches_the_pod_node() {
             format!("TCP:{pod_ip}:{port}"),
         ]);
         pods.spawn(&format!("port-forward {port}"), &mut forward);
+        // The shell gives up at once if the forward is not listening yet.
+        let ns = pods.pods[laptop].ns.clone();
+        eventually_blocking(node_deadline(), "the port-forward to listen", || {
+            let ns = ns.clone();
+            in_netns(&ns, move || {
+                std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+            })
+            .map(drop)
+        });
     }
     // The pod's FQDN resolves to the laptop's loopback for the remote shell only.
     let dir = std::env::temp_dir().join(unique("distgate-remsh-"));
