@@ -120,11 +120,8 @@ impl Directory {
     pub fn destination(&self, public_port: u16) -> Option<Destination> {
         match self.ports.holder(public_port)? {
             Holder::Local(name) => {
-                let node = self.registry.get(&name)?;
-                Some(Destination::Local {
-                    addr: SocketAddr::new(node.upstream_ip, node.real_port),
-                    name,
-                })
+                let addr = self.registry.real_addr(&name)?;
+                Some(Destination::Local { name, addr })
             }
             Holder::Routed(name) => {
                 let (host, port) = self.routes.as_ref()?.upstream(&name)?;

@@ -7,7 +7,7 @@
 //! methods are quick and lock a plain mutex that is never held across an await.
 
 use std::collections::VecDeque;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio_util::sync::CancellationToken;
@@ -225,6 +225,14 @@ impl Registry {
     /// The registered node called `name`.
     pub fn get(&self, name: &str) -> Option<Node> {
         self.lock().nodes.iter().find(|n| n.name == name).cloned()
+    }
+
+    /// Where the node called `name` takes dist connections: its real port on the
+    /// loopback address of the family it registered from.
+    pub fn real_addr(&self, name: &str) -> Option<SocketAddr> {
+        let inner = self.lock();
+        let node = inner.nodes.iter().find(|n| n.name == name)?;
+        Some(SocketAddr::new(node.upstream_ip, node.real_port))
     }
 
     /// Registered nodes, newest first (the order of NAMES and DUMP).
