@@ -233,3 +233,5 @@ pub fn parse_challenge(payload: &[u8]) -> Option<Challenge> {
 
 #[cfg(test)]
 mod tests;
+
+pub mod follow;

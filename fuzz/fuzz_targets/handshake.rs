@@ -1,7 +1,9 @@
-//! The first frame of a dist connection (who is calling), and the probe's parsers of
-//! an acceptor's replies.
+//! The first frame of a dist connection (who is calling), the probe's parsers of an
+//! acceptor's replies, and the whole handshake followed from both sides: the input is
+//! split into chunks, each given to one side, as a hostile caller or node could.
 #![no_main]
 
+use distgate::handshake::follow::{Handshake, Progress, Side};
 use distgate::handshake::{self, Peek};
 use libfuzzer_sys::fuzz_target;
 
@@ -16,4 +18,25 @@ fuzz_target!(|data: &[u8]| {
     let _ = handshake::parse_send_name(data);
     let _ = handshake::parse_challenge(data);
     let _ = handshake::parse_status(data);
+    follow(data);
 });
+
+/// Each chunk starts with a control byte: its high bit picks the side, the rest its
+/// length.
+fn follow(mut data: &[u8]) {
+    let mut h = Handshake::new();
+    while let Some((&control, rest)) = data.split_first() {
+        let side = if control & 0x80 == 0 { Side::Caller } else { Side::Node };
+        let len = usize::from(control & 0x7f).min(rest.len());
+        let (chunk, tail) = rest.split_at(len);
+        data = tail;
+        match h.feed(side, chunk) {
+            Err(e) => {
+                assert!(!e.to_string().is_empty());
+                return;
+            }
+            Ok(Progress::Authenticated) => assert!(h.is_authenticated()),
+            Ok(_) => assert!(!h.is_authenticated()),
+        }
+    }
+}
