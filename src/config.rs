@@ -4,7 +4,6 @@
 //! The defaults are a sidecar: EPMD on 4369 and the public dist port 43691, on every
 //! IPv4 and IPv6 address. `config.example.toml` documents every key.
 
-use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::num::NonZeroUsize;
 use std::ops::Range;
@@ -15,10 +14,11 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use serde::de::{self, Deserializer};
 
-use crate::ports::PortPlan;
 use crate::route::Route;
+pub use dist::{AllowPeers, BanConfig, DistConfig};
 use raw::RawConfig;
 
+mod dist;
 mod raw;
 
 /// Pipe size of the splice path; the benchmark chose it (BENCHMARKS.md).
@@ -50,6 +50,8 @@ pub struct Config {
     pub routes: Vec<Route>,
     /// `[dns]`.
     pub dns: DnsConfig,
+    /// `[metrics]`.
+    pub metrics: MetricsConfig,
 }
 
 /// `[dns]`: how route upstreams are resolved.
@@ -319,45 +321,24 @@ impl<'de> Deserialize<'de> for Peers {
     }
 }
 
-/// `[dist]`: the public dist ports.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DistConfig {
-    /// Addresses every public port is bound on.
-    pub listen: Vec<IpAddr>,
-    /// The pool of public ports, in the order they are handed out.
-    pub ports: Vec<u16>,
-    /// Node names with a fixed public port.
-    pub pins: BTreeMap<String, u16>,
-    /// How long to wait for a node's real port to accept a forwarded connection.
-    pub connect_timeout: Duration,
-    /// How long to wait for a dist connection's first frame (which names the peer)
-    /// before labelling the peer `unknown` and forwarding anyway.
-    pub first_frame_timeout: Duration,
-    /// Dist connections forwarded at once (each holds two descriptors); more are
-    /// closed at accept.
-    pub max_connections: NonZeroUsize,
+/// `[metrics]`: how many series per-link metrics may make.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Distinct authenticated peer names given a `peer` label of their own; links of
+    /// further peers are labelled `other`.
+    pub max_peers: usize,
+    /// Series of a node/peer pair with no open link are dropped from `/metrics` after
+    /// this long without change.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
 }
 
-impl Default for DistConfig {
+impl Default for MetricsConfig {
     fn default() -> Self {
-        DistConfig {
-            listen: vec![Ipv4Addr::UNSPECIFIED.into(), Ipv6Addr::UNSPECIFIED.into()],
-            ports: vec![DEFAULT_DIST_PORT],
-            pins: BTreeMap::new(),
-            connect_timeout: Duration::from_secs(5),
-            // OTP's net_setuptime, the longest a node itself waits for a handshake.
-            first_frame_timeout: Duration::from_secs(7),
-            max_connections: NonZeroUsize::new(8192).unwrap_or(NonZeroUsize::MIN),
-        }
-    }
-}
-
-impl DistConfig {
-    /// The pool and pins as the registry uses them.
-    pub fn port_plan(&self) -> PortPlan {
-        PortPlan {
-            pool: self.ports.clone(),
-            pins: self.pins.clone().into_iter().collect::<HashMap<_, _>>(),
+        MetricsConfig {
+            max_peers: 256,
+            idle_timeout: Duration::from_secs(600),
         }
     }
 }

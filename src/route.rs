@@ -84,35 +84,41 @@ impl Glob {
         Ok(Glob(pattern.to_owned()))
     }
 
-    /// Whether `name` matches, by the classic two-pointer wildcard walk.
+    /// Whether `name` matches.
     pub fn matches(&self, name: &str) -> bool {
-        let (pattern, name): (Vec<char>, Vec<char>) =
-            (self.0.chars().collect(), name.chars().collect());
-        let (mut p, mut n) = (0, 0);
-        let mut star: Option<(usize, usize)> = None;
-        while n < name.len() {
-            match pattern.get(p) {
-                Some('*') => {
-                    star = Some((p, n));
-                    p += 1;
-                }
-                Some(&c) if c == '?' || c == name[n] => {
-                    p += 1;
-                    n += 1;
-                }
-                _ => match star {
-                    // Let the last star swallow one more character.
-                    Some((sp, sn)) => {
-                        p = sp + 1;
-                        n = sn + 1;
-                        star = Some((sp, sn + 1));
-                    }
-                    None => return false,
-                },
-            }
-        }
-        pattern[p..].iter().all(|&c| c == '*')
+        wildcard_match(&self.0, name)
     }
+}
+
+/// Whether `name` matches `pattern`, where `*` matches any run of characters and `?`
+/// one, by the classic two-pointer wildcard walk (linear in practice, no recursion).
+pub fn wildcard_match(pattern: &str, name: &str) -> bool {
+    let (pattern, name): (Vec<char>, Vec<char>) =
+        (pattern.chars().collect(), name.chars().collect());
+    let (mut p, mut n) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while n < name.len() {
+        match pattern.get(p) {
+            Some('*') => {
+                star = Some((p, n));
+                p += 1;
+            }
+            Some(&c) if c == '?' || c == name[n] => {
+                p += 1;
+                n += 1;
+            }
+            _ => match star {
+                // Let the last star swallow one more character.
+                Some((sp, sn)) => {
+                    p = sp + 1;
+                    n = sn + 1;
+                    star = Some((sp, sn + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    pattern[p..].iter().all(|&c| c == '*')
 }
 
 impl fmt::Display for Glob {

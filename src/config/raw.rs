@@ -15,8 +15,8 @@ use serde::de::{self, Deserializer};
 use toml::Spanned;
 
 use super::{
-    AdminConfig, Config, DistConfig, DnsConfig, EpmdConfig, ForwardConfig, MAX_POOL_PORTS,
-    MIN_PIPE_SIZE, Peers, ShutdownConfig, check_node_name,
+    AdminConfig, AllowPeers, BanConfig, Config, DistConfig, DnsConfig, EpmdConfig, ForwardConfig,
+    MAX_POOL_PORTS, MIN_PIPE_SIZE, MetricsConfig, Peers, ShutdownConfig, check_node_name,
 };
 use crate::route::Route;
 
@@ -30,6 +30,7 @@ pub(super) struct RawConfig {
     shutdown: ShutdownConfig,
     route: Vec<Route>,
     dns: DnsConfig,
+    metrics: MetricsConfig,
 }
 
 #[derive(Debug, Deserialize)]
@@ -42,7 +43,14 @@ struct RawDist {
     connect_timeout: Duration,
     #[serde(with = "humantime_serde")]
     first_frame_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    handshake_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    linger: Duration,
     max_connections: NonZeroUsize,
+    max_per_source: NonZeroUsize,
+    allow_peers: AllowPeers,
+    ban: BanConfig,
 }
 
 impl Default for RawDist {
@@ -54,7 +62,12 @@ impl Default for RawDist {
             pins: BTreeMap::new(),
             connect_timeout: d.connect_timeout,
             first_frame_timeout: d.first_frame_timeout,
+            handshake_timeout: d.handshake_timeout,
+            linger: d.linger,
             max_connections: d.max_connections,
+            max_per_source: d.max_per_source,
+            allow_peers: d.allow_peers,
+            ban: d.ban,
         }
     }
 }
@@ -90,10 +103,19 @@ impl RawConfig {
             ("epmd.packet_timeout", epmd.packet_timeout),
             ("dist.connect_timeout", dist.connect_timeout),
             ("dist.first_frame_timeout", dist.first_frame_timeout),
+            ("dist.handshake_timeout", dist.handshake_timeout),
+            ("dist.linger", dist.linger),
+            ("dist.ban.within", dist.ban.within),
+            ("dist.ban.duration", dist.ban.duration),
+            ("metrics.idle_timeout", self.metrics.idle_timeout),
         ] {
             if value.is_zero() {
                 return Err(no_span(key, "must be more than 0".into()));
             }
+        }
+        if dist.first_frame_timeout > dist.handshake_timeout {
+            let message = "is longer than `dist.handshake_timeout`, which bounds it".into();
+            return Err(no_span("dist.first_frame_timeout", message));
         }
         if self.forward.pipe_size < MIN_PIPE_SIZE {
             let message = format!("must be at least {MIN_PIPE_SIZE} bytes");
@@ -140,13 +162,19 @@ impl RawConfig {
                 pins,
                 connect_timeout: dist.connect_timeout,
                 first_frame_timeout: dist.first_frame_timeout,
+                handshake_timeout: dist.handshake_timeout,
+                linger: dist.linger,
                 max_connections: dist.max_connections,
+                max_per_source: dist.max_per_source,
+                allow_peers: dist.allow_peers,
+                ban: dist.ban,
             },
             forward: self.forward,
             admin: self.admin,
             shutdown: self.shutdown,
             routes: self.route,
             dns: self.dns,
+            metrics: self.metrics,
         })
     }
 }

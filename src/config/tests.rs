@@ -90,8 +90,8 @@ fn unknown_key_is_named_with_its_line() {
     let (key, line, text) = error_of("[epmd]\nnames_from = \"any\"\nlisten_on = []\n");
     assert_eq!((key.as_str(), line), ("epmd.listen_on", Some(3)));
     assert!(text.contains("unknown field `listen_on`"), "{text}");
-    let (key, line, _) = error_of("\n[metrics]\nport = 1\n");
-    assert_eq!((key.as_str(), line), ("metrics", Some(2)));
+    let (key, line, _) = error_of("\n[telemetry]\nport = 1\n");
+    assert_eq!((key.as_str(), line), ("telemetry", Some(2)));
 }
 
 #[test]

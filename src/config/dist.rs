@@ -1,0 +1,157 @@
+//! `[dist]` and `[dist.ban]`: the public dist ports and what a caller must do to be
+//! forwarded (speak in time, be allowed, finish the handshake, not be banned).
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::num::NonZeroUsize;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde::de::{self, Deserializer};
+
+use crate::ports::PortPlan;
+use crate::route::wildcard_match;
+
+use super::DEFAULT_DIST_PORT;
+
+/// `[dist]`: the public dist ports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DistConfig {
+    /// Addresses every public port is bound on.
+    pub listen: Vec<IpAddr>,
+    /// The pool of public ports, in the order they are handed out.
+    pub ports: Vec<u16>,
+    /// Node names with a fixed public port.
+    pub pins: BTreeMap<String, u16>,
+    /// How long to wait for a node's real port to accept a forwarded connection.
+    pub connect_timeout: Duration,
+    /// A caller that has not sent its whole first frame (its `send_name`, or a TLS
+    /// ClientHello) within this long is closed.
+    pub first_frame_timeout: Duration,
+    /// A plain-TCP dist connection not authenticated (the node's challenge ack) within
+    /// this long is closed.
+    pub handshake_timeout: Duration,
+    /// Once one side of a forwarded link has closed, how long the other may go on
+    /// before it is closed too.
+    pub linger: Duration,
+    /// Dist connections forwarded at once (each holds two descriptors); more are
+    /// closed at accept.
+    pub max_connections: NonZeroUsize,
+    /// Dist connections open at once from one address (the pod's own and loopback
+    /// are not counted); more are closed at accept.
+    pub max_per_source: NonZeroUsize,
+    /// Which callers (their full node names) may reach a node.
+    pub allow_peers: AllowPeers,
+    /// `[dist.ban]`.
+    pub ban: BanConfig,
+}
+
+impl Default for DistConfig {
+    fn default() -> Self {
+        DistConfig {
+            listen: vec![Ipv4Addr::UNSPECIFIED.into(), Ipv6Addr::UNSPECIFIED.into()],
+            ports: vec![DEFAULT_DIST_PORT],
+            pins: BTreeMap::new(),
+            connect_timeout: Duration::from_secs(5),
+            // OTP's net_setuptime, the longest a node itself waits for a handshake.
+            first_frame_timeout: Duration::from_secs(7),
+            // Above net_setuptime, so that no handshake a node would finish is cut.
+            handshake_timeout: Duration::from_secs(15),
+            linger: Duration::from_secs(5),
+            max_connections: NonZeroUsize::new(8192).unwrap_or(NonZeroUsize::MIN),
+            max_per_source: NonZeroUsize::new(256).unwrap_or(NonZeroUsize::MIN),
+            allow_peers: AllowPeers::default(),
+            ban: BanConfig::default(),
+        }
+    }
+}
+
+impl DistConfig {
+    /// The pool and pins as the registry uses them.
+    pub fn port_plan(&self) -> PortPlan {
+        PortPlan {
+            pool: self.ports.clone(),
+            pins: self.pins.clone().into_iter().collect::<HashMap<_, _>>(),
+        }
+    }
+}
+
+/// `[dist] allow_peers`: globs over a caller's full node name (`*` any run of
+/// characters, `?` one), e.g. `"*@*.billing.svc.cluster.local"`. The default `["*"]`
+/// allows every caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllowPeers(Vec<String>);
+
+impl Default for AllowPeers {
+    fn default() -> Self {
+        AllowPeers(vec!["*".to_owned()])
+    }
+}
+
+impl AllowPeers {
+    /// Whether a caller that names itself `name` may reach a node.
+    pub fn allows(&self, name: &str) -> bool {
+        self.0.iter().any(|pattern| wildcard_match(pattern, name))
+    }
+}
+
+impl<'de> Deserialize<'de> for AllowPeers {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let patterns = Vec::<String>::deserialize(deserializer)?;
+        if patterns.is_empty() {
+            return Err(de::Error::custom(
+                "an empty list would refuse every caller; use [\"*\"] to allow all",
+            ));
+        }
+        for pattern in &patterns {
+            if pattern.is_empty() || pattern.chars().any(char::is_control) {
+                return Err(de::Error::custom(format!(
+                    "`{}` is not a node-name glob like \"*@*.my-namespace.svc.cluster.local\"",
+                    pattern.escape_debug()
+                )));
+            }
+        }
+        Ok(AllowPeers(patterns))
+    }
+}
+
+/// `[dist.ban]`: sources whose handshakes keep failing are closed at accept for a
+/// while. Loopback and the pod's own addresses are never banned.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BanConfig {
+    /// Failed handshakes (wrong cookie, refused name, silence, garbage) from one
+    /// address within `within` that ban it; 0 turns bans off.
+    pub failures: u32,
+    /// The window failures are counted in.
+    #[serde(with = "humantime_serde")]
+    pub within: Duration,
+    /// How long a ban lasts.
+    #[serde(with = "humantime_serde")]
+    pub duration: Duration,
+}
+
+impl Default for BanConfig {
+    fn default() -> Self {
+        BanConfig {
+            failures: 10,
+            within: Duration::from_secs(60),
+            duration: Duration::from_secs(600),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allow_peers_match_whole_names() {
+        let allow = AllowPeers(vec!["app@*.prod.svc".into(), "ops-?@*".into()]);
+        assert!(allow.allows("app@10-0-0-1.prod.svc"));
+        assert!(allow.allows("ops-1@laptop"));
+        assert!(!allow.allows("app@10-0-0-1.dev.svc"));
+        assert!(!allow.allows("ops-12@laptop"));
+        assert!(AllowPeers::default().allows("anything@anywhere"));
+    }
+}
