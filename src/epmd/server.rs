@@ -278,8 +278,9 @@ impl Server {
         }
         warn!("KILL_REQ accepted: distgate stops");
         count_request("kill", "ok");
-        self.reply(stream, message::KILL_OK).await;
+        // Stopping first: whoever reads the reply finds distgate already stopping.
         self.shutdown.cancel();
+        self.reply(stream, message::KILL_OK).await;
     }
 
     async fn stop(&self, stream: TcpStream, name: &[u8]) {
