@@ -19,7 +19,6 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info_span};
@@ -148,7 +147,8 @@ pub(crate) struct SlotGuard {
 impl Slots {
     /// At most `max` admin connections at once.
     pub(crate) fn new(max: usize) -> Arc<Slots> {
-        ::metrics::counter!(m::CONNECTIONS_REFUSED, "listener" => "admin").increment(0);
+        ::metrics::counter!(m::CONNECTIONS_REFUSED, "listener" => "admin", "reason" => "evicted")
+            .increment(0);
         Arc::new(Slots {
             max,
             open: Mutex::new((0, BTreeMap::new())),
@@ -171,7 +171,7 @@ impl Slots {
                 .map(|(&id, _)| id);
             let slot = open.remove(&oldest?)?;
             slot.evict.cancel();
-            ::metrics::counter!(m::CONNECTIONS_REFUSED, "listener" => "admin").increment(1);
+            ::metrics::counter!(m::CONNECTIONS_REFUSED, "listener" => "admin", "reason" => "evicted").increment(1);
         }
         let id = *next;
         *next += 1;
@@ -209,7 +209,7 @@ impl Drop for SlotGuard {
 /// whose head must arrive within `header_timeout`; `slots` bounds how many are open.
 pub(crate) async fn serve(
     listener: TcpListener,
-    metrics: PrometheusHandle,
+    metrics: m::Exporter,
     health: Arc<Health>,
     acceptor: Acceptor,
     slots: Arc<Slots>,
@@ -260,11 +260,7 @@ pub(crate) async fn serve(
         .await;
 }
 
-fn route(
-    req: &Request<Incoming>,
-    metrics: &PrometheusHandle,
-    health: &Health,
-) -> Response<Full<Bytes>> {
+fn route(req: &Request<Incoming>, metrics: &m::Exporter, health: &Health) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n".into());
     }

@@ -235,3 +235,4 @@ pub fn parse_challenge(payload: &[u8]) -> Option<Challenge> {
 mod tests;
 
 pub mod follow;
+pub mod frames;

@@ -49,7 +49,6 @@ pub mod route;
 use std::sync::Arc;
 use std::time::Duration;
 
-use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -112,12 +111,13 @@ impl SetupError {
 pub struct Distgate {
     directory: Arc<Directory>,
     health: Arc<admin::Health>,
-    metrics: Option<PrometheusHandle>,
+    metrics: Option<metrics::Exporter>,
     epmd: Arc<epmd::Server>,
     forwarder: Arc<Forwarder>,
     gateway: Option<Arc<Gateway>>,
     admin_slots: Arc<admin::Slots>,
     admin_header_timeout: Duration,
+    touch_every: Duration,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 }
@@ -155,6 +155,7 @@ impl Distgate {
             Arc::clone(&directory),
             engine,
             &config.dist,
+            &config.metrics,
             acceptor("dist", config.dist.max_connections.get()),
         ));
         let health = Arc::new(admin::Health::new(
@@ -171,6 +172,7 @@ impl Distgate {
             gateway,
             admin_slots: admin::Slots::new(config.admin.max_connections.get()),
             admin_header_timeout: config.admin.header_timeout,
+            touch_every: (config.metrics.idle_timeout / 4).max(Duration::from_millis(100)),
             shutdown,
             tracker,
         })
@@ -197,7 +199,7 @@ impl Distgate {
     }
 
     /// Serves `/metrics` from this Prometheus recorder (see [`metrics::install`]).
-    pub fn set_metrics(&mut self, handle: PrometheusHandle) {
+    pub fn set_metrics(&mut self, handle: metrics::Exporter) {
         self.metrics = Some(handle);
     }
 
@@ -212,6 +214,8 @@ impl Distgate {
         for (port, listener) in listeners.dist {
             accept_loops.spawn(Arc::clone(&self.forwarder).serve(listener, port));
         }
+        accept_loops.spawn(Arc::clone(&self.forwarder).sweep_bans(self.shutdown.clone()));
+        accept_loops.spawn(touch_live_links(self.touch_every, self.shutdown.clone()));
         if let Some(gateway) = &self.gateway {
             accept_loops.spawn(Arc::clone(gateway).maintain(self.shutdown.clone()));
         }
@@ -225,11 +229,10 @@ impl Distgate {
             tracker: admin_loops.clone(),
         };
         if !listeners.admin.is_empty() {
-            let handle = self.metrics.clone().unwrap_or_else(|| {
-                metrics_exporter_prometheus::PrometheusBuilder::new()
-                    .build_recorder()
-                    .handle()
-            });
+            let handle = self
+                .metrics
+                .clone()
+                .unwrap_or_else(metrics::Exporter::detached);
             for listener in listeners.admin {
                 admin_loops.spawn(admin::serve(
                     listener,
@@ -264,5 +267,16 @@ impl Distgate {
         admin_stop.cancel();
         admin_loops.wait().await;
         drain
+    }
+}
+
+/// Keeps the series of open links from ageing out, every `every`, until `shutdown`.
+async fn touch_live_links(every: Duration, shutdown: CancellationToken) {
+    let mut ticks = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticks.tick() => metrics::touch_live_links(),
+        }
     }
 }

@@ -38,7 +38,7 @@ impl Limit {
     /// At most `max` connections at once for `listener` (`"epmd"` or `"dist"`, the
     /// metric label).
     pub(crate) fn new(listener: &'static str, max: usize) -> Limit {
-        ::metrics::counter!(m::CONNECTIONS_REFUSED, "listener" => listener).increment(0);
+        ::metrics::counter!(m::CONNECTIONS_REFUSED, "listener" => listener, "reason" => "max_connections").increment(0);
         Limit {
             listener,
             max,
@@ -66,7 +66,7 @@ impl Limit {
                 })
             }
             Err(_) => {
-                ::metrics::counter!(m::CONNECTIONS_REFUSED, "listener" => self.listener)
+                ::metrics::counter!(m::CONNECTIONS_REFUSED, "listener" => self.listener, "reason" => "max_connections")
                     .increment(1);
                 if !self.saturated.swap(true, Ordering::Relaxed) {
                     warn!(

@@ -179,7 +179,7 @@ fn init_logging(cli: &Cli) -> anyhow::Result<()> {
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
-    let metrics = distgate::metrics::install()?;
+    let metrics = distgate::metrics::install(config.metrics.idle_timeout)?;
     let shutdown = CancellationToken::new();
     let mut distgate = Distgate::new(&config, config.dist.port_plan(), shutdown.clone())
         .context("cannot set up DNS for the routes")?;

@@ -8,12 +8,18 @@ use std::time::Instant;
 use metrics::{
     Counter, Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
 };
-use metrics_exporter_prometheus::{BuildError, PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::BuildError;
 
-/// The Prometheus recorder could not be installed (one is installed already, say).
+/// The Prometheus recorder could not be installed.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot install the metrics recorder: {0}")]
-pub struct InstallError(#[from] BuildError);
+pub enum InstallError {
+    /// The exporter refused its settings.
+    #[error("cannot build the metrics recorder: {0}")]
+    Build(#[from] BuildError),
+    /// This process has a recorder already.
+    #[error("a metrics recorder is installed already")]
+    Installed,
+}
 
 impl InstallError {
     /// A bounded label for logs and metrics.
@@ -52,7 +58,13 @@ pub const ACCEPT_ERRORS: &str = "distgate_accept_errors_total";
 pub const DNS_LOOKUPS: &str = "distgate_dns_lookups_total";
 /// How long DNS lookups took.
 pub const DNS_DURATION: &str = "distgate_dns_lookup_duration_seconds";
-/// Connections closed at accept because a limit was reached, by `listener`.
+/// Dist handshakes, by `node` and `result` (`ok`, `failed`, `timeout`, `not_allowed`,
+/// `banned`, `withdrawn`).
+pub const DIST_HANDSHAKES: &str = "distgate_dist_handshakes_total";
+/// Source addresses banned now for failed handshakes.
+pub const DIST_BANNED_SOURCES: &str = "distgate_dist_banned_sources";
+/// Connections closed at accept, by `listener` and `reason` (`max_connections`,
+/// `per_source`, `banned`; `evicted` on the admin listener).
 pub const CONNECTIONS_REFUSED: &str = "distgate_connections_refused_total";
 /// Connections held under a limit now, by `listener` (`epmd` counts other hosts only).
 pub const CONNECTIONS_OPEN: &str = "distgate_connections_open";
@@ -82,6 +94,8 @@ pub const ALL: &[&str] = &[
     DISCOVERY_FAILURES,
     CONNECTIONS_REFUSED,
     CONNECTIONS_OPEN,
+    DIST_HANDSHAKES,
+    DIST_BANNED_SOURCES,
 ];
 
 /// Dist link durations: from a failed handshake to links that live for days.
@@ -89,21 +103,12 @@ const DURATION_BUCKETS: &[f64] = &[
     0.01, 0.1, 1.0, 10.0, 60.0, 600.0, 3600.0, 21600.0, 86400.0, 604800.0,
 ];
 
-/// Installs the Prometheus recorder for this process and describes every metric.
-pub fn install() -> Result<PrometheusHandle, InstallError> {
-    let handle = PrometheusBuilder::new()
-        .set_buckets_for_metric(
-            metrics_exporter_prometheus::Matcher::Full(DIST_DURATION.into()),
-            DURATION_BUCKETS,
-        )?
-        .install_recorder()?;
-    describe();
+/// What every process starts with, so dashboards and alerts see zeros, not gaps.
+fn start() {
     gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
-    // Present from the start, so dashboards and alerts see zeros rather than gaps.
     gauge!(REGISTERED_NODES).set(0.0);
     counter!(DIST_NO_NODE).increment(0);
     counter!(ACCEPT_ERRORS).increment(0);
-    Ok(handle)
 }
 
 fn describe() {
@@ -144,7 +149,15 @@ fn describe() {
     );
     describe_counter!(
         CONNECTIONS_REFUSED,
-        "Connections closed at accept because max_connections was reached, by listener"
+        "Connections closed at accept, by listener and reason"
+    );
+    describe_counter!(
+        DIST_HANDSHAKES,
+        "Dist handshakes followed, by local node and result"
+    );
+    describe_gauge!(
+        DIST_BANNED_SOURCES,
+        "Source addresses banned now for failed dist handshakes"
     );
     describe_gauge!(
         CONNECTIONS_OPEN,
@@ -164,6 +177,9 @@ fn describe() {
 #[derive(Debug)]
 pub(crate) struct Link {
     labels: [(&'static str, String); 3],
+    /// Holds the peer's place among the labelled names while the link lives.
+    _peer: PeerLabel,
+    live: u64,
     /// Bytes from the peer (towards the node).
     pub(crate) received: Counter,
     /// Bytes to the peer.
@@ -173,17 +189,31 @@ pub(crate) struct Link {
 
 impl Link {
     /// Counts the link open, labelled with its node, peer and direction.
-    pub(crate) fn open(node: &str, peer: &str, direction: &'static str) -> Link {
+    pub(crate) fn open(node: &str, peer: PeerLabel, direction: &'static str) -> Link {
         let labels = [
             ("node", node.to_owned()),
-            ("peer", peer.to_owned()),
+            ("peer", peer.as_str().to_owned()),
             ("direction", direction.to_owned()),
         ];
-        counter!(DIST_OPENED, &labels).increment(1);
-        gauge!(DIST_ACTIVE, &labels).increment(1.0);
+        let opened = counter!(DIST_OPENED, &labels);
+        let active = gauge!(DIST_ACTIVE, &labels);
+        opened.increment(1);
+        active.increment(1.0);
+        let (received, sent) = (
+            counter!(DIST_RECEIVED, &labels),
+            counter!(DIST_SENT, &labels),
+        );
+        let live = export::remember(export::Live {
+            opened,
+            active,
+            received: received.clone(),
+            sent: sent.clone(),
+        });
         Link {
-            received: counter!(DIST_RECEIVED, &labels),
-            sent: counter!(DIST_SENT, &labels),
+            _peer: peer,
+            live,
+            received,
+            sent,
             labels,
             started: Instant::now(),
         }
@@ -192,6 +222,7 @@ impl Link {
     /// Records the close with a bounded `reason`; returns how long the link lived.
     pub(crate) fn close(self, reason: &'static str) -> std::time::Duration {
         let lived = self.started.elapsed();
+        export::forget(self.live);
         gauge!(DIST_ACTIVE, &self.labels).decrement(1.0);
         histogram!(DIST_DURATION, &self.labels).record(lived.as_secs_f64());
         let [node, peer, direction] = self.labels;
@@ -200,3 +231,10 @@ impl Link {
         lived
     }
 }
+
+mod export;
+mod peers;
+
+pub use export::{Exporter, PER_LINK, install, touch_live_links};
+pub use peers::{PEER_OTHER, PEER_TLS};
+pub(crate) use peers::{PeerLabel, PeerLabels};

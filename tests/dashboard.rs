@@ -70,15 +70,16 @@ async fn every_queried_metric_is_exported() {
     )
     .await;
     let (_dup, _) = register(dg.epmd, &alive2(&node, 1)).await;
-    let mut client = TcpStream::connect(dg.public_addr(0)).await.unwrap();
-    let (mut upstream, _) = listener.accept().await.unwrap();
-    client.write_all(&[0, 0]).await.unwrap();
+    let (mut client, mut upstream) =
+        common::dist::link(dg.public_addr(0), &listener, "peer@127.0.0.1").await;
     client.shutdown().await.unwrap();
     read_to_close(&mut upstream).await;
     drop(upstream);
     read_to_close(&mut client).await;
     let (_gone, _) = register(dg.epmd, &alive2(&unique("gone"), free_port())).await;
     let mut failed = TcpStream::connect(dg.public_addr(1)).await.unwrap();
+    let send_name = distgate::handshake::encode_send_name("peer@127.0.0.1", 0, 0);
+    failed.write_all(&send_name).await.unwrap();
     read_to_close(&mut failed).await;
 
     let names = queried();

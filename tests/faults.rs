@@ -10,6 +10,7 @@
 
 mod common;
 
+use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -17,7 +18,7 @@ use common::beam::{IDLE, Output, REPL, Repl, erl, node_deadline, with_node_b};
 use common::*;
 use distgate::route::{Glob, Route, Template, Upstream, UpstreamPort};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 #[test]
 fn a_killed_node_is_seen_down_by_its_peer_at_once() {
@@ -73,11 +74,8 @@ async fn a_node_re_registering_on_a_new_port_keeps_its_old_streams() {
         &alive2("app", first.local_addr().unwrap().port()),
     )
     .await;
-    let mut old = TcpStream::connect(sidecar.public_addr(0)).await.unwrap();
-    old.write_all(b"\x00\x00old-1").await.unwrap();
-    let (mut at_first, _) = first.accept().await.unwrap();
-    let mut got = [0u8; 7];
-    at_first.read_exact(&mut got).await.unwrap();
+    let (mut old, mut at_first) =
+        common::dist::link(sidecar.public_addr(0), &first, "peer@127.0.0.1").await;
 
     // The node restarts its listener on a new port and registers again.
     drop(registration);
@@ -101,15 +99,12 @@ async fn a_node_re_registering_on_a_new_port_keeps_its_old_streams() {
     old.read_exact(&mut back).await.unwrap();
     assert_eq!(&back, b"back");
     // A new connection goes to the new port.
-    let mut new = TcpStream::connect(sidecar.public_addr(0)).await.unwrap();
-    new.write_all(b"\x00\x00new").await.unwrap();
-    let (mut at_second, _) = tokio::time::timeout(DEADLINE, second.accept())
-        .await
-        .unwrap()
-        .unwrap();
-    let mut got = [0u8; 5];
+    let (mut new, mut at_second) =
+        common::dist::link(sidecar.public_addr(0), &second, "peer@127.0.0.1").await;
+    new.write_all(b"new").await.unwrap();
+    let mut got = [0u8; 3];
     at_second.read_exact(&mut got).await.unwrap();
-    assert_eq!(&got, b"\x00\x00new");
+    assert_eq!(&got, b"new");
     drop(again);
 }
 
@@ -215,26 +210,40 @@ async fn a_gateway_stream_ends_when_its_upstream_vanishes() {
         port: UpstreamPort::Epmd,
         epmd_port: epmd,
     }];
+    options.config.dist.linger = Duration::from_secs(1);
+    options.admin = true;
     let gateway = TestSidecar::start(options).await;
     let leased = port_please(gateway.epmd, "app-0").await.expect("leased");
-    let mut client = TcpStream::connect(("127.0.0.1", leased)).await.unwrap();
-    client.write_all(b"\x00\x00hello").await.unwrap();
-    let (mut at_node, _) = tokio::time::timeout(DEADLINE, node.accept())
-        .await
-        .unwrap()
-        .unwrap();
-    let mut got = [0u8; 7];
-    at_node.read_exact(&mut got).await.unwrap();
+    let public = SocketAddr::from(([127, 0, 0, 1], leased));
+    let (mut client, _at_node) = common::dist::link(public, &node, "peer@127.0.0.1").await;
 
-    // The upstream distgate vanishes mid-stream: the client's stream ends promptly.
+    // The upstream distgate vanishes mid-stream: the client's stream ends promptly, and
+    // the gateway closes the client's side too within `linger` (a client that only
+    // saw EOF would hold the gateway's slot for as long as it kept its socket).
     upstream.process.child.kill().unwrap();
     upstream.wait_exit(DEADLINE);
     let vanished = Instant::now();
     let mut rest = vec![];
     let ended = tokio::time::timeout(DEADLINE, client.read_to_end(&mut rest)).await;
     assert!(ended.is_ok(), "the client's stream outlived its upstream");
+    eventually("the gateway to close the client's side", || {
+        let written = client.try_write(b"x");
+        async move {
+            written
+                .is_err_and(|e| e.kind() != std::io::ErrorKind::WouldBlock)
+                .then_some(())
+        }
+    })
+    .await;
+    let admin = gateway.admin.unwrap();
+    eventually("the gateway's dist slot to be free", || async move {
+        let (_, text) = http_get(admin, "/metrics").await;
+        (sample(&text, "distgate_connections_open", &[("listener", "dist")]) == Some(0.0))
+            .then_some(())
+    })
+    .await;
     eprintln!(
-        "client stream ended {:?} after the upstream vanished",
+        "client stream ended and was closed {:?} after the upstream vanished",
         vanished.elapsed()
     );
     // The name is then "not found": its upstream EPMD is gone.

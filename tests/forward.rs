@@ -29,30 +29,25 @@ async fn fake_node(dg: &TestSidecar, name: &str) -> FakeNode {
     }
 }
 
-/// Connects to a public port and accepts the forwarded connection at the node.
+/// An authenticated link through a public port to the node: (client, node's end).
 async fn connect_through(public: SocketAddr, node: &FakeNode) -> (TcpStream, TcpStream) {
-    let client = TcpStream::connect(public).await.unwrap();
-    let (upstream, peer) = tokio::time::timeout(DEADLINE, node.listener.accept())
-        .await
-        .expect("nothing forwarded to the node")
-        .unwrap();
-    assert!(peer.ip().is_loopback(), "forwarded from {peer}");
-    (client, upstream)
+    common::dist::link(public, &node.listener, "peer@127.0.0.1").await
 }
 
 #[tokio::test]
 async fn a_first_frame_cut_short_is_forwarded_once_complete() {
     let dg = TestSidecar::start(Options::default()).await;
     let node = fake_node(&dg, "app").await;
-    let (mut client, mut upstream) = connect_through(dg.public_addr(0), &node).await;
+    let mut client = TcpStream::connect(dg.public_addr(0)).await.unwrap();
     // A send_name split in two writes: nothing is lost or reordered.
-    let mut frame = vec![0x00, 0x12, b'N'];
-    frame.extend_from_slice(&[0; 12]);
-    frame.extend_from_slice(&[0x00, 0x03]);
-    frame.extend_from_slice(b"a@h");
+    let frame = distgate::handshake::encode_send_name("a@h", 0, 0);
     client.write_all(&frame[..7]).await.unwrap();
     tokio::task::yield_now().await;
     client.write_all(&frame[7..]).await.unwrap();
+    let (mut upstream, _) = tokio::time::timeout(DEADLINE, node.listener.accept())
+        .await
+        .expect("nothing forwarded to the node")
+        .unwrap();
     let mut got = vec![0u8; frame.len()];
     upstream.read_exact(&mut got).await.unwrap();
     assert_eq!(got, frame);
@@ -136,6 +131,8 @@ async fn a_node_that_stopped_listening_closes_the_client() {
     } = node;
     drop(listener);
     let mut client = TcpStream::connect(dg.public_addr(0)).await.unwrap();
+    let send_name = distgate::handshake::encode_send_name("a@h", 0, 0);
+    client.write_all(&send_name).await.unwrap();
     assert_eq!(read_to_close(&mut client).await, b"");
 }
 

@@ -16,7 +16,7 @@ use distgate::route::{Glob, Records, Route, Template, Upstream, UpstreamPort};
 use std::process::Command;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routed_names_are_confirmed_leased_forwarded_and_given_back() {
@@ -62,18 +62,12 @@ async fn routed_names_are_confirmed_leased_forwarded_and_given_back() {
     assert_eq!(port_please(gateway.epmd, "web").await, None);
 
     // A connection to the leased port reaches the node through both distgates.
-    let mut client = TcpStream::connect(gateway.public_addr(0)).await.unwrap();
-    let (mut at_node, _) = tokio::time::timeout(DEADLINE, node.accept())
-        .await
-        .unwrap()
-        .unwrap();
-    client
-        .write_all(b"\x00\x00through the gateway")
-        .await
-        .unwrap();
-    let mut got = [0u8; 21];
+    let (mut client, mut at_node) =
+        common::dist::link(gateway.public_addr(0), &node, "peer@127.0.0.1").await;
+    client.write_all(b"through the gateway").await.unwrap();
+    let mut got = [0u8; 19];
     at_node.read_exact(&mut got).await.unwrap();
-    assert_eq!(&got, b"\x00\x00through the gateway");
+    assert_eq!(&got, b"through the gateway");
     at_node.write_all(b"back").await.unwrap();
     let mut back = [0u8; 4];
     client.read_exact(&mut back).await.unwrap();
@@ -214,15 +208,13 @@ async fn a_srv_discovery_route_lists_follows_and_forgets_names() {
     let reach = |port: u16, node: usize| {
         let nodes = &nodes;
         async move {
-            let mut client = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-            client.write_all(b"\x00\x00hello").await.unwrap();
-            let (mut at_node, _) = tokio::time::timeout(DEADLINE, nodes[node].accept())
-                .await
-                .expect("the node was not reached")
-                .unwrap();
-            let mut got = [0u8; 7];
+            let public = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+            let (mut client, mut at_node) =
+                common::dist::link(public, &nodes[node], "peer@127.0.0.1").await;
+            client.write_all(b"hello").await.unwrap();
+            let mut got = [0u8; 5];
             at_node.read_exact(&mut got).await.unwrap();
-            assert_eq!(&got, b"\x00\x00hello");
+            assert_eq!(&got, b"hello");
         }
     };
     reach(p1, 1).await;

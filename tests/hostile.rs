@@ -17,40 +17,13 @@ use std::net::TcpStream as StdStream;
 use std::time::{Duration, Instant};
 
 use common::beam::{Output, REPL, Repl, node_deadline};
-use common::netns::{Pods, in_netns, raise_descriptor_limit};
+use common::netns::{Pods, in_netns, metrics_in, raise_descriptor_limit};
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const FLOOD: usize = 5000;
 const EPMD_LIMIT: usize = 200;
 const DIST_LIMIT: usize = 300;
-
-/// distgate's open descriptors and resident memory (KiB), from /proc.
-fn usage(pid: u32) -> (usize, u64) {
-    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .count();
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let rss = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap();
-    (fds, rss)
-}
-
-/// `/metrics` of the distgate in namespace `ns`, asked over its loopback.
-fn metrics_in(ns: &str) -> String {
-    in_netns(ns, || {
-        let mut stream = StdStream::connect("127.0.0.1:9369").unwrap();
-        stream
-            .write_all(b"GET /metrics HTTP/1.1\r\nHost: distgate\r\nConnection: close\r\n\r\n")
-            .unwrap();
-        let mut text = String::new();
-        stream.read_to_string(&mut text).unwrap();
-        text
-    })
-}
 
 fn counter(text: &str, name: &str, listener: &str) -> f64 {
     sample(text, name, &[("listener", listener)]).unwrap_or(0.0)
@@ -78,7 +51,8 @@ fn floods_and_garbage_leave_nodes_and_links_working() {
         &config,
         format!(
             "[epmd]\nmax_connections = {EPMD_LIMIT}\npacket_timeout = \"30s\"\n\
-             [dist]\nports = [\"43691-43692\"]\nmax_connections = {DIST_LIMIT}\n"
+             [dist]\nports = [\"43691-43692\"]\nmax_connections = {DIST_LIMIT}\n\
+             max_per_source = {FLOOD}\n[dist.ban]\nfailures = 0\n"
         ),
     )
     .unwrap();
@@ -121,7 +95,10 @@ fn floods_and_garbage_leave_nodes_and_links_working() {
     // Every connection past the limits is closed at accept and counted.
     let metrics = eventually_blocking(node_deadline(), "the refusals to be counted", || {
         let text = metrics_in(&pod_ns);
-        let refused = |l| counter(&text, "distgate_connections_refused_total", l);
+        let refused = |l| {
+            let labels = [("listener", l), ("reason", "max_connections")];
+            sample(&text, "distgate_connections_refused_total", &labels).unwrap_or(0.0)
+        };
         (refused("epmd") >= (FLOOD - EPMD_LIMIT) as f64 && refused("dist") >= 1.0).then_some(text)
     });
     let open = |l| counter(&metrics, "distgate_connections_open", l);
@@ -154,13 +131,13 @@ fn floods_and_garbage_leave_nodes_and_links_working() {
     let second = format!("m@{pod_host}");
     pods.idle_node(pod, &second);
 
-    // Garbage on the dist port: forwarded as an unknown peer, refused by the node.
+    // Garbage on the dist port: closed by distgate, never forwarded to the node.
     let target = pod_ip.clone();
     drop(flood);
     let garbage_closed = in_netns(&attacker_ns, move || {
         let mut stream = StdStream::connect((target.as_str(), 43691)).unwrap();
-        // Its first two bytes announce a 65,418-byte frame, all of it sent: the node
-        // judges it at once rather than waiting out net_setuptime for the rest.
+        // Its first two bytes announce a 65,418-byte frame, longer than any handshake
+        // frame: distgate judges it at once.
         let junk = common::bytes::bytes(13, 65_536);
         let _ = stream.write_all(&junk);
         stream

@@ -6,62 +6,17 @@
 
 mod common;
 
-use std::net::SocketAddr;
-use std::process::Command;
-
-use common::beam::Output;
+use common::binary::Running;
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-struct Running {
-    out: Output,
-    epmd: SocketAddr,
-    admin: SocketAddr,
-    public: SocketAddr,
-    _dir: std::path::PathBuf,
-}
-
-/// The address a listener line of the JSON log names.
-fn listening(out: &mut Output, message: &str) -> SocketAddr {
-    let line = out.wait_line(message, DEADLINE, |l| l.contains(message));
-    let value: serde_json::Value = serde_json::from_str(&line).unwrap();
-    value["addr"].as_str().unwrap().parse().unwrap()
-}
-
 fn start(grace: &str) -> Running {
-    let dir = std::env::temp_dir().join(unique("distgate-life-"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("distgate.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[epmd]\nlisten = [\"127.0.0.1:0\"]\n[dist]\nlisten = [\"127.0.0.1\"]\nports = [{}]\n\
-             [admin]\nlisten = [\"127.0.0.1:0\"]\n[shutdown]\ngrace = \"{grace}\"\n",
-            free_port()
-        ),
-    )
-    .unwrap();
-    let mut out = Output::spawn(
-        "distgate",
-        Command::new(env!("CARGO_BIN_EXE_distgate"))
-            .args(["--log-format", "json", "--config"])
-            .arg(&config),
-    );
-    let epmd = listening(&mut out, "\"EPMD listening\"");
-    let admin = listening(&mut out, "\"admin HTTP listening");
-    let public = listening(&mut out, "\"public dist port listening\"");
-    Running {
-        out,
-        epmd,
-        admin,
-        public,
-        _dir: dir,
-    }
+    Running::start(&format!("[shutdown]\ngrace = \"{grace}\"\n"))
 }
 
 fn signal(running: &Running, name: &str) {
-    let status = Command::new("kill")
+    let status = std::process::Command::new("kill")
         .args([&format!("-{name}"), &running.out.process.pid().to_string()])
         .status()
         .unwrap();
@@ -76,8 +31,7 @@ async fn stream_through(running: &Running) -> (TcpStream, TcpStream, TcpStream) 
         &alive2("app", node.local_addr().unwrap().port()),
     )
     .await;
-    let client = TcpStream::connect(running.public).await.unwrap();
-    let (upstream, _) = node.accept().await.unwrap();
+    let (client, upstream) = common::dist::link(running.public, &node, "peer@127.0.0.1").await;
     (registration, client, upstream)
 }
 
@@ -86,7 +40,6 @@ async fn drains_on(name: &str) {
     let (_registration, client, upstream) = stream_through(&running).await;
     let (mut client_r, mut client_w) = client.into_split();
     let (mut upstream_r, mut upstream_w) = upstream.into_split();
-    client_w.write_all(&[0, 0]).await.unwrap();
     // Bytes keep flowing both ways across the signal.
     let sender = tokio::spawn(async move {
         let chunk = vec![5u8; 64 * 1024];
@@ -96,7 +49,7 @@ async fn drains_on(name: &str) {
             sent += chunk.len();
         }
         client_w.shutdown().await.unwrap();
-        sent + 2
+        sent
     });
     let mut first = vec![0u8; 1 << 20];
     upstream_r.read_exact(&mut first).await.unwrap();
@@ -148,7 +101,6 @@ async fn sigint_drains_the_same_way() {
 async fn a_stream_that_outlives_the_grace_is_cut_and_said_so() {
     let mut running = start("300ms");
     let (_registration, mut client, _upstream) = stream_through(&running).await;
-    client.write_all(&[0, 0]).await.unwrap();
     signal(&running, "SIGTERM");
     // The stream is cut when the grace period ends; distgate still exits 0.
     let status = running.out.wait_exit(DEADLINE);

@@ -13,10 +13,14 @@ use distgate::config::ReadyWhen;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-/// A `send_name` frame from `name` (the v6 form).
-fn send_name(name: &str) -> Vec<u8> {
-    distgate::handshake::encode_send_name(name, distgate::handshake::OTP25_FLAGS, 42)
+/// Bytes a caller named `name` sends in `common::dist::link`'s handshake.
+fn caller_handshake(name: &str) -> usize {
+    use distgate::handshake::{OTP25_FLAGS, encode_send_name, frames};
+    encode_send_name(name, OTP25_FLAGS, 1).len() + frames::reply().len()
 }
+
+/// Bytes the node sends in it: status, challenge (naming `node@127.0.0.1`), ack.
+const NODE_HANDSHAKE: usize = 5 + (2 + 19 + 14) + 19;
 
 async fn metrics_text(dg: &TestSidecar) -> String {
     let (status, body) = http_get(dg.admin.unwrap(), "/metrics").await;
@@ -40,14 +44,12 @@ async fn byte_counts_are_exact_by_node_and_peer() {
     .await;
     let peer = format!("{}@pod-7.example", unique("peer"));
 
-    let mut client = TcpStream::connect(dg.public_addr(0)).await.unwrap();
-    let mut upstream = listener.accept().await.unwrap().0;
-    let hello = send_name(&peer);
-    let up = [hello.as_slice(), &[1u8; 100_000]].concat();
+    let (mut client, mut upstream) = common::dist::link(dg.public_addr(0), &listener, &peer).await;
+    let up = [1u8; 100_000];
     client.write_all(&up).await.unwrap();
     let mut got = vec![0u8; up.len()];
     upstream.read_exact(&mut got).await.unwrap();
-    assert_eq!(got, up, "the first frame was altered");
+    assert_eq!(got, up);
     upstream.write_all(&[2u8; 77_777]).await.unwrap();
     upstream.shutdown().await.unwrap();
     client.shutdown().await.unwrap();
@@ -70,11 +72,15 @@ async fn byte_counts_are_exact_by_node_and_peer() {
     })
     .await;
     let value = |name: &str| sample(&text, name, &labels);
+    // The handshake's bytes count too.
     assert_eq!(
         value("distgate_dist_received_bytes_total"),
-        Some(up.len() as f64)
+        Some((caller_handshake(&peer) + up.len()) as f64)
     );
-    assert_eq!(value("distgate_dist_sent_bytes_total"), Some(77_777.0));
+    assert_eq!(
+        value("distgate_dist_sent_bytes_total"),
+        Some((NODE_HANDSHAKE + 77_777) as f64)
+    );
     assert_eq!(value("distgate_dist_connections_opened_total"), Some(1.0));
     assert_eq!(value("distgate_dist_connections_active"), Some(0.0));
     assert_eq!(
@@ -98,25 +104,25 @@ async fn bytes_are_counted_while_the_link_lives() {
         &alive2(&node, listener.local_addr().unwrap().port()),
     )
     .await;
-    let mut client = TcpStream::connect(dg.public_addr(0)).await.unwrap();
-    let mut upstream = listener.accept().await.unwrap().0;
-    // Garbage first: the peer is "unknown", and nothing is held back.
-    client.write_all(b"GET / HTTP/1.0\r\n\r\n").await.unwrap();
+    let peer = "live-peer@127.0.0.1";
+    let (mut client, mut upstream) = common::dist::link(dg.public_addr(0), &listener, peer).await;
+    client.write_all(b"eighteen bytes ...").await.unwrap();
     let mut got = [0u8; 18];
     upstream.read_exact(&mut got).await.unwrap();
     let labels = [
         ("node", node.as_str()),
-        ("peer", "unknown"),
+        ("peer", peer),
         ("direction", "inbound"),
     ];
+    let received = (caller_handshake(peer) + 18) as f64;
     eventually("live byte counts", || {
         let dg = &dg;
         let labels = &labels;
         async move {
             let text = metrics_text(dg).await;
             let active = sample(&text, "distgate_dist_connections_active", labels);
-            let received = sample(&text, "distgate_dist_received_bytes_total", labels);
-            (active == Some(1.0) && received == Some(18.0)).then_some(())
+            let received_now = sample(&text, "distgate_dist_received_bytes_total", labels);
+            (active == Some(1.0) && received_now == Some(received)).then_some(())
         }
     })
     .await;
@@ -179,10 +185,8 @@ async fn readyz_flips_at_registration_and_at_shutdown() {
     assert_eq!(http_get(admin, "/readyz").await.0, 200);
 
     // A dist connection keeps the drain going; meanwhile /readyz fails, /livez holds.
-    let mut client = TcpStream::connect(dg.public_addr(0)).await.unwrap();
-    let mut upstream = listener.accept().await.unwrap().0;
-    client.write_all(&[0, 0]).await.unwrap();
-    upstream.read_exact(&mut [0u8; 2]).await.unwrap();
+    let (mut client, mut upstream) =
+        common::dist::link(dg.public_addr(0), &listener, "peer@127.0.0.1").await;
     dg.shutdown.cancel();
     let (status, body) = eventually("/readyz to fail", || async move {
         let reply = http_get(admin, "/readyz").await;

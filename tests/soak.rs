@@ -181,6 +181,8 @@ async fn side(
 async fn round(mode: Mode, streams: usize, rng: &mut Rng) -> u64 {
     let mut options = Options::default();
     options.config.forward.mode = mode;
+    // Half-closed streams here run as long as their plan says; `linger` has its own test.
+    options.config.dist.linger = Duration::from_secs(600);
     let sidecar = TestSidecar::start(options).await;
     let node = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let (_registration, _) = register(
@@ -192,8 +194,8 @@ async fn round(mode: Mode, streams: usize, rng: &mut Rng) -> u64 {
     let plans = Arc::new(plans);
     let node_results = Arc::new(Mutex::new(HashMap::new()));
 
-    // The node: reads each stream's id (after a 2-byte zero length, which distgate
-    // labels "unknown" at once), then plays its side.
+    // The node: plays its half of the handshake, reads each stream's id, then plays
+    // its side.
     let node_side = {
         let (plans, results) = (Arc::clone(&plans), Arc::clone(&node_results));
         tokio::spawn(async move {
@@ -202,6 +204,7 @@ async fn round(mode: Mode, streams: usize, rng: &mut Rng) -> u64 {
                 let (mut stream, _) = node.accept().await.unwrap();
                 let (plans, results) = (Arc::clone(&plans), Arc::clone(&results));
                 tasks.push(tokio::spawn(async move {
+                    common::dist::as_node(&mut stream).await;
                     let mut header = [0u8; 10];
                     if stream.read_exact(&mut header).await.is_err() {
                         // A client that reset at once: its header may never come.
@@ -237,6 +240,7 @@ async fn round(mode: Mode, streams: usize, rng: &mut Rng) -> u64 {
         let addr = sidecar.public_addr(0);
         clients.push(tokio::spawn(async move {
             let mut stream = TcpStream::connect(addr).await.unwrap();
+            common::dist::as_caller(&mut stream, &format!("soak-{id}@127.0.0.1")).await;
             let mut header = vec![0, 0];
             header.extend_from_slice(&(id as u64).to_be_bytes());
             stream.write_all(&header).await.unwrap();

@@ -38,15 +38,45 @@ pub fn run(args: &[String]) -> io::Result<()> {
     }
 }
 
+/// The caller's half of a dist handshake (distgate forwards nothing else); every
+/// client plays it, through every proxy and directly, so all pay the same.
+fn as_caller(stream: &mut TcpStream) -> io::Result<()> {
+    use distgate::handshake::{OTP25_FLAGS, encode_send_name, frames};
+    stream.write_all(&encode_send_name("bench@bench.invalid", OTP25_FLAGS, 1))?;
+    let answer = frames::status_ok().len() + frames::challenge(NODE).len();
+    stream.read_exact(&mut vec![0u8; answer])?;
+    stream.write_all(&frames::reply())?;
+    stream.read_exact(&mut vec![0u8; frames::ack().len()])
+}
+
+/// The node's half, played by every server before it serves.
+fn as_node(stream: &mut TcpStream) -> io::Result<()> {
+    use distgate::handshake::frames;
+    let mut length = [0u8; 2];
+    stream.read_exact(&mut length)?;
+    stream.read_exact(&mut vec![0u8; usize::from(u16::from_be_bytes(length))])?;
+    let mut answer = frames::status_ok();
+    answer.extend(frames::challenge(NODE));
+    stream.write_all(&answer)?;
+    stream.read_exact(&mut vec![0u8; frames::reply().len()])?;
+    stream.write_all(&frames::ack())
+}
+
+/// The name the servers' challenge gives.
+const NODE: &str = "node@bench.invalid";
+
 /// Listens on an ephemeral loopback port, prints it, and serves each connection on
-/// its own thread.
+/// its own thread, after the handshake.
 fn serve(handler: fn(TcpStream) -> io::Result<()>) -> io::Result<()> {
     let listener = TcpListener::bind("127.0.0.1:0")?;
     println!("PORT {}", listener.local_addr()?.port());
     io::stdout().flush()?;
     for stream in listener.incoming() {
-        let stream = stream?;
-        std::thread::spawn(move || handler(stream));
+        let mut stream = stream?;
+        std::thread::spawn(move || {
+            as_node(&mut stream)?;
+            handler(stream)
+        });
     }
     Ok(())
 }
@@ -85,7 +115,10 @@ fn hold() -> io::Result<()> {
     let held = Arc::new(Mutex::new(Vec::<TcpStream>::new()));
     let accepted = Arc::clone(&held);
     std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
+        for mut stream in listener.incoming().flatten() {
+            if as_node(&mut stream).is_err() {
+                continue;
+            }
             let _ = stream.set_nonblocking(true);
             let mut held = accepted.lock().unwrap();
             held.push(stream);
@@ -122,6 +155,7 @@ fn throughput(addr: SocketAddr, streams: usize, bytes: u64) -> io::Result<()> {
         let barrier = Arc::clone(&barrier);
         workers.push(std::thread::spawn(move || -> io::Result<u64> {
             let mut stream = TcpStream::connect(addr)?;
+            as_caller(&mut stream)?;
             let buf = vec![7u8; 256 * 1024];
             barrier.wait();
             let mut sent = 0u64;
@@ -151,6 +185,7 @@ fn throughput(addr: SocketAddr, streams: usize, bytes: u64) -> io::Result<()> {
 fn round_trips(addr: SocketAddr, count: usize) -> io::Result<()> {
     let mut stream = TcpStream::connect(addr)?;
     stream.set_nodelay(true)?;
+    as_caller(&mut stream)?;
     let mut buf = [42u8; 64];
     for _ in 0..count / 10 {
         stream.write_all(&buf)?;
@@ -169,18 +204,13 @@ fn round_trips(addr: SocketAddr, count: usize) -> io::Result<()> {
     Ok(())
 }
 
-/// Opens `count` connections, sends on each the `send_name` a dist link starts with,
-/// prints `READY`, and holds them until its standard input closes.
+/// Opens `count` connections, plays the caller's handshake on each (an idle dist
+/// link), prints `READY`, and holds them until its standard input closes.
 fn idle(addr: SocketAddr, count: usize) -> io::Result<()> {
-    let hello = distgate::handshake::encode_send_name(
-        "idle@bench.invalid",
-        distgate::handshake::OTP25_FLAGS,
-        1,
-    );
     let mut held = Vec::with_capacity(count);
     for _ in 0..count {
         let mut stream = TcpStream::connect(addr)?;
-        stream.write_all(&hello)?;
+        as_caller(&mut stream)?;
         held.push(stream);
     }
     println!("READY");

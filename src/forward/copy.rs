@@ -83,7 +83,7 @@ pub(super) async fn pump(
     }
 }
 
-async fn write_all(dst: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
+pub(super) async fn write_all(dst: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
     while !bytes.is_empty() {
         dst.writable().await?;
         match dst.try_write(bytes) {

@@ -12,17 +12,25 @@ use crate::handshake::{self, Caller, Peek};
 const MIN_PAUSE: Duration = Duration::from_millis(1);
 const MAX_PAUSE: Duration = Duration::from_millis(100);
 
-/// Waits for the first frame on `stream` (at most `limit`) and classifies it. Nothing
-/// is consumed. A peer that closes, errs, or sends too little in time is `Unknown`.
-pub(super) async fn identify(stream: &TcpStream, limit: Duration) -> Caller {
-    tokio::time::timeout(limit, first_frame(stream))
-        .await
-        .ok()
-        .and_then(Result::ok)
-        .unwrap_or(Caller::Unknown)
+/// What a caller's first bytes were.
+#[derive(Debug)]
+pub(super) enum FirstFrame {
+    /// It closed (or reset) before sending a byte: a port check, not a handshake.
+    Silent,
+    /// A whole first frame (or bytes that are clearly no dist frame: `Unknown`).
+    Caller(Caller),
 }
 
-async fn first_frame(stream: &TcpStream) -> io::Result<Caller> {
+/// Waits for the first frame on `stream` (without a limit: the caller sets one) and
+/// classifies it. Nothing is consumed.
+pub(super) async fn identify(stream: &TcpStream) -> FirstFrame {
+    match first_frame(stream).await {
+        Ok(Some(caller)) => FirstFrame::Caller(caller),
+        Ok(None) | Err(_) => FirstFrame::Silent,
+    }
+}
+
+async fn first_frame(stream: &TcpStream) -> io::Result<Option<Caller>> {
     let mut buf = vec![0u8; 256];
     let mut seen = 0;
     let mut pause = MIN_PAUSE;
@@ -30,9 +38,9 @@ async fn first_frame(stream: &TcpStream) -> io::Result<Caller> {
         // Waits for the first byte; later calls return at once while bytes are there.
         let n = stream.peek(&mut buf).await?;
         match handshake::classify(&buf[..n]) {
-            Peek::Done(caller) => return Ok(caller),
-            // The peer closed before a whole frame.
-            Peek::NeedMore(_) if n == 0 => return Ok(Caller::Unknown),
+            Peek::Done(caller) => return Ok(Some(caller)),
+            // The peer closed before its first byte.
+            Peek::NeedMore(_) if n == 0 => return Ok(None),
             // The buffer was full: grow it to the frame and look again.
             Peek::NeedMore(want) if n == buf.len() => {
                 buf.resize(want.max(2 * n).min(handshake::MAX_TLS_RECORD), 0);

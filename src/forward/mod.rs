@@ -6,6 +6,8 @@
 //! falling back to the copy when no pipe can be made.
 
 mod copy;
+mod follow;
+mod guard;
 mod identify;
 mod pool;
 pub(crate) mod public;
@@ -16,6 +18,7 @@ pub use splice::{MAX_IDLE_PIPES, PipePool};
 
 use std::io;
 use std::net::Shutdown;
+use std::time::Duration;
 
 use tokio::net::TcpStream;
 use tracing::warn;
@@ -98,18 +101,68 @@ impl Engine {
         &self,
         client: TcpStream,
         upstream: TcpStream,
+        to_upstream: Meter,
+        to_client: Meter,
+    ) -> Outcome {
+        self.proxy_link(client, upstream, to_upstream, to_client, None)
+            .await
+    }
+
+    /// [`Engine::proxy_metered`] for a dist link: once one side has closed, the other
+    /// has `linger` (when given) to finish, then both are closed (OTP never keeps a
+    /// half-closed link). An error on either side, or a linger that ran out, closes
+    /// both with a reset, so a reset on one side reaches the other as a reset.
+    pub async fn proxy_link(
+        &self,
+        client: TcpStream,
+        upstream: TcpStream,
         mut to_upstream: Meter,
         mut to_client: Meter,
+        linger: Option<Duration>,
     ) -> Outcome {
-        let result = tokio::try_join!(
-            self.direction(&client, &upstream, &mut to_upstream),
-            self.direction(&upstream, &client, &mut to_client),
-        )
-        .map(|_| ());
+        let result = self
+            .both(&client, &upstream, &mut to_upstream, &mut to_client, linger)
+            .await;
+        if result.is_err() {
+            for stream in [&client, &upstream] {
+                // Best effort: the socket may be gone already.
+                let _ = socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO));
+            }
+        }
         Outcome {
             to_upstream: to_upstream.total(),
             to_client: to_client.total(),
             result,
+        }
+    }
+
+    /// Both directions, pinned where they are (a future moved into another is kept
+    /// twice, and this one lives as long as the link).
+    async fn both(
+        &self,
+        client: &TcpStream,
+        upstream: &TcpStream,
+        to_upstream: &mut Meter,
+        to_client: &mut Meter,
+        linger: Option<Duration>,
+    ) -> io::Result<()> {
+        let a = self.direction(client, upstream, to_upstream);
+        let b = self.direction(upstream, client, to_client);
+        tokio::pin!(a, b);
+        let Some(linger) = linger else {
+            return tokio::try_join!(a, b).map(|_| ());
+        };
+        let a_first = tokio::select! {
+            r = &mut a => { r?; true }
+            r = &mut b => { r?; false }
+        };
+        // Boxed: the timer exists only while a link closes, and every open link's task
+        // would otherwise carry its size.
+        let timer = Box::pin(tokio::time::sleep(linger));
+        let other = async { if a_first { b.await } else { a.await } };
+        tokio::select! {
+            r = other => r,
+            _ = timer => Err(io::Error::new(io::ErrorKind::TimedOut, LingerOver)),
         }
     }
 
@@ -149,6 +202,12 @@ impl Engine {
         half_close(dst)
     }
 }
+
+/// The error of a link closed because its other side did not follow a close within
+/// `[dist] linger`.
+#[derive(Debug, thiserror::Error)]
+#[error("the other side was still open `linger` after one side closed")]
+pub struct LingerOver;
 
 fn no_pipe(e: &io::Error) {
     warn!("no pipe for splice ({e}); this stream continues with a buffered copy");

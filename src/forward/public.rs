@@ -1,31 +1,52 @@
 //! Public dist ports: a connection to one is forwarded to where the directory says the
 //! port goes (a local node's real port over loopback, or a routed name's upstream). A
 //! port nobody holds closes the connection at once.
+//!
+//! Nothing unauthenticated reaches a node unchecked: a caller must not be banned or
+//! over `max_per_source`, must send its first frame within `first_frame_timeout`, be
+//! allowed by `allow_peers` (before the node is even connected to), and finish the
+//! handshake within `handshake_timeout`, the bytes following it by copy. Only then is
+//! the link labelled with the caller's name and moved to the engine (splice). TLS
+//! links pass untouched after their ClientHello.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::timeout;
 use tracing::{debug, info, info_span, warn};
 
+use super::follow::{Followed, Moved, follow};
+use super::guard::{Guard, Refusal, SourceSlot};
+use super::identify::{FirstFrame, identify};
 use crate::accept::{Acceptor, Admit};
-use crate::config::DistConfig;
+use crate::config::{AllowPeers, DistConfig, MetricsConfig};
 use crate::directory::{Destination, Directory};
-use crate::metrics as m;
+use crate::epmd::server::is_local;
+use crate::handshake::Caller;
+use crate::handshake::follow::Handshake;
+use crate::metrics::{self as m, PeerLabels};
 
 /// The `direction` label of connections that come in on a public port for a local node.
 pub(crate) const DIRECTION: &str = "inbound";
 /// The `direction` label of connections forwarded to a routed name's upstream.
 pub(crate) const GATEWAY_DIRECTION: &str = "gateway";
+/// Longest claimed name written to a log line.
+const MAX_LOGGED_NAME: usize = 255;
 
 /// A bounded label for how a forwarded stream ended.
 pub(crate) fn close_reason(result: &std::io::Result<()>) -> &'static str {
     use std::io::ErrorKind::*;
     match result {
         Ok(()) => "closed",
+        Err(e)
+            if e.get_ref()
+                .is_some_and(|inner| inner.is::<super::LingerOver>()) =>
+        {
+            "linger"
+        }
         Err(e) => match e.kind() {
             ConnectionReset | ConnectionAborted | BrokenPipe => "reset",
             TimedOut => "timeout",
@@ -41,7 +62,31 @@ pub(crate) struct Forwarder {
     engine: Arc<super::Engine>,
     connect_timeout: Duration,
     first_frame_timeout: Duration,
+    handshake_timeout: Duration,
+    linger: Duration,
+    allow_peers: AllowPeers,
+    guard: Arc<Guard>,
+    peers: Arc<PeerLabels>,
     acceptor: Acceptor,
+}
+
+/// A link whose caller has proved itself (or speaks TLS), ready for the engine.
+#[derive(Debug)]
+struct Opened {
+    node: String,
+    /// The authenticated caller's name; `None` for TLS.
+    caller: Option<String>,
+    tls_sni: Option<String>,
+    direction: &'static str,
+    moved: Moved,
+    _slot: Option<SourceSlot>,
+}
+
+impl Opened {
+    /// The caller's name for logs: its authenticated name, or `tls`.
+    fn peer_name(&self) -> &str {
+        self.caller.as_deref().unwrap_or(m::PEER_TLS)
+    }
 }
 
 impl Forwarder {
@@ -50,6 +95,7 @@ impl Forwarder {
         directory: Arc<Directory>,
         engine: Arc<super::Engine>,
         config: &DistConfig,
+        metrics: &MetricsConfig,
         acceptor: Acceptor,
     ) -> Self {
         Forwarder {
@@ -57,7 +103,23 @@ impl Forwarder {
             engine,
             connect_timeout: config.connect_timeout,
             first_frame_timeout: config.first_frame_timeout,
+            handshake_timeout: config.handshake_timeout,
+            linger: config.linger,
+            allow_peers: config.allow_peers.clone(),
+            guard: Arc::new(Guard::new(config.max_per_source.get(), config.ban.clone())),
+            peers: Arc::new(PeerLabels::new(metrics.max_peers, metrics.idle_timeout)),
             acceptor,
+        }
+    }
+
+    /// Lifts bans that ran out, every few seconds until `shutdown`.
+    pub(crate) async fn sweep_bans(self: Arc<Self>, shutdown: tokio_util::sync::CancellationToken) {
+        let mut every = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = every.tick() => self.guard.sweep(Instant::now()),
+            }
         }
     }
 
@@ -65,7 +127,7 @@ impl Forwarder {
     /// until shutdown. Connections already forwarded keep going.
     pub(crate) async fn serve(self: Arc<Self>, listener: TcpListener, public_port: u16) {
         let span = |peer: SocketAddr| info_span!("dist", %peer, public_port);
-        let handle = |client, _| self.connection(client, public_port);
+        let handle = |client, source| self.connection(client, source, public_port);
         (self.acceptor)
             .run(listener, |_, _| Admit::Limited, span, handle)
             .await;
@@ -75,79 +137,232 @@ impl Forwarder {
     fn connection(
         self: &Arc<Self>,
         client: TcpStream,
+        source: SocketAddr,
         public_port: u16,
     ) -> impl Future<Output = ()> + Send + 'static {
         let forwarder = Arc::clone(self);
-        async move { forwarder.handle(client, public_port).await }
+        async move { forwarder.handle(client, source, public_port).await }
     }
 
-    async fn handle(&self, client: TcpStream, public_port: u16) {
-        let (node, target, direction) = match self.directory.destination(public_port) {
-            Some(Destination::Local { name, addr }) => (name, addr, DIRECTION),
-            Some(Destination::Routed { name, host, port }) => {
-                // Boxed: the resolver's future is large, and every connection's task
-                // would carry its size for the connection's whole life otherwise.
-                match Box::pin(self.directory.resolve(&host)).await {
-                    Ok(ip) => (name, SocketAddr::new(ip, port), GATEWAY_DIRECTION),
-                    Err(e) => {
-                        warn!(node = %name, %host, "upstream does not resolve: {e}");
-                        metrics::counter!(m::DIST_UPSTREAM_FAILURES, "node" => name).increment(1);
-                        return;
-                    }
+    async fn handle(&self, client: TcpStream, source: SocketAddr, public_port: u16) {
+        // Boxed: the handshake phase is over once the link is up, and every open
+        // link's task would otherwise carry its size for the link's whole life.
+        if let Some((client, upstream, opened)) =
+            Box::pin(self.open(client, source, public_port)).await
+        {
+            self.carry(client, upstream, opened).await;
+        }
+    }
+
+    /// Everything before the link is up: admission, the first frame, the allow-list,
+    /// the connection to the node and the handshake. `None`: closed, counted, logged.
+    async fn open(
+        &self,
+        client: TcpStream,
+        source: SocketAddr,
+        public_port: u16,
+    ) -> Option<(TcpStream, TcpStream, Box<Opened>)> {
+        let started = Instant::now();
+        let Some(destination) = self.directory.destination(public_port) else {
+            debug!("no node holds this public port; connection closed");
+            metrics::counter!(m::DIST_NO_NODE).increment(1);
+            return None;
+        };
+        let node = match &destination {
+            Destination::Local { name, .. } | Destination::Routed { name, .. } => name.clone(),
+        };
+        let exempt = client
+            .local_addr()
+            .is_ok_and(|local| is_local(source.ip(), local.ip()));
+        let slot = if exempt {
+            None
+        } else {
+            match self.guard.admit(source.ip(), started) {
+                Ok(slot) => Some(slot),
+                Err(refusal) => {
+                    self.refused(&node, refusal);
+                    return None;
                 }
             }
-            None => {
-                debug!("no node holds this public port; connection closed");
-                metrics::counter!(m::DIST_NO_NODE).increment(1);
-                return;
+        };
+        let failed = |result, reason, claimed: Option<&str>| {
+            self.failed(&node, source, exempt, result, reason, claimed)
+        };
+        let caller = match timeout(self.first_frame_timeout, identify(&client)).await {
+            Err(_) => return failed("timeout", "no first frame in time", None),
+            Ok(FirstFrame::Silent) => {
+                debug!("closed before its first byte");
+                return None;
             }
+            Ok(FirstFrame::Caller(caller)) => caller,
         };
-        let upstream = match self.connect(target).await {
-            Ok(upstream) => upstream,
-            Err(e) => {
-                warn!(%node, real_port = target.port(), "node's real port did not accept: {e}");
-                metrics::counter!(m::DIST_UPSTREAM_FAILURES, "node" => node).increment(1);
-                return;
+        match &caller {
+            Caller::Unknown => return failed("failed", "not_a_handshake", None),
+            Caller::Node { name, .. } if !self.allow_peers.allows(name) => {
+                return failed("not_allowed", "not_in_allow_peers", Some(name));
             }
-        };
-        // The caller speaks first, and its first frame names it. Should the node speak
-        // or close first instead, forwarding starts at once.
-        let caller = tokio::select! {
-            caller = super::identify::identify(&client, self.first_frame_timeout) => caller,
-            _ = upstream.readable() => crate::handshake::Caller::Unknown,
-        };
-        let peer = caller.label().to_owned();
+            _ => {}
+        }
+        let (upstream, direction) = self.connect_to(&node, destination).await?;
         // Dist traffic is small frames and ticks; OTP sets nodelay on its own sockets.
         if let Err(e) = client.set_nodelay(true) {
             debug!("TCP_NODELAY on the client socket: {e}");
         }
-        let tls_sni = match &caller {
-            crate::handshake::Caller::Tls { sni } => sni.clone(),
+        let mut opened = Box::new(Opened {
+            node: node.clone(),
+            caller: None,
+            tls_sni: None,
+            direction,
+            moved: Moved::default(),
+            _slot: slot,
+        });
+        if let Caller::Tls { sni } = caller {
+            opened.tls_sni = sni;
+            return Some((client, upstream, opened));
+        }
+        let mut handshake = Handshake::new();
+        let left = self.handshake_timeout.saturating_sub(started.elapsed());
+        let followed = timeout(
+            left,
+            follow(&client, &upstream, &mut handshake, &mut opened.moved),
+        )
+        .await;
+        let claimed = match handshake.caller() {
+            Some(Caller::Node { name, .. }) => Some(name.as_str()),
             _ => None,
         };
-        info!(%node, %peer, direction, tls_sni, upstream_port = target.port(), "dist connection opened");
-        let link = m::Link::open(&node, &peer, direction);
+        match followed {
+            Err(_) => return failed("timeout", "handshake_timeout", claimed),
+            Ok(Followed::Failed {
+                reason,
+                against_caller: false,
+            }) => {
+                metrics::counter!(m::DIST_HANDSHAKES, "node" => node, "result" => "withdrawn")
+                    .increment(1);
+                debug!(claimed, reason, "dist handshake called off before the ack");
+                return None;
+            }
+            Ok(Followed::Failed { reason, .. }) => {
+                return failed("failed", reason, claimed);
+            }
+            Ok(Followed::Authenticated) => {}
+        }
+        metrics::counter!(m::DIST_HANDSHAKES, "node" => node, "result" => "ok").increment(1);
+        opened.caller = claimed.map(str::to_owned);
+        Some((client, upstream, opened))
+    }
+
+    /// Where the link goes, connected.
+    async fn connect_to(
+        &self,
+        node: &str,
+        destination: Destination,
+    ) -> Option<(TcpStream, &'static str)> {
+        let (target, direction) = match destination {
+            Destination::Local { addr, .. } => (addr, DIRECTION),
+            Destination::Routed { host, port, .. } => {
+                // Boxed: the resolver's future is large.
+                match Box::pin(self.directory.resolve(&host)).await {
+                    Ok(ip) => (SocketAddr::new(ip, port), GATEWAY_DIRECTION),
+                    Err(e) => {
+                        warn!(%node, %host, "upstream does not resolve: {e}");
+                        metrics::counter!(m::DIST_UPSTREAM_FAILURES, "node" => node.to_owned())
+                            .increment(1);
+                        return None;
+                    }
+                }
+            }
+        };
+        match self.connect(target).await {
+            Ok(upstream) => Some((upstream, direction)),
+            Err(e) => {
+                warn!(%node, real_port = target.port(), "node's real port did not accept: {e}");
+                metrics::counter!(m::DIST_UPSTREAM_FAILURES, "node" => node.to_owned())
+                    .increment(1);
+                None
+            }
+        }
+    }
+
+    /// The link, from authentication to close.
+    async fn carry(&self, client: TcpStream, upstream: TcpStream, opened: Box<Opened>) {
+        // What the link's task keeps across its life stays boxed, and what the logs
+        // need is looked up again after: the task's size is most of distgate's memory
+        // per idle link (BENCHMARKS.md).
+        let peer = match &opened.caller {
+            Some(name) => self.peers.label(name),
+            None => PeerLabels::fixed(m::PEER_TLS),
+        };
+        let link = Box::new(m::Link::open(&opened.node, peer, opened.direction));
+        link.received.increment(opened.moved.to_node);
+        link.sent.increment(opened.moved.to_caller);
+        info!(
+            node = %opened.node,
+            peer = opened.peer_name(),
+            direction = opened.direction,
+            tls_sni = opened.tls_sni.as_deref(),
+            "dist connection opened"
+        );
         let outcome = self
             .engine
-            .proxy_metered(
+            .proxy_link(
                 client,
                 upstream,
                 super::Meter::new(link.received.clone()),
                 super::Meter::new(link.sent.clone()),
+                Some(self.linger),
             )
             .await;
         let reason = close_reason(&outcome.result);
         let lived = link.close(reason);
         info!(
-            %node,
-            %peer,
-            bytes_from_peer = outcome.to_upstream,
-            bytes_to_peer = outcome.to_client,
+            node = %opened.node,
+            peer = opened.peer_name(),
+            bytes_from_peer = outcome.to_upstream + opened.moved.to_node,
+            bytes_to_peer = outcome.to_client + opened.moved.to_caller,
             duration_ms = lived.as_millis() as u64,
             reason,
             error = outcome.result.as_ref().err().map(ToString::to_string),
             "dist connection closed"
         );
+    }
+
+    /// A connection closed at accept by the source guard.
+    fn refused(&self, node: &str, refusal: Refusal) {
+        let reason = refusal.reason();
+        metrics::counter!(m::CONNECTIONS_REFUSED, "listener" => "dist", "reason" => reason)
+            .increment(1);
+        if refusal == Refusal::Banned {
+            metrics::counter!(m::DIST_HANDSHAKES, "node" => node.to_owned(), "result" => "banned")
+                .increment(1);
+        }
+        debug!(reason, "dist connection closed at accept");
+    }
+
+    /// A handshake that did not authenticate, for a reason against the caller:
+    /// counted, logged (rate-limited), and counted towards a ban of its source unless
+    /// the source is the pod's own.
+    fn failed<T>(
+        &self,
+        node: &str,
+        source: SocketAddr,
+        exempt: bool,
+        result: &'static str,
+        reason: &'static str,
+        claimed: Option<&str>,
+    ) -> Option<T> {
+        metrics::counter!(m::DIST_HANDSHAKES, "node" => node.to_owned(), "result" => result)
+            .increment(1);
+        let now = Instant::now();
+        if self.guard.may_log(now) {
+            let claimed =
+                claimed.map(|name| name.chars().take(MAX_LOGGED_NAME).collect::<String>());
+            warn!(%node, %source, claimed, result, reason, "dist handshake failed; connection closed");
+        }
+        if !exempt {
+            self.guard.failed(source.ip(), now);
+        }
+        None
     }
 
     async fn connect(&self, target: SocketAddr) -> std::io::Result<TcpStream> {
@@ -192,12 +407,15 @@ mod tests {
             Arc::new(Directory::local(plan)),
             Arc::new(super::super::Engine::new(super::super::Mode::Auto, 1 << 20)),
             &DistConfig::default(),
+            &MetricsConfig::default(),
             acceptor,
         ));
         let admission = crate::limit::Limit::new("dist", 1).admit();
         let span = info_span!("dist", public_port = 1);
-        let task = crate::accept::hold(forwarder.connection(client, 1), admission, span);
+        let source = client.local_addr().unwrap();
+        let task = crate::accept::hold(forwarder.connection(client, source, 1), admission, span);
         let size = std::mem::size_of_val(&task);
+        eprintln!("a connection task: {size} bytes");
         assert!(size <= 2048, "a connection's task is {size} bytes");
     }
 }

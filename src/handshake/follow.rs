@@ -205,6 +205,12 @@ impl Handshake {
         self.state == State::Up
     }
 
+    /// Whether either side has called the handshake off: the node with `nok` or
+    /// `not_allowed`, or the caller answering `alive` with `false`.
+    pub fn is_refused(&self) -> bool {
+        self.state == State::Refused
+    }
+
     /// Follows `bytes` that `side` sent. After [`Progress::Authenticated`] or
     /// [`Progress::Refused`] nothing more is looked at.
     pub fn feed(&mut self, side: Side, mut bytes: &[u8]) -> Result<Progress, Violation> {

@@ -5,7 +5,9 @@
 #![allow(dead_code, unreachable_pub)] // each test crate uses some of these helpers
 
 pub mod beam;
+pub mod binary;
 pub mod bytes;
+pub mod dist;
 pub mod dnsmasq;
 pub mod netns;
 
@@ -233,11 +235,13 @@ impl Drop for TestSidecar {
 }
 
 /// This test process's Prometheus recorder, installed on first use.
-pub fn recorder() -> metrics_exporter_prometheus::PrometheusHandle {
-    static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
-        std::sync::OnceLock::new();
+pub fn recorder() -> distgate::metrics::Exporter {
+    static HANDLE: std::sync::OnceLock<distgate::metrics::Exporter> = std::sync::OnceLock::new();
     HANDLE
-        .get_or_init(|| distgate::metrics::install().expect("recorder"))
+        .get_or_init(|| {
+            let idle = distgate::config::MetricsConfig::default().idle_timeout;
+            distgate::metrics::install(idle).expect("recorder")
+        })
         .clone()
 }
 
@@ -483,4 +487,18 @@ pub fn free_port() -> u16 {
 
 pub fn loopback(port: u16) -> SocketAddr {
     SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)
+}
+
+/// A process's open descriptors and resident memory (KiB), from /proc.
+pub fn usage(pid: u32) -> (usize, u64) {
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    (fds, rss)
 }

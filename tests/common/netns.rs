@@ -331,3 +331,17 @@ pub fn raise_descriptor_limit() -> u64 {
     setrlimit(Resource::RLIMIT_NOFILE, hard, hard).expect("setrlimit");
     hard
 }
+
+/// `/metrics` of the distgate in namespace `ns`, asked over its loopback on 9369.
+pub fn metrics_in(ns: &str) -> String {
+    use std::io::{Read, Write};
+    in_netns(ns, || {
+        let mut stream = std::net::TcpStream::connect("127.0.0.1:9369").unwrap();
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: distgate\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut text = String::new();
+        stream.read_to_string(&mut text).unwrap();
+        text
+    })
+}

@@ -2,36 +2,8 @@
 //! every point, and against every way a side can break it.
 
 use super::*;
+use crate::handshake::frames::{ack, challenge, frame, reply};
 use crate::handshake::{OTP25_FLAGS, encode_send_name};
-
-fn frame(payload: &[u8]) -> Vec<u8> {
-    let mut f = (payload.len() as u16).to_be_bytes().to_vec();
-    f.extend_from_slice(payload);
-    f
-}
-
-fn challenge(name: &str) -> Vec<u8> {
-    let mut p = vec![b'N'];
-    p.extend_from_slice(&OTP25_FLAGS.to_be_bytes());
-    p.extend_from_slice(&0xc9e0_8fc7_u32.to_be_bytes());
-    p.extend_from_slice(&0x1234_5678_u32.to_be_bytes());
-    p.extend_from_slice(&(name.len() as u16).to_be_bytes());
-    p.extend_from_slice(name.as_bytes());
-    frame(&p)
-}
-
-fn reply() -> Vec<u8> {
-    let mut p = vec![b'r'];
-    p.extend_from_slice(&[0x2a, 0x5c, 0x9d, 0xc3]);
-    p.extend_from_slice(&[7; 16]);
-    frame(&p)
-}
-
-fn ack() -> Vec<u8> {
-    let mut p = vec![b'a'];
-    p.extend_from_slice(&[9; 16]);
-    frame(&p)
-}
 
 /// The OTP 25 ↔ OTP 25 handshake, as (side, bytes) in the order they flow.
 fn otp25() -> Vec<(Side, Vec<u8>)> {

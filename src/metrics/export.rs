@@ -1,0 +1,164 @@
+//! The Prometheus side: two recorders behind one facade. The per-link series (those
+//! labelled with a `peer`) live in a recorder that drops a series after
+//! `[metrics] idle_timeout` without change, so pod incarnations and departed peers
+//! leave `/metrics`; every other series lives in one that keeps them. The series of
+//! links still open are touched by [`touch_live_links`], so only closed links' series
+//! age out.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
+
+use metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+use metrics_util::MetricKindMask;
+
+use super::*;
+
+/// The metrics whose series carry a `peer` label.
+pub const PER_LINK: &[&str] = &[
+    DIST_OPENED,
+    DIST_CLOSED,
+    DIST_ACTIVE,
+    DIST_RECEIVED,
+    DIST_SENT,
+    DIST_DURATION,
+];
+
+/// Renders what the installed recorders hold, for `/metrics`.
+#[derive(Debug, Clone)]
+pub struct Exporter {
+    rest: PrometheusHandle,
+    links: Option<PrometheusHandle>,
+}
+
+impl Exporter {
+    /// The Prometheus text of every series.
+    pub fn render(&self) -> String {
+        let mut text = self.rest.render();
+        if let Some(links) = &self.links {
+            text.push_str(&links.render());
+        }
+        text
+    }
+
+    /// An exporter of a recorder that is not installed: renders nothing recorded.
+    pub fn detached() -> Exporter {
+        Exporter {
+            rest: PrometheusBuilder::new().build_recorder().handle(),
+            links: None,
+        }
+    }
+}
+
+/// Sends each metric to the recorder that holds its kind of series.
+#[derive(Debug)]
+struct Split {
+    links: PrometheusRecorder,
+    rest: PrometheusRecorder,
+}
+
+impl Split {
+    fn pick(&self, name: &str) -> &PrometheusRecorder {
+        if PER_LINK.contains(&name) {
+            &self.links
+        } else {
+            &self.rest
+        }
+    }
+}
+
+impl Recorder for Split {
+    fn describe_counter(&self, key: KeyName, unit: Option<Unit>, description: SharedString) {
+        self.pick(key.as_str())
+            .describe_counter(key, unit, description);
+    }
+
+    fn describe_gauge(&self, key: KeyName, unit: Option<Unit>, description: SharedString) {
+        self.pick(key.as_str())
+            .describe_gauge(key, unit, description);
+    }
+
+    fn describe_histogram(&self, key: KeyName, unit: Option<Unit>, description: SharedString) {
+        self.pick(key.as_str())
+            .describe_histogram(key, unit, description);
+    }
+
+    fn register_counter(&self, key: &Key, metadata: &Metadata<'_>) -> Counter {
+        self.pick(key.name()).register_counter(key, metadata)
+    }
+
+    fn register_gauge(&self, key: &Key, metadata: &Metadata<'_>) -> Gauge {
+        self.pick(key.name()).register_gauge(key, metadata)
+    }
+
+    fn register_histogram(&self, key: &Key, metadata: &Metadata<'_>) -> Histogram {
+        self.pick(key.name()).register_histogram(key, metadata)
+    }
+}
+
+/// Installs the recorders for this process (per-link series dropped after
+/// `idle_timeout` without change) and describes every metric.
+pub fn install(idle_timeout: Duration) -> Result<Exporter, InstallError> {
+    let buckets = |builder: PrometheusBuilder| {
+        builder.set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Full(DIST_DURATION.into()),
+            DURATION_BUCKETS,
+        )
+    };
+    let links = buckets(PrometheusBuilder::new())?
+        .idle_timeout(MetricKindMask::ALL, Some(idle_timeout))
+        .build_recorder();
+    let rest = buckets(PrometheusBuilder::new())?.build_recorder();
+    let exporter = Exporter {
+        rest: rest.handle(),
+        links: Some(links.handle()),
+    };
+    metrics::set_global_recorder(Split { links, rest }).map_err(|_| InstallError::Installed)?;
+    describe();
+    start();
+    Ok(exporter)
+}
+
+/// The per-link handles of an open link, touched so that its series never age out.
+#[derive(Debug)]
+pub(super) struct Live {
+    pub(super) opened: Counter,
+    pub(super) active: Gauge,
+    pub(super) received: Counter,
+    pub(super) sent: Counter,
+}
+
+fn live() -> MutexGuard<'static, HashMap<u64, Live>> {
+    static LIVE: OnceLock<Mutex<HashMap<u64, Live>>> = OnceLock::new();
+    LIVE.get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+}
+
+static NEXT: AtomicU64 = AtomicU64::new(0);
+
+/// Keeps an open link's series from ageing out; `forget` with the id it returns.
+pub(super) fn remember(link: Live) -> u64 {
+    let id = NEXT.fetch_add(1, Ordering::Relaxed);
+    live().insert(id, link);
+    id
+}
+
+/// The link closed: its series may age out.
+pub(super) fn forget(id: u64) {
+    live().remove(&id);
+}
+
+/// Marks the series of every open link as changed (their values stay), so that only
+/// the series of closed links reach `[metrics] idle_timeout`. Run it more often than
+/// that.
+pub fn touch_live_links() {
+    for link in live().values() {
+        link.opened.increment(0);
+        link.active.increment(0.0);
+        link.received.increment(0);
+        link.sent.increment(0);
+    }
+}

@@ -1,0 +1,59 @@
+//! The distgate binary on loopback ports the OS picks (EPMD and admin on port 0, one
+//! free public port), with JSON logs read back for the addresses it bound.
+
+use std::net::SocketAddr;
+use std::process::Command;
+
+use super::beam::Output;
+use super::{DEADLINE, free_port, unique};
+
+/// A running distgate binary.
+pub struct Running {
+    pub out: Output,
+    pub epmd: SocketAddr,
+    pub admin: SocketAddr,
+    pub public: SocketAddr,
+    _dir: std::path::PathBuf,
+}
+
+/// The address a listener line of the JSON log names.
+fn listening(out: &mut Output, message: &str) -> SocketAddr {
+    let line = out.wait_line(message, DEADLINE, |l| l.contains(message));
+    let value: serde_json::Value = serde_json::from_str(&line).unwrap();
+    value["addr"].as_str().unwrap().parse().unwrap()
+}
+
+impl Running {
+    /// Starts it with `more` appended to the configuration (whole tables, after
+    /// `[epmd]`, `[dist]` and `[admin]`, which are set here).
+    pub fn start(more: &str) -> Running {
+        let dir = std::env::temp_dir().join(unique("distgate-bin-"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("distgate.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[epmd]\nlisten = [\"127.0.0.1:0\"]\n[dist]\nlisten = [\"127.0.0.1\"]\nports = [{}]\n\
+                 [admin]\nlisten = [\"127.0.0.1:0\"]\n{more}",
+                free_port()
+            ),
+        )
+        .unwrap();
+        let mut out = Output::spawn(
+            "distgate",
+            Command::new(env!("CARGO_BIN_EXE_distgate"))
+                .args(["--log-format", "json", "--config"])
+                .arg(&config),
+        );
+        let epmd = listening(&mut out, "\"EPMD listening\"");
+        let admin = listening(&mut out, "\"admin HTTP listening");
+        let public = listening(&mut out, "\"public dist port listening\"");
+        Running {
+            out,
+            epmd,
+            admin,
+            public,
+            _dir: dir,
+        }
+    }
+}
