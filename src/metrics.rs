@@ -176,10 +176,10 @@ fn describe() {
 /// The metrics of one dist connection: opened on creation, closed by [`Link::close`].
 #[derive(Debug)]
 pub(crate) struct Link {
-    labels: [(&'static str, String); 3],
-    /// Holds the peer's place among the labelled names while the link lives.
-    _peer: PeerLabel,
-    live: u64,
+    node: String,
+    /// The `peer` label, holding the peer's place among the labelled names.
+    peer: PeerLabel,
+    direction: &'static str,
     /// Bytes from the peer (towards the node).
     pub(crate) received: Counter,
     /// Bytes to the peer.
@@ -189,12 +189,8 @@ pub(crate) struct Link {
 
 impl Link {
     /// Counts the link open, labelled with its node, peer and direction.
-    pub(crate) fn open(node: &str, peer: PeerLabel, direction: &'static str) -> Link {
-        let labels = [
-            ("node", node.to_owned()),
-            ("peer", peer.as_str().to_owned()),
-            ("direction", direction.to_owned()),
-        ];
+    pub(crate) fn open(node: String, peer: PeerLabel, direction: &'static str) -> Link {
+        let labels = link_labels(&node, &peer, direction);
         let opened = counter!(DIST_OPENED, &labels);
         let active = gauge!(DIST_ACTIVE, &labels);
         opened.increment(1);
@@ -203,33 +199,59 @@ impl Link {
             counter!(DIST_RECEIVED, &labels),
             counter!(DIST_SENT, &labels),
         );
-        let live = export::remember(export::Live {
+        export::remember(labels, || export::Live {
             opened,
             active,
             received: received.clone(),
             sent: sent.clone(),
         });
+        // The labels are made again at close rather than kept: an idle link holds as
+        // little as it can.
         Link {
-            _peer: peer,
-            live,
+            node,
+            peer,
+            direction,
             received,
             sent,
-            labels,
             started: Instant::now(),
         }
+    }
+
+    /// The local node's name.
+    pub(crate) fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// The `peer` label.
+    pub(crate) fn peer(&self) -> &str {
+        self.peer.as_str()
+    }
+
+    /// How long it has been open.
+    pub(crate) fn age(&self) -> std::time::Duration {
+        self.started.elapsed()
     }
 
     /// Records the close with a bounded `reason`; returns how long the link lived.
     pub(crate) fn close(self, reason: &'static str) -> std::time::Duration {
         let lived = self.started.elapsed();
-        export::forget(self.live);
-        gauge!(DIST_ACTIVE, &self.labels).decrement(1.0);
-        histogram!(DIST_DURATION, &self.labels).record(lived.as_secs_f64());
-        let [node, peer, direction] = self.labels;
+        let labels = link_labels(&self.node, &self.peer, self.direction);
+        gauge!(DIST_ACTIVE, &labels).decrement(1.0);
+        histogram!(DIST_DURATION, &labels).record(lived.as_secs_f64());
+        export::forget(&labels);
+        let [node, peer, direction] = labels;
         let closed = [node, peer, direction, ("reason", reason.to_owned())];
         counter!(DIST_CLOSED, &closed).increment(1);
         lived
     }
+}
+
+fn link_labels(node: &str, peer: &PeerLabel, direction: &'static str) -> export::LinkLabels {
+    [
+        ("node", node.to_owned()),
+        ("peer", peer.as_str().to_owned()),
+        ("direction", direction.to_owned()),
+    ]
 }
 
 mod export;

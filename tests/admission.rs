@@ -188,15 +188,7 @@ async fn a_half_closed_link_is_closed_after_linger() {
     tokio::time::timeout(DEADLINE, read_to_close(&mut client))
         .await
         .expect("the caller's side stayed open");
-    eventually("the node's side to be closed", || {
-        let written = upstream.try_write(b"x");
-        async move {
-            written
-                .is_err_and(|e| e.kind() != std::io::ErrorKind::WouldBlock)
-                .then_some(())
-        }
-    })
-    .await;
+    closed_by_peer(&upstream, "the node's side to be closed").await;
     let closed = [
         ("node", "app"),
         ("peer", "peer@h"),

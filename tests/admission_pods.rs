@@ -30,6 +30,23 @@ fn hosts(id: &str) -> String {
     )
 }
 
+/// Three pods on one switch: the node's (0), the guesser's (1), the friend's (2); and
+/// a folder for their configurations.
+fn world(prefix: &str) -> (String, std::path::PathBuf, Pods) {
+    let id = unique(prefix);
+    let dir = std::env::temp_dir().join(&id);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut pods = Pods::switched(&id);
+    for (name, ip) in [
+        ("node", NODE_IP),
+        ("guesser", GUESSER_IP),
+        ("friend", FRIEND_IP),
+    ] {
+        pods.join(name, ip, &hosts(&id));
+    }
+    (id, dir, pods)
+}
+
 fn config(dir: &std::path::Path, text: &str) -> std::path::PathBuf {
     let path = dir.join(unique("distgate-") + ".toml");
     std::fs::write(&path, text).unwrap();
@@ -50,13 +67,8 @@ fn a_cookie_guesser_is_banned_and_a_rightful_peer_never_refused() {
     if !require(&["erl", "ip"]) || !require_root() {
         return;
     }
-    let id = unique("dgb");
-    let dir = std::env::temp_dir().join(&id);
-    std::fs::create_dir_all(&dir).unwrap();
-    let mut pods = Pods::switched(&id);
-    let node_pod = pods.join("node", NODE_IP, &hosts(&id));
-    let guesser = pods.join("guesser", GUESSER_IP, &hosts(&id));
-    let friend = pods.join("friend", FRIEND_IP, &hosts(&id));
+    let (id, dir, mut pods) = world("dgb");
+    let (node_pod, guesser, friend) = (0, 1, 2);
     let ban = format!("[dist.ban]\nfailures = {FAILURES}\nwithin = \"1m\"\nduration = \"10m\"\n");
     let dg = pods.distgate(node_pod, "distgate of the node", Some(&config(&dir, &ban)));
     let pid = pods.output(dg).process.pid();
@@ -169,12 +181,8 @@ fn one_address_holds_at_most_max_per_source_connections() {
     if !require(&["ip"]) || !require_root() {
         return;
     }
-    let id = unique("dgs");
-    let dir = std::env::temp_dir().join(&id);
-    std::fs::create_dir_all(&dir).unwrap();
-    let mut pods = Pods::switched(&id);
-    let node_pod = pods.join("node", NODE_IP, &hosts(&id));
-    let other = pods.join("guesser", GUESSER_IP, &hosts(&id));
+    let (id, dir, mut pods) = world("dgs");
+    let (node_pod, other) = (0, 1);
     let text =
         "[dist]\nmax_per_source = 5\nfirst_frame_timeout = \"60s\"\nhandshake_timeout = \"60s\"\n";
     pods.distgate(node_pod, "distgate", Some(&config(&dir, text)));

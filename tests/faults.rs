@@ -226,15 +226,7 @@ async fn a_gateway_stream_ends_when_its_upstream_vanishes() {
     let mut rest = vec![];
     let ended = tokio::time::timeout(DEADLINE, client.read_to_end(&mut rest)).await;
     assert!(ended.is_ok(), "the client's stream outlived its upstream");
-    eventually("the gateway to close the client's side", || {
-        let written = client.try_write(b"x");
-        async move {
-            written
-                .is_err_and(|e| e.kind() != std::io::ErrorKind::WouldBlock)
-                .then_some(())
-        }
-    })
-    .await;
+    closed_by_peer(&client, "the gateway to close the client's side").await;
     let admin = gateway.admin.unwrap();
     eventually("the gateway's dist slot to be free", || async move {
         let (_, text) = http_get(admin, "/metrics").await;

@@ -12,7 +12,7 @@ use serde::de::{self, Deserializer};
 use crate::ports::PortPlan;
 use crate::route::wildcard_match;
 
-use super::DEFAULT_DIST_PORT;
+use super::{DEFAULT_DIST_PORT, Peers};
 
 /// `[dist]`: the public dist ports.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,6 +42,10 @@ pub struct DistConfig {
     pub max_per_source: NonZeroUsize,
     /// Which callers (their full node names) may reach a node.
     pub allow_peers: AllowPeers,
+    /// Sources never banned nor counted against `max_per_source`: `"local"` (the
+    /// default: loopback and the pod's own address), addresses and CIDRs (the
+    /// gateway's pods, in front of a sidecar), or `"any"`.
+    pub trusted: Peers,
     /// `[dist.ban]`.
     pub ban: BanConfig,
 }
@@ -61,6 +65,7 @@ impl Default for DistConfig {
             max_connections: NonZeroUsize::new(8192).unwrap_or(NonZeroUsize::MIN),
             max_per_source: NonZeroUsize::new(256).unwrap_or(NonZeroUsize::MIN),
             allow_peers: AllowPeers::default(),
+            trusted: Peers::LOCAL,
             ban: BanConfig::default(),
         }
     }

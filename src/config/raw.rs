@@ -50,6 +50,7 @@ struct RawDist {
     max_connections: NonZeroUsize,
     max_per_source: NonZeroUsize,
     allow_peers: AllowPeers,
+    trusted: Peers,
     ban: BanConfig,
 }
 
@@ -67,6 +68,7 @@ impl Default for RawDist {
             max_connections: d.max_connections,
             max_per_source: d.max_per_source,
             allow_peers: d.allow_peers,
+            trusted: d.trusted,
             ban: d.ban,
         }
     }
@@ -167,6 +169,7 @@ impl RawConfig {
                 max_connections: dist.max_connections,
                 max_per_source: dist.max_per_source,
                 allow_peers: dist.allow_peers,
+                trusted: dist.trusted,
                 ban: dist.ban,
             },
             forward: self.forward,

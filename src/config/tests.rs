@@ -318,3 +318,26 @@ fn dns_settings_are_checked() {
         "dns.nameservers[0]"
     );
 }
+
+#[test]
+fn admission_keys_parse_and_their_errors_name_them() {
+    let config = parse(
+        "[dist]\nallow_peers = [\"app@*\"]\ntrusted = [\"local\", \"10.42.7.0/24\"]\n\
+         [dist.ban]\nfailures = 0\n[metrics]\nmax_peers = 8\n",
+    )
+    .unwrap();
+    assert!(config.dist.allow_peers.allows("app@10.0.0.1"));
+    assert!(!config.dist.allow_peers.allows("web@10.0.0.1"));
+    assert_eq!(config.dist.ban.failures, 0);
+    assert_eq!(config.metrics.max_peers, 8);
+    let trusted: std::net::IpAddr = "10.42.7.9".parse().unwrap();
+    assert!(config.dist.trusted.allows(trusted, false));
+    let (key, line, _) = error_of("[dist]\n\nallow_peers = []\n");
+    assert_eq!((key.as_str(), line), ("dist.allow_peers", Some(3)));
+    let (key, _, _) = error_of("[dist]\nlinger = \"0s\"\n");
+    assert_eq!(key, "dist.linger");
+    let (key, _, _) = error_of("[dist]\nfirst_frame_timeout = \"20s\"\n");
+    assert_eq!(key, "dist.first_frame_timeout");
+    let (key, line, _) = error_of("[dist.ban]\nwithin = \"soon\"\n");
+    assert_eq!((key.as_str(), line), ("dist.ban.within", Some(2)));
+}

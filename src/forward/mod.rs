@@ -16,8 +16,11 @@ mod splice;
 pub use crate::config::Mode;
 pub use splice::{MAX_IDLE_PIPES, PipePool};
 
+use std::future::Future;
 use std::io;
 use std::net::Shutdown;
+use std::pin::Pin;
+use std::task::Poll;
 use std::time::Duration;
 
 use tokio::net::TcpStream;
@@ -120,9 +123,41 @@ impl Engine {
         mut to_client: Meter,
         linger: Option<Duration>,
     ) -> Outcome {
-        let result = self
-            .both(&client, &upstream, &mut to_upstream, &mut to_client, linger)
-            .await;
+        let result = {
+            let a = self.direction(&client, &upstream, &mut to_upstream);
+            let b = self.direction(&upstream, &client, &mut to_client);
+            tokio::pin!(a, b);
+            // Polled by hand, in this one future: it lives as long as the link, and the
+            // states of `select!`, `try_join!` or another `async fn` around it would add
+            // to every idle link's memory.
+            let (mut a_done, mut b_done) = (false, false);
+            let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
+            std::future::poll_fn(|cx| {
+                if !a_done && let Poll::Ready(result) = a.as_mut().poll(cx) {
+                    result?;
+                    a_done = true;
+                }
+                if !b_done && let Poll::Ready(result) = b.as_mut().poll(cx) {
+                    result?;
+                    b_done = true;
+                }
+                if a_done && b_done {
+                    return Poll::Ready(Ok(()));
+                }
+                if let (true, Some(linger)) = (a_done || b_done, linger) {
+                    // Boxed: the timer exists only while a link closes.
+                    let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(linger)));
+                    if timer.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            LingerOver,
+                        )));
+                    }
+                }
+                Poll::Pending
+            })
+            .await
+        };
         if result.is_err() {
             for stream in [&client, &upstream] {
                 // Best effort: the socket may be gone already.
@@ -133,36 +168,6 @@ impl Engine {
             to_upstream: to_upstream.total(),
             to_client: to_client.total(),
             result,
-        }
-    }
-
-    /// Both directions, pinned where they are (a future moved into another is kept
-    /// twice, and this one lives as long as the link).
-    async fn both(
-        &self,
-        client: &TcpStream,
-        upstream: &TcpStream,
-        to_upstream: &mut Meter,
-        to_client: &mut Meter,
-        linger: Option<Duration>,
-    ) -> io::Result<()> {
-        let a = self.direction(client, upstream, to_upstream);
-        let b = self.direction(upstream, client, to_client);
-        tokio::pin!(a, b);
-        let Some(linger) = linger else {
-            return tokio::try_join!(a, b).map(|_| ());
-        };
-        let a_first = tokio::select! {
-            r = &mut a => { r?; true }
-            r = &mut b => { r?; false }
-        };
-        // Boxed: the timer exists only while a link closes, and every open link's task
-        // would otherwise carry its size.
-        let timer = Box::pin(tokio::time::sleep(linger));
-        let other = async { if a_first { b.await } else { a.await } };
-        tokio::select! {
-            r = other => r,
-            _ = timer => Err(io::Error::new(io::ErrorKind::TimedOut, LingerOver)),
         }
     }
 

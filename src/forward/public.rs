@@ -22,7 +22,7 @@ use super::follow::{Followed, Moved, follow};
 use super::guard::{Guard, Refusal, SourceSlot};
 use super::identify::{FirstFrame, identify};
 use crate::accept::{Acceptor, Admit};
-use crate::config::{AllowPeers, DistConfig, MetricsConfig};
+use crate::config::{AllowPeers, DistConfig, MetricsConfig, Peers};
 use crate::directory::{Destination, Directory};
 use crate::epmd::server::is_local;
 use crate::handshake::Caller;
@@ -65,6 +65,7 @@ pub(crate) struct Forwarder {
     handshake_timeout: Duration,
     linger: Duration,
     allow_peers: AllowPeers,
+    trusted: Peers,
     guard: Arc<Guard>,
     peers: Arc<PeerLabels>,
     acceptor: Acceptor,
@@ -82,11 +83,45 @@ struct Opened {
     _slot: Option<SourceSlot>,
 }
 
-impl Opened {
-    /// The caller's name for logs: its authenticated name, or `tls`.
-    fn peer_name(&self) -> &str {
-        self.caller.as_deref().unwrap_or(m::PEER_TLS)
-    }
+/// The link is down: its close counted and logged.
+fn link_down(carried: Carried, outcome: &super::Outcome) {
+    let Carried {
+        link,
+        unlabelled,
+        moved,
+        _slot,
+    } = carried;
+    let reason = close_reason(&outcome.result);
+    info!(
+        node = link.node(),
+        peer = unlabelled.as_deref().unwrap_or(link.peer()),
+        bytes_from_peer = outcome.to_upstream + moved.to_node,
+        bytes_to_peer = outcome.to_client + moved.to_caller,
+        duration_ms = link.age().as_millis() as u64,
+        reason,
+        error = outcome.result.as_ref().err().map(ToString::to_string),
+        "dist connection closed"
+    );
+    link.close(reason);
+}
+
+/// What a link's task keeps while the link runs, in one box.
+#[derive(Debug)]
+struct Carried {
+    link: m::Link,
+    unlabelled: Option<String>,
+    moved: Moved,
+    _slot: Option<SourceSlot>,
+}
+
+/// One connection on its way in: where it goes, where it came from.
+#[derive(Debug)]
+struct Attempt {
+    node: String,
+    source: SocketAddr,
+    /// A `[dist] trusted` source: never banned nor limited per source.
+    trusted: bool,
+    started: Instant,
 }
 
 impl Forwarder {
@@ -106,6 +141,7 @@ impl Forwarder {
             handshake_timeout: config.handshake_timeout,
             linger: config.linger,
             allow_peers: config.allow_peers.clone(),
+            trusted: config.trusted.clone(),
             guard: Arc::new(Guard::new(config.max_per_source.get(), config.ban.clone())),
             peers: Arc::new(PeerLabels::new(metrics.max_peers, metrics.idle_timeout)),
             acceptor,
@@ -162,6 +198,52 @@ impl Forwarder {
         source: SocketAddr,
         public_port: u16,
     ) -> Option<(TcpStream, TcpStream, Box<Opened>)> {
+        let (attempt, destination, slot) = self.admit(&client, source, public_port)?;
+        let caller = match timeout(self.first_frame_timeout, identify(&client)).await {
+            Err(_) => return self.failed(&attempt, "timeout", "no first frame in time", None),
+            Ok(FirstFrame::Silent) => {
+                debug!("closed before its first byte");
+                return None;
+            }
+            Ok(FirstFrame::Caller(caller)) => caller,
+        };
+        match &caller {
+            Caller::Unknown => return self.failed(&attempt, "failed", "not_a_handshake", None),
+            Caller::Node { name, .. } if !self.allow_peers.allows(name) => {
+                return self.failed(&attempt, "not_allowed", "not_in_allow_peers", Some(name));
+            }
+            _ => {}
+        }
+        let (upstream, direction) = self.connect_to(&attempt.node, destination).await?;
+        // Dist traffic is small frames and ticks; OTP sets nodelay on its own sockets.
+        if let Err(e) = client.set_nodelay(true) {
+            debug!("TCP_NODELAY on the client socket: {e}");
+        }
+        let mut opened = Box::new(Opened {
+            node: attempt.node.clone(),
+            caller: None,
+            tls_sni: None,
+            direction,
+            moved: Moved::default(),
+            _slot: slot,
+        });
+        match caller {
+            Caller::Tls { sni } => opened.tls_sni = sni,
+            _ => {
+                self.authenticate(&attempt, &client, &upstream, &mut opened)
+                    .await?
+            }
+        }
+        Some((client, upstream, opened))
+    }
+
+    /// Where `public_port` goes, and whether its source may connect now.
+    fn admit(
+        &self,
+        client: &TcpStream,
+        source: SocketAddr,
+        public_port: u16,
+    ) -> Option<(Attempt, Destination, Option<SourceSlot>)> {
         let started = Instant::now();
         let Some(destination) = self.directory.destination(public_port) else {
             debug!("no node holds this public port; connection closed");
@@ -171,68 +253,53 @@ impl Forwarder {
         let node = match &destination {
             Destination::Local { name, .. } | Destination::Routed { name, .. } => name.clone(),
         };
-        let exempt = client
-            .local_addr()
-            .is_ok_and(|local| is_local(source.ip(), local.ip()));
-        let slot = if exempt {
-            None
-        } else {
-            match self.guard.admit(source.ip(), started) {
+        let trusted = client.local_addr().is_ok_and(|local| {
+            (self.trusted).allows(source.ip(), is_local(source.ip(), local.ip()))
+        });
+        let slot = match trusted {
+            true => None,
+            false => match self.guard.admit(source.ip(), started) {
                 Ok(slot) => Some(slot),
                 Err(refusal) => {
                     self.refused(&node, refusal);
                     return None;
                 }
-            }
+            },
         };
-        let failed = |result, reason, claimed: Option<&str>| {
-            self.failed(&node, source, exempt, result, reason, claimed)
+        let attempt = Attempt {
+            node,
+            source,
+            trusted,
+            started,
         };
-        let caller = match timeout(self.first_frame_timeout, identify(&client)).await {
-            Err(_) => return failed("timeout", "no first frame in time", None),
-            Ok(FirstFrame::Silent) => {
-                debug!("closed before its first byte");
-                return None;
-            }
-            Ok(FirstFrame::Caller(caller)) => caller,
-        };
-        match &caller {
-            Caller::Unknown => return failed("failed", "not_a_handshake", None),
-            Caller::Node { name, .. } if !self.allow_peers.allows(name) => {
-                return failed("not_allowed", "not_in_allow_peers", Some(name));
-            }
-            _ => {}
-        }
-        let (upstream, direction) = self.connect_to(&node, destination).await?;
-        // Dist traffic is small frames and ticks; OTP sets nodelay on its own sockets.
-        if let Err(e) = client.set_nodelay(true) {
-            debug!("TCP_NODELAY on the client socket: {e}");
-        }
-        let mut opened = Box::new(Opened {
-            node: node.clone(),
-            caller: None,
-            tls_sni: None,
-            direction,
-            moved: Moved::default(),
-            _slot: slot,
-        });
-        if let Caller::Tls { sni } = caller {
-            opened.tls_sni = sni;
-            return Some((client, upstream, opened));
-        }
+        Some((attempt, destination, slot))
+    }
+
+    /// Follows the handshake until the node's ack (`Some`, counted `ok`, the caller's
+    /// name in `opened`) or its end without one (`None`, counted and judged).
+    async fn authenticate(
+        &self,
+        attempt: &Attempt,
+        client: &TcpStream,
+        upstream: &TcpStream,
+        opened: &mut Opened,
+    ) -> Option<()> {
         let mut handshake = Handshake::new();
-        let left = self.handshake_timeout.saturating_sub(started.elapsed());
+        let left = self
+            .handshake_timeout
+            .saturating_sub(attempt.started.elapsed());
         let followed = timeout(
             left,
-            follow(&client, &upstream, &mut handshake, &mut opened.moved),
+            follow(client, upstream, &mut handshake, &mut opened.moved),
         )
         .await;
         let claimed = match handshake.caller() {
             Some(Caller::Node { name, .. }) => Some(name.as_str()),
             _ => None,
         };
+        let node = attempt.node.clone();
         match followed {
-            Err(_) => return failed("timeout", "handshake_timeout", claimed),
+            Err(_) => self.failed(attempt, "timeout", "handshake_timeout", claimed),
             Ok(Followed::Failed {
                 reason,
                 against_caller: false,
@@ -240,16 +307,16 @@ impl Forwarder {
                 metrics::counter!(m::DIST_HANDSHAKES, "node" => node, "result" => "withdrawn")
                     .increment(1);
                 debug!(claimed, reason, "dist handshake called off before the ack");
-                return None;
+                None
             }
-            Ok(Followed::Failed { reason, .. }) => {
-                return failed("failed", reason, claimed);
+            Ok(Followed::Failed { reason, .. }) => self.failed(attempt, "failed", reason, claimed),
+            Ok(Followed::Authenticated) => {
+                metrics::counter!(m::DIST_HANDSHAKES, "node" => node, "result" => "ok")
+                    .increment(1);
+                opened.caller = claimed.map(str::to_owned);
+                Some(())
             }
-            Ok(Followed::Authenticated) => {}
         }
-        metrics::counter!(m::DIST_HANDSHAKES, "node" => node, "result" => "ok").increment(1);
-        opened.caller = claimed.map(str::to_owned);
-        Some((client, upstream, opened))
     }
 
     /// Where the link goes, connected.
@@ -286,45 +353,50 @@ impl Forwarder {
 
     /// The link, from authentication to close.
     async fn carry(&self, client: TcpStream, upstream: TcpStream, opened: Box<Opened>) {
-        // What the link's task keeps across its life stays boxed, and what the logs
-        // need is looked up again after: the task's size is most of distgate's memory
-        // per idle link (BENCHMARKS.md).
-        let peer = match &opened.caller {
-            Some(name) => self.peers.label(name),
-            None => PeerLabels::fixed(m::PEER_TLS),
-        };
-        let link = Box::new(m::Link::open(&opened.node, peer, opened.direction));
-        link.received.increment(opened.moved.to_node);
-        link.sent.increment(opened.moved.to_caller);
-        info!(
-            node = %opened.node,
-            peer = opened.peer_name(),
-            direction = opened.direction,
-            tls_sni = opened.tls_sni.as_deref(),
-            "dist connection opened"
-        );
+        // Every byte a link's task keeps for the link's life counts once per idle link
+        // (BENCHMARKS.md): what the link needs sits in one box, its names held once,
+        // and the logs are written outside the task's state.
+        let carried = self.link_up(*opened);
         let outcome = self
             .engine
             .proxy_link(
                 client,
                 upstream,
-                super::Meter::new(link.received.clone()),
-                super::Meter::new(link.sent.clone()),
+                super::Meter::new(carried.link.received.clone()),
+                super::Meter::new(carried.link.sent.clone()),
                 Some(self.linger),
             )
             .await;
-        let reason = close_reason(&outcome.result);
-        let lived = link.close(reason);
-        info!(
-            node = %opened.node,
-            peer = opened.peer_name(),
-            bytes_from_peer = outcome.to_upstream + opened.moved.to_node,
-            bytes_to_peer = outcome.to_client + opened.moved.to_caller,
-            duration_ms = lived.as_millis() as u64,
-            reason,
-            error = outcome.result.as_ref().err().map(ToString::to_string),
-            "dist connection closed"
-        );
+        link_down(*carried, &outcome);
+    }
+
+    /// The link is up: its metrics open, the opening logged.
+    fn link_up(&self, opened: Opened) -> Box<Carried> {
+        let Opened {
+            node,
+            caller,
+            tls_sni,
+            direction,
+            moved,
+            _slot,
+        } = opened;
+        let peer = match &caller {
+            Some(name) => self.peers.label(name),
+            None => PeerLabels::fixed(m::PEER_TLS),
+        };
+        let peer_name = caller.as_deref().unwrap_or(m::PEER_TLS);
+        info!(%node, peer = peer_name, direction, tls_sni, "dist connection opened");
+        let link = m::Link::open(node, peer, direction);
+        link.received.increment(moved.to_node);
+        link.sent.increment(moved.to_caller);
+        // The caller's name, kept only where its label is not it (past max_peers).
+        let unlabelled = caller.filter(|name| name != link.peer());
+        Box::new(Carried {
+            link,
+            unlabelled,
+            moved,
+            _slot,
+        })
     }
 
     /// A connection closed at accept by the source guard.
@@ -341,17 +413,16 @@ impl Forwarder {
 
     /// A handshake that did not authenticate, for a reason against the caller:
     /// counted, logged (rate-limited), and counted towards a ban of its source unless
-    /// the source is the pod's own.
+    /// the source is trusted.
     fn failed<T>(
         &self,
-        node: &str,
-        source: SocketAddr,
-        exempt: bool,
+        attempt: &Attempt,
         result: &'static str,
         reason: &'static str,
         claimed: Option<&str>,
     ) -> Option<T> {
-        metrics::counter!(m::DIST_HANDSHAKES, "node" => node.to_owned(), "result" => result)
+        let (node, source) = (&attempt.node, attempt.source);
+        metrics::counter!(m::DIST_HANDSHAKES, "node" => node.clone(), "result" => result)
             .increment(1);
         let now = Instant::now();
         if self.guard.may_log(now) {
@@ -359,7 +430,7 @@ impl Forwarder {
                 claimed.map(|name| name.chars().take(MAX_LOGGED_NAME).collect::<String>());
             warn!(%node, %source, claimed, result, reason, "dist handshake failed; connection closed");
         }
-        if !exempt {
+        if !attempt.trusted {
             self.guard.failed(source.ip(), now);
         }
         None

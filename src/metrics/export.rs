@@ -6,7 +6,6 @@
 //! age out.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
@@ -121,7 +120,7 @@ pub fn install(idle_timeout: Duration) -> Result<Exporter, InstallError> {
     Ok(exporter)
 }
 
-/// The per-link handles of an open link, touched so that its series never age out.
+/// The handles of a series set with open links, touched so that it never ages out.
 #[derive(Debug)]
 pub(super) struct Live {
     pub(super) opened: Counter,
@@ -130,35 +129,61 @@ pub(super) struct Live {
     pub(super) sent: Counter,
 }
 
-fn live() -> MutexGuard<'static, HashMap<u64, Live>> {
-    static LIVE: OnceLock<Mutex<HashMap<u64, Live>>> = OnceLock::new();
-    LIVE.get_or_init(Mutex::default)
+/// The `node`, `peer` and `direction` labels of a link.
+pub(super) type LinkLabels = [(&'static str, String); 3];
+
+/// Series sets with open links, each with how many: one entry per node, peer and
+/// direction (bounded by `max_peers`), not one per link.
+#[derive(Debug)]
+struct Open {
+    links: usize,
+    live: Live,
+}
+
+fn open_series() -> MutexGuard<'static, HashMap<LinkLabels, Open>> {
+    static OPEN: OnceLock<Mutex<HashMap<LinkLabels, Open>>> = OnceLock::new();
+    OPEN.get_or_init(Mutex::default)
         .lock()
         .unwrap_or_else(|e| e.into_inner())
 }
 
-static NEXT: AtomicU64 = AtomicU64::new(0);
-
-/// Keeps an open link's series from ageing out; `forget` with the id it returns.
-pub(super) fn remember(link: Live) -> u64 {
-    let id = NEXT.fetch_add(1, Ordering::Relaxed);
-    live().insert(id, link);
-    id
+/// A link with `labels` opened: its series must not age out while it is open.
+pub(super) fn remember(labels: LinkLabels, live: impl FnOnce() -> Live) {
+    let mut open = open_series();
+    match open.get_mut(&labels) {
+        Some(entry) => entry.links += 1,
+        None => {
+            open.insert(
+                labels,
+                Open {
+                    links: 1,
+                    live: live(),
+                },
+            );
+        }
+    }
 }
 
-/// The link closed: its series may age out.
-pub(super) fn forget(id: u64) {
-    live().remove(&id);
+/// A link with `labels` closed: once none is open, its series may age out.
+pub(super) fn forget(labels: &LinkLabels) {
+    let mut open = open_series();
+    if let Some(entry) = open.get_mut(labels) {
+        entry.links -= 1;
+        if entry.links == 0 {
+            open.remove(labels);
+        }
+    }
 }
 
 /// Marks the series of every open link as changed (their values stay), so that only
 /// the series of closed links reach `[metrics] idle_timeout`. Run it more often than
 /// that.
 pub fn touch_live_links() {
-    for link in live().values() {
-        link.opened.increment(0);
-        link.active.increment(0.0);
-        link.received.increment(0);
-        link.sent.increment(0);
+    for entry in open_series().values() {
+        let live = &entry.live;
+        live.opened.increment(0);
+        live.active.increment(0.0);
+        live.received.increment(0);
+        live.sent.increment(0);
     }
 }

@@ -17,7 +17,7 @@ pub const PEER_OTHER: &str = "other";
 pub(crate) struct PeerLabels {
     max: usize,
     idle: Duration,
-    names: Mutex<HashMap<String, PeerUse>>,
+    names: Mutex<HashMap<Arc<str>, PeerUse>>,
 }
 
 #[derive(Debug)]
@@ -29,7 +29,8 @@ struct PeerUse {
 /// A link's `peer` label; gives its use of the name back when dropped.
 #[derive(Debug)]
 pub(crate) struct PeerLabel {
-    label: String,
+    /// Shared with the table: a link holds no copy of the name of its own.
+    label: Arc<str>,
     table: Option<Arc<PeerLabels>>,
 }
 
@@ -62,7 +63,7 @@ impl PeerLabels {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, PeerUse>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<Arc<str>, PeerUse>> {
         self.names.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -80,21 +81,20 @@ impl PeerLabels {
                 Some(free) => {
                     names.remove(&free);
                 }
-                None => {
-                    return PeerLabel {
-                        label: PEER_OTHER.to_owned(),
-                        table: None,
-                    };
-                }
+                None => return PeerLabels::fixed(PEER_OTHER),
             }
         }
-        let entry = names.entry(name.to_owned()).or_insert(PeerUse {
+        let label = match names.get_key_value(name) {
+            Some((label, _)) => Arc::clone(label),
+            None => Arc::from(name),
+        };
+        let entry = names.entry(Arc::clone(&label)).or_insert(PeerUse {
             open: 0,
             last_closed: now,
         });
         entry.open += 1;
         PeerLabel {
-            label: name.to_owned(),
+            label,
             table: Some(Arc::clone(self)),
         }
     }
@@ -102,7 +102,7 @@ impl PeerLabels {
     /// A label that is not a peer's name (`tls`), outside the table.
     pub(crate) fn fixed(label: &'static str) -> PeerLabel {
         PeerLabel {
-            label: label.to_owned(),
+            label: Arc::from(label),
             table: None,
         }
     }

@@ -502,3 +502,16 @@ pub fn usage(pid: u32) -> (usize, u64) {
         .unwrap();
     (fds, rss)
 }
+
+/// Waits until `stream` has been closed by its other end: a write to it fails.
+pub async fn closed_by_peer(stream: &tokio::net::TcpStream, what: &str) {
+    eventually(what, || {
+        let written = stream.try_write(b"x");
+        async move {
+            written
+                .is_err_and(|e| e.kind() != std::io::ErrorKind::WouldBlock)
+                .then_some(())
+        }
+    })
+    .await;
+}
