@@ -33,12 +33,12 @@ pub enum Caller {
 }
 
 impl Caller {
-    /// The bounded `peer` label: the node name, `tls`, or `unknown`.
-    pub fn label(&self) -> &str {
+    /// The name a node caller claims (with DFLAG_NAME_ME, the host only); none for TLS
+    /// and anything else.
+    pub fn name(&self) -> Option<&str> {
         match self {
-            Caller::Node { name, .. } => name,
-            Caller::Tls { .. } => "tls",
-            Caller::Unknown => "unknown",
+            Caller::Node { name, .. } => Some(name),
+            Caller::Tls { .. } | Caller::Unknown => None,
         }
     }
 }

@@ -7,7 +7,7 @@ mod common;
 
 use common::beam::{IDLE, Output, REPL, Repl, erl, node_deadline, registered};
 use common::*;
-use distgate::handshake;
+use distgate::handshake::frames::{challenge, frame as framed};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -53,22 +53,6 @@ async fn scripted_node(dg: &TestSidecar, name: &str, reply: Vec<u8>) -> tokio::n
         }
     });
     registration
-}
-
-fn framed(payload: &[u8]) -> Vec<u8> {
-    let mut out = (payload.len() as u16).to_be_bytes().to_vec();
-    out.extend_from_slice(payload);
-    out
-}
-
-fn challenge(name: &str) -> Vec<u8> {
-    let mut payload = vec![b'N'];
-    payload.extend_from_slice(&handshake::OTP25_FLAGS.to_be_bytes());
-    payload.extend_from_slice(&7u32.to_be_bytes());
-    payload.extend_from_slice(&99u32.to_be_bytes());
-    payload.extend_from_slice(&(name.len() as u16).to_be_bytes());
-    payload.extend_from_slice(name.as_bytes());
-    framed(&payload)
 }
 
 #[test]

@@ -12,7 +12,7 @@ fuzz_target!(|data: &[u8]| {
         // More is asked for only when more could change the answer.
         Peek::NeedMore(n) => assert!(n > data.len()),
         Peek::Done(caller) => {
-            let _ = caller.label();
+            let _ = caller.name();
         }
     }
     let _ = handshake::parse_send_name(data);

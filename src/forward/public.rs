@@ -293,10 +293,7 @@ impl Forwarder {
             follow(client, upstream, &mut handshake, &mut opened.moved),
         )
         .await;
-        let claimed = match handshake.caller() {
-            Some(Caller::Node { name, .. }) => Some(name.as_str()),
-            _ => None,
-        };
+        let claimed = handshake.caller().and_then(Caller::name);
         let node = attempt.node.clone();
         match followed {
             Err(_) => self.failed(attempt, "timeout", "handshake_timeout", claimed),

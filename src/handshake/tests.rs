@@ -141,24 +141,6 @@ fn a_broken_client_hello_is_tls_without_a_name() {
 }
 
 #[test]
-fn labels_are_bounded() {
-    assert_eq!(
-        Caller::Tls {
-            sni: Some("x".into())
-        }
-        .label(),
-        "tls"
-    );
-    assert_eq!(Caller::Unknown.label(), "unknown");
-    let node = Caller::Node {
-        name: "a@h".into(),
-        flags: 0,
-        creation: None,
-    };
-    assert_eq!(node.label(), "a@h");
-}
-
-#[test]
 fn send_name_round_trips() {
     let frame = encode_send_name("probe@h", OTP25_FLAGS, 7);
     assert_eq!(

@@ -44,7 +44,7 @@ fn the_otp25_trace_authenticates_cut_anywhere() {
         let authenticated = seen.iter().filter(|p| **p == Progress::Authenticated);
         assert_eq!(authenticated.count(), 1, "pieces of {piece}");
         assert!(h.is_authenticated());
-        assert_eq!(h.caller().map(Caller::label), Some("a@127.0.0.1"));
+        assert_eq!(h.caller().and_then(Caller::name), Some("a@127.0.0.1"));
     }
 }
 
@@ -56,7 +56,7 @@ fn the_caller_is_named_as_soon_as_its_send_name_is_whole() {
     h.feed(Side::Caller, head).unwrap();
     assert_eq!(h.caller(), None);
     h.feed(Side::Caller, tail).unwrap();
-    assert_eq!(h.caller().map(Caller::label), Some("a@h"));
+    assert_eq!(h.caller().and_then(Caller::name), Some("a@h"));
     assert!(!h.is_authenticated());
 }
 
@@ -177,7 +177,7 @@ fn name_me_takes_the_name_the_node_gives() {
     named.extend_from_slice(b"abc@host");
     named.extend_from_slice(&7u32.to_be_bytes());
     h.feed(Side::Node, &frame(&named)).unwrap();
-    assert_eq!(h.caller().map(Caller::label), Some("abc@host"));
+    assert_eq!(h.caller().and_then(Caller::name), Some("abc@host"));
 }
 
 #[test]
