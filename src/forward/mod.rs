@@ -1,9 +1,11 @@
-//! Dist forwarding: accepting on public ports ([`public`]) and moving the bytes of a
-//! stream between the peer and the node ([`Engine::proxy`]).
+//! Dist forwarding: accepting on public ports ([`public`]), admitting callers by
+//! source (`guard`) and by handshake (`identify` for the first frame, `follow` for the
+//! rest, by copy), and moving the bytes of an authenticated link between the peer and
+//! the node ([`Engine::proxy_link`], with `linger`; [`Engine::proxy`] without).
 //!
-//! [`Engine::proxy`] is the one entry point every caller uses. It moves each direction
-//! with splice(2) ([`splice`]) or a buffered copy ([`copy`]) as `[forward] mode` says,
-//! falling back to the copy when no pipe can be made.
+//! The engine moves each direction with splice(2) ([`splice`]) or a buffered copy
+//! ([`copy`]) as `[forward] mode` says, falling back to the copy when no pipe can be
+//! made.
 
 mod copy;
 mod follow;
