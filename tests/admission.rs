@@ -24,9 +24,7 @@ async fn start(tune: impl FnOnce(&mut Options)) -> (TestSidecar, TcpListener, Tc
     };
     tune(&mut options);
     let dg = TestSidecar::start(options).await;
-    let node = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let (registration, _) =
-        register(dg.epmd, &alive2("app", node.local_addr().unwrap().port())).await;
+    let (node, registration) = fake_node(dg.epmd, "app").await;
     (dg, node, registration)
 }
 
@@ -310,12 +308,7 @@ async fn a_flood_of_claimed_names_leaves_memory_and_metrics_flat() {
     let running = common::binary::Running::start("");
     let pid = running.out.process.pid();
     // The node: takes each forwarded connection and closes it, as on a bad cookie.
-    let node = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let (_registration, _) = register(
-        running.epmd,
-        &alive2("app", node.local_addr().unwrap().port()),
-    )
-    .await;
+    let (node, _registration) = fake_node(running.epmd, "app").await;
     tokio::spawn(async move {
         while let Ok((stream, _)) = node.accept().await {
             drop(stream);
@@ -377,12 +370,7 @@ async fn a_flood_of_claimed_names_leaves_memory_and_metrics_flat() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn closed_links_series_age_out_and_open_ones_stay() {
     let running = common::binary::Running::start("[metrics]\nidle_timeout = \"1s\"\n");
-    let node = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let (_registration, _) = register(
-        running.epmd,
-        &alive2("app", node.local_addr().unwrap().port()),
-    )
-    .await;
+    let (node, _registration) = fake_node(running.epmd, "app").await;
     let (_stays, _stays_at_node) = common::dist::link(running.public, &node, "stays@h").await;
     let (goes, goes_at_node) = common::dist::link(running.public, &node, "goes@h").await;
     let active = |text: &str, peer| {

@@ -9,7 +9,7 @@ mod common;
 use common::binary::Running;
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 fn start(grace: &str) -> Running {
     Running::start(&format!("[shutdown]\ngrace = \"{grace}\"\n"))
@@ -25,12 +25,7 @@ fn signal(running: &Running, name: &str) {
 
 /// A fake node behind the public port, and a stream opened through it.
 async fn stream_through(running: &Running) -> (TcpStream, TcpStream, TcpStream) {
-    let node = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let (registration, _) = register(
-        running.epmd,
-        &alive2("app", node.local_addr().unwrap().port()),
-    )
-    .await;
+    let (node, registration) = fake_node(running.epmd, "app").await;
     let (client, upstream) = common::dist::link(running.public, &node, "peer@127.0.0.1").await;
     (registration, client, upstream)
 }

@@ -515,3 +515,11 @@ pub async fn closed_by_peer(stream: &tokio::net::TcpStream, what: &str) {
     })
     .await;
 }
+
+/// A fake node `name`: a listener on loopback registered with the EPMD at `epmd`, and
+/// the registration connection that keeps it registered.
+pub async fn fake_node(epmd: SocketAddr, name: &str) -> (TcpListener, TcpStream) {
+    let node = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (registration, _) = register(epmd, &alive2(name, node.local_addr().unwrap().port())).await;
+    (node, registration)
+}
