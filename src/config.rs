@@ -70,9 +70,13 @@ pub struct DnsConfig {
     /// While DNS fails, the last good answer is used this long past its expiry.
     #[serde(with = "humantime_serde")]
     pub stale_for: Duration,
-    /// Limit of each DNS query, and of asking an upstream's EPMD.
+    /// The whole answer to a routed lookup (DNS and the upstream's EPMD) comes within
+    /// this, or the lookup is answered "no port"; DNS queries share it.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+    /// DNS queries per name server within `timeout` (resolv.conf's `attempts` and
+    /// `timeout` options are overridden).
+    pub attempts: u32,
 }
 
 impl Default for DnsConfig {
@@ -83,6 +87,7 @@ impl Default for DnsConfig {
             max_ttl: Duration::from_secs(300),
             stale_for: Duration::from_secs(300),
             timeout: Duration::from_secs(2),
+            attempts: 2,
         }
     }
 }

@@ -34,6 +34,25 @@ pub trait Routes: Send + Sync + fmt::Debug {
     fn upstream(&self, name: &str) -> Option<(String, u16)>;
     /// The address to dial for an upstream host.
     fn resolve<'a>(&'a self, host: &'a str) -> BoxFuture<'a, Result<IpAddr, DnsError>>;
+    /// A hold on routed name `name` for one connection, kept while it is open.
+    fn hold(&self, name: &str) -> Option<InUse>;
+}
+
+/// Held by a connection to a routed name while it is open: the name is in use, and
+/// the gateway does not give its public port to another meanwhile.
+pub struct InUse(#[allow(dead_code)] Box<dyn Send + Sync>);
+
+impl InUse {
+    /// A hold that keeps `held` (whose drop ends the use) alive.
+    pub fn new(held: Box<dyn Send + Sync>) -> InUse {
+        InUse(held)
+    }
+}
+
+impl fmt::Debug for InUse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("InUse")
+    }
 }
 
 /// Where a connection to a public port goes.
@@ -128,6 +147,11 @@ impl Directory {
                 Some(Destination::Routed { name, host, port })
             }
         }
+    }
+
+    /// A hold on routed name `name` while a connection to it is open.
+    pub fn hold(&self, name: &str) -> Option<InUse> {
+        self.routes.as_ref()?.hold(name)
     }
 
     /// The address to dial for a routed destination's host.

@@ -12,7 +12,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use hickory_resolver::config::{NameServerConfig, ResolverConfig};
+use hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::RData;
 use hickory_resolver::{Resolver, TokioResolver};
@@ -105,19 +105,23 @@ impl std::fmt::Debug for Hickory {
 }
 
 impl Hickory {
-    /// The system resolver configuration (/etc/resolv.conf).
-    pub fn system() -> Result<Hickory, DnsSetupError> {
-        let resolver = Resolver::builder_tokio()
-            .and_then(|b| b.build())
-            .map_err(|source| DnsSetupError { source })?;
+    /// The system resolver configuration (/etc/resolv.conf: name servers, search
+    /// domains and ndots as Kubernetes writes them), but with `attempts` queries per
+    /// name server sharing `timeout` whatever resolv.conf's `options` say: its
+    /// default of 5 s × 2 attempts per search suffix outlasts the peer that asked.
+    pub fn system(timeout: Duration, attempts: u32) -> Result<Hickory, DnsSetupError> {
+        let mut builder = Resolver::builder_tokio().map_err(|source| DnsSetupError { source })?;
+        bound(builder.options_mut(), timeout, attempts);
+        let resolver = builder.build().map_err(|source| DnsSetupError { source })?;
         Ok(Hickory(resolver))
     }
 
-    /// These name servers (UDP, then TCP), no search domains, and `timeout` for each
-    /// query (two attempts).
+    /// These name servers (UDP, then TCP), no search domains, and `attempts` queries
+    /// per server sharing `timeout`.
     pub fn with_nameservers(
         servers: &[SocketAddr],
         timeout: Duration,
+        attempts: u32,
     ) -> Result<Hickory, DnsSetupError> {
         let servers = servers
             .iter()
@@ -131,11 +135,17 @@ impl Hickory {
             .collect();
         let config = ResolverConfig::from_parts(None, vec![], servers);
         let mut builder = Resolver::builder_with_config(config, TokioRuntimeProvider::default());
-        builder.options_mut().timeout = timeout;
-        builder.options_mut().attempts = 2;
+        bound(builder.options_mut(), timeout, attempts);
         let resolver = builder.build().map_err(|source| DnsSetupError { source })?;
         Ok(Hickory(resolver))
     }
+}
+
+/// Each query gets its share of `timeout`, `attempts` of them.
+fn bound(options: &mut ResolverOpts, timeout: Duration, attempts: u32) {
+    let attempts = attempts.max(1);
+    options.attempts = attempts as usize;
+    options.timeout = timeout / attempts;
 }
 
 impl Lookup for Hickory {

@@ -216,10 +216,12 @@ impl Distgate {
         }
         accept_loops.spawn(Arc::clone(&self.forwarder).sweep_bans(self.shutdown.clone()));
         accept_loops.spawn(touch_live_links(self.touch_every, self.shutdown.clone()));
-        if let Some(gateway) = &self.gateway {
-            accept_loops.spawn(Arc::clone(gateway).maintain(self.shutdown.clone()));
-        }
         accept_loops.close();
+        // Not among the loops the drain waits for: route maintenance stops the moment
+        // shutdown begins, whatever the upstreams do.
+        if let Some(gateway) = &self.gateway {
+            tokio::spawn(Arc::clone(gateway).maintain(self.shutdown.clone()));
+        }
         let admin_stop = CancellationToken::new();
         let admin_loops = TaskTracker::new();
         let admin = Acceptor {

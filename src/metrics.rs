@@ -72,6 +72,13 @@ pub const CONNECTIONS_OPEN: &str = "distgate_connections_open";
 pub const DISCOVERED_NAMES: &str = "distgate_gateway_discovered_names";
 /// Asks of a discovered member's EPMD (NAMES) that failed, by `service`.
 pub const DISCOVERY_FAILURES: &str = "distgate_gateway_names_failures_total";
+/// Routed names holding a public port now, by `route` (its `nodes` pattern).
+pub const GATEWAY_LEASES: &str = "distgate_gateway_leases";
+/// Names that found no public port (every one leased to a name in use), by `route`.
+pub const GATEWAY_POOL_EXHAUSTED: &str = "distgate_gateway_pool_exhausted_total";
+/// Routed PORT_PLEASE2 answers, by `route` and `result` (`ok`, `unknown`,
+/// `dns_error`, `upstream_error`, `timeout`, `no_port`).
+pub const GATEWAY_LOOKUPS: &str = "distgate_gateway_lookups_total";
 
 /// Every metric name, for documentation and for checking dashboards.
 pub const ALL: &[&str] = &[
@@ -92,6 +99,9 @@ pub const ALL: &[&str] = &[
     DNS_DURATION,
     DISCOVERED_NAMES,
     DISCOVERY_FAILURES,
+    GATEWAY_LEASES,
+    GATEWAY_POOL_EXHAUSTED,
+    GATEWAY_LOOKUPS,
     CONNECTIONS_REFUSED,
     CONNECTIONS_OPEN,
     DIST_HANDSHAKES,
@@ -170,6 +180,18 @@ fn describe() {
     describe_counter!(
         DISCOVERY_FAILURES,
         "NAMES asks of discovered members that failed, by service"
+    );
+    describe_gauge!(
+        GATEWAY_LEASES,
+        "Routed names holding a public port now, by route"
+    );
+    describe_counter!(
+        GATEWAY_POOL_EXHAUSTED,
+        "Routed names that found no public port left, by route"
+    );
+    describe_counter!(
+        GATEWAY_LOOKUPS,
+        "Routed PORT_PLEASE2 answers, by route and result"
     );
 }
 

@@ -86,6 +86,47 @@ impl Ports {
     pub fn holder(&self, port: u16) -> Option<Holder> {
         self.lock().get(&port).cloned()
     }
+
+    /// Places every routed name at once, replacing the ports routed names held: a
+    /// name with a pin takes its pinned port; the others, in the order given, each take
+    /// the first pool port from pool index `home` on (wrapping around) that no local
+    /// node holds, no pin keeps for another name and no name before it took. The same
+    /// names in the same order give the same ports. Returns each name's port in the
+    /// order given, or `None`, changing nothing, when they do not all fit.
+    pub fn place_routed(&self, wants: &[(&str, usize)]) -> Option<Vec<u16>> {
+        let mut held = self.lock();
+        let mut taken: BTreeMap<u16, Holder> = (held.iter())
+            .filter(|(_, holder)| matches!(holder, Holder::Local(_)))
+            .map(|(&port, holder)| (port, holder.clone()))
+            .collect();
+        let pool = &self.plan.pool;
+        let pinned_to_other = |port: u16, name: &str| {
+            (self.plan.pins.iter()).any(|(owner, &p)| p == port && owner != name)
+        };
+        let mut placed = vec![None; wants.len()];
+        for (i, &(name, _)) in wants.iter().enumerate() {
+            if let Some(&pin) = self.plan.pins.get(name) {
+                if taken.contains_key(&pin) {
+                    return None;
+                }
+                taken.insert(pin, Holder::Routed(name.to_owned()));
+                placed[i] = Some(pin);
+            }
+        }
+        for (i, &(name, home)) in wants.iter().enumerate() {
+            if placed[i].is_some() {
+                continue;
+            }
+            let from = home % pool.len().max(1);
+            let port = (pool[from..].iter().chain(&pool[..from]))
+                .copied()
+                .find(|&port| !taken.contains_key(&port) && !pinned_to_other(port, name))?;
+            taken.insert(port, Holder::Routed(name.to_owned()));
+            placed[i] = Some(port);
+        }
+        *held = taken;
+        placed.into_iter().collect()
+    }
 }
 
 #[cfg(test)]
@@ -121,6 +162,23 @@ mod tests {
         assert!(!p.release(100, &routed("b")));
         assert!(!p.release(101, &routed("a")));
         assert_eq!(p.holder(100), Some(routed("a")));
+    }
+
+    #[test]
+    fn routed_names_are_placed_from_their_homes_around_local_nodes() {
+        let p = ports(&[100, 101, 102, 103], &[("pinned", 103)]);
+        assert_eq!(p.claim("local", Holder::Local("local".into())), Some(100));
+        // a's home is the local node's: the next; b then finds its home taken by a.
+        let placed = p.place_routed(&[("a", 0), ("b", 1), ("pinned", 0)]);
+        assert_eq!(placed, Some(vec![101, 102, 103]));
+        // c does not fit (103 waits for its pinned name): nothing changes.
+        assert_eq!(p.place_routed(&[("a", 0), ("b", 1), ("c", 1)]), None);
+        assert_eq!(p.holder(102), Some(routed("b")));
+        assert_eq!(p.holder(100), Some(Holder::Local("local".into())));
+        // Placing again replaces what routed names held.
+        assert_eq!(p.place_routed(&[("c", 3)]), Some(vec![101]));
+        assert_eq!(p.holder(102), None);
+        assert_eq!(p.holder(101), Some(routed("c")));
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! forwards; this module only decides where a name would go.
 
 use std::fmt;
+use std::time::Duration;
 
 use serde::Deserialize;
 use serde::de::{self, Deserializer};
@@ -42,6 +43,9 @@ pub enum RouteError {
     /// Neither `upstream` nor `discover`.
     #[error("missing `upstream` (a host template) or `discover` (a service name)")]
     Neither,
+    /// `lease_idle = "0s"`.
+    #[error("`lease_idle` must be more than 0: a peer looks a name up, then connects")]
+    ZeroLeaseIdle,
 }
 
 impl RouteError {
@@ -56,6 +60,7 @@ impl RouteError {
             RouteError::RecordsWithoutDiscover => "records_without_discover",
             RouteError::Both => "upstream_and_discover",
             RouteError::Neither => "no_upstream",
+            RouteError::ZeroLeaseIdle => "zero_lease_idle",
         }
     }
 }
@@ -205,6 +210,76 @@ impl<'de> Deserialize<'de> for UpstreamPort {
 /// The port peers and upstream sidecars use for EPMD.
 const EPMD_PORT: u16 = 4369;
 
+/// How a route's names find their home port in the pool (`lease = "hash"` or
+/// `"ordinal"`). Where two names want one port, the gateway's placement decides
+/// ([`crate::gateway`]); this only says where each would like to be.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LeaseRule {
+    /// The pool's `FNV-1a-64(name) mod pool size`-th port.
+    #[default]
+    Hash,
+    /// StatefulSet-style names: `app-N` → the pool's N-th port (from 0); a name
+    /// without such an ordinal, or with one past the pool's end, falls back to its
+    /// hash home.
+    Ordinal,
+}
+
+/// Where a name would like its public port: an index into the pool, and whether it
+/// is the name's own ordinal (placed before the hash homes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Home {
+    /// Ordinal homes come first (`false` sorts before `true`).
+    pub hashed: bool,
+    /// The index into the pool.
+    pub index: usize,
+}
+
+impl LeaseRule {
+    /// The home of `name` in a pool of `pool` ports (`pool` > 0).
+    pub fn home(self, name: &str, pool: usize) -> Home {
+        let pool = pool.max(1);
+        let own = (self == LeaseRule::Ordinal)
+            .then(|| ordinal(name))
+            .flatten()
+            .filter(|&n| n < pool);
+        if let Some(n) = own {
+            return Home {
+                hashed: false,
+                index: n,
+            };
+        }
+        let index = (fnv1a(name.as_bytes()) % pool as u64) as usize;
+        Home {
+            hashed: true,
+            index,
+        }
+    }
+}
+
+/// The ordinal a StatefulSet gives its pods: the digits after the last `-`, without a
+/// leading zero (`app-0`, `app-12`), if they make a number that fits.
+pub fn ordinal(name: &str) -> Option<usize> {
+    let (set, digits) = name.rsplit_once('-')?;
+    let canonical = !set.is_empty()
+        && !set.ends_with('-')
+        && !digits.is_empty()
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && (digits == "0" || !digits.starts_with('0'));
+    canonical.then(|| digits.parse().ok()).flatten()
+}
+
+/// FNV-1a, 64 bits: the same on every machine and every release, so that replicas (and
+/// an operator with a calculator) agree on a name's home port.
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash
+}
+
 /// One `[[route]]`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "RawRoute")]
@@ -218,7 +293,34 @@ pub struct Route {
     pub port: UpstreamPort,
     /// Where the upstream answers EPMD (SRV discovery takes it from each record).
     pub epmd_port: u16,
+    /// How names find their home port in the pool.
+    pub lease: LeaseRule,
+    /// A lease with no open link and no lookup this long may be given back when the
+    /// pool runs short.
+    pub lease_idle: Duration,
 }
+
+impl Route {
+    /// A route taking `nodes` to `upstream`, with every other key at its default.
+    pub fn new(nodes: Glob, upstream: Upstream) -> Route {
+        Route {
+            nodes,
+            upstream,
+            port: default_dist_port(),
+            epmd_port: EPMD_PORT,
+            lease: LeaseRule::default(),
+            lease_idle: DEFAULT_LEASE_IDLE,
+        }
+    }
+
+    /// How the route shows in logs and metrics: its `nodes` pattern.
+    pub fn label(&self) -> String {
+        self.nodes.to_string()
+    }
+}
+
+/// How long a lease must go unused before the pool may take it back.
+pub const DEFAULT_LEASE_IDLE: Duration = Duration::from_secs(60);
 
 /// How a route finds a name's node.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -258,11 +360,18 @@ struct RawRoute {
     port: UpstreamPort,
     #[serde(default = "default_epmd_port")]
     epmd_port: u16,
+    #[serde(default)]
+    lease: LeaseRule,
+    #[serde(default = "default_lease_idle", with = "humantime_serde")]
+    lease_idle: Duration,
 }
 
 impl TryFrom<RawRoute> for Route {
     type Error = RouteError;
     fn try_from(raw: RawRoute) -> Result<Route, RouteError> {
+        if raw.lease_idle.is_zero() {
+            return Err(RouteError::ZeroLeaseIdle);
+        }
         let upstream = match (raw.upstream, raw.discover) {
             (Some(template), None) => {
                 if raw.records.is_some() {
@@ -287,8 +396,14 @@ impl TryFrom<RawRoute> for Route {
             upstream,
             port: raw.port,
             epmd_port: raw.epmd_port,
+            lease: raw.lease,
+            lease_idle: raw.lease_idle,
         })
     }
+}
+
+fn default_lease_idle() -> Duration {
+    DEFAULT_LEASE_IDLE
 }
 
 fn default_dist_port() -> UpstreamPort {
@@ -399,11 +514,10 @@ mod tests {
     }
 
     fn host_route(nodes: &str, template: &str, port: UpstreamPort) -> Route {
+        let upstream = Upstream::Host(Template::new(template).unwrap());
         Route {
-            nodes: glob(nodes),
-            upstream: Upstream::Host(Template::new(template).unwrap()),
             port,
-            epmd_port: 4369,
+            ..Route::new(glob(nodes), upstream)
         }
     }
 
@@ -412,15 +526,13 @@ mod tests {
         let routes = [
             host_route("app-db*", "{name}.db.svc", UpstreamPort::Epmd),
             host_route("app-*", "{name}.app.svc", UpstreamPort::Fixed(43691)),
-            Route {
-                nodes: glob("*"),
-                upstream: Upstream::Discover {
+            Route::new(
+                glob("*"),
+                Upstream::Discover {
                     service: "all.svc".into(),
                     records: Records::Srv,
                 },
-                port: UpstreamPort::Epmd,
-                epmd_port: 4369,
-            },
+            ),
         ];
         assert_eq!(
             first_match(&routes, "app-db1"),
@@ -441,5 +553,46 @@ mod tests {
         // A template route cannot put a non-label name in a host; nor can it pass it on.
         assert_eq!(first_match(&routes[..2], "app-X_1"), None);
         assert_eq!(first_match(&routes[..2], "web-1"), None);
+    }
+
+    #[test]
+    fn ordinals_are_what_a_statefulset_gives() {
+        assert_eq!(ordinal("app-0"), Some(0));
+        assert_eq!(ordinal("my-app-12"), Some(12));
+        for name in [
+            "app", "app-", "app-01", "app-1a", "app--1", "app-+1", "0", "-1",
+        ] {
+            assert_eq!(ordinal(name), None, "{name}");
+        }
+        assert_eq!(
+            ordinal("app-99999999999999999999999"),
+            None,
+            "too big to fit"
+        );
+    }
+
+    #[test]
+    fn homes_follow_the_rule() {
+        // FNV-1a 64 of the empty input and of "a" (the published test vectors).
+        assert_eq!(fnv1a(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
+        let ordinal = LeaseRule::Ordinal;
+        assert_eq!(
+            ordinal.home("app-3", 9),
+            Home {
+                hashed: false,
+                index: 3
+            }
+        );
+        // Past the pool's end, or no ordinal at all: the hash home.
+        for name in ["app-9", "web"] {
+            let home = ordinal.home(name, 9);
+            assert_eq!(home, LeaseRule::Hash.home(name, 9), "{name}");
+            assert!(home.hashed && home.index < 9);
+        }
+        assert_eq!(
+            LeaseRule::Hash.home("a", 10).index,
+            (0xaf63_dc4c_8601_ec8c_u64 % 10) as usize
+        );
     }
 }

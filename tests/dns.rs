@@ -29,7 +29,8 @@ async fn names_resolve_with_the_servers_ttl_and_missing_ones_are_not_found() {
         2,
     )
     .await;
-    let resolver = Hickory::with_nameservers(&[server.addr], Duration::from_millis(500)).unwrap();
+    let resolver =
+        Hickory::with_nameservers(&[server.addr], Duration::from_millis(500), 1).unwrap();
     let answer = resolver
         .lookup_ip("app-0.app-headless.prod.svc.cluster.test")
         .await
@@ -51,7 +52,8 @@ async fn the_last_good_answer_is_kept_while_dns_is_down() {
         return;
     }
     let mut server = dnsmasq(&[("app-1.cluster.test", "198.18.7.2")], 0).await;
-    let resolver = Hickory::with_nameservers(&[server.addr], Duration::from_millis(200)).unwrap();
+    let resolver =
+        Hickory::with_nameservers(&[server.addr], Duration::from_millis(200), 1).unwrap();
     let ttls = Ttls {
         floor: Duration::ZERO,
         ceiling: Duration::from_secs(60),

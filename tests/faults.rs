@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use common::beam::{IDLE, Output, REPL, Repl, erl, node_deadline, with_node_b};
 use common::*;
-use distgate::route::{Glob, Route, Template, Upstream, UpstreamPort};
+use distgate::route::{Glob, Route, Template, Upstream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -205,10 +205,11 @@ async fn a_gateway_stream_ends_when_its_upstream_vanishes() {
     // The gateway routes every app-* name to that upstream, by address.
     let mut options = Options::default();
     options.config.routes = vec![Route {
-        nodes: Glob::new("app-*").unwrap(),
-        upstream: Upstream::Host(Template::new("127.0.0.1").unwrap()),
-        port: UpstreamPort::Epmd,
         epmd_port: epmd,
+        ..Route::new(
+            Glob::new("app-*").unwrap(),
+            Upstream::Host(Template::new("127.0.0.1").unwrap()),
+        )
     }];
     options.config.dist.linger = Duration::from_secs(1);
     options.admin = true;

@@ -12,7 +12,7 @@ mod common;
 
 use common::dnsmasq::{dnsmasq, dnsmasq_srv};
 use common::*;
-use distgate::route::{Glob, Records, Route, Template, Upstream, UpstreamPort};
+use distgate::route::{Glob, LeaseRule, Records, Route, Template, Upstream};
 use std::process::Command;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -44,9 +44,10 @@ async fn routed_names_are_confirmed_leased_forwarded_and_given_back() {
     options.config.dns.max_ttl = std::time::Duration::from_secs(1);
     let gateway = TestSidecar::start(options).await;
 
-    // app-0 exists upstream: leased the gateway's first public port.
+    // app-0 exists upstream: leased its home port, the pool's FNV-1a(name) mod 2-th.
+    let home = LeaseRule::Hash.home("app-0", 2).index;
     let leased = port_please(gateway.epmd, "app-0").await;
-    assert_eq!(leased, Some(gateway.public_ports[0]));
+    assert_eq!(leased, Some(gateway.public_ports[home]));
     assert_eq!(
         port_please(gateway.epmd, "app-0").await,
         leased,
@@ -55,7 +56,7 @@ async fn routed_names_are_confirmed_leased_forwarded_and_given_back() {
     let (_, lines) = names(gateway.epmd).await;
     assert_eq!(
         lines,
-        [format!("name app-0 at port {}", gateway.public_ports[0])]
+        [format!("name app-0 at port {}", gateway.public_ports[home])]
     );
     // app-1 resolves but has no node upstream; web matches no route.
     assert_eq!(port_please(gateway.epmd, "app-1").await, None);
@@ -63,7 +64,7 @@ async fn routed_names_are_confirmed_leased_forwarded_and_given_back() {
 
     // A connection to the leased port reaches the node through both distgates.
     let (mut client, mut at_node) =
-        common::dist::link(gateway.public_addr(0), &node, "peer@127.0.0.1").await;
+        common::dist::link(gateway.public_addr(home), &node, "peer@127.0.0.1").await;
     client.write_all(b"through the gateway").await.unwrap();
     let mut got = [0u8; 19];
     at_node.read_exact(&mut got).await.unwrap();
@@ -108,10 +109,11 @@ fn templated(nodes: &str, epmd_port: u16, dns: std::net::SocketAddr) -> Options 
         ..Options::default()
     };
     options.config.routes = vec![Route {
-        nodes: Glob::new(nodes).unwrap(),
-        upstream: Upstream::Host(Template::new("{name}.cluster.test").unwrap()),
-        port: UpstreamPort::Epmd,
         epmd_port,
+        ..Route::new(
+            Glob::new(nodes).unwrap(),
+            Upstream::Host(Template::new("{name}.cluster.test").unwrap()),
+        )
     }];
     options.config.dns.nameservers = vec![dns];
     options
@@ -163,15 +165,13 @@ async fn a_srv_discovery_route_lists_follows_and_forgets_names() {
         pool: 3,
         ..Options::default()
     };
-    options.config.routes = vec![Route {
-        nodes: Glob::new("app-*").unwrap(),
-        upstream: Upstream::Discover {
+    options.config.routes = vec![Route::new(
+        Glob::new("app-*").unwrap(),
+        Upstream::Discover {
             service: service.into(),
             records: Records::Srv,
         },
-        port: UpstreamPort::Epmd,
-        epmd_port: 4369,
-    }];
+    )];
     options.config.dns.nameservers = vec![dns.addr];
     options.config.dns.min_ttl = std::time::Duration::from_millis(200);
     options.config.dns.timeout = std::time::Duration::from_millis(300);

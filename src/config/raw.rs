@@ -99,6 +99,9 @@ impl RawConfig {
                 "is longer than `dns.max_ttl`".into(),
             ));
         }
+        if self.dns.attempts == 0 {
+            return Err(no_span("dns.attempts", "must be at least 1".into()));
+        }
         for (key, value) in [
             ("dns.timeout", self.dns.timeout),
             ("admin.header_timeout", self.admin.header_timeout),

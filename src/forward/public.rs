@@ -23,7 +23,7 @@ use super::guard::{Guard, Refusal, SourceSlot};
 use super::identify::{FirstFrame, identify};
 use crate::accept::{Acceptor, Admit};
 use crate::config::{AllowPeers, DistConfig, MetricsConfig, Peers};
-use crate::directory::{Destination, Directory};
+use crate::directory::{Destination, Directory, InUse};
 use crate::epmd::server::is_local;
 use crate::handshake::Caller;
 use crate::handshake::follow::Handshake;
@@ -90,6 +90,7 @@ fn link_down(carried: Carried, outcome: &super::Outcome) {
         unlabelled,
         moved,
         _slot,
+        _in_use,
     } = carried;
     let reason = close_reason(&outcome.result);
     info!(
@@ -112,6 +113,8 @@ struct Carried {
     unlabelled: Option<String>,
     moved: Moved,
     _slot: Option<SourceSlot>,
+    /// A routed name's lease, in use while the link is open.
+    _in_use: Option<InUse>,
 }
 
 /// One connection on its way in: where it goes, where it came from.
@@ -388,11 +391,13 @@ impl Forwarder {
         link.sent.increment(moved.to_caller);
         // The caller's name, kept only where its label is not it (past max_peers).
         let unlabelled = caller.filter(|name| name != link.peer());
+        let _in_use = self.directory.hold(link.node());
         Box::new(Carried {
             link,
             unlabelled,
             moved,
             _slot,
+            _in_use,
         })
     }
 

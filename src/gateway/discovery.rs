@@ -167,8 +167,9 @@ impl Discovery {
             .collect()
     }
 
-    /// Replaces the table with the names found that this route takes, and brings the
-    /// leases along: new names leased, moved names re-pointed, gone names given back.
+    /// Replaces the table with the names found that this route takes, at once, and
+    /// brings the leases along in one step: new names leased, moved names re-pointed,
+    /// gone names given back. A name found before and after is never missing between.
     fn update(&self, gateway: &Gateway, found: Vec<(SocketAddr, Vec<(String, u16)>)>) {
         let mut names = BTreeMap::new();
         for (epmd, listed) in found {
@@ -185,38 +186,33 @@ impl Discovery {
                 names.insert(name, member);
             }
         }
-        let old = std::mem::take(&mut self.table().names);
+        let count = names.len();
+        let old = std::mem::replace(&mut self.table().names, names.clone());
         for name in old.keys().filter(|n| !names.contains_key(*n)) {
-            if gateway.give_back(name) {
-                info!(service = %self.service, node = %name, "discovered name gone; lease given back");
-            }
+            info!(service = %self.service, node = %name, "discovered name gone; lease given back");
         }
-        let leases = gateway.leases();
         let route_port = gateway.route_port(self.route);
-        for (name, member) in &names {
+        let mut leases = vec![];
+        for (name, member) in names {
             let dist_port = match route_port {
                 UpstreamPort::Fixed(port) => port,
                 UpstreamPort::Epmd => member.port,
             };
             let host = member.epmd.ip().to_string();
-            let held = leases.iter().find(|l| &l.name == name);
-            match old.get(name) {
+            match old.get(&name) {
                 None => {
                     info!(service = %self.service, node = %name, epmd = %member.epmd, "discovered name")
                 }
-                Some(was) if was != member => {
+                Some(was) if *was != member => {
                     info!(service = %self.service, node = %name, from = %was.epmd, to = %member.epmd, "discovered name moved")
                 }
                 Some(_) => debug!(node = %name, "discovered name unchanged"),
             }
+            let known = gateway.leases.get(&name).filter(|l| l.host == host);
             let (node_type, protocol, highest_version, lowest_version) = UNCONFIRMED;
-            let lease = match held {
-                Some(held) if held.host == host && held.dist_port == dist_port => continue,
-                Some(held) => Lease {
-                    host,
-                    dist_port,
-                    ..held.clone()
-                },
+            let lease = match known {
+                // What a lookup confirmed upstream stays while the node stays.
+                Some(known) => Lease { dist_port, ..known },
                 None => Lease {
                     name: name.clone(),
                     public_port: 0,
@@ -229,10 +225,12 @@ impl Discovery {
                     extra: vec![],
                 },
             };
-            gateway.lease(lease);
+            let terms = gateway.terms(self.route, &name);
+            leases.push((lease, terms));
         }
-        ::metrics::gauge!(m::DISCOVERED_NAMES, "service" => self.service.clone())
-            .set(names.len() as f64);
-        self.table().names = names;
+        gateway
+            .leases
+            .replace_route(self.route, leases, Instant::now());
+        ::metrics::gauge!(m::DISCOVERED_NAMES, "service" => self.service.clone()).set(count as f64);
     }
 }

@@ -1,10 +1,33 @@
-//! The gateway's leases: a routed name holds a public port (taken from the shared
-//! [`Ports`]) while it lives upstream, sticky to the name, given back when it is gone.
+//! The gateway's leases: which routed names hold a public port (taken from the shared
+//! [`Ports`]) and which port each holds.
+//!
+//! The ports are a function of the names leased, so that gateway replicas that know
+//! the same names give them the same ports without talking to each other. Every name
+//! has a home in the pool ([`crate::route::LeaseRule`]); the names are placed in
+//! order, ordinal homes before hash homes and each group by name, and each takes the
+//! first free port from its home on, wrapping around ([`Ports::place_routed`]). A name
+//! keeps its port while it is leased; a name coming or going moves another only when
+//! they want the same port and the newcomer comes first in that order (or the one
+//! that left did). A link already forwarded never moves: only new connections go by
+//! the port.
+//!
+//! When the pool runs short, the lease least recently used that has no open link and
+//! no lookup for its route's `lease_idle` is given back to make room. A name with an
+//! open link, or looked up a moment ago (the peer is about to connect), keeps its
+//! lease whatever the others ask for.
 
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
+use tracing::info;
+
+use crate::directory::InUse;
 use crate::epmd::message::Port2Resp;
-use crate::ports::{Holder, Ports};
+use crate::metrics as m;
+use crate::ports::Ports;
+use crate::route::Home;
 
 /// A name routed to an upstream, holding a public port while it lives upstream.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,109 +67,312 @@ impl Lease {
     }
 }
 
-/// Routed names holding public ports, oldest first.
+/// Which route a lease belongs to and where its name would like to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Terms {
+    /// The index of the route.
+    pub(super) route: usize,
+    /// The name's home in the pool.
+    pub(super) home: Home,
+    /// How long the lease must go unused before the pool may take it back.
+    pub(super) idle: Duration,
+}
+
+/// How a lease is used: open links, and when it was last looked up or left by a link.
+#[derive(Debug)]
+struct Usage {
+    links: AtomicUsize,
+    last_used: Mutex<Instant>,
+}
+
+impl Usage {
+    fn new(now: Instant) -> Arc<Usage> {
+        Arc::new(Usage {
+            links: AtomicUsize::new(0),
+            last_used: Mutex::new(now),
+        })
+    }
+
+    fn touch(&self, now: Instant) {
+        *self.last_used.lock().unwrap_or_else(|p| p.into_inner()) = now;
+    }
+
+    fn last_used(&self) -> Instant {
+        *self.last_used.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn links(&self) -> usize {
+        self.links.load(Ordering::Relaxed)
+    }
+}
+
+/// One open connection to a leased name; the lease counts it until it is dropped.
+#[derive(Debug)]
+struct Link(Arc<Usage>);
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        self.0.links.fetch_sub(1, Ordering::Relaxed);
+        self.0.touch(Instant::now());
+    }
+}
+
+#[derive(Debug)]
+struct Held {
+    lease: Lease,
+    terms: Terms,
+    usage: Arc<Usage>,
+    /// When it was leased, as a sequence number: NAMES lists the oldest first.
+    since: u64,
+}
+
+#[derive(Debug, Default)]
+struct Table {
+    held: BTreeMap<String, Held>,
+    next: u64,
+}
+
+/// No public port for a name: every port is leased to a name in use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct PoolExhausted;
+
+/// Routed names holding public ports.
 #[derive(Debug)]
 pub(super) struct Leases {
     ports: Arc<Ports>,
-    held: Mutex<Vec<Lease>>,
+    /// Each route's label (its `nodes`), by index, for the metrics.
+    routes: Vec<String>,
+    table: Mutex<Table>,
 }
 
 impl Leases {
-    pub(super) fn new(ports: Arc<Ports>) -> Leases {
-        Leases {
+    /// Leases over `ports` for the routes labelled `routes`.
+    pub(super) fn new(ports: Arc<Ports>, routes: Vec<String>) -> Leases {
+        let leases = Leases {
             ports,
-            held: Mutex::new(Vec::new()),
+            routes,
+            table: Mutex::new(Table::default()),
+        };
+        leases.count(&leases.lock());
+        leases
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The size of the pool the homes index.
+    pub(super) fn pool_size(&self) -> usize {
+        self.ports.plan().pool.len()
+    }
+
+    /// Leases `lease.name` a public port under `terms` (the port in `lease` is
+    /// ignored), or refreshes the lease it holds, and counts it as used now. Makes
+    /// room by giving back an unused lease when the pool is short.
+    pub(super) fn take(
+        &self,
+        lease: Lease,
+        terms: Terms,
+        now: Instant,
+    ) -> Result<Lease, PoolExhausted> {
+        let mut table = self.lock();
+        if let Some(held) = table.held.get_mut(&lease.name) {
+            held.usage.touch(now);
+            held.lease = Lease {
+                public_port: held.lease.public_port,
+                ..lease
+            };
+            return Ok(held.lease.clone());
+        }
+        let name = lease.name.clone();
+        self.add(&mut table, vec![(lease, terms)], now)?;
+        self.count(&table);
+        let held = table.held.get(&name).ok_or(PoolExhausted)?;
+        Ok(held.lease.clone())
+    }
+
+    /// Refreshes the upstream details of `name`'s lease, if it holds one, without
+    /// counting it as used.
+    pub(super) fn refresh(&self, name: &str, update: impl FnOnce(&mut Lease)) {
+        if let Some(held) = self.lock().held.get_mut(name) {
+            let port = held.lease.public_port;
+            update(&mut held.lease);
+            held.lease.public_port = port;
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Vec<Lease>> {
-        self.held.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Leases a public port to `lease.name` (the port in `lease` is ignored): the one it
-    /// holds already (details refreshed), else a free one. `None` when none is left.
-    pub(super) fn take(&self, mut lease: Lease) -> Option<Lease> {
-        let mut held = self.lock();
-        if let Some(current) = held.iter_mut().find(|l| l.name == lease.name) {
-            lease.public_port = current.public_port;
-            *current = lease.clone();
-            return Some(lease);
+    /// Makes the leases of route `route` exactly `leases` at once (a discovery
+    /// refresh): names gone are given back, names new are leased (ports permitting,
+    /// in name order), names kept keep their use and get the new details. The others'
+    /// ports change at most once, to where the new set places them.
+    pub(super) fn replace_route(&self, route: usize, leases: Vec<(Lease, Terms)>, now: Instant) {
+        let mut table = self.lock();
+        let mut wanted: BTreeMap<String, (Lease, Terms)> = leases
+            .into_iter()
+            .map(|(lease, terms)| (lease.name.clone(), (lease, terms)))
+            .collect();
+        table.held.retain(|name, held| {
+            held.terms.route != route || wanted.contains_key(name) || held.usage.links() > 0
+        });
+        let mut new = vec![];
+        for (name, (lease, terms)) in std::mem::take(&mut wanted) {
+            match table.held.get_mut(&name) {
+                Some(held) => {
+                    held.lease = Lease {
+                        public_port: held.lease.public_port,
+                        ..lease
+                    };
+                    held.terms = terms;
+                }
+                None => new.push((lease, terms)),
+            }
         }
-        let holder = Holder::Routed(lease.name.clone());
-        lease.public_port = self.ports.claim(&lease.name, holder)?;
-        held.push(lease.clone());
-        Some(lease)
+        // Gone names first: what they leave is room for the new ones.
+        self.place(&mut table);
+        let _ = self.add(&mut table, new, now);
+        self.count(&table);
     }
 
     /// Gives back the public port of `name`; whether it held one.
     pub(super) fn give_back(&self, name: &str) -> bool {
-        let mut held = self.lock();
-        let Some(at) = held.iter().position(|l| l.name == name) else {
+        let mut table = self.lock();
+        if table.held.remove(name).is_none() {
             return false;
-        };
-        let lease = held.remove(at);
-        self.ports
-            .release(lease.public_port, &Holder::Routed(lease.name));
+        }
+        self.place(&mut table);
+        self.count(&table);
         true
     }
 
     /// The lease of `name`.
     pub(super) fn get(&self, name: &str) -> Option<Lease> {
-        self.lock().iter().find(|l| l.name == name).cloned()
+        self.lock().held.get(name).map(|h| h.lease.clone())
+    }
+
+    /// A hold on `name`'s lease for one connection: while it lives, the lease is in use.
+    pub(super) fn hold(&self, name: &str) -> Option<InUse> {
+        let table = self.lock();
+        let usage = &table.held.get(name)?.usage;
+        usage.links.fetch_add(1, Ordering::Relaxed);
+        usage.touch(Instant::now());
+        Some(InUse::new(Box::new(Link(Arc::clone(usage)))))
     }
 
     /// Every lease, oldest first.
     pub(super) fn all(&self) -> Vec<Lease> {
-        self.lock().clone()
+        let table = self.lock();
+        let mut held: Vec<&Held> = table.held.values().collect();
+        held.sort_by_key(|h| h.since);
+        held.into_iter().map(|h| h.lease.clone()).collect()
+    }
+
+    /// Adds `new` (in name order) to the table and places every name, giving back
+    /// unused leases where the pool is short. The new names that still do not fit are
+    /// left out, counted, and make the result an error.
+    fn add(
+        &self,
+        table: &mut Table,
+        mut new: Vec<(Lease, Terms)>,
+        now: Instant,
+    ) -> Result<(), PoolExhausted> {
+        new.sort_by(|a, b| a.0.name.cmp(&b.0.name));
+        let mut result = Ok(());
+        for (lease, terms) in new {
+            let name = lease.name.clone();
+            let since = table.next;
+            table.next += 1;
+            let usage = Usage::new(now);
+            table.held.insert(
+                name.clone(),
+                Held {
+                    lease,
+                    terms,
+                    usage,
+                    since,
+                },
+            );
+            loop {
+                if self.place(table) {
+                    break;
+                }
+                match self.unused(table, &name, now) {
+                    Some(victim) => {
+                        info!(
+                            node = %victim,
+                            "lease given back: unused, and the pool `dist.ports` is short"
+                        );
+                        table.held.remove(&victim);
+                    }
+                    None => {
+                        table.held.remove(&name);
+                        self.place(table);
+                        ::metrics::counter!(m::GATEWAY_POOL_EXHAUSTED, "route" => self.label(terms.route))
+                            .increment(1);
+                        result = Err(PoolExhausted);
+                        break;
+                    }
+                }
+            }
+        }
+        result
+    }
+
+    /// The lease least recently used among those unused (no open link, idle past its
+    /// route's `lease_idle`), other than `keep`.
+    fn unused(&self, table: &Table, keep: &str, now: Instant) -> Option<String> {
+        (table.held.iter())
+            .filter(|(name, held)| {
+                name.as_str() != keep
+                    && held.usage.links() == 0
+                    && now.saturating_duration_since(held.usage.last_used()) >= held.terms.idle
+            })
+            .min_by_key(|(_, held)| held.usage.last_used())
+            .map(|(name, _)| name.clone())
+    }
+
+    /// Places every leased name by the rule (see the module); whether they all fit.
+    /// When they do not, nothing changes.
+    fn place(&self, table: &mut Table) -> bool {
+        let mut order: Vec<(&Home, &str)> = (table.held.iter())
+            .map(|(name, held)| (&held.terms.home, name.as_str()))
+            .collect();
+        order.sort_by_key(|&(home, name)| (home.hashed, name));
+        let wants: Vec<(&str, usize)> = order.iter().map(|&(h, n)| (n, h.index)).collect();
+        let Some(ports) = self.ports.place_routed(&wants) else {
+            return false;
+        };
+        let placed: Vec<(String, u16)> = (wants.iter().map(|&(n, _)| n.to_owned()))
+            .zip(ports)
+            .collect();
+        for (name, port) in placed {
+            if let Some(held) = table.held.get_mut(&name) {
+                let was = held.lease.public_port;
+                if was != 0 && was != port {
+                    info!(node = %name, from = was, to = port, "lease moved: a name placed before it wants its port");
+                }
+                held.lease.public_port = port;
+            }
+        }
+        true
+    }
+
+    fn label(&self, route: usize) -> String {
+        self.routes.get(route).cloned().unwrap_or_default()
+    }
+
+    /// Sets `distgate_gateway_leases` for every route.
+    fn count(&self, table: &Table) {
+        let mut counts = vec![0usize; self.routes.len()];
+        for held in table.held.values() {
+            if let Some(count) = counts.get_mut(held.terms.route) {
+                *count += 1;
+            }
+        }
+        for (route, count) in counts.into_iter().enumerate() {
+            ::metrics::gauge!(m::GATEWAY_LEASES, "route" => self.label(route)).set(count as f64);
+        }
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::ports::PortPlan;
-
-    fn lease(name: &str) -> Lease {
-        Lease {
-            name: name.into(),
-            public_port: 0,
-            host: format!("{name}.svc"),
-            dist_port: 43691,
-            node_type: 77,
-            protocol: 0,
-            highest_version: 6,
-            lowest_version: 5,
-            extra: vec![],
-        }
-    }
-
-    fn port(taken: Option<Lease>) -> Option<u16> {
-        taken.map(|l| l.public_port)
-    }
-
-    #[test]
-    fn leases_share_the_pool_with_local_nodes_and_stick_to_their_name() {
-        let ports = Arc::new(Ports::new(PortPlan {
-            pool: vec![100, 101, 102],
-            pins: Default::default(),
-        }));
-        assert_eq!(
-            ports.claim("local", Holder::Local("local".into())),
-            Some(100)
-        );
-        let leases = Leases::new(Arc::clone(&ports));
-        assert_eq!(port(leases.take(lease("app-0"))), Some(101));
-        assert_eq!(port(leases.take(lease("app-1"))), Some(102));
-        assert_eq!(port(leases.take(lease("app-0"))), Some(101), "not sticky");
-        assert_eq!(port(leases.take(lease("app-2"))), None, "pool used up");
-        assert_eq!(ports.holder(102), Some(Holder::Routed("app-1".into())));
-        assert!(leases.give_back("app-1"));
-        assert!(!leases.give_back("app-1"));
-        assert_eq!(ports.holder(102), None);
-        assert_eq!(port(leases.take(lease("app-2"))), Some(102));
-        // A local node registering now finds no free port: leases hold theirs.
-        assert_eq!(ports.claim("late", Holder::Local("late".into())), None);
-        let names: Vec<_> = leases.all().into_iter().map(|l| l.name).collect();
-        assert_eq!(names, ["app-0", "app-2"]);
-    }
-}
+mod tests;

@@ -1,9 +1,13 @@
 //! Gateway mode: names that match a `[[route]]` are answered for nodes that live
 //! elsewhere. PORT_PLEASE2 for such a name asks the upstream's EPMD whether the name
 //! exists there (an unknown or vanished name gets `77 01`, never a dead port), leases it
-//! a public port from the pool (sticky while the name lives, given back when the
-//! upstream no longer has it) and answers that port. A connection to the leased port
-//! goes to the upstream, resolved at connect time, on its dist port.
+//! a public port from the pool and answers that port, all within `[dns] timeout`. A
+//! connection to the leased port goes to the upstream, resolved at connect time, on its
+//! dist port.
+//!
+//! The port a name gets is a function of the configuration and of the names leased
+//! ([`leases`]), so replicas of a gateway that know the same names agree without
+//! talking to each other; unused leases go back when the pool runs short.
 //!
 //! A route finds the upstream one of two ways: a host template (`{name}.app-headless`)
 //! or discovery ([`discovery`]), which lists a headless Service's addresses and asks
@@ -15,24 +19,24 @@ mod leases;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use crate::directory::{BoxFuture, Routes};
+use crate::directory::{BoxFuture, InUse, Routes};
 use crate::dns::{Cache, DnsError, DnsSetupError, Hickory};
-use crate::epmd::client::{self, ClientError};
+use crate::epmd::client;
 use crate::epmd::message::Port2Resp;
+use crate::metrics as m;
 use crate::ports::Ports;
 use crate::route::{self, Route, Upstream, UpstreamPort};
 use discovery::Discovery;
 pub use leases::Lease;
-use leases::Leases;
+use leases::{Leases, Terms};
 
 /// Routes, the DNS cache they resolve through, the leases of routed names, and the
-/// limit for asking upstreams.
+/// limit for answering a routed lookup.
 #[derive(Debug)]
 pub struct Gateway {
     routes: Vec<Route>,
@@ -41,6 +45,33 @@ pub struct Gateway {
     leases: Leases,
     /// One per discovery route, with the index of its route.
     discoveries: Vec<Discovery>,
+}
+
+/// Why a routed name has no answer; the `result` of `distgate_gateway_lookups_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Miss {
+    /// The upstream does not have the name (or its host does not exist).
+    Unknown,
+    /// DNS failed.
+    Dns,
+    /// The upstream's EPMD did not answer.
+    Upstream,
+    /// No public port left.
+    NoPort,
+    /// Not answered within `[dns] timeout`.
+    Timeout,
+}
+
+impl Miss {
+    fn result(self) -> &'static str {
+        match self {
+            Miss::Unknown => "unknown",
+            Miss::Dns => "dns_error",
+            Miss::Upstream => "upstream_error",
+            Miss::NoPort => "no_port",
+            Miss::Timeout => "timeout",
+        }
+    }
 }
 
 impl Gateway {
@@ -54,9 +85,9 @@ impl Gateway {
         }
         let dns = &config.dns;
         let resolver = if dns.nameservers.is_empty() {
-            Hickory::system()?
+            Hickory::system(dns.timeout, dns.attempts)?
         } else {
-            Hickory::with_nameservers(&dns.nameservers, dns.timeout)?
+            Hickory::with_nameservers(&dns.nameservers, dns.timeout, dns.attempts)?
         };
         let ttls = crate::dns::Ttls {
             floor: dns.min_ttl,
@@ -71,8 +102,8 @@ impl Gateway {
         )))
     }
 
-    /// A gateway for `routes`, resolving through `dns`, asking upstreams within
-    /// `timeout`, leasing from `ports`.
+    /// A gateway for `routes`, resolving through `dns`, answering a routed lookup
+    /// within `timeout`, leasing from `ports`.
     pub fn new(
         routes: Vec<Route>,
         dns: Cache<Hickory>,
@@ -92,11 +123,12 @@ impl Gateway {
                 Upstream::Host(_) => None,
             })
             .collect();
+        let labels = routes.iter().map(Route::label).collect();
         Gateway {
             routes,
             dns,
             timeout,
-            leases: Leases::new(ports),
+            leases: Leases::new(ports, labels),
             discoveries,
         }
     }
@@ -125,46 +157,51 @@ impl Gateway {
     /// Keeps the discovery routes' tables (and the leases they hold) fresh until
     /// `shutdown`: each refreshes when its DNS answer's TTL runs out. Leases of
     /// template routes are confirmed upstream every `[dns] max_ttl`, so a name nobody
-    /// asks for again still gives its port back once it is gone.
+    /// asks for again still gives its port back once it is gone. Whatever is under way
+    /// stops the moment `shutdown` is cancelled.
     pub async fn maintain(self: Arc<Self>, shutdown: CancellationToken) {
-        let tasks = TaskTracker::new();
+        let mut tasks = tokio::task::JoinSet::new();
         let gateway = Arc::clone(&self);
-        let stop = shutdown.clone();
         tasks.spawn(async move {
             let every = gateway.dns.ttls().ceiling.max(Duration::from_millis(100));
             loop {
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(every) => {}
-                }
+                tokio::time::sleep(every).await;
                 gateway.recheck().await;
             }
         });
         for index in 0..self.discoveries.len() {
-            let (gateway, stop) = (Arc::clone(&self), shutdown.clone());
+            let gateway = Arc::clone(&self);
             tasks.spawn(async move {
                 let discovery = &gateway.discoveries[index];
                 loop {
                     let next = discovery.refresh(&gateway).await;
-                    tokio::select! {
-                        _ = stop.cancelled() => return,
-                        _ = tokio::time::sleep(next) => {}
-                    }
+                    tokio::time::sleep(next).await;
                 }
             });
         }
-        tasks.close();
-        tasks.wait().await;
+        shutdown.cancelled().await;
+        // Dropping the set aborts every task wherever it waits.
+        tasks.shutdown().await;
     }
 
     /// Confirms every template route's lease upstream; those gone are given back.
     async fn recheck(&self) {
         for lease in self.leases.all() {
-            let templated = self
-                .route_match(&lease.name)
-                .is_some_and(|m| m.host.is_some());
-            if templated {
-                self.port_please(&lease.name).await;
+            let Some(target) = self.route_match(&lease.name) else {
+                continue;
+            };
+            if target.host.is_none() {
+                continue;
+            }
+            let confirmed = tokio::time::timeout(self.timeout, self.confirm(&lease.name, &target));
+            match confirmed.await {
+                Ok(Ok(found)) => self.leases.refresh(&lease.name, |held| *held = found),
+                Ok(Err(Miss::Unknown)) => {
+                    if self.leases.give_back(&lease.name) {
+                        info!(node = %lease.name, "lease given back: the name left its upstream");
+                    }
+                }
+                Ok(Err(_)) | Err(_) => {}
             }
         }
     }
@@ -179,7 +216,7 @@ impl Gateway {
         &self.dns
     }
 
-    /// The limit for asking an upstream's EPMD.
+    /// The limit for asking an upstream.
     fn ask_timeout(&self) -> Duration {
         self.timeout
     }
@@ -191,54 +228,112 @@ impl Gateway {
             .map_or(UpstreamPort::Epmd, |route| route.port)
     }
 
+    /// The lease terms of `name` on route `index`: its home in the pool, its idle time.
+    fn terms(&self, index: usize, name: &str) -> Terms {
+        let pool = self.leases.pool_size();
+        let (rule, idle) = self
+            .routes
+            .get(index)
+            .map_or((route::LeaseRule::Hash, route::DEFAULT_LEASE_IDLE), |r| {
+                (r.lease, r.lease_idle)
+            });
+        Terms {
+            route: index,
+            home: rule.home(name, pool),
+            idle,
+        }
+    }
+
+    /// The label of route `index` in logs and metrics.
+    fn label(&self, index: usize) -> String {
+        self.routes.get(index).map(Route::label).unwrap_or_default()
+    }
+
     /// The discovery of route `index`, if that route discovers.
     fn discovery(&self, route: usize) -> Option<&Discovery> {
         self.discoveries.iter().find(|d| d.route == route)
     }
 
     /// PORT_PLEASE2 for a routed name: the lease (with its public port) when the
-    /// upstream has the name, `None` when it does not, cannot be asked, or the pool is
-    /// used up.
+    /// upstream has the name, within `[dns] timeout` (resolution and the upstream's
+    /// EPMD together); `None` when it does not, cannot be asked in time, or no public
+    /// port is left. Counted by route and result.
     pub async fn port_please(&self, name: &str) -> Option<Lease> {
         let target = self.route_match(name)?;
-        let (host, epmd) = match &target.host {
-            Some(host) => match self.resolve(host).await {
-                Ok(ip) => (host.clone(), SocketAddr::new(ip, target.epmd_port)),
-                Err(e) => {
-                    warn!(node = name, %host, "routed name's upstream does not resolve: {e}");
-                    if matches!(e, DnsError::NotFound { .. }) && self.leases.give_back(name) {
-                        info!(node = name, "lease given back: the upstream host is gone");
-                    }
-                    return None;
-                }
-            },
-            None => match self.discovery(target.route)?.find(name) {
-                Some(epmd) => (epmd.ip().to_string(), epmd),
-                None => {
-                    debug!(node = name, "not among the discovered names");
-                    return None;
-                }
-            },
+        let answer = match tokio::time::timeout(self.timeout, self.look_up(name, &target)).await {
+            Ok(answer) => answer,
+            Err(_) => {
+                warn!(node = name, timeout = ?self.timeout, "routed lookup not answered within `dns.timeout`; answered \"no port\"");
+                Err(Miss::Timeout)
+            }
         };
-        let found = match self.ask(epmd, name).await {
-            Ok(Some(found)) => found,
-            Ok(None) => {
-                debug!(node = name, %epmd, "not registered upstream");
+        let result = answer.as_ref().err().map_or("ok", |miss| miss.result());
+        ::metrics::counter!(m::GATEWAY_LOOKUPS, "route" => self.label(target.route), "result" => result)
+            .increment(1);
+        answer.ok()
+    }
+
+    /// Confirms `name` upstream and leases it a port.
+    async fn look_up(&self, name: &str, target: &route::Match) -> Result<Lease, Miss> {
+        let found = match self.confirm(name, target).await {
+            Ok(found) => found,
+            Err(Miss::Unknown) => {
                 if self.leases.give_back(name) {
                     info!(node = name, "lease given back: the name left its upstream");
                 }
-                return None;
+                return Err(Miss::Unknown);
+            }
+            Err(miss) => return Err(miss),
+        };
+        let terms = self.terms(target.route, name);
+        self.leases.take(found, terms, Instant::now()).map_err(|_| {
+            warn!(
+                node = name,
+                "no public port left to lease: every port of `dist.ports` is leased to a name in use"
+            );
+            Miss::NoPort
+        })
+    }
+
+    /// Where `name` lives upstream and what it registered there (the lease's public
+    /// port left 0), or why not.
+    async fn confirm(&self, name: &str, target: &route::Match) -> Result<Lease, Miss> {
+        let (host, epmd) = match &target.host {
+            Some(host) => match self.resolve(host).await {
+                Ok(ip) => (host.clone(), SocketAddr::new(ip, target.epmd_port)),
+                Err(e @ DnsError::NotFound { .. }) => {
+                    debug!(node = name, %host, "routed name's upstream does not resolve: {e}");
+                    return Err(Miss::Unknown);
+                }
+                Err(e) => {
+                    warn!(node = name, %host, "routed name's upstream does not resolve: {e}");
+                    return Err(Miss::Dns);
+                }
+            },
+            None => match self.discovery(target.route).and_then(|d| d.find(name)) {
+                Some(epmd) => (epmd.ip().to_string(), epmd),
+                None => {
+                    debug!(node = name, "not among the discovered names");
+                    return Err(Miss::Unknown);
+                }
+            },
+        };
+        let found = match client::port_please(epmd, name, self.timeout).await {
+            Ok(Some(found)) => found,
+            Ok(None) => {
+                debug!(node = name, %epmd, "not registered upstream");
+                return Err(Miss::Unknown);
             }
             Err(e) => {
                 warn!(node = name, %epmd, "upstream EPMD did not answer: {e}");
-                return None;
+                return Err(Miss::Upstream);
             }
         };
         let dist_port = match target.port {
             UpstreamPort::Fixed(port) => port,
             UpstreamPort::Epmd => found.port,
         };
-        self.lease(Lease {
+        Ok(Lease {
             name: name.to_owned(),
             public_port: 0,
             host,
@@ -249,29 +344,6 @@ impl Gateway {
             lowest_version: found.lowest_version,
             extra: found.extra,
         })
-    }
-
-    /// Leases `lease.name` a public port; logs when the pool is used up.
-    fn lease(&self, lease: Lease) -> Option<Lease> {
-        let name = lease.name.clone();
-        let taken = self.leases.take(lease);
-        if taken.is_none() {
-            warn!(
-                node = name,
-                "no public port left to lease: the pool `dist.ports` is used up"
-            );
-        }
-        taken
-    }
-
-    /// Gives back `name`'s lease; whether it held one.
-    fn give_back(&self, name: &str) -> bool {
-        self.leases.give_back(name)
-    }
-
-    /// PORT_PLEASE2 to the EPMD at `epmd`.
-    async fn ask(&self, epmd: SocketAddr, name: &str) -> Result<Option<Port2Resp>, ClientError> {
-        client::port_please(epmd, name, self.timeout).await
     }
 }
 
@@ -299,5 +371,9 @@ impl Routes for Gateway {
 
     fn resolve<'a>(&'a self, host: &'a str) -> BoxFuture<'a, Result<IpAddr, DnsError>> {
         Box::pin(Gateway::resolve(self, host))
+    }
+
+    fn hold(&self, name: &str) -> Option<InUse> {
+        self.leases.hold(name)
     }
 }

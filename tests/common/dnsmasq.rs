@@ -31,7 +31,7 @@ pub async fn dnsmasq_srv(records: &[(&str, &str)], srv: &[(&str, &str, u16)], tt
         command.args(args(records, srv));
         let mut process = Process::spawn("dnsmasq", &mut command);
         let addr = loopback(port);
-        let resolver = Hickory::with_nameservers(&[addr], Duration::from_millis(200)).unwrap();
+        let resolver = Hickory::with_nameservers(&[addr], Duration::from_millis(200), 1).unwrap();
         let up = eventually("dnsmasq to answer", || {
             let exited = process.exited().is_some();
             let resolver = &resolver;
