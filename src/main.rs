@@ -127,8 +127,11 @@ fn main() -> ExitCode {
 
 fn check_config(file: &Path) -> ExitCode {
     match config::load(file) {
-        Ok(_) => {
+        Ok(config) => {
             println!("{}: ok", file.display());
+            for line in distgate::gateway::pool_report(&config) {
+                println!("{line}");
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {

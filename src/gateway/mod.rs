@@ -16,6 +16,7 @@
 
 mod discovery;
 mod leases;
+mod report;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -34,6 +35,7 @@ use crate::route::{self, Route, Upstream, UpstreamPort};
 use discovery::Discovery;
 pub use leases::Lease;
 use leases::{Leases, Terms};
+pub use report::pool_report;
 
 /// Routes, the DNS cache they resolve through, the leases of routed names, and the
 /// limit for answering a routed lookup.
@@ -318,7 +320,9 @@ impl Gateway {
                 }
             },
         };
-        let found = match client::port_please(epmd, name, self.timeout).await {
+        // The caller's deadline bounds the ask; this one only keeps a lone ask bounded.
+        let limit = self.timeout + Duration::from_secs(1);
+        let found = match client::port_please(epmd, name, limit).await {
             Ok(Some(found)) => found,
             Ok(None) => {
                 debug!(node = name, %epmd, "not registered upstream");

@@ -232,9 +232,14 @@ impl Pods {
 
     /// Replaces `pod`'s /etc/hosts.
     pub fn set_hosts(&self, pod: usize, hosts: &str) {
+        self.set_etc(pod, "hosts", hosts);
+    }
+
+    /// Replaces `pod`'s /etc/`file` (`ip netns exec` mounts it over the real one).
+    pub fn set_etc(&self, pod: usize, file: &str, text: &str) {
         let etc = pods_etc(&self.pods[pod].ns);
         std::fs::create_dir_all(&etc).unwrap();
-        std::fs::write(etc.join("hosts"), hosts).unwrap();
+        std::fs::write(etc.join(file), text).unwrap();
     }
 
     /// Loads nftables `rules` in `pod`'s namespace.

@@ -1,0 +1,252 @@
+//! The gateway's leases under pressure, on loopback: a lookup flood cannot take the
+//! port of a name in use, unused leases go back when the pool is short, a routed lookup
+//! is answered within `[dns] timeout` whatever its upstream does (and whatever
+//! resolv.conf says), and shutdown does not wait for upstreams that never answer.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test may panic on what it did not expect
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use common::*;
+use distgate::epmd::message::{Port2Resp, encode_port2_resp};
+use distgate::route::{Glob, Route, Template, Upstream};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// A gateway routing every `app-*` name to the EPMD at `epmd` on 127.0.0.1, with a
+/// pool of `pool` public ports.
+fn routed_to(epmd: u16, pool: usize, lease_idle: Duration) -> Options {
+    let mut options = Options {
+        pool,
+        admin: true,
+        ..Options::default()
+    };
+    options.config.routes = vec![Route {
+        epmd_port: epmd,
+        lease_idle,
+        ..Route::new(
+            Glob::new("app-*").unwrap(),
+            Upstream::Host(Template::new("127.0.0.1").unwrap()),
+        )
+    }];
+    options
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lookup_flood_cannot_take_the_port_of_a_name_in_use() {
+    let metrics = recorder();
+    let upstream = TestSidecar::start(Options::default()).await;
+    let mut nodes = vec![];
+    for i in 0..6 {
+        nodes.push(fake_node(upstream.epmd, &format!("app-{i}")).await);
+    }
+    let idle = Duration::from_millis(500);
+    let gateway = TestSidecar::start(routed_to(upstream.epmd.port(), 2, idle)).await;
+
+    // app-0 is linked through the gateway.
+    let port = port_please(gateway.epmd, "app-0")
+        .await
+        .expect("app-0 leased");
+    let public = SocketAddr::from(([127, 0, 0, 1], port));
+    let (mut client, mut at_node) = common::dist::link(public, &nodes[0].0, "peer@127.0.0.1").await;
+
+    // A flood of lookups for every name, over and over.
+    let mut answered = 0;
+    for round in 0..50 {
+        for i in 1..6 {
+            if let Some(got) = port_please(gateway.epmd, &format!("app-{i}")).await {
+                assert_ne!(got, port, "round {round}: app-{i} took app-0's port");
+                answered += 1;
+            }
+        }
+    }
+    // app-0 keeps its port, its link flows, and a new connection to it works.
+    assert_eq!(port_please(gateway.epmd, "app-0").await, Some(port));
+    client.write_all(b"still here").await.unwrap();
+    let mut got = [0u8; 10];
+    at_node.read_exact(&mut got).await.unwrap();
+    assert_eq!(&got, b"still here");
+    let (_second, _) = common::dist::link(public, &nodes[0].0, "other@127.0.0.1").await;
+
+    let text = metrics.render();
+    let exhausted = sample(
+        &text,
+        "distgate_gateway_pool_exhausted_total",
+        &[("route", "app-*")],
+    );
+    assert!(exhausted.unwrap_or(0.0) >= 1.0, "{text}");
+    let no_port = sample(
+        &text,
+        "distgate_gateway_lookups_total",
+        &[("route", "app-*"), ("result", "no_port")],
+    );
+    assert!(no_port.unwrap_or(0.0) >= 1.0, "{text}");
+    eprintln!("{answered} of 250 flood lookups answered; app-0 kept port {port}");
+
+    // Once the flood's leases sit unused past lease_idle, a name that never had one
+    // gets the port it frees, and connects.
+    let started = Instant::now();
+    let freed = eventually("app-5 to be leased once the others sit idle", || async {
+        port_please(gateway.epmd, "app-5").await
+    })
+    .await;
+    assert!(
+        started.elapsed() >= idle / 2,
+        "leased before anything sat idle"
+    );
+    assert_ne!(freed, port);
+    let freed = SocketAddr::from(([127, 0, 0, 1], freed));
+    common::dist::link(freed, &nodes[5].0, "peer@127.0.0.1").await;
+    let text = metrics.render();
+    assert_eq!(
+        sample(&text, "distgate_gateway_leases", &[("route", "app-*")]),
+        Some(2.0),
+        "{text}"
+    );
+}
+
+/// An EPMD that answers PORT_PLEASE2 for any name (port 1, the fields of an OTP 26
+/// node) while `answering`, and after that accepts, counts in `held` and never says a
+/// word.
+async fn switchable_epmd(answering: Arc<AtomicBool>, held: Arc<AtomicUsize>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut silent = vec![];
+        while let Ok((mut stream, _)) = listener.accept().await {
+            if !answering.load(Ordering::SeqCst) {
+                silent.push(stream);
+                held.fetch_add(1, Ordering::SeqCst);
+                continue;
+            }
+            tokio::spawn(async move {
+                let mut len = [0u8; 2];
+                stream.read_exact(&mut len).await?;
+                let mut body = vec![0u8; usize::from(u16::from_be_bytes(len))];
+                stream.read_exact(&mut body).await?;
+                let name = String::from_utf8_lossy(body.get(1..).unwrap_or_default()).into_owned();
+                let reply = encode_port2_resp(Some(&Port2Resp {
+                    port: 1,
+                    node_type: 77,
+                    protocol: 0,
+                    highest_version: 6,
+                    lowest_version: 5,
+                    name,
+                    extra: vec![],
+                }));
+                stream.write_all(&reply).await
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_does_not_wait_for_upstreams_that_never_answer() {
+    let answering = Arc::new(AtomicBool::new(true));
+    let held = Arc::new(AtomicUsize::new(0));
+    let epmd = switchable_epmd(Arc::clone(&answering), Arc::clone(&held)).await;
+    let mut options = routed_to(epmd.port(), 20, Duration::from_secs(60));
+    // Template leases are confirmed upstream every max_ttl: every second here.
+    options.config.dns.max_ttl = Duration::from_secs(1);
+    let mut gateway = TestSidecar::start(options).await;
+    for i in 0..20 {
+        let name = format!("app-{i}");
+        assert!(port_please(gateway.epmd, &name).await.is_some(), "{name}");
+    }
+    assert_eq!(gateway.leases().len(), 20);
+    // The upstream stops answering; the next confirmation round hangs on it.
+    answering.store(false, Ordering::SeqCst);
+    eventually(
+        "a confirmation round to wait on the silent upstream",
+        || async { (held.load(Ordering::SeqCst) > 0).then_some(()) },
+    )
+    .await;
+    let asked = Instant::now();
+    gateway.shutdown.cancel();
+    let drain = tokio::time::timeout(Duration::from_secs(5), &mut gateway.task)
+        .await
+        .expect("the drain to end")
+        .unwrap();
+    let took = asked.elapsed();
+    assert_eq!(drain, distgate::Drain::Complete);
+    assert!(
+        took < Duration::from_secs(1),
+        "drain complete after {took:?}"
+    );
+    eprintln!("drain complete {took:?} after shutdown, 20 leases to a silent upstream");
+}
+
+#[test]
+fn a_routed_lookup_is_answered_within_the_dns_timeout_whatever_resolv_conf_says() {
+    use common::netns::{Pods, in_netns, metrics_in};
+    use std::io::{Read, Write};
+    if !require(&["ip"]) || !require_root() {
+        return;
+    }
+    let mut pods = Pods::switched(&unique("dgd"));
+    let pod = pods.join("gw", "198.18.0.1", "127.0.0.1 localhost\n::1 localhost\n");
+    // As slow as resolv.conf gets: a name server that never answers, 30 s a query, 5
+    // attempts, and three search suffixes to try first (ndots:5, as Kubernetes).
+    let resolv = "nameserver 127.0.0.1\nsearch a.test b.test c.test\noptions ndots:5 timeout:30 attempts:5\n";
+    pods.set_etc(pod, "resolv.conf", resolv);
+    let ns = pods.pods[pod].ns.clone();
+    // In the namespace: the silent name server, and an EPMD that never answers.
+    let (_dns, _epmd, epmd_port) = in_netns(&ns, || {
+        let dns = std::net::UdpSocket::bind("127.0.0.1:53").unwrap();
+        let epmd = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = epmd.local_addr().unwrap().port();
+        (dns, epmd, port)
+    });
+    let dir = std::env::temp_dir().join(unique("distgate-deadline-"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("gateway.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[dist]\nports = [\"43691-43692\"]\n\
+             [[route]]\nnodes = \"slow-*\"\nupstream = \"{{name}}.app\"\n\
+             [[route]]\nnodes = \"stuck-*\"\nupstream = \"127.0.0.1\"\nepmd_port = {epmd_port}\n"
+        ),
+    )
+    .unwrap();
+    pods.distgate(pod, "gateway", Some(&config));
+    for name in ["slow-0", "stuck-0"] {
+        let asked = name.to_owned();
+        let (reply, took) = in_netns(&ns, move || {
+            let mut stream = std::net::TcpStream::connect("127.0.0.1:4369").unwrap();
+            stream
+                .set_read_timeout(Some(Duration::from_secs(20)))
+                .unwrap();
+            let mut request = vec![0, asked.len() as u8 + 1, 122];
+            request.extend_from_slice(asked.as_bytes());
+            let started = Instant::now();
+            stream.write_all(&request).unwrap();
+            let mut reply = vec![];
+            stream.read_to_end(&mut reply).unwrap();
+            (reply, started.elapsed())
+        });
+        assert_eq!(reply, [119, 1], "{name}: not answered \"not found\"");
+        // `[dns] timeout` is 2 s; a scheduler's slack on top at most.
+        assert!(
+            took >= Duration::from_millis(1900) && took < Duration::from_millis(2500),
+            "{name}: answered after {took:?}"
+        );
+        eprintln!("{name}: 77 01 after {took:?} ([dns] timeout 2 s)");
+    }
+    let text = metrics_in(&ns);
+    for route in ["slow-*", "stuck-*"] {
+        let labels = [("route", route), ("result", "timeout")];
+        assert_eq!(
+            sample(&text, "distgate_gateway_lookups_total", &labels),
+            Some(1.0),
+            "{route}: {text}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
