@@ -10,7 +10,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -46,6 +46,9 @@ pub enum NotReady {
     /// `ready_when` names nodes that have not registered.
     #[error("not registered: {}", .0.join(", "))]
     Missing(Vec<String>),
+    /// A gateway discovery route has not listed its Service's names yet.
+    #[error("discovery routes have not listed their names yet")]
+    Discovering,
 }
 
 impl NotReady {
@@ -56,6 +59,7 @@ impl NotReady {
             NotReady::NotListening => "not_listening",
             NotReady::NoNode => "no_node",
             NotReady::Missing(_) => "nodes_missing",
+            NotReady::Discovering => "discovering",
         }
     }
 }
@@ -66,6 +70,8 @@ pub struct Health {
     ready_when: ReadyWhen,
     registry: Arc<Registry>,
     listening: AtomicBool,
+    /// Discovery routes whose first refresh has not ended.
+    discovering: Option<Arc<AtomicUsize>>,
     /// Cancelled when shutdown begins; from then on never ready.
     shutdown: CancellationToken,
 }
@@ -81,8 +87,17 @@ impl Health {
             ready_when,
             registry,
             listening: AtomicBool::new(false),
+            discovering: None,
             shutdown,
         }
+    }
+
+    /// Not ready while `discovering` (discovery routes yet to list their names) is
+    /// above 0: a gateway replica that does not know the names yet would answer
+    /// "not found" for them.
+    pub fn with_discovery(mut self, discovering: Arc<AtomicUsize>) -> Health {
+        self.discovering = Some(discovering);
+        self
     }
 
     /// Every listener is bound and serving.
@@ -97,6 +112,9 @@ impl Health {
         }
         if !self.listening.load(Ordering::Relaxed) {
             return Err(NotReady::NotListening);
+        }
+        if (self.discovering.as_ref()).is_some_and(|d| d.load(Ordering::Relaxed) > 0) {
+            return Err(NotReady::Discovering);
         }
         match &self.ready_when {
             ReadyWhen::Always => Ok(()),

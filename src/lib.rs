@@ -158,11 +158,15 @@ impl Distgate {
             &config.metrics,
             acceptor("dist", config.dist.max_connections.get()),
         ));
-        let health = Arc::new(admin::Health::new(
+        let mut health = admin::Health::new(
             config.admin.ready_when.clone(),
             Arc::clone(directory.registry()),
             shutdown.clone(),
-        ));
+        );
+        if let Some(gateway) = &gateway {
+            health = health.with_discovery(gateway.discovering());
+        }
+        let health = Arc::new(health);
         Ok(Distgate {
             directory,
             health,

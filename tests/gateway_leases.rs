@@ -250,3 +250,34 @@ fn a_routed_lookup_is_answered_within_the_dns_timeout_whatever_resolv_conf_says(
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_is_ready_only_once_its_discovery_routes_have_asked() {
+    // A name server that never answers: the first refresh ends at `[dns] timeout`.
+    let silent = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut options = Options {
+        admin: true,
+        ..Options::default()
+    };
+    options.config.routes = vec![Route::new(
+        Glob::new("app-*").unwrap(),
+        Upstream::Discover {
+            service: "app.cluster.test".into(),
+            records: distgate::route::Records::A,
+        },
+    )];
+    options.config.dns.nameservers = vec![silent.local_addr().unwrap()];
+    options.config.dns.timeout = Duration::from_secs(1);
+    let started = Instant::now();
+    let gateway = TestSidecar::start(options).await;
+    let admin = gateway.admin.unwrap();
+    let (status, body) = http_get(admin, "/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("discover"), "{body}");
+    eventually("ready once the first refresh has ended", || async {
+        (http_get(admin, "/readyz").await.0 == 200).then_some(())
+    })
+    .await;
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(900), "ready after {took:?}");
+}

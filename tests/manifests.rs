@@ -187,4 +187,24 @@ fn the_gateways_config_is_valid() {
     let config = distgate::config::load(&file).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(config.routes.len(), 1);
     assert_eq!(config.dist.ports.len(), 10);
+    assert_eq!(config.routes[0].lease, distgate::route::LeaseRule::Ordinal);
+}
+
+#[test]
+fn the_gateway_runs_replicas_that_are_never_all_down() {
+    if !require(&["kubectl"]) {
+        return;
+    }
+    let rendered = render(&Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes/gateway"));
+    for needle in [
+        "replicas: 2",
+        "maxUnavailable: 0",
+        "kind: PodDisruptionBudget",
+        "minAvailable: 1",
+        "topologyKey: kubernetes.io/hostname",
+        "sessionAffinity: ClientIP",
+        "path: /readyz",
+    ] {
+        assert!(rendered.contains(needle), "no {needle}:\n{rendered}");
+    }
 }

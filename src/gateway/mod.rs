@@ -20,6 +20,7 @@ mod report;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
@@ -47,6 +48,8 @@ pub struct Gateway {
     leases: Leases,
     /// One per discovery route, with the index of its route.
     discoveries: Vec<Discovery>,
+    /// Discovery routes whose first refresh has not ended.
+    discovering: Arc<AtomicUsize>,
 }
 
 /// Why a routed name has no answer; the `result` of `distgate_gateway_lookups_total`.
@@ -112,7 +115,7 @@ impl Gateway {
         timeout: Duration,
         ports: Arc<Ports>,
     ) -> Gateway {
-        let discoveries = routes
+        let discoveries: Vec<Discovery> = routes
             .iter()
             .enumerate()
             .filter_map(|(index, route)| match &route.upstream {
@@ -126,13 +129,21 @@ impl Gateway {
             })
             .collect();
         let labels = routes.iter().map(Route::label).collect();
+        let discovering = Arc::new(AtomicUsize::new(discoveries.len()));
         Gateway {
             routes,
             dns,
             timeout,
             leases: Leases::new(ports, labels),
             discoveries,
+            discovering,
         }
+    }
+
+    /// How many discovery routes have yet to end their first refresh; `/readyz` waits
+    /// for 0.
+    pub fn discovering(&self) -> Arc<AtomicUsize> {
+        Arc::clone(&self.discovering)
     }
 
     /// Routed names holding public ports, oldest first.
@@ -175,6 +186,9 @@ impl Gateway {
             let gateway = Arc::clone(&self);
             tasks.spawn(async move {
                 let discovery = &gateway.discoveries[index];
+                let next = discovery.refresh(&gateway).await;
+                gateway.discovering.fetch_sub(1, Ordering::Relaxed);
+                tokio::time::sleep(next).await;
                 loop {
                     let next = discovery.refresh(&gateway).await;
                     tokio::time::sleep(next).await;

@@ -53,6 +53,13 @@ fn run(args: &[&str], stdin: Option<&str>) {
     );
 }
 
+/// Runs `args` inside namespace `ns` (with `stdin` fed), and asserts it succeeds.
+pub fn exec(ns: &str, args: &[&str], stdin: Option<&str>) {
+    let mut all = vec!["ip", "netns", "exec", ns];
+    all.extend_from_slice(args);
+    run(&all, stdin);
+}
+
 /// Inbound TCP only to EPMD and the public dist ports `ports` (nftables syntax, e.g.
 /// `43691-43693`), from anyone or only from address `from`: a Kubernetes Service (or
 /// NetworkPolicy) in miniature. Loopback (containers of the same pod) is not filtered.
@@ -158,6 +165,11 @@ impl Pods {
         );
         run(&["ip", "-n", &switch, "link", "set", "br0", "up"], None);
         pods
+    }
+
+    /// The switch's namespace, for [`Pods::switched`] pods.
+    pub fn switch(&self) -> &str {
+        self.switch.as_deref().expect("a switched topology")
     }
 
     /// A new pod namespace `<id>-<name>` at `ip`/24, wired to the switch, with
