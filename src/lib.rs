@@ -40,6 +40,7 @@ pub mod forward;
 pub mod gateway;
 pub mod handshake;
 mod limit;
+mod log_budget;
 pub mod metrics;
 pub mod ports;
 pub mod probe;

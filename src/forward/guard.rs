@@ -5,7 +5,7 @@
 //!
 //! Every table here is bounded: the per-source counts by the connections open (each
 //! entry is held by at least one), the ban table by [`MAX_TRACKED`] sources, and the
-//! failure log by [`LOG_BURST`] lines per [`LOG_WINDOW`].
+//! failure log by a [`LogBudget`].
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -15,14 +15,11 @@ use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
 use crate::config::BanConfig;
+use crate::log_budget::LogBudget;
 use crate::metrics as m;
 
 /// Most source addresses whose failures are counted at once.
 pub(crate) const MAX_TRACKED: usize = 16_384;
-/// Failed-handshake lines logged per window; the rest are summed up in one line.
-pub(crate) const LOG_BURST: u32 = 20;
-/// The window of [`LOG_BURST`].
-pub(crate) const LOG_WINDOW: Duration = Duration::from_secs(10);
 
 /// Why a source is closed at accept (the `reason` label of the refusal).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,14 +47,12 @@ struct Failures {
     banned_until: Option<Instant>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Tables {
     open: HashMap<IpAddr, usize>,
     failures: HashMap<IpAddr, Failures>,
     banned: usize,
-    log_since: Option<Instant>,
-    logged: u32,
-    unlogged: u32,
+    log: LogBudget,
 }
 
 /// The per-source limit, the ban table and the failure log of the dist listeners.
@@ -98,7 +93,14 @@ impl Guard {
         Guard {
             max_per_source,
             ban,
-            tables: Mutex::default(),
+            tables: Mutex::new(Tables {
+                open: HashMap::new(),
+                failures: HashMap::new(),
+                banned: 0,
+                log: LogBudget::new(
+                    "more dist handshakes failed than logged (see distgate_dist_handshakes_total)",
+                ),
+            }),
         }
     }
 
@@ -196,26 +198,7 @@ impl Guard {
     /// Whether a failed handshake may be logged now; at the start of a new window,
     /// logs how many the last one left out.
     pub(crate) fn may_log(&self, now: Instant) -> bool {
-        let mut tables = self.lock();
-        let fresh = tables
-            .log_since
-            .is_none_or(|since| now.duration_since(since) >= LOG_WINDOW);
-        if fresh {
-            if tables.unlogged > 0 {
-                warn!(
-                    not_logged = tables.unlogged,
-                    "more dist handshakes failed than logged (see distgate_dist_handshakes_total)"
-                );
-            }
-            (tables.log_since, tables.logged, tables.unlogged) = (Some(now), 0, 0);
-        }
-        if tables.logged < LOG_BURST {
-            tables.logged += 1;
-            true
-        } else {
-            tables.unlogged += 1;
-            false
-        }
+        self.lock().log.allow(now)
     }
 
     /// Sources banned now.
@@ -328,14 +311,5 @@ mod tests {
         assert!(tables.failures.len() <= MAX_TRACKED);
         drop(tables);
         assert_eq!(guard.admit(ip(0), now).unwrap_err(), Refusal::Banned);
-    }
-
-    #[test]
-    fn the_failure_log_is_rate_limited() {
-        let guard = guard(10);
-        let now = Instant::now();
-        let logged = (0..1000).filter(|_| guard.may_log(now)).count();
-        assert_eq!(logged, LOG_BURST as usize);
-        assert!(guard.may_log(now + LOG_WINDOW), "a new window logs again");
     }
 }

@@ -19,8 +19,8 @@ mod leases;
 mod report;
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
@@ -30,6 +30,7 @@ use crate::directory::{BoxFuture, InUse, Routes};
 use crate::dns::{Cache, DnsError, DnsSetupError, Hickory};
 use crate::epmd::client;
 use crate::epmd::message::Port2Resp;
+use crate::log_budget::LogBudget;
 use crate::metrics as m;
 use crate::ports::Ports;
 use crate::route::{self, Route, Upstream, UpstreamPort};
@@ -50,6 +51,8 @@ pub struct Gateway {
     discoveries: Vec<Discovery>,
     /// Discovery routes whose first refresh has not ended.
     discovering: Arc<AtomicUsize>,
+    /// Peers ask at will: the warnings of failed lookups are bounded.
+    log: Mutex<LogBudget>,
 }
 
 /// Why a routed name has no answer; the `result` of `distgate_gateway_lookups_total`.
@@ -137,7 +140,17 @@ impl Gateway {
             leases: Leases::new(ports, labels),
             discoveries,
             discovering,
+            log: Mutex::new(LogBudget::new(
+                "more routed lookups failed than logged (see distgate_gateway_lookups_total)",
+            )),
         }
+    }
+
+    /// Whether a failed lookup's warning may be logged now.
+    fn may_log(&self) -> bool {
+        (self.log.lock())
+            .unwrap_or_else(|p| p.into_inner())
+            .allow(Instant::now())
     }
 
     /// How many discovery routes have yet to end their first refresh; `/readyz` waits
@@ -279,7 +292,9 @@ impl Gateway {
         let answer = match tokio::time::timeout(self.timeout, self.look_up(name, &target)).await {
             Ok(answer) => answer,
             Err(_) => {
-                warn!(node = name, timeout = ?self.timeout, "routed lookup not answered within `dns.timeout`; answered \"no port\"");
+                if self.may_log() {
+                    warn!(node = name, timeout = ?self.timeout, "routed lookup not answered within `dns.timeout`; answered \"no port\"");
+                }
                 Err(Miss::Timeout)
             }
         };
@@ -303,10 +318,12 @@ impl Gateway {
         };
         let terms = self.terms(target.route, name);
         self.leases.take(found, terms, Instant::now()).map_err(|_| {
-            warn!(
-                node = name,
-                "no public port left to lease: every port of `dist.ports` is leased to a name in use"
-            );
+            if self.may_log() {
+                warn!(
+                    node = name,
+                    "no public port left to lease: every port of `dist.ports` is leased to a name in use"
+                );
+            }
             Miss::NoPort
         })
     }
@@ -322,7 +339,9 @@ impl Gateway {
                     return Err(Miss::Unknown);
                 }
                 Err(e) => {
-                    warn!(node = name, %host, "routed name's upstream does not resolve: {e}");
+                    if self.may_log() {
+                        warn!(node = name, %host, "routed name's upstream does not resolve: {e}");
+                    }
                     return Err(Miss::Dns);
                 }
             },
@@ -343,7 +362,9 @@ impl Gateway {
                 return Err(Miss::Unknown);
             }
             Err(e) => {
-                warn!(node = name, %epmd, "upstream EPMD did not answer: {e}");
+                if self.may_log() {
+                    warn!(node = name, %epmd, "upstream EPMD did not answer: {e}");
+                }
                 return Err(Miss::Upstream);
             }
         };
