@@ -100,9 +100,11 @@ impl Ports {
             .map(|(&port, holder)| (port, holder.clone()))
             .collect();
         let pool = &self.plan.pool;
-        let pinned_to_other = |port: u16, name: &str| {
-            (self.plan.pins.iter()).any(|(owner, &p)| p == port && owner != name)
-        };
+        let owners: HashMap<u16, &str> = (self.plan.pins.iter())
+            .map(|(owner, &p)| (p, owner.as_str()))
+            .collect();
+        let pinned_to_other =
+            |port: u16, name: &str| owners.get(&port).is_some_and(|&owner| owner != name);
         let mut placed = vec![None; wants.len()];
         for (i, &(name, _)) in wants.iter().enumerate() {
             if let Some(&pin) = self.plan.pins.get(name) {

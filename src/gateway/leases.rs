@@ -154,6 +154,7 @@ impl Leases {
             table: Mutex::new(Table::default()),
         };
         leases.count(&leases.lock());
+        leases.start();
         leases
     }
 
@@ -370,6 +371,13 @@ impl Leases {
         }
         for (route, count) in counts.into_iter().enumerate() {
             ::metrics::gauge!(m::GATEWAY_LEASES, "route" => self.label(route)).set(count as f64);
+        }
+    }
+
+    /// Every route's exhaustion counter at 0, so alerts see zeros, not gaps.
+    fn start(&self) {
+        for route in &self.routes {
+            ::metrics::counter!(m::GATEWAY_POOL_EXHAUSTED, "route" => route.clone()).increment(0);
         }
     }
 }

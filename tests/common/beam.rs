@@ -3,6 +3,7 @@
 
 use std::io::Read;
 use std::process::{ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -15,6 +16,8 @@ pub const COOKIE: &str = "distgate-test";
 pub struct Output {
     pub process: Process,
     lines: Arc<Mutex<Vec<String>>>,
+    /// How many of the two readers (stdout, stderr) have seen their stream end.
+    ended: Arc<AtomicUsize>,
 }
 
 impl Output {
@@ -33,11 +36,25 @@ impl Output {
         command.stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut process = Process::spawn(label, command);
         let lines = Arc::new(Mutex::new(vec![]));
+        let ended = Arc::new(AtomicUsize::new(0));
         let stdout = process.child.stdout.take().unwrap();
         let stderr = process.child.stderr.take().unwrap();
-        collect(stdout, &lines);
-        collect(stderr, &lines);
-        Output { process, lines }
+        collect(stdout, &lines, &ended);
+        collect(stderr, &lines, &ended);
+        Output {
+            process,
+            lines,
+            ended,
+        }
+    }
+
+    /// Once the process has exited: waits until both readers have read its output to
+    /// the end (bounded, as a child of it could still hold the pipes).
+    fn drained(&self) {
+        let start = Instant::now();
+        while self.ended.load(Ordering::SeqCst) < 2 && start.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     /// Everything printed so far.
@@ -73,8 +90,8 @@ impl Output {
                 return line;
             }
             if let Some(status) = self.process.exited() {
-                // Give the reader threads the last lines, then look once more.
-                std::thread::sleep(Duration::from_millis(50));
+                // The reader threads take the last lines; then look once more.
+                self.drained();
                 let text = self.text();
                 if let Some(line) = text.lines().find(|l| matches(l)) {
                     return line.to_owned();
@@ -99,6 +116,7 @@ impl Output {
         let start = Instant::now();
         loop {
             if let Some(status) = self.process.exited() {
+                self.drained();
                 return status;
             }
             assert!(
@@ -113,14 +131,19 @@ impl Output {
 }
 
 /// Collects output as lines; an unfinished last line (a prompt) is visible too.
-fn collect(mut stream: impl Read + Send + 'static, lines: &Arc<Mutex<Vec<String>>>) {
+fn collect(
+    mut stream: impl Read + Send + 'static,
+    lines: &Arc<Mutex<Vec<String>>>,
+    ended: &Arc<AtomicUsize>,
+) {
     let lines = Arc::clone(lines);
+    let ended = Arc::clone(ended);
     std::thread::spawn(move || {
         let mut buf = [0u8; 4096];
         let mut partial = false;
         while let Ok(n) = stream.read(&mut buf) {
             if n == 0 {
-                return;
+                break;
             }
             let text = String::from_utf8_lossy(&buf[..n]).replace('\r', "");
             let mut lines = lines.lock().unwrap();
@@ -138,6 +161,7 @@ fn collect(mut stream: impl Read + Send + 'static, lines: &Arc<Mutex<Vec<String>
                 lines.pop();
             }
         }
+        ended.fetch_add(1, Ordering::SeqCst);
     });
 }
 
