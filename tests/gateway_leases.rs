@@ -16,7 +16,6 @@ use common::*;
 use distgate::epmd::message::{Port2Resp, encode_port2_resp};
 use distgate::route::{Glob, Route, Template, Upstream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 
 /// A gateway routing every `app-*` name to the EPMD at `epmd` on 127.0.0.1, with a
 /// pool of `pool` public ports.
@@ -110,25 +109,29 @@ async fn a_lookup_flood_cannot_take_the_port_of_a_name_in_use() {
     );
 }
 
-/// An EPMD that answers PORT_PLEASE2 for any name (port 1, the fields of an OTP 26
-/// node) while `answering`, and after that accepts, counts in `held` and never says a
-/// word.
-async fn switchable_epmd(answering: Arc<AtomicBool>, held: Arc<AtomicUsize>) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
+/// An EPMD on `listener` that answers PORT_PLEASE2 for any name (port 1, the fields of
+/// an OTP 26 node) while `answering`, and after that accepts, counts in `held` and
+/// never says a word.
+fn switchable_epmd(
+    listener: std::net::TcpListener,
+    answering: Arc<AtomicBool>,
+    held: Arc<AtomicUsize>,
+) {
+    use std::io::{Read, Write};
+    std::thread::spawn(move || {
         let mut silent = vec![];
-        while let Ok((mut stream, _)) = listener.accept().await {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
             if !answering.load(Ordering::SeqCst) {
                 silent.push(stream);
                 held.fetch_add(1, Ordering::SeqCst);
                 continue;
             }
-            tokio::spawn(async move {
+            std::thread::spawn(move || {
                 let mut len = [0u8; 2];
-                stream.read_exact(&mut len).await?;
+                stream.read_exact(&mut len)?;
                 let mut body = vec![0u8; usize::from(u16::from_be_bytes(len))];
-                stream.read_exact(&mut body).await?;
+                stream.read_exact(&mut body)?;
                 let name = String::from_utf8_lossy(body.get(1..).unwrap_or_default()).into_owned();
                 let reply = encode_port2_resp(Some(&Port2Resp {
                     port: 1,
@@ -139,18 +142,39 @@ async fn switchable_epmd(answering: Arc<AtomicBool>, held: Arc<AtomicUsize>) -> 
                     name,
                     extra: vec![],
                 }));
-                stream.write_all(&reply).await
+                stream.write_all(&reply)
             });
         }
     });
-    addr
+}
+
+/// PORT_PLEASE2 for `name` at the EPMD on 127.0.0.1:4369 of namespace `ns`: the reply's
+/// bytes and how long it took.
+fn port_please_in(ns: &str, name: &str) -> (Vec<u8>, Duration) {
+    use std::io::{Read, Write};
+    let name = name.to_owned();
+    common::netns::in_netns(ns, move || {
+        let mut stream = std::net::TcpStream::connect("127.0.0.1:4369").unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let mut request = vec![0, name.len() as u8 + 1, 122];
+        request.extend_from_slice(name.as_bytes());
+        let started = Instant::now();
+        stream.write_all(&request).unwrap();
+        let mut reply = vec![];
+        stream.read_to_end(&mut reply).unwrap();
+        (reply, started.elapsed())
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_does_not_wait_for_upstreams_that_never_answer() {
     let answering = Arc::new(AtomicBool::new(true));
     let held = Arc::new(AtomicUsize::new(0));
-    let epmd = switchable_epmd(Arc::clone(&answering), Arc::clone(&held)).await;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let epmd = listener.local_addr().unwrap();
+    switchable_epmd(listener, Arc::clone(&answering), Arc::clone(&held));
     let mut options = routed_to(epmd.port(), 20, Duration::from_secs(60));
     // Template leases are confirmed upstream every max_ttl: every second here.
     options.config.dns.max_ttl = Duration::from_secs(1);
@@ -185,7 +209,6 @@ async fn shutdown_does_not_wait_for_upstreams_that_never_answer() {
 #[test]
 fn a_routed_lookup_is_answered_within_the_dns_timeout_whatever_resolv_conf_says() {
     use common::netns::{Pods, in_netns, metrics_in};
-    use std::io::{Read, Write};
     if !require(&["ip"]) || !require_root() {
         return;
     }
@@ -217,20 +240,7 @@ fn a_routed_lookup_is_answered_within_the_dns_timeout_whatever_resolv_conf_says(
     .unwrap();
     pods.distgate(pod, "gateway", Some(&config));
     for name in ["slow-0", "stuck-0"] {
-        let asked = name.to_owned();
-        let (reply, took) = in_netns(&ns, move || {
-            let mut stream = std::net::TcpStream::connect("127.0.0.1:4369").unwrap();
-            stream
-                .set_read_timeout(Some(Duration::from_secs(20)))
-                .unwrap();
-            let mut request = vec![0, asked.len() as u8 + 1, 122];
-            request.extend_from_slice(asked.as_bytes());
-            let started = Instant::now();
-            stream.write_all(&request).unwrap();
-            let mut reply = vec![];
-            stream.read_to_end(&mut reply).unwrap();
-            (reply, started.elapsed())
-        });
+        let (reply, took) = port_please_in(&ns, name);
         assert_eq!(reply, [119, 1], "{name}: not answered \"not found\"");
         // `[dns] timeout` is 2 s; a scheduler's slack on top at most.
         assert!(
@@ -280,4 +290,62 @@ async fn a_replica_is_ready_only_once_its_discovery_routes_have_asked() {
     .await;
     let took = started.elapsed();
     assert!(took >= Duration::from_millis(900), "ready after {took:?}");
+}
+
+#[test]
+fn sigterm_drains_at_once_with_twenty_leases_to_an_upstream_that_never_answers() {
+    use common::netns::{Pods, in_netns};
+    if !require(&["ip"]) || !require_root() {
+        return;
+    }
+    let mut pods = Pods::switched(&unique("dgs"));
+    let pod = pods.join("gw", "198.18.0.1", "127.0.0.1 localhost\n::1 localhost\n");
+    let ns = pods.pods[pod].ns.clone();
+    let listener = in_netns(&ns, || std::net::TcpListener::bind("127.0.0.1:0").unwrap());
+    let epmd_port = listener.local_addr().unwrap().port();
+    let answering = Arc::new(AtomicBool::new(true));
+    let held = Arc::new(AtomicUsize::new(0));
+    switchable_epmd(listener, Arc::clone(&answering), Arc::clone(&held));
+    let dir = std::env::temp_dir().join(unique("distgate-sigterm-"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("gateway.toml");
+    // Template leases are confirmed upstream every max_ttl: every second here.
+    std::fs::write(
+        &config,
+        format!(
+            "[dist]\nports = [\"43691-43710\"]\n[dns]\nmax_ttl = \"1s\"\n\
+             [[route]]\nnodes = \"app-*\"\nupstream = \"127.0.0.1\"\nepmd_port = {epmd_port}\n"
+        ),
+    )
+    .unwrap();
+    let gateway = pods.distgate(pod, "gateway", Some(&config));
+    for i in 0..20 {
+        let (reply, _) = port_please_in(&ns, &format!("app-{i}"));
+        assert_eq!(reply.get(..2), Some(&[119, 0][..]), "app-{i} not leased");
+    }
+    // The upstream stops answering; a confirmation round hangs on it.
+    answering.store(false, Ordering::SeqCst);
+    eventually_blocking(
+        DEADLINE,
+        "a confirmation round to wait on the upstream",
+        || (held.load(Ordering::SeqCst) > 0).then_some(()),
+    );
+    let pid = pods.output(gateway).process.pid();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let sent = Instant::now();
+    pods.output(gateway)
+        .wait_line("drain complete", DEADLINE, |l| {
+            l.contains("\"drain complete\"")
+        });
+    let took = sent.elapsed();
+    assert!(
+        took < Duration::from_secs(1),
+        "drain complete {took:?} after SIGTERM"
+    );
+    eprintln!("drain complete {took:?} after SIGTERM, 20 leases to a silent upstream");
+    let _ = std::fs::remove_dir_all(&dir);
 }
