@@ -349,3 +349,61 @@ fn sigterm_drains_at_once_with_twenty_leases_to_an_upstream_that_never_answers()
     eprintln!("drain complete {took:?} after SIGTERM, 20 leases to a silent upstream");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_found_at_every_refresh_is_never_missing_between() {
+    if !require(&["dnsmasq"]) {
+        return;
+    }
+    let metrics = recorder();
+    let upstream = TestSidecar::start(Options::default()).await;
+    let (_node, _registration) = fake_node(upstream.epmd, "app-0").await;
+    // TTL 0: the route refreshes every `min_ttl`, 100 ms.
+    let dns = common::dnsmasq::dnsmasq(&[("app.cluster.test", "127.0.0.1")], 0).await;
+    let mut options = Options {
+        pool: 4,
+        ..Options::default()
+    };
+    options.config.routes = vec![Route {
+        epmd_port: upstream.epmd.port(),
+        ..Route::new(
+            Glob::new("app-*").unwrap(),
+            Upstream::Discover {
+                service: "app.cluster.test".into(),
+                records: distgate::route::Records::A,
+            },
+        )
+    }];
+    options.config.dns.nameservers = vec![dns.addr];
+    options.config.dns.min_ttl = Duration::from_millis(100);
+    let gateway = TestSidecar::start(options).await;
+    let port = eventually("app-0 discovered", || async {
+        port_please(gateway.epmd, "app-0").await
+    })
+    .await;
+    let refreshes =
+        |text: &str| sample(text, "distgate_dns_lookups_total", &[("result", "ok")]).unwrap_or(0.0);
+    let before = refreshes(&metrics.render());
+    // Two askers for 3 s, across some 30 refreshes: every answer is app-0's port.
+    let ask = |epmd| async move {
+        let until = Instant::now() + Duration::from_secs(3);
+        let mut answers = 0;
+        while Instant::now() < until {
+            assert_eq!(
+                port_please(epmd, "app-0").await,
+                Some(port),
+                "after {answers}"
+            );
+            assert_eq!(names(epmd).await.1.len(), 1, "NAMES after {answers}");
+            answers += 1;
+        }
+        answers
+    };
+    let (a, b) = tokio::join!(ask(gateway.epmd), ask(gateway.epmd));
+    let during = refreshes(&metrics.render()) - before;
+    assert!(during >= 10.0, "only {during} DNS answers in 3 s");
+    eprintln!(
+        "{} lookups and NAMES across {during} refreshes: app-0 always there",
+        a + b
+    );
+}
