@@ -12,15 +12,17 @@
 //! - [`ports`]: the public dist ports and who holds each.
 //! - [`forward`]: public-port listeners and the stream forwarding.
 //! - `accept`: the one accept loop of every listener; `limit`: how many connections
-//!   of each kind are held at once.
+//!   of each kind are held at once; `log_budget`: how fast a warning peers can
+//!   trigger is logged.
 //! - [`handshake`]: the first frame of a dist connection (who is calling), pure.
 //! - [`metrics`]: every metric name, described once.
 //! - [`admin`]: the HTTP server for `/metrics`, `/livez` and `/readyz`.
 //! - [`probe`]: `distgate probe NODE@HOST`, which finds where a node's path breaks.
 //! - [`dns`]: hickory behind a trait, and a cache that owns TTLs (for the gateway).
 //! - [`route`]: gateway routes (node-name glob → upstream host template), pure.
-//! - [`gateway`]: routed names: confirmed upstream, leased a public port, forwarded;
-//!   it serves the directory through [`directory::Routes`].
+//! - [`gateway`]: routed names: confirmed upstream, leased a public port (the same on
+//!   every replica that knows the same names), forwarded; it serves the directory
+//!   through [`directory::Routes`].
 //!
 //! Dependencies run one way: `epmd::server` and `forward` know the directory, the
 //! directory knows the registry, the ports and the `Routes` trait, and the gateway
