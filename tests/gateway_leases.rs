@@ -407,3 +407,57 @@ async fn a_name_found_at_every_refresh_is_never_missing_between() {
         a + b
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_asked_in_opposite_orders_lease_the_same_ports() {
+    let upstream = TestSidecar::start(Options::default()).await;
+    // In a pool of 8, FNV-1a puts app-0, app-8 and app-15 at home 1, app-1, app-9 and
+    // app-14 at home 6: two three-way collisions.
+    let names: Vec<String> = ["app-0", "app-8", "app-15", "app-1", "app-9", "app-14"]
+        .map(String::from)
+        .into();
+    let mut nodes = vec![];
+    for name in &names {
+        nodes.push(fake_node(upstream.epmd, name).await);
+    }
+    let idle = Duration::from_secs(60);
+    let replicas = [
+        TestSidecar::start(routed_to(upstream.epmd.port(), 8, idle)).await,
+        TestSidecar::start(routed_to(upstream.epmd.port(), 8, idle)).await,
+    ];
+    // Each replica binds its own ports: compare places in the pool.
+    let mut places = vec![];
+    for (replica, order) in replicas.iter().zip([false, true]) {
+        let mut asked = names.clone();
+        if order {
+            asked.reverse();
+        }
+        for name in &asked {
+            assert!(port_please(replica.epmd, name).await.is_some(), "{name}");
+        }
+        let mut place: Vec<(String, usize)> = (replica.leases().into_iter())
+            .map(|l| {
+                let index = replica
+                    .public_ports
+                    .iter()
+                    .position(|&p| p == l.public_port);
+                (l.name, index.unwrap())
+            })
+            .collect();
+        place.sort();
+        places.push(place);
+    }
+    assert_eq!(places[0], places[1]);
+    // Placed by name, each on the first free port from its home: app-0 1, app-1 6,
+    // app-14 7, app-15 2, app-8 3, app-9 (6 and 7 taken) wraps to 0.
+    let expected = [
+        ("app-0", 1),
+        ("app-1", 6),
+        ("app-14", 7),
+        ("app-15", 2),
+        ("app-8", 3),
+        ("app-9", 0),
+    ]
+    .map(|(n, i)| (n.to_owned(), i));
+    assert_eq!(places[0], expected);
+}
