@@ -148,6 +148,39 @@ fn switchable_epmd(
     });
 }
 
+/// A gateway binary alone in a network namespace of its own (for what root alone can
+/// set up: its own resolv.conf, its own port 4369).
+struct Lone {
+    pods: common::netns::Pods,
+    pod: usize,
+    ns: String,
+    dir: std::path::PathBuf,
+}
+
+impl Lone {
+    fn new(prefix: &str) -> Lone {
+        let mut pods = common::netns::Pods::switched(&unique(prefix));
+        let pod = pods.join("gw", "198.18.0.1", "127.0.0.1 localhost\n::1 localhost\n");
+        let ns = pods.pods[pod].ns.clone();
+        let dir = std::env::temp_dir().join(unique("distgate-lone-"));
+        std::fs::create_dir_all(&dir).unwrap();
+        Lone { pods, pod, ns, dir }
+    }
+
+    /// Starts the gateway with `config`; its index for `pods.output`.
+    fn start(&mut self, config: &str) -> usize {
+        let file = self.dir.join("gateway.toml");
+        std::fs::write(&file, config).unwrap();
+        self.pods.distgate(self.pod, "gateway", Some(&file))
+    }
+}
+
+impl Drop for Lone {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// PORT_PLEASE2 for `name` at the EPMD on 127.0.0.1:4369 of namespace `ns`: the reply's
 /// bytes and how long it took.
 fn port_please_in(ns: &str, name: &str) -> (Vec<u8>, Duration) {
@@ -208,17 +241,16 @@ async fn shutdown_does_not_wait_for_upstreams_that_never_answer() {
 
 #[test]
 fn a_routed_lookup_is_answered_within_the_dns_timeout_whatever_resolv_conf_says() {
-    use common::netns::{Pods, in_netns, metrics_in};
+    use common::netns::{in_netns, metrics_in};
     if !require(&["ip"]) || !require_root() {
         return;
     }
-    let mut pods = Pods::switched(&unique("dgd"));
-    let pod = pods.join("gw", "198.18.0.1", "127.0.0.1 localhost\n::1 localhost\n");
+    let mut lone = Lone::new("dgd");
     // As slow as resolv.conf gets: a name server that never answers, 30 s a query, 5
     // attempts, and three search suffixes to try first (ndots:5, as Kubernetes).
     let resolv = "nameserver 127.0.0.1\nsearch a.test b.test c.test\noptions ndots:5 timeout:30 attempts:5\n";
-    pods.set_etc(pod, "resolv.conf", resolv);
-    let ns = pods.pods[pod].ns.clone();
+    lone.pods.set_etc(lone.pod, "resolv.conf", resolv);
+    let ns = lone.ns.clone();
     // In the namespace: the silent name server, and an EPMD that never answers.
     let (_dns, _epmd, epmd_port) = in_netns(&ns, || {
         let dns = std::net::UdpSocket::bind("127.0.0.1:53").unwrap();
@@ -226,19 +258,11 @@ fn a_routed_lookup_is_answered_within_the_dns_timeout_whatever_resolv_conf_says(
         let port = epmd.local_addr().unwrap().port();
         (dns, epmd, port)
     });
-    let dir = std::env::temp_dir().join(unique("distgate-deadline-"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("gateway.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[dist]\nports = [\"43691-43692\"]\n\
-             [[route]]\nnodes = \"slow-*\"\nupstream = \"{{name}}.app\"\n\
-             [[route]]\nnodes = \"stuck-*\"\nupstream = \"127.0.0.1\"\nepmd_port = {epmd_port}\n"
-        ),
-    )
-    .unwrap();
-    pods.distgate(pod, "gateway", Some(&config));
+    lone.start(&format!(
+        "[dist]\nports = [\"43691-43692\"]\n\
+         [[route]]\nnodes = \"slow-*\"\nupstream = \"{{name}}.app\"\n\
+         [[route]]\nnodes = \"stuck-*\"\nupstream = \"127.0.0.1\"\nepmd_port = {epmd_port}\n"
+    ));
     for name in ["slow-0", "stuck-0"] {
         let (reply, took) = port_please_in(&ns, name);
         assert_eq!(reply, [119, 1], "{name}: not answered \"not found\"");
@@ -258,7 +282,6 @@ fn a_routed_lookup_is_answered_within_the_dns_timeout_whatever_resolv_conf_says(
             "{route}: {text}"
         );
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -294,31 +317,22 @@ async fn a_replica_is_ready_only_once_its_discovery_routes_have_asked() {
 
 #[test]
 fn sigterm_drains_at_once_with_twenty_leases_to_an_upstream_that_never_answers() {
-    use common::netns::{Pods, in_netns};
+    use common::netns::in_netns;
     if !require(&["ip"]) || !require_root() {
         return;
     }
-    let mut pods = Pods::switched(&unique("dgs"));
-    let pod = pods.join("gw", "198.18.0.1", "127.0.0.1 localhost\n::1 localhost\n");
-    let ns = pods.pods[pod].ns.clone();
+    let mut lone = Lone::new("dgs");
+    let ns = lone.ns.clone();
     let listener = in_netns(&ns, || std::net::TcpListener::bind("127.0.0.1:0").unwrap());
     let epmd_port = listener.local_addr().unwrap().port();
     let answering = Arc::new(AtomicBool::new(true));
     let held = Arc::new(AtomicUsize::new(0));
     switchable_epmd(listener, Arc::clone(&answering), Arc::clone(&held));
-    let dir = std::env::temp_dir().join(unique("distgate-sigterm-"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("gateway.toml");
     // Template leases are confirmed upstream every max_ttl: every second here.
-    std::fs::write(
-        &config,
-        format!(
-            "[dist]\nports = [\"43691-43710\"]\n[dns]\nmax_ttl = \"1s\"\n\
-             [[route]]\nnodes = \"app-*\"\nupstream = \"127.0.0.1\"\nepmd_port = {epmd_port}\n"
-        ),
-    )
-    .unwrap();
-    let gateway = pods.distgate(pod, "gateway", Some(&config));
+    let gateway = lone.start(&format!(
+        "[dist]\nports = [\"43691-43710\"]\n[dns]\nmax_ttl = \"1s\"\n\
+         [[route]]\nnodes = \"app-*\"\nupstream = \"127.0.0.1\"\nepmd_port = {epmd_port}\n"
+    ));
     for i in 0..20 {
         let (reply, _) = port_please_in(&ns, &format!("app-{i}"));
         assert_eq!(reply.get(..2), Some(&[119, 0][..]), "app-{i} not leased");
@@ -330,24 +344,22 @@ fn sigterm_drains_at_once_with_twenty_leases_to_an_upstream_that_never_answers()
         "a confirmation round to wait on the upstream",
         || (held.load(Ordering::SeqCst) > 0).then_some(()),
     );
-    let pid = pods.output(gateway).process.pid();
+    let pid = lone.pods.output(gateway).process.pid();
     let status = std::process::Command::new("kill")
         .args(["-TERM", &pid.to_string()])
         .status()
         .unwrap();
     assert!(status.success());
     let sent = Instant::now();
-    pods.output(gateway)
-        .wait_line("drain complete", DEADLINE, |l| {
-            l.contains("\"drain complete\"")
-        });
+    (lone.pods.output(gateway)).wait_line("drain complete", DEADLINE, |l| {
+        l.contains("\"drain complete\"")
+    });
     let took = sent.elapsed();
     assert!(
         took < Duration::from_secs(1),
         "drain complete {took:?} after SIGTERM"
     );
     eprintln!("drain complete {took:?} after SIGTERM, 20 leases to a silent upstream");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -16,8 +16,8 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::beam::{IDLE, Output, REPL, Repl, node_deadline};
-use common::netns::{Pods, service_rules};
+use common::beam::{IDLE, node_deadline};
+use common::netns::{Pods, Shell, service_rules};
 use common::*;
 
 const GATEWAY_IP: &str = "198.18.0.1";
@@ -84,9 +84,8 @@ struct World {
     /// Process indices of each running pod's sidecar and node.
     running: Vec<[usize; 2]>,
     sidecar_config: std::path::PathBuf,
-    /// The outside node's process index and shell.
-    out: usize,
-    repl: Repl,
+    /// The outside node's shell.
+    shell: Shell,
 }
 
 const APPS: [&str; 3] = ["app-0", "app-1", "app-2"];
@@ -133,13 +132,9 @@ impl World {
             .map(|(i, app)| start_pod(&mut pods, pod[i], app, &sidecar_config))
             .collect();
         // The outside: a node registered with a distgate of its own, driven from here.
+        // The pods' nodes cannot reach each other (only the gateway may dial them).
         pods.distgate(outside, "distgate outside", None);
-        let mut out = pods.erl(outside, "out@out.cluster.test", REPL);
-        // The pods' nodes cannot reach each other (only the gateway may dial them): no
-        // full mesh, so global does not cut links it cannot complete.
-        out.args(["-connect_all", "false"]);
-        let (node, stdin) = Output::spawn_interactive("outside node", &mut out);
-        let out = pods.adopt(node);
+        let shell = pods.shell(outside, "out@out.cluster.test");
         World {
             pods,
             dir,
@@ -149,21 +144,18 @@ impl World {
             gw,
             running,
             sidecar_config,
-            out,
-            repl: Repl::new(stdin),
+            shell,
         }
     }
 
     /// What the outside node's shell answers to `expr`.
     fn ask(&mut self, expr: &str) -> String {
-        self.repl.ask(self.pods.output(self.out), expr)
+        self.pods.ask(&mut self.shell, expr)
     }
 
     /// Asks `expr` until the answer is `want`.
     fn until(&mut self, expr: &str, want: &str) {
-        (self.repl).until(self.pods.output(self.out), expr, node_deadline(), |r| {
-            r == want
-        });
+        self.pods.ask_until(&mut self.shell, expr, |r| r == want);
     }
 
     /// The names the gateway's NAMES lists, sorted, as the shell prints them.

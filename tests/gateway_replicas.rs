@@ -16,8 +16,8 @@ mod common;
 
 use std::time::Instant;
 
-use common::beam::{IDLE, Output, REPL, Repl, node_deadline};
-use common::netns::{Pods, exec, metrics_in, service_rules};
+use common::beam::{IDLE, node_deadline};
+use common::netns::{Pods, Shell, exec, metrics_in, service_rules};
 use common::*;
 
 /// The replicas, the switch's own address, the virtual address, the outside node.
@@ -66,8 +66,7 @@ struct World {
     gw: [usize; 2],
     gw_process: [Option<usize>; 2],
     gateway_config: std::path::PathBuf,
-    out: usize,
-    repl: Repl,
+    shell: Shell,
 }
 
 impl World {
@@ -174,29 +173,25 @@ impl World {
             None,
         );
         pods.distgate(outside, "distgate outside", None);
-        let mut out = pods.erl(outside, "out@out.cluster.test", REPL);
-        out.args(["-connect_all", "false"]);
-        let (node, stdin) = Output::spawn_interactive("outside node", &mut out);
-        let out = pods.adopt(node);
+        let shell = pods.shell(outside, "out@out.cluster.test");
         World {
             pods,
             dir,
             gw,
             gw_process,
             gateway_config,
-            out,
-            repl: Repl::new(stdin),
+            shell,
         }
     }
 
+    /// What the outside node's shell answers to `expr`.
     fn ask(&mut self, expr: &str) -> String {
-        self.repl.ask(self.pods.output(self.out), expr)
+        self.pods.ask(&mut self.shell, expr)
     }
 
+    /// Asks `expr` until the answer is `want`.
     fn until(&mut self, expr: &str, want: &str) {
-        (self.repl).until(self.pods.output(self.out), expr, node_deadline(), |r| {
-            r == want
-        });
+        self.pods.ask_until(&mut self.shell, expr, |r| r == want);
     }
 
     /// What replica `i` answers NAMES, sorted, as the shell prints it.
@@ -213,8 +208,7 @@ impl World {
         let mut maps = vec![];
         for i in 0..2 {
             let expr = names_expr(i);
-            let answer =
-                (self.repl).until(self.pods.output(self.out), &expr, node_deadline(), listed);
+            let answer = self.pods.ask_until(&mut self.shell, &expr, listed);
             maps.push(answer);
         }
         assert_eq!(maps[0], maps[1], "the replicas lease different ports");

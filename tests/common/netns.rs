@@ -8,7 +8,13 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 use super::Process;
-use super::beam::Output;
+use super::beam::{Output, REPL, Repl, node_deadline};
+
+/// A node's shell in a pod, typed into from the test: a node running [`REPL`].
+pub struct Shell {
+    index: usize,
+    repl: Repl,
+}
 
 /// One pod: a namespace name and its address.
 pub struct Pod {
@@ -230,6 +236,34 @@ impl Pods {
             .args(["-noshell", "-name", name, "-setcookie", super::beam::COOKIE])
             .args(["-start_epmd", "false", "-eval", eval]);
         command
+    }
+
+    /// Starts node `name` (a full `name@host`) in `pod` with a shell the test types
+    /// into. Without a full mesh (`-connect_all false`): global does not cut links the
+    /// node cannot complete.
+    pub fn shell(&mut self, pod: usize, name: &str) -> Shell {
+        let mut command = self.erl(pod, name, REPL);
+        command.args(["-connect_all", "false"]);
+        let (node, stdin) = Output::spawn_interactive(&format!("{name} shell"), &mut command);
+        Shell {
+            index: self.adopt(node),
+            repl: Repl::new(stdin),
+        }
+    }
+
+    /// What `shell` answers to `expr`.
+    pub fn ask(&mut self, shell: &mut Shell, expr: &str) -> String {
+        shell.repl.ask(self.output(shell.index), expr)
+    }
+
+    /// Asks `shell` `expr` until the answer satisfies `done`; the answer.
+    pub fn ask_until(
+        &mut self,
+        shell: &mut Shell,
+        expr: &str,
+        done: impl Fn(&str) -> bool,
+    ) -> String {
+        (shell.repl).until(self.output(shell.index), expr, node_deadline(), done)
     }
 
     /// Starts an idle node `name` in `pod` and waits until it is distributed; its
