@@ -222,6 +222,49 @@ impl Drop for SlotGuard {
     }
 }
 
+/// What the JSON endpoints read: the open links, the registered nodes, the leases.
+#[derive(Debug, Clone)]
+pub(crate) struct Views {
+    pub(crate) links: Arc<crate::links::Links>,
+    pub(crate) registry: Arc<crate::registry::Registry>,
+    pub(crate) gateway: Option<Arc<crate::gateway::Gateway>>,
+}
+
+/// A registered node as `/nodes` shows it.
+#[derive(Debug, serde::Serialize)]
+struct NodeView {
+    name: String,
+    real_port: u16,
+    public_port: Option<u16>,
+    creation: u32,
+    hidden: bool,
+    registered_at: f64,
+}
+
+impl Views {
+    fn nodes(&self) -> serde_json::Value {
+        let nodes: Vec<NodeView> = (self.registry.nodes().into_iter())
+            .map(|n| NodeView {
+                hidden: n.node_type == b'H',
+                registered_at: n
+                    .registered_at
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0.0, |d| d.as_secs_f64()),
+                name: n.name,
+                real_port: n.real_port,
+                public_port: n.public_port,
+                creation: n.creation,
+            })
+            .collect();
+        let leases = (self.gateway.as_ref()).map_or_else(Vec::new, |g| g.lease_views());
+        serde_json::json!({ "nodes": nodes, "leases": leases })
+    }
+
+    fn links(&self) -> serde_json::Value {
+        serde_json::json!({ "links": self.links.views() })
+    }
+}
+
 /// Serves the admin endpoints on `listener` until `acceptor.shutdown`; connections
 /// still open then get [`CLOSE_GRACE`] to finish. Each connection serves one request,
 /// whose head must arrive within `header_timeout`; `slots` bounds how many are open.
@@ -229,6 +272,7 @@ pub(crate) async fn serve(
     listener: TcpListener,
     metrics: m::Exporter,
     health: Arc<Health>,
+    views: Views,
     acceptor: Acceptor,
     slots: Arc<Slots>,
     header_timeout: Duration,
@@ -238,12 +282,13 @@ pub(crate) async fn serve(
     let handle = |stream, _| {
         let slot = slots.enter().map(Arc::new);
         let (metrics, health, stop) = (metrics.clone(), Arc::clone(&health), stop.clone());
+        let views = views.clone();
         let marker = slot.clone();
         let service = service_fn(move |req| {
             if let Some(slot) = &marker {
                 slot.serving();
             }
-            let response = route(&req, &metrics, &health);
+            let response = route(&req, &metrics, &health, &views);
             async move { Ok::<_, Infallible>(response) }
         });
         async move {
@@ -278,7 +323,12 @@ pub(crate) async fn serve(
         .await;
 }
 
-fn route(req: &Request<Incoming>, metrics: &m::Exporter, health: &Health) -> Response<Full<Bytes>> {
+fn route(
+    req: &Request<Incoming>,
+    metrics: &m::Exporter,
+    health: &Health,
+    views: &Views,
+) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n".into());
     }
@@ -299,11 +349,22 @@ fn route(req: &Request<Incoming>, metrics: &m::Exporter, health: &Health) -> Res
                 format!("not ready: {why}\n"),
             ),
         },
+        "/nodes" => json(&views.nodes()),
+        "/links" => json(&views.links()),
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found: try /metrics, /livez or /readyz\n".into(),
+            "not found: try /metrics, /livez, /readyz, /nodes or /links\n".into(),
         ),
     }
+}
+
+fn json(value: &serde_json::Value) -> Response<Full<Bytes>> {
+    let mut response = text(StatusCode::OK, format!("{value}\n"));
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    response
 }
 
 fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {

@@ -42,12 +42,14 @@ pub mod forward;
 pub mod gateway;
 pub mod handshake;
 mod limit;
+pub mod links;
 mod log_budget;
 pub mod metrics;
 pub mod ports;
 pub mod probe;
 pub mod registry;
 pub mod route;
+pub mod status;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -117,6 +119,7 @@ pub struct Distgate {
     metrics: Option<metrics::Exporter>,
     epmd: Arc<epmd::Server>,
     forwarder: Arc<Forwarder>,
+    links: Arc<links::Links>,
     gateway: Option<Arc<Gateway>>,
     admin_slots: Arc<admin::Slots>,
     admin_header_timeout: Duration,
@@ -154,9 +157,11 @@ impl Distgate {
             config.forward.mode,
             config.forward.pipe_size,
         ));
+        let links = links::Links::new(config.dist.silent_after);
         let forwarder = Arc::new(Forwarder::new(
             Arc::clone(&directory),
             engine,
+            Arc::clone(&links),
             &config.dist,
             &config.metrics,
             acceptor("dist", config.dist.max_connections.get()),
@@ -176,6 +181,7 @@ impl Distgate {
             metrics: None,
             epmd,
             forwarder,
+            links,
             gateway,
             admin_slots: admin::Slots::new(config.admin.max_connections.get()),
             admin_header_timeout: config.admin.header_timeout,
@@ -193,6 +199,11 @@ impl Distgate {
     /// The registry of local nodes.
     pub fn registry(&self) -> &Arc<Registry> {
         self.directory.registry()
+    }
+
+    /// The open links.
+    pub fn links(&self) -> &Arc<links::Links> {
+        &self.links
     }
 
     /// The gateway, when the configuration has routes.
@@ -223,6 +234,7 @@ impl Distgate {
         }
         accept_loops.spawn(Arc::clone(&self.forwarder).sweep_bans(self.shutdown.clone()));
         accept_loops.spawn(touch_live_links(self.touch_every, self.shutdown.clone()));
+        accept_loops.spawn(Arc::clone(&self.links).watch(self.shutdown.clone()));
         accept_loops.close();
         // Not among the loops the drain waits for: route maintenance stops the moment
         // shutdown begins, whatever the upstreams do.
@@ -247,6 +259,11 @@ impl Distgate {
                     listener,
                     handle.clone(),
                     Arc::clone(&self.health),
+                    admin::Views {
+                        links: Arc::clone(&self.links),
+                        registry: Arc::clone(self.directory.registry()),
+                        gateway: self.gateway.clone(),
+                    },
                     admin.clone(),
                     Arc::clone(&self.admin_slots),
                     self.admin_header_timeout,

@@ -5,6 +5,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -72,6 +73,22 @@ enum Command {
         #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
         timeout: std::time::Duration,
     },
+    /// The open dist links of a running distgate (its admin port's /links) as a
+    /// table: node, peer, source, age, bytes and seconds since the last byte each way.
+    Links(AdminArgs),
+    /// The nodes registered with a running distgate and, in gateway mode, its leases
+    /// (its admin port's /nodes) as tables.
+    Nodes(AdminArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct AdminArgs {
+    /// The admin address of the distgate to ask.
+    #[arg(long, env = "DISTGATE_ADMIN", default_value = "127.0.0.1:9369")]
+    admin: SocketAddr,
+    /// Limit for the answer, e.g. "5s".
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    timeout: std::time::Duration,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -90,6 +107,8 @@ fn main() -> ExitCode {
             ipv6,
             timeout,
         }) => return probe(node, *epmd_port, *ipv6, *timeout),
+        Some(Command::Links(args)) => return status(args, false),
+        Some(Command::Nodes(args)) => return status(args, true),
         Some(Command::Run) | None => {}
     }
     if let Err(e) = init_logging(&cli) {
@@ -168,6 +187,37 @@ fn probe(node: &str, epmd_port: u16, ipv6: bool, timeout: std::time::Duration) -
     }
 }
 
+/// `distgate links` or `distgate nodes`: exit 0 with the table, 1 when the admin port
+/// cannot be read.
+fn status(args: &AdminArgs, nodes: bool) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("distgate: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let answer = runtime.block_on(async {
+        match nodes {
+            true => distgate::status::nodes(args.admin, args.timeout).await,
+            false => distgate::status::links(args.admin, args.timeout).await,
+        }
+    });
+    match answer {
+        Ok(table) => {
+            print!("{table}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("distgate: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn init_logging(cli: &Cli) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_new(&cli.log_level)
         .with_context(|| format!("invalid --log-level `{}`", cli.log_level))?;
@@ -189,7 +239,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     distgate.set_metrics(metrics);
     raise_descriptor_limit(&config);
     let listeners = bind_all(&config)?;
-    tokio::spawn(watch_signals(shutdown));
+    tokio::spawn(watch_signals(shutdown, Arc::clone(distgate.links())));
     match distgate.run(listeners, config.shutdown.grace).await {
         Drain::Complete => info!("distgate stopped"),
         Drain::TimedOut { open } => warn!(open, "distgate stopped with connections cut"),
@@ -227,25 +277,43 @@ fn raise_descriptor_limit(config: &Config) {
     }
 }
 
-async fn watch_signals(shutdown: CancellationToken) {
+/// SIGTERM or SIGINT starts the drain; a second one during the drain exits at once,
+/// saying how many links it cuts. SIGHUP is logged and changes nothing (reloading the
+/// configuration is not built yet), where its default would end distgate at once.
+async fn watch_signals(shutdown: CancellationToken, links: Arc<distgate::links::Links>) {
     use tokio::signal::unix::{SignalKind, signal};
-    let (mut term, mut int) = match (
+    let (mut term, mut int, mut hup) = match (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
     ) {
-        (Ok(term), Ok(int)) => (term, int),
-        (Err(e), _) | (_, Err(e)) => {
+        (Ok(term), Ok(int), Ok(hup)) => (term, int, hup),
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
             error!("cannot watch signals: {e}");
             return;
         }
     };
-    let name = tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-        _ = shutdown.cancelled() => return,
-    };
-    info!(signal = name, "shutting down");
-    shutdown.cancel();
+    loop {
+        let (name, code) = tokio::select! {
+            _ = term.recv() => ("SIGTERM", 128 + 15),
+            _ = int.recv() => ("SIGINT", 128 + 2),
+            _ = hup.recv() => {
+                warn!(signal = "SIGHUP", "reloading the configuration is not supported yet: nothing changed, every link stays; restart to apply a new configuration");
+                continue;
+            }
+        };
+        if !shutdown.is_cancelled() {
+            info!(signal = name, "shutting down");
+            shutdown.cancel();
+            continue;
+        }
+        warn!(
+            signal = name,
+            links_cut = links.len(),
+            "second signal during the drain: exiting now"
+        );
+        std::process::exit(code);
+    }
 }
 
 /// Binds every configured listener. An address whose family the host lacks (IPv6

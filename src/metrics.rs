@@ -72,6 +72,9 @@ pub const CONNECTIONS_OPEN: &str = "distgate_connections_open";
 pub const DISCOVERED_NAMES: &str = "distgate_gateway_discovered_names";
 /// Asks of a discovered member's EPMD (NAMES) that failed, by `service`.
 pub const DISCOVERY_FAILURES: &str = "distgate_gateway_names_failures_total";
+/// Open links silent in a direction past `[dist] silent_after`, by `way` (`from_peer`,
+/// `to_peer`).
+pub const DIST_SILENT_LINKS: &str = "distgate_dist_silent_links";
 /// Routed names holding a public port now, by `route` (its `nodes` pattern).
 pub const GATEWAY_LEASES: &str = "distgate_gateway_leases";
 /// Names that found no public port (every one leased to a name in use), by `route`.
@@ -101,6 +104,7 @@ pub const ALL: &[&str] = &[
     DISCOVERY_FAILURES,
     GATEWAY_LEASES,
     GATEWAY_POOL_EXHAUSTED,
+    DIST_SILENT_LINKS,
     GATEWAY_LOOKUPS,
     CONNECTIONS_REFUSED,
     CONNECTIONS_OPEN,
@@ -135,7 +139,7 @@ fn describe() {
     );
     describe_counter!(
         DIST_CLOSED,
-        "Dist connections closed, by local node, peer, direction and reason"
+        "Dist connections closed, by local node, peer, direction, reason and who closed them"
     );
     describe_gauge!(DIST_ACTIVE, "Dist connections open now");
     describe_counter!(DIST_RECEIVED, Unit::Bytes, "Bytes received from the peer");
@@ -180,6 +184,10 @@ fn describe() {
     describe_counter!(
         DISCOVERY_FAILURES,
         "NAMES asks of discovered members that failed, by service"
+    );
+    describe_gauge!(
+        DIST_SILENT_LINKS,
+        "Open dist links with no byte in a direction for dist.silent_after, by way"
     );
     describe_gauge!(
         GATEWAY_LEASES,
@@ -255,14 +263,24 @@ impl Link {
     }
 
     /// Records the close with a bounded `reason`; returns how long the link lived.
-    pub(crate) fn close(self, reason: &'static str) -> std::time::Duration {
+    pub(crate) fn close(
+        self,
+        reason: &'static str,
+        closed_by: &'static str,
+    ) -> std::time::Duration {
         let lived = self.started.elapsed();
         let labels = link_labels(&self.node, &self.peer, self.direction);
         gauge!(DIST_ACTIVE, &labels).decrement(1.0);
         histogram!(DIST_DURATION, &labels).record(lived.as_secs_f64());
         export::forget(&labels);
         let [node, peer, direction] = labels;
-        let closed = [node, peer, direction, ("reason", reason.to_owned())];
+        let closed = [
+            node,
+            peer,
+            direction,
+            ("reason", reason.to_owned()),
+            ("closed_by", closed_by.to_owned()),
+        ];
         counter!(DIST_CLOSED, &closed).increment(1);
         lived
     }

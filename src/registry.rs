@@ -51,6 +51,8 @@ pub struct Node {
     pub fd: i32,
     /// The loopback address dist connections are forwarded to.
     pub upstream_ip: IpAddr,
+    /// When it registered.
+    pub registered_at: std::time::SystemTime,
     stop: CancellationToken,
 }
 
@@ -192,6 +194,7 @@ impl Registry {
             creation,
             fd,
             upstream_ip,
+            registered_at: std::time::SystemTime::now(),
             stop: stop.clone(),
         });
         Ok(Registration {

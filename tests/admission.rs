@@ -192,6 +192,7 @@ async fn a_half_closed_link_is_closed_after_linger() {
         ("peer", "peer@h"),
         ("direction", "inbound"),
         ("reason", "linger"),
+        ("closed_by", "distgate"),
     ];
     eventually("the close counted as linger", || async {
         let got = metric(&dg, "distgate_dist_connections_closed_total", &closed).await;

@@ -286,7 +286,12 @@ halt().
         ("peer", a_name.as_str()),
         ("direction", "inbound"),
     ];
-    let closed = [labels.as_slice(), &[("reason", "closed")]].concat();
+    // Node a disconnects: the peer closed the link.
+    let closed = [
+        labels.as_slice(),
+        &[("reason", "closed"), ("closed_by", "peer")],
+    ]
+    .concat();
     let text = eventually_blocking(node_deadline(), "the link to be counted closed", || {
         let text = scrape(&rt, &dg);
         sample(&text, "distgate_dist_connections_closed_total", &closed).map(|_| text)

@@ -1,6 +1,7 @@
 //! Graceful lifecycle of the binary: on SIGTERM or SIGINT distgate fails `/readyz`,
 //! stops accepting, keeps established streams flowing until they close (no byte in
-//! flight lost) or `[shutdown] grace` passes, then exits 0 and says which.
+//! flight lost) or `[shutdown] grace` passes, then exits 0 and says which. A second
+//! signal during the drain exits at once; SIGHUP ends nothing.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test may panic on what it did not expect
 
@@ -110,4 +111,67 @@ async fn a_stream_that_outlives_the_grace_is_cut_and_said_so() {
         text.contains("distgate stopped with connections cut"),
         "{text}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_during_the_drain_exits_at_once_and_says_what_it_cut() {
+    let mut running = start("60s");
+    let (_registration, mut client, mut upstream) = stream_through(&running).await;
+    signal(&running, "SIGTERM");
+    running.out.wait_line("the drain", DEADLINE, |l| {
+        l.contains("\"stopped accepting; draining connections\"")
+    });
+    // The link still flows while the drain waits for it.
+    client.write_all(b"draining").await.unwrap();
+    let mut got = [0u8; 8];
+    upstream.read_exact(&mut got).await.unwrap();
+    signal(&running, "SIGTERM");
+    let second = std::time::Instant::now();
+    let status = running.out.wait_exit(DEADLINE);
+    let took = second.elapsed();
+    assert_eq!(status.code(), Some(128 + 15), "{status}");
+    assert!(
+        took < std::time::Duration::from_secs(1),
+        "exited {took:?} after the second signal"
+    );
+    let text = running.out.text();
+    let line = text
+        .lines()
+        .find(|l| l.contains("second signal during the drain"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(line.contains("\"links_cut\":1"), "{line}");
+    read_to_close(&mut client).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_changes_nothing_and_ends_nothing() {
+    let mut running = start("30s");
+    let (_registration, mut client, mut upstream) = stream_through(&running).await;
+    // Ten in a second, while bytes flow.
+    for i in 0..10u8 {
+        signal(&running, "SIGHUP");
+        client.write_all(&[i; 1000]).await.unwrap();
+        let mut got = [0u8; 1000];
+        upstream.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, [i; 1000]);
+    }
+    let said = |text: &str| {
+        text.lines()
+            .filter(|l| l.contains("\"SIGHUP\"") && l.contains("nothing changed"))
+            .count()
+    };
+    // Signals of one kind may coalesce on delivery: at least one line, at most ten.
+    eventually_blocking(DEADLINE, "the SIGHUP logged", || {
+        (said(&running.out.text()) >= 1).then_some(())
+    });
+    assert!(said(&running.out.text()) <= 10);
+    assert!(
+        running.out.process.exited().is_none(),
+        "distgate ended on SIGHUP"
+    );
+    assert_eq!(http_get(running.admin, "/readyz").await.0, 200);
+    upstream.write_all(b"still linked").await.unwrap();
+    let mut back = [0u8; 12];
+    client.read_exact(&mut back).await.unwrap();
+    assert_eq!(&back, b"still linked");
 }

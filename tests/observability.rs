@@ -66,7 +66,12 @@ async fn byte_counts_are_exact_by_node_and_peer() {
         let labels = &labels;
         async move {
             let text = metrics_text(dg).await;
-            let closed = [labels.as_slice(), &[("reason", "closed")]].concat();
+            // The client shut its side first: the peer closed the link.
+            let closed = [
+                labels.as_slice(),
+                &[("reason", "closed"), ("closed_by", "peer")],
+            ]
+            .concat();
             sample(&text, "distgate_dist_connections_closed_total", &closed).map(|_| text)
         }
     })

@@ -34,6 +34,9 @@ pub struct DistConfig {
     /// Once one side of a forwarded link has closed, how long the other may go on
     /// before it is closed too.
     pub linger: Duration,
+    /// A link direction with no byte this long is reported silent (a live link ticks
+    /// every `net_ticktime/4`, 15 s by default).
+    pub silent_after: Duration,
     /// Dist connections forwarded at once (each holds two descriptors); more are
     /// closed at accept.
     pub max_connections: NonZeroUsize,
@@ -62,6 +65,7 @@ impl Default for DistConfig {
             // Above net_setuptime, so that no handshake a node would finish is cut.
             handshake_timeout: Duration::from_secs(15),
             linger: Duration::from_secs(5),
+            silent_after: Duration::from_secs(30),
             max_connections: NonZeroUsize::new(8192).unwrap_or(NonZeroUsize::MIN),
             max_per_source: NonZeroUsize::new(256).unwrap_or(NonZeroUsize::MIN),
             allow_peers: AllowPeers::default(),

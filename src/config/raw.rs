@@ -47,6 +47,8 @@ struct RawDist {
     handshake_timeout: Duration,
     #[serde(with = "humantime_serde")]
     linger: Duration,
+    #[serde(with = "humantime_serde")]
+    silent_after: Duration,
     max_connections: NonZeroUsize,
     max_per_source: NonZeroUsize,
     allow_peers: AllowPeers,
@@ -65,6 +67,7 @@ impl Default for RawDist {
             first_frame_timeout: d.first_frame_timeout,
             handshake_timeout: d.handshake_timeout,
             linger: d.linger,
+            silent_after: d.silent_after,
             max_connections: d.max_connections,
             max_per_source: d.max_per_source,
             allow_peers: d.allow_peers,
@@ -110,6 +113,7 @@ impl RawConfig {
             ("dist.first_frame_timeout", dist.first_frame_timeout),
             ("dist.handshake_timeout", dist.handshake_timeout),
             ("dist.linger", dist.linger),
+            ("dist.silent_after", dist.silent_after),
             ("dist.ban.within", dist.ban.within),
             ("dist.ban.duration", dist.ban.duration),
             ("metrics.idle_timeout", self.metrics.idle_timeout),
@@ -169,6 +173,7 @@ impl RawConfig {
                 first_frame_timeout: dist.first_frame_timeout,
                 handshake_timeout: dist.handshake_timeout,
                 linger: dist.linger,
+                silent_after: dist.silent_after,
                 max_connections: dist.max_connections,
                 max_per_source: dist.max_per_source,
                 allow_peers: dist.allow_peers,

@@ -22,6 +22,7 @@ use std::future::Future;
 use std::io;
 use std::net::Shutdown;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
@@ -37,25 +38,93 @@ pub struct Outcome {
     pub to_client: u64,
     /// `Ok` when both directions ended with EOF; the first error otherwise.
     pub result: io::Result<()>,
+    /// Who ended the link.
+    pub closed_by: ClosedBy,
 }
 
-/// Counts the bytes of one direction: a total for the outcome, and a live counter.
+/// Who ended a link: the side that closed (or reset) first, or distgate when it cut
+/// the link (the other side did not follow a close within `linger`). Read from which
+/// direction ended first and how: an EOF or a reset is the sending side's, a broken
+/// pipe the receiving side's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClosedBy {
+    /// The peer that connected.
+    Peer,
+    /// The node (or, through a gateway, its upstream).
+    Node,
+    /// distgate.
+    Distgate,
+}
+
+impl ClosedBy {
+    /// The `closed_by` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClosedBy::Peer => "peer",
+            ClosedBy::Node => "node",
+            ClosedBy::Distgate => "distgate",
+        }
+    }
+
+    /// Who ended it when the direction from `sender` ended first with `result`.
+    fn from_end(sender: ClosedBy, result: &io::Result<()>) -> ClosedBy {
+        let other = match sender {
+            ClosedBy::Peer => ClosedBy::Node,
+            _ => ClosedBy::Peer,
+        };
+        match result {
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => other,
+            _ => sender,
+        }
+    }
+}
+
+/// Counts the bytes of one direction: a total for the outcome, a live counter, and
+/// the link's [`Flow`](crate::links::Flow) in the table of open links.
 #[derive(Debug)]
 pub struct Meter {
     total: u64,
     live: metrics::Counter,
+    flow: Option<(Arc<crate::links::Link>, Way)>,
+}
+
+/// Which [`Flow`](crate::links::Flow) of a link a meter counts into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Way {
+    /// From the peer towards the node.
+    FromPeer,
+    /// From the node towards the peer.
+    ToPeer,
 }
 
 impl Meter {
     /// A meter at 0 that also counts into `live`.
     pub fn new(live: metrics::Counter) -> Meter {
-        Meter { total: 0, live }
+        Meter {
+            total: 0,
+            live,
+            flow: None,
+        }
+    }
+
+    /// A meter at 0 that also counts into `live` and into `way` of `link`.
+    pub fn listed(live: metrics::Counter, link: Arc<crate::links::Link>, way: Way) -> Meter {
+        Meter {
+            total: 0,
+            live,
+            flow: Some((link, way)),
+        }
     }
 
     /// Records `n` bytes passed on.
     pub fn add(&mut self, n: usize) {
         self.total += n as u64;
         self.live.increment(n as u64);
+        match &self.flow {
+            Some((link, Way::FromPeer)) => link.from_peer.add(n as u64),
+            Some((link, Way::ToPeer)) => link.to_peer.add(n as u64),
+            None => {}
+        }
     }
 
     /// Bytes counted so far.
@@ -125,6 +194,7 @@ impl Engine {
         mut to_client: Meter,
         linger: Option<Duration>,
     ) -> Outcome {
+        let mut first: Option<ClosedBy> = None;
         let result = {
             let a = self.direction(&client, &upstream, &mut to_upstream);
             let b = self.direction(&upstream, &client, &mut to_client);
@@ -136,10 +206,16 @@ impl Engine {
             let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
             std::future::poll_fn(|cx| {
                 if !a_done && let Poll::Ready(result) = a.as_mut().poll(cx) {
+                    if first.is_none() {
+                        first = Some(ClosedBy::from_end(ClosedBy::Peer, &result));
+                    }
                     result?;
                     a_done = true;
                 }
                 if !b_done && let Poll::Ready(result) = b.as_mut().poll(cx) {
+                    if first.is_none() {
+                        first = Some(ClosedBy::from_end(ClosedBy::Node, &result));
+                    }
                     result?;
                     b_done = true;
                 }
@@ -150,6 +226,7 @@ impl Engine {
                     // Boxed: the timer exists only while a link closes.
                     let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(linger)));
                     if timer.as_mut().poll(cx).is_ready() {
+                        first = Some(ClosedBy::Distgate);
                         return Poll::Ready(Err(io::Error::new(
                             io::ErrorKind::TimedOut,
                             LingerOver,
@@ -170,6 +247,7 @@ impl Engine {
             to_upstream: to_upstream.total(),
             to_client: to_client.total(),
             result,
+            closed_by: first.unwrap_or(ClosedBy::Distgate),
         }
     }
 

@@ -27,6 +27,7 @@ use crate::directory::{Destination, Directory, InUse};
 use crate::epmd::server::is_local;
 use crate::handshake::Caller;
 use crate::handshake::follow::Handshake;
+use crate::links::{Links, Listed, NewLink};
 use crate::metrics::{self as m, PeerLabels};
 
 /// The `direction` label of connections that come in on a public port for a local node.
@@ -60,6 +61,7 @@ pub(crate) fn close_reason(result: &std::io::Result<()>) -> &'static str {
 pub(crate) struct Forwarder {
     directory: Arc<Directory>,
     engine: Arc<super::Engine>,
+    links: Arc<Links>,
     connect_timeout: Duration,
     first_frame_timeout: Duration,
     handshake_timeout: Duration,
@@ -75,6 +77,8 @@ pub(crate) struct Forwarder {
 #[derive(Debug)]
 struct Opened {
     node: String,
+    /// The caller's address.
+    source: SocketAddr,
     /// The authenticated caller's name; `None` for TLS.
     caller: Option<String>,
     tls_sni: Option<String>,
@@ -83,7 +87,8 @@ struct Opened {
     _slot: Option<SourceSlot>,
 }
 
-/// The link is down: its close counted and logged.
+/// The link is down: its close counted and logged. The log line is the access log:
+/// node, peer, source, bytes each way, duration, who closed it and why.
 fn link_down(carried: Carried, outcome: &super::Outcome) {
     let Carried {
         link,
@@ -91,19 +96,23 @@ fn link_down(carried: Carried, outcome: &super::Outcome) {
         moved,
         _slot,
         _in_use,
+        listed,
     } = carried;
     let reason = close_reason(&outcome.result);
+    let closed_by = outcome.closed_by.as_str();
     info!(
         node = link.node(),
         peer = unlabelled.as_deref().unwrap_or(link.peer()),
+        source = %listed.source(),
         bytes_from_peer = outcome.to_upstream + moved.to_node,
         bytes_to_peer = outcome.to_client + moved.to_caller,
         duration_ms = link.age().as_millis() as u64,
+        closed_by,
         reason,
         error = outcome.result.as_ref().err().map(ToString::to_string),
         "dist connection closed"
     );
-    link.close(reason);
+    link.close(reason, closed_by);
 }
 
 /// What a link's task keeps while the link runs, in one box.
@@ -115,6 +124,8 @@ struct Carried {
     _slot: Option<SourceSlot>,
     /// A routed name's lease, in use while the link is open.
     _in_use: Option<InUse>,
+    /// The link's place in the table of open links.
+    listed: Listed,
 }
 
 /// One connection on its way in: where it goes, where it came from.
@@ -128,10 +139,12 @@ struct Attempt {
 }
 
 impl Forwarder {
-    /// A forwarder to the destinations of `directory`, moving bytes with `engine`.
+    /// A forwarder to the destinations of `directory`, moving bytes with `engine`,
+    /// listing its links in `links`.
     pub(crate) fn new(
         directory: Arc<Directory>,
         engine: Arc<super::Engine>,
+        links: Arc<Links>,
         config: &DistConfig,
         metrics: &MetricsConfig,
         acceptor: Acceptor,
@@ -139,6 +152,7 @@ impl Forwarder {
         Forwarder {
             directory,
             engine,
+            links,
             connect_timeout: config.connect_timeout,
             first_frame_timeout: config.first_frame_timeout,
             handshake_timeout: config.handshake_timeout,
@@ -224,6 +238,7 @@ impl Forwarder {
         }
         let mut opened = Box::new(Opened {
             node: attempt.node.clone(),
+            source: attempt.source,
             caller: None,
             tls_sni: None,
             direction,
@@ -362,8 +377,16 @@ impl Forwarder {
             .proxy_link(
                 client,
                 upstream,
-                super::Meter::new(carried.link.received.clone()),
-                super::Meter::new(carried.link.sent.clone()),
+                super::Meter::listed(
+                    carried.link.received.clone(),
+                    Arc::clone(&carried.listed.link),
+                    super::Way::FromPeer,
+                ),
+                super::Meter::listed(
+                    carried.link.sent.clone(),
+                    Arc::clone(&carried.listed.link),
+                    super::Way::ToPeer,
+                ),
                 Some(self.linger),
             )
             .await;
@@ -374,6 +397,7 @@ impl Forwarder {
     fn link_up(&self, opened: Opened) -> Box<Carried> {
         let Opened {
             node,
+            source,
             caller,
             tls_sni,
             direction,
@@ -390,6 +414,14 @@ impl Forwarder {
         link.received.increment(moved.to_node);
         link.sent.increment(moved.to_caller);
         // The caller's name, kept only where its label is not it (past max_peers).
+        let listed = self.links.open(NewLink {
+            node: link.node().to_owned(),
+            peer: peer_name.to_owned(),
+            direction,
+            source,
+            handshake: if caller.is_some() { "ok" } else { "tls" },
+            moved: (moved.to_node, moved.to_caller),
+        });
         let unlabelled = caller.filter(|name| name != link.peer());
         let _in_use = self.directory.hold(link.node());
         Box::new(Carried {
@@ -398,6 +430,7 @@ impl Forwarder {
             moved,
             _slot,
             _in_use,
+            listed,
         })
     }
 
@@ -479,6 +512,7 @@ mod tests {
         let forwarder = Arc::new(Forwarder::new(
             Arc::new(Directory::local(plan)),
             Arc::new(super::super::Engine::new(super::super::Mode::Auto, 1 << 20)),
+            Links::new(Duration::from_secs(30)),
             &DistConfig::default(),
             &MetricsConfig::default(),
             acceptor,

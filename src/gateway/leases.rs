@@ -67,6 +67,23 @@ impl Lease {
     }
 }
 
+/// What `/nodes` shows of a lease.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct LeaseView {
+    /// The routed name.
+    pub name: String,
+    /// The public port it holds.
+    pub public_port: u16,
+    /// Where its links go: the upstream host and dist port.
+    pub upstream: String,
+    /// The route (its `nodes`).
+    pub route: String,
+    /// Links open to it now.
+    pub links: usize,
+    /// Seconds since its last lookup or link.
+    pub last_used_s: f64,
+}
+
 /// Which route a lease belongs to and where its name would like to be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Terms {
@@ -257,6 +274,26 @@ impl Leases {
         usage.links.fetch_add(1, Ordering::Relaxed);
         usage.touch(Instant::now());
         Some(InUse::new(Box::new(Link(Arc::clone(usage)))))
+    }
+
+    /// Every lease with how it is used, oldest first.
+    pub(super) fn views(&self) -> Vec<LeaseView> {
+        let table = self.lock();
+        let mut held: Vec<&Held> = table.held.values().collect();
+        held.sort_by_key(|h| h.since);
+        let now = Instant::now();
+        (held.into_iter())
+            .map(|h| LeaseView {
+                name: h.lease.name.clone(),
+                public_port: h.lease.public_port,
+                upstream: format!("{}:{}", h.lease.host, h.lease.dist_port),
+                route: self.label(h.terms.route),
+                links: h.usage.links(),
+                last_used_s: now
+                    .saturating_duration_since(h.usage.last_used())
+                    .as_secs_f64(),
+            })
+            .collect()
     }
 
     /// Every lease, oldest first.

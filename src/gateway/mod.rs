@@ -35,7 +35,7 @@ use crate::metrics as m;
 use crate::ports::Ports;
 use crate::route::{self, Route, Upstream, UpstreamPort};
 use discovery::Discovery;
-pub use leases::Lease;
+pub use leases::{Lease, LeaseView};
 use leases::{Leases, Terms};
 pub use report::pool_report;
 
@@ -162,6 +162,11 @@ impl Gateway {
     /// Routed names holding public ports, oldest first.
     pub fn leases(&self) -> Vec<Lease> {
         self.leases.all()
+    }
+
+    /// The leases with how each is used, oldest first (for `/nodes`).
+    pub fn lease_views(&self) -> Vec<LeaseView> {
+        self.leases.views()
     }
 
     /// The address to dial for `host`: an IP address as it is, else the first the DNS

@@ -27,24 +27,46 @@ impl Running {
     /// Starts it with `more` appended to the configuration (whole tables, after
     /// `[epmd]`, `[dist]` and `[admin]`, which are set here).
     pub fn start(more: &str) -> Running {
+        Self::start_with("", more)
+    }
+
+    /// [`Running::start`] with `dist` (keys) added to its `[dist]` table. The public
+    /// port is one the OS just had free; should another process take it before
+    /// distgate binds it, distgate exits saying so and is started again on another.
+    pub fn start_with(dist: &str, more: &str) -> Running {
         let dir = std::env::temp_dir().join(unique("distgate-bin-"));
         std::fs::create_dir_all(&dir).unwrap();
         let config = dir.join("distgate.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[epmd]\nlisten = [\"127.0.0.1:0\"]\n[dist]\nlisten = [\"127.0.0.1\"]\nports = [{}]\n\
-                 [admin]\nlisten = [\"127.0.0.1:0\"]\n{more}",
-                free_port()
-            ),
-        )
-        .unwrap();
-        let mut out = Output::spawn(
-            "distgate",
-            Command::new(env!("CARGO_BIN_EXE_distgate"))
-                .args(["--log-format", "json", "--config"])
-                .arg(&config),
-        );
+        let mut attempts = 0;
+        let mut out = loop {
+            attempts += 1;
+            std::fs::write(
+                &config,
+                format!(
+                    "[epmd]\nlisten = [\"127.0.0.1:0\"]\n[dist]\nlisten = [\"127.0.0.1\"]\nports = [{}]\n{dist}\n\
+                     [admin]\nlisten = [\"127.0.0.1:0\"]\n{more}",
+                    free_port()
+                ),
+            )
+            .unwrap();
+            let mut out = Output::spawn(
+                "distgate",
+                Command::new(env!("CARGO_BIN_EXE_distgate"))
+                    .args(["--log-format", "json", "--config"])
+                    .arg(&config),
+            );
+            let bound = super::eventually_blocking(DEADLINE, "distgate to bind or exit", || {
+                let text = out.text();
+                if text.contains("\"public dist port listening\"") {
+                    return Some(true);
+                }
+                out.process.exited().map(|_| false)
+            });
+            let taken = !bound && out.text().contains("in use");
+            if bound || !taken || attempts == 3 {
+                break out;
+            }
+        };
         let epmd = listening(&mut out, "\"EPMD listening\"");
         let admin = listening(&mut out, "\"admin HTTP listening");
         let public = listening(&mut out, "\"public dist port listening\"");

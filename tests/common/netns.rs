@@ -242,8 +242,13 @@ impl Pods {
     /// into. Without a full mesh (`-connect_all false`): global does not cut links the
     /// node cannot complete.
     pub fn shell(&mut self, pod: usize, name: &str) -> Shell {
+        self.shell_with(pod, name, &[])
+    }
+
+    /// [`Pods::shell`] with more `erl` arguments.
+    pub fn shell_with(&mut self, pod: usize, name: &str, args: &[&str]) -> Shell {
         let mut command = self.erl(pod, name, REPL);
-        command.args(["-connect_all", "false"]);
+        command.args(["-connect_all", "false"]).args(args);
         let (node, stdin) = Output::spawn_interactive(&format!("{name} shell"), &mut command);
         Shell {
             index: self.adopt(node),
@@ -385,12 +390,17 @@ pub fn raise_descriptor_limit() -> u64 {
 
 /// `/metrics` of the distgate in namespace `ns`, asked over its loopback on 9369.
 pub fn metrics_in(ns: &str) -> String {
+    admin_in(ns, "/metrics")
+}
+
+/// GET `path` from the admin port (9369) of the distgate in namespace `ns`: the whole
+/// response, head and body.
+pub fn admin_in(ns: &str, path: &str) -> String {
     use std::io::{Read, Write};
-    in_netns(ns, || {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: distgate\r\nConnection: close\r\n\r\n");
+    in_netns(ns, move || {
         let mut stream = std::net::TcpStream::connect("127.0.0.1:9369").unwrap();
-        stream
-            .write_all(b"GET /metrics HTTP/1.1\r\nHost: distgate\r\nConnection: close\r\n\r\n")
-            .unwrap();
+        stream.write_all(request.as_bytes()).unwrap();
         let mut text = String::new();
         stream.read_to_string(&mut text).unwrap();
         text

@@ -1,0 +1,316 @@
+//! The open dist links, as operators ask about them: who talks to whom, since when,
+//! how many bytes each way, and how long each way has been silent.
+//!
+//! A link enters the table when its handshake is done (or when a TLS link is handed to
+//! the engine) and leaves it when it closes. The engine counts each direction's bytes
+//! and the time of its last byte into the link's [`Flow`]s (two atomics, no lock). A
+//! sweep every second marks a direction *silent* once it has carried nothing for
+//! `[dist] silent_after`: an idle dist link still carries a tick each way every
+//! `net_ticktime/4` (15 s by default), so silence that long means a peer, a node or
+//! the network between them is gone, minutes before `net_ticktime` ends the link.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use crate::metrics as m;
+
+/// Milliseconds since the process's first look at the clock: what [`Flow`] stores.
+fn now_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    let start = *START.get_or_init(Instant::now);
+    start.elapsed().as_millis() as u64
+}
+
+/// One direction of a link: bytes carried and when the last one went.
+#[derive(Debug)]
+pub struct Flow {
+    bytes: AtomicU64,
+    last_ms: AtomicU64,
+    silent: AtomicBool,
+}
+
+impl Flow {
+    fn new(bytes: u64) -> Flow {
+        Flow {
+            bytes: AtomicU64::new(bytes),
+            last_ms: AtomicU64::new(now_ms()),
+            silent: AtomicBool::new(false),
+        }
+    }
+
+    /// `n` more bytes went this way now.
+    pub fn add(&self, n: u64) {
+        self.bytes.fetch_add(n, Ordering::Relaxed);
+        self.last_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
+    fn idle(&self, now: u64) -> Duration {
+        Duration::from_millis(now.saturating_sub(self.last_ms.load(Ordering::Relaxed)))
+    }
+}
+
+/// One open link.
+#[derive(Debug)]
+pub struct Link {
+    id: u64,
+    node: String,
+    peer: String,
+    direction: &'static str,
+    source: SocketAddr,
+    handshake: &'static str,
+    opened: SystemTime,
+    /// From the peer towards the node.
+    pub from_peer: Flow,
+    /// From the node towards the peer.
+    pub to_peer: Flow,
+}
+
+/// What `/links` shows of a link.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LinkView {
+    /// The local (or routed) node.
+    pub node: String,
+    /// The peer's node name, as its handshake gave it (`tls` for TLS links).
+    pub peer: String,
+    /// `inbound` (to a local node) or `gateway` (to a routed name's upstream).
+    pub direction: String,
+    /// The peer's address as distgate sees it.
+    pub source: String,
+    /// `ok` (the node acknowledged the handshake) or `tls` (not followed).
+    pub handshake: String,
+    /// When the link came up, seconds since the Unix epoch.
+    pub opened_at: f64,
+    /// Bytes from the peer to the node.
+    pub bytes_from_peer: u64,
+    /// Bytes from the node to the peer.
+    pub bytes_to_peer: u64,
+    /// Seconds since the last byte from the peer.
+    pub idle_from_peer: f64,
+    /// Seconds since the last byte to the peer.
+    pub idle_to_peer: f64,
+}
+
+/// The table of open links.
+#[derive(Debug)]
+pub struct Links {
+    silent_after: Duration,
+    table: Mutex<(u64, BTreeMap<u64, Arc<Link>>)>,
+}
+
+/// A link's place in the table; dropping it takes the link out.
+#[derive(Debug)]
+pub struct Listed {
+    links: Arc<Links>,
+    /// The link's state, shared with the engine's meters.
+    pub link: Arc<Link>,
+}
+
+impl Listed {
+    /// The peer's address.
+    pub fn source(&self) -> SocketAddr {
+        self.link.source
+    }
+}
+
+impl Drop for Listed {
+    fn drop(&mut self) {
+        self.links.lock().1.remove(&self.link.id);
+        for (flow, way) in self.link.flows() {
+            if flow.silent.load(Ordering::Relaxed) {
+                ::metrics::gauge!(m::DIST_SILENT_LINKS, "way" => way).decrement(1.0);
+            }
+        }
+    }
+}
+
+/// What a new link is.
+#[derive(Debug)]
+pub struct NewLink {
+    /// The local (or routed) node.
+    pub node: String,
+    /// The peer's node name, or `tls`.
+    pub peer: String,
+    /// `inbound` or `gateway`.
+    pub direction: &'static str,
+    /// The peer's address.
+    pub source: SocketAddr,
+    /// `ok` or `tls`.
+    pub handshake: &'static str,
+    /// Bytes already moved during the handshake: from the peer, to the peer.
+    pub moved: (u64, u64),
+}
+
+impl Links {
+    /// An empty table; a direction is silent after `silent_after` without a byte.
+    pub fn new(silent_after: Duration) -> Arc<Links> {
+        for way in WAYS {
+            ::metrics::gauge!(m::DIST_SILENT_LINKS, "way" => way).set(0.0);
+        }
+        Arc::new(Links {
+            silent_after,
+            table: Mutex::new((0, BTreeMap::new())),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, (u64, BTreeMap<u64, Arc<Link>>)> {
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Lists a new link until the returned [`Listed`] is dropped.
+    pub fn open(self: &Arc<Self>, new: NewLink) -> Listed {
+        let mut table = self.lock();
+        let id = table.0;
+        table.0 += 1;
+        let link = Arc::new(Link {
+            id,
+            node: new.node,
+            peer: new.peer,
+            direction: new.direction,
+            source: new.source,
+            handshake: new.handshake,
+            opened: SystemTime::now(),
+            from_peer: Flow::new(new.moved.0),
+            to_peer: Flow::new(new.moved.1),
+        });
+        table.1.insert(id, Arc::clone(&link));
+        Listed {
+            links: Arc::clone(self),
+            link,
+        }
+    }
+
+    /// Every open link, oldest first.
+    pub fn views(&self) -> Vec<LinkView> {
+        let now = now_ms();
+        let links: Vec<Arc<Link>> = self.lock().1.values().cloned().collect();
+        links.iter().map(|link| link.view(now)).collect()
+    }
+
+    /// How many links are open.
+    pub fn len(&self) -> usize {
+        self.lock().1.len()
+    }
+
+    /// Whether no link is open.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Marks directions silent past `silent_after` and speaking again after it, with a
+    /// log line and the gauge for each change.
+    pub fn sweep(&self) {
+        let now = now_ms();
+        let links: Vec<Arc<Link>> = self.lock().1.values().cloned().collect();
+        for link in links {
+            for (flow, way) in link.flows() {
+                let idle = flow.idle(now);
+                let silent = idle >= self.silent_after;
+                if flow.silent.swap(silent, Ordering::Relaxed) == silent {
+                    continue;
+                }
+                let gauge = ::metrics::gauge!(m::DIST_SILENT_LINKS, "way" => way);
+                if silent {
+                    gauge.increment(1.0);
+                    warn!(
+                        node = %link.node, peer = %link.peer, source = %link.source, way,
+                        silent_s = idle.as_secs(),
+                        "dist link silent: no byte this way for `dist.silent_after` (a live link ticks every net_ticktime/4)"
+                    );
+                } else {
+                    gauge.decrement(1.0);
+                    info!(node = %link.node, peer = %link.peer, source = %link.source, way, "dist link speaks again");
+                }
+            }
+        }
+    }
+
+    /// Sweeps every second until `shutdown`.
+    pub async fn watch(self: Arc<Self>, shutdown: tokio_util::sync::CancellationToken) {
+        let mut every = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = every.tick() => self.sweep(),
+            }
+        }
+    }
+}
+
+/// The `way` labels of `distgate_dist_silent_links`.
+const WAYS: [&str; 2] = ["from_peer", "to_peer"];
+
+impl Link {
+    fn flows(&self) -> [(&Flow, &'static str); 2] {
+        [(&self.from_peer, WAYS[0]), (&self.to_peer, WAYS[1])]
+    }
+
+    fn view(&self, now: u64) -> LinkView {
+        let opened_at = self
+            .opened
+            .duration_since(UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        LinkView {
+            node: self.node.clone(),
+            peer: self.peer.clone(),
+            direction: self.direction.to_owned(),
+            source: self.source.to_string(),
+            handshake: self.handshake.to_owned(),
+            opened_at,
+            bytes_from_peer: self.from_peer.bytes.load(Ordering::Relaxed),
+            bytes_to_peer: self.to_peer.bytes.load(Ordering::Relaxed),
+            idle_from_peer: self.from_peer.idle(now).as_secs_f64(),
+            idle_to_peer: self.to_peer.idle(now).as_secs_f64(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn new_link() -> NewLink {
+        NewLink {
+            node: "app".into(),
+            peer: "peer@host".into(),
+            direction: "inbound",
+            source: "127.0.0.1:5000".parse().unwrap(),
+            handshake: "ok",
+            moved: (10, 20),
+        }
+    }
+
+    #[test]
+    fn links_are_listed_while_open_with_their_bytes() {
+        let links = Links::new(Duration::from_secs(30));
+        let listed = links.open(new_link());
+        listed.link.from_peer.add(5);
+        let views = links.views();
+        assert_eq!(views.len(), 1);
+        assert_eq!((views[0].bytes_from_peer, views[0].bytes_to_peer), (15, 20));
+        assert_eq!(views[0].peer, "peer@host");
+        drop(listed);
+        assert!(links.is_empty());
+    }
+
+    #[test]
+    fn a_direction_without_bytes_turns_silent_and_back() {
+        let links = Links::new(Duration::ZERO);
+        let listed = links.open(new_link());
+        links.sweep();
+        assert!(listed.link.from_peer.silent.load(Ordering::Relaxed));
+        // silent_after 0: a byte now is already old at the next sweep, so check the
+        // way back with a long threshold on a fresh table.
+        let slow = Links::new(Duration::from_secs(3600));
+        let other = slow.open(new_link());
+        other.link.to_peer.silent.store(true, Ordering::Relaxed);
+        other.link.to_peer.add(1);
+        slow.sweep();
+        assert!(!other.link.to_peer.silent.load(Ordering::Relaxed));
+    }
+}

@@ -1,0 +1,268 @@
+//! `distgate links` and `distgate nodes`: the admin port's `/links` and `/nodes`,
+//! fetched and printed as tables, for an operator with `kubectl exec` or a
+//! port-forward.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+use serde::Deserialize;
+use tokio::net::TcpStream;
+
+use crate::links::LinkView;
+
+/// Why the admin port could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    /// No connection, or no answer in time.
+    #[error("cannot reach the admin port at {addr}: {reason}")]
+    Unreachable {
+        /// The admin address asked.
+        addr: SocketAddr,
+        /// What went wrong.
+        reason: String,
+    },
+    /// An answer that is not what distgate serves.
+    #[error("unexpected answer from {addr}{path}: {reason}")]
+    Unexpected {
+        /// The admin address asked.
+        addr: SocketAddr,
+        /// The endpoint.
+        path: &'static str,
+        /// What was wrong with it.
+        reason: String,
+    },
+}
+
+/// The most a `/links` or `/nodes` answer may take (a table of 8,192 links is about
+/// 3 MiB of JSON).
+const MAX_ANSWER: usize = 64 << 20;
+
+/// GET `path` from the admin port at `addr` within `timeout`, as JSON.
+async fn get<T: for<'de> Deserialize<'de>>(
+    addr: SocketAddr,
+    path: &'static str,
+    timeout: Duration,
+) -> Result<T, StatusError> {
+    let unreachable = |reason: String| StatusError::Unreachable { addr, reason };
+    let unexpected = |reason: String| StatusError::Unexpected { addr, path, reason };
+    let fetch = async {
+        let stream = TcpStream::connect(addr)
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        tokio::spawn(conn);
+        let request = Request::get(path)
+            .header(hyper::header::HOST, "distgate")
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| unexpected(e.to_string()))?;
+        let response =
+            (sender.send_request(request).await).map_err(|e| unreachable(e.to_string()))?;
+        if !response.status().is_success() {
+            return Err(unexpected(format!("status {}", response.status())));
+        }
+        let body = Limited::new(response.into_body(), MAX_ANSWER)
+            .collect()
+            .await
+            .map_err(|e| unexpected(e.to_string()))?
+            .to_bytes();
+        serde_json::from_slice(&body).map_err(|e| unexpected(e.to_string()))
+    };
+    tokio::time::timeout(timeout, fetch)
+        .await
+        .map_err(|_| unreachable(format!("no answer within {timeout:?}")))?
+}
+
+#[derive(Debug, Deserialize)]
+struct LinksAnswer {
+    links: Vec<LinkView>,
+}
+
+/// The node part of `/nodes`.
+#[derive(Debug, Deserialize)]
+struct NodeRow {
+    name: String,
+    real_port: u16,
+    public_port: Option<u16>,
+    creation: u32,
+    hidden: bool,
+    registered_at: f64,
+}
+
+/// The lease part of `/nodes`.
+#[derive(Debug, Deserialize)]
+struct LeaseRow {
+    name: String,
+    public_port: u16,
+    upstream: String,
+    route: String,
+    links: usize,
+    last_used_s: f64,
+}
+
+#[derive(Debug, Deserialize)]
+struct NodesAnswer {
+    nodes: Vec<NodeRow>,
+    leases: Vec<LeaseRow>,
+}
+
+/// `/links` of the distgate at `admin`, as a table.
+pub async fn links(admin: SocketAddr, timeout: Duration) -> Result<String, StatusError> {
+    let answer: LinksAnswer = get(admin, "/links", timeout).await?;
+    let now = unix_now();
+    let rows: Vec<Vec<String>> = (answer.links.iter())
+        .map(|l| {
+            vec![
+                l.node.clone(),
+                l.peer.clone(),
+                l.direction.clone(),
+                l.source.clone(),
+                l.handshake.clone(),
+                seconds(now - l.opened_at),
+                l.bytes_from_peer.to_string(),
+                l.bytes_to_peer.to_string(),
+                seconds(l.idle_from_peer),
+                seconds(l.idle_to_peer),
+            ]
+        })
+        .collect();
+    let head = [
+        "NODE",
+        "PEER",
+        "DIRECTION",
+        "SOURCE",
+        "HANDSHAKE",
+        "AGE",
+        "BYTES_IN",
+        "BYTES_OUT",
+        "IDLE_IN",
+        "IDLE_OUT",
+    ];
+    Ok(table(&head, &rows, "no open links"))
+}
+
+/// `/nodes` of the distgate at `admin`, as tables: the registered nodes, then leases.
+pub async fn nodes(admin: SocketAddr, timeout: Duration) -> Result<String, StatusError> {
+    let answer: NodesAnswer = get(admin, "/nodes", timeout).await?;
+    let now = unix_now();
+    let rows: Vec<Vec<String>> = (answer.nodes.iter())
+        .map(|n| {
+            vec![
+                n.name.clone(),
+                n.real_port.to_string(),
+                n.public_port.map_or("-".into(), |p| p.to_string()),
+                n.creation.to_string(),
+                if n.hidden { "hidden" } else { "normal" }.into(),
+                seconds(now - n.registered_at),
+            ]
+        })
+        .collect();
+    let head = [
+        "NODE",
+        "REAL_PORT",
+        "PUBLIC_PORT",
+        "CREATION",
+        "TYPE",
+        "SINCE",
+    ];
+    let mut out = table(&head, &rows, "no registered nodes");
+    if !answer.leases.is_empty() {
+        let rows: Vec<Vec<String>> = (answer.leases.iter())
+            .map(|l| {
+                vec![
+                    l.name.clone(),
+                    l.public_port.to_string(),
+                    l.upstream.clone(),
+                    l.route.clone(),
+                    l.links.to_string(),
+                    seconds(l.last_used_s),
+                ]
+            })
+            .collect();
+        let head = [
+            "LEASE",
+            "PUBLIC_PORT",
+            "UPSTREAM",
+            "ROUTE",
+            "LINKS",
+            "LAST_USED",
+        ];
+        out.push('\n');
+        out.push_str(&table(&head, &rows, ""));
+    }
+    Ok(out)
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// A duration in seconds as people read it: `4.2s`, `3m07s`, `2h05m`, `3d04h`.
+fn seconds(s: f64) -> String {
+    let s = s.max(0.0);
+    let whole = s as u64;
+    match whole {
+        0..60 => format!("{s:.1}s"),
+        60..3600 => format!("{}m{:02}s", whole / 60, whole % 60),
+        3600..86400 => format!("{}h{:02}m", whole / 3600, whole % 3600 / 60),
+        _ => format!("{}d{:02}h", whole / 86400, whole % 86400 / 3600),
+    }
+}
+
+/// Left-aligned columns two spaces apart; `empty` when there are no rows.
+fn table(head: &[&str], rows: &[Vec<String>], empty: &str) -> String {
+    if rows.is_empty() {
+        return format!("{empty}\n");
+    }
+    let mut widths: Vec<usize> = head.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let padded: Vec<String> = (cells.iter().zip(&widths))
+            .map(|(cell, &width)| format!("{cell:width$}"))
+            .collect();
+        padded.join("  ").trim_end().to_owned() + "\n"
+    };
+    let mut out = line(head.to_vec());
+    for row in rows {
+        out.push_str(&line(row.iter().map(String::as_str).collect()));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_as_people_say_them() {
+        assert_eq!(seconds(4.24), "4.2s");
+        assert_eq!(seconds(187.0), "3m07s");
+        assert_eq!(seconds(7500.0), "2h05m");
+        assert_eq!(seconds(273_600.0), "3d04h");
+        assert_eq!(seconds(-1.0), "0.0s");
+    }
+
+    #[test]
+    fn tables_align_their_columns() {
+        let rows = vec![
+            vec!["app".into(), "1".into()],
+            vec!["a".into(), "22".into()],
+        ];
+        assert_eq!(
+            table(&["NODE", "N"], &rows, "none"),
+            "NODE  N\napp   1\na     22\n"
+        );
+        assert_eq!(table(&["NODE"], &[], "none"), "none\n");
+    }
+}
