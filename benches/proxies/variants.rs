@@ -230,8 +230,14 @@ impl Variant {
                 let mut proc = distgate_named(&dir, "gateway", &gateway);
                 proc.wait_listening(gateway_epmd);
                 procs.push(proc);
-                // Each name is leased a gateway port by asking for it.
-                ["sink", "echo", "hold"].map(|name| port_please(gateway_epmd, name))
+                // Each name is leased a gateway port by asking for it. A name's port is
+                // placed among the names leased (docs/gateway.md): ask again once all
+                // three are, as a peer asks before each connection.
+                let names = ["sink", "echo", "hold"];
+                for name in names {
+                    port_please(gateway_epmd, name);
+                }
+                names.map(|name| port_please(gateway_epmd, name))
             }
             Kind::Haproxy => {
                 let listen: [u16; 3] = free_ports();
