@@ -55,16 +55,16 @@ impl Flow {
     }
 }
 
-/// One open link.
+/// One open link: its metrics (which hold its node, peer label and direction), the
+/// caller's name where the label is not it, its source, and its two flows.
 #[derive(Debug)]
 pub struct Link {
     id: u64,
-    node: String,
-    peer: String,
-    direction: &'static str,
+    metrics: m::Link,
+    /// The caller's name where its `peer` label is not it (past `max_peers`).
+    unlabelled: Option<String>,
     source: SocketAddr,
-    handshake: &'static str,
-    opened: SystemTime,
+    tls: bool,
     /// From the peer towards the node.
     pub from_peer: Flow,
     /// From the node towards the peer.
@@ -131,19 +131,17 @@ impl Drop for Listed {
 
 /// What a new link is.
 #[derive(Debug)]
-pub struct NewLink {
-    /// The local (or routed) node.
-    pub node: String,
-    /// The peer's node name, or `tls`.
-    pub peer: String,
-    /// `inbound` or `gateway`.
-    pub direction: &'static str,
+pub(crate) struct NewLink {
+    /// Its metrics, opened.
+    pub(crate) metrics: m::Link,
+    /// The caller's name where its `peer` label is not it.
+    pub(crate) unlabelled: Option<String>,
     /// The peer's address.
-    pub source: SocketAddr,
-    /// `ok` or `tls`.
-    pub handshake: &'static str,
+    pub(crate) source: SocketAddr,
+    /// A TLS link (its handshake not followed).
+    pub(crate) tls: bool,
     /// Bytes already moved during the handshake: from the peer, to the peer.
-    pub moved: (u64, u64),
+    pub(crate) moved: (u64, u64),
 }
 
 impl Links {
@@ -163,18 +161,16 @@ impl Links {
     }
 
     /// Lists a new link until the returned [`Listed`] is dropped.
-    pub fn open(self: &Arc<Self>, new: NewLink) -> Listed {
+    pub(crate) fn open(self: &Arc<Self>, new: NewLink) -> Listed {
         let mut table = self.lock();
         let id = table.0;
         table.0 += 1;
         let link = Arc::new(Link {
             id,
-            node: new.node,
-            peer: new.peer,
-            direction: new.direction,
+            metrics: new.metrics,
+            unlabelled: new.unlabelled,
             source: new.source,
-            handshake: new.handshake,
-            opened: SystemTime::now(),
+            tls: new.tls,
             from_peer: Flow::new(new.moved.0),
             to_peer: Flow::new(new.moved.1),
         });
@@ -218,13 +214,13 @@ impl Links {
                 if silent {
                     gauge.increment(1.0);
                     warn!(
-                        node = %link.node, peer = %link.peer, source = %link.source, way,
+                        node = link.metrics.node(), peer = link.peer(), source = %link.source, way,
                         silent_s = idle.as_secs(),
                         "dist link silent: no byte this way for `dist.silent_after` (a live link ticks every net_ticktime/4)"
                     );
                 } else {
                     gauge.decrement(1.0);
-                    info!(node = %link.node, peer = %link.peer, source = %link.source, way, "dist link speaks again");
+                    info!(node = link.metrics.node(), peer = link.peer(), source = %link.source, way, "dist link speaks again");
                 }
             }
         }
@@ -250,17 +246,41 @@ impl Link {
         [(&self.from_peer, WAYS[0]), (&self.to_peer, WAYS[1])]
     }
 
+    /// The link's metrics.
+    pub(crate) fn metrics(&self) -> &m::Link {
+        &self.metrics
+    }
+
+    /// The caller's node name (`tls` for TLS links).
+    pub fn peer(&self) -> &str {
+        self.unlabelled.as_deref().unwrap_or(self.metrics.peer())
+    }
+
+    /// `n` bytes went `way`: counted in the metrics and the flow.
+    pub(crate) fn carried(&self, way: Way, n: u64) {
+        match way {
+            Way::FromPeer => {
+                self.metrics.received.increment(n);
+                self.from_peer.add(n);
+            }
+            Way::ToPeer => {
+                self.metrics.sent.increment(n);
+                self.to_peer.add(n);
+            }
+        }
+    }
+
     fn view(&self, now: u64) -> LinkView {
-        let opened_at = self
-            .opened
+        let opened = SystemTime::now() - self.metrics.age();
+        let opened_at = opened
             .duration_since(UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());
         LinkView {
-            node: self.node.clone(),
-            peer: self.peer.clone(),
-            direction: self.direction.to_owned(),
+            node: self.metrics.node().to_owned(),
+            peer: self.peer().to_owned(),
+            direction: self.metrics.direction().to_owned(),
             source: self.source.to_string(),
-            handshake: self.handshake.to_owned(),
+            handshake: if self.tls { "tls" } else { "ok" }.to_owned(),
             opened_at,
             bytes_from_peer: self.from_peer.bytes.load(Ordering::Relaxed),
             bytes_to_peer: self.to_peer.bytes.load(Ordering::Relaxed),
@@ -270,17 +290,27 @@ impl Link {
     }
 }
 
+/// Which flow of a link bytes went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Way {
+    /// From the peer towards the node.
+    FromPeer,
+    /// From the node towards the peer.
+    ToPeer,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metrics::PeerLabels;
 
     fn new_link() -> NewLink {
+        let peer = PeerLabels::fixed(crate::metrics::PEER_TLS);
         NewLink {
-            node: "app".into(),
-            peer: "peer@host".into(),
-            direction: "inbound",
+            metrics: m::Link::open("app".into(), peer, "inbound"),
+            unlabelled: Some("peer@host".into()),
             source: "127.0.0.1:5000".parse().unwrap(),
-            handshake: "ok",
+            tls: false,
             moved: (10, 20),
         }
     }
@@ -289,7 +319,7 @@ mod tests {
     fn links_are_listed_while_open_with_their_bytes() {
         let links = Links::new(Duration::from_secs(30));
         let listed = links.open(new_link());
-        listed.link.from_peer.add(5);
+        listed.link.carried(Way::FromPeer, 5);
         let views = links.views();
         assert_eq!(views.len(), 1);
         assert_eq!((views[0].bytes_from_peer, views[0].bytes_to_peer), (15, 20));
@@ -304,12 +334,11 @@ mod tests {
         let listed = links.open(new_link());
         links.sweep();
         assert!(listed.link.from_peer.silent.load(Ordering::Relaxed));
-        // silent_after 0: a byte now is already old at the next sweep, so check the
-        // way back with a long threshold on a fresh table.
+        // With a long threshold, a byte makes a silent direction speak again.
         let slow = Links::new(Duration::from_secs(3600));
         let other = slow.open(new_link());
         other.link.to_peer.silent.store(true, Ordering::Relaxed);
-        other.link.to_peer.add(1);
+        other.link.carried(Way::ToPeer, 1);
         slow.sweep();
         assert!(!other.link.to_peer.silent.load(Ordering::Relaxed));
     }

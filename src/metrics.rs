@@ -257,6 +257,11 @@ impl Link {
         self.peer.as_str()
     }
 
+    /// `inbound` or `gateway`.
+    pub(crate) fn direction(&self) -> &'static str {
+        self.direction
+    }
+
     /// How long it has been open.
     pub(crate) fn age(&self) -> std::time::Duration {
         self.started.elapsed()
@@ -264,7 +269,7 @@ impl Link {
 
     /// Records the close with a bounded `reason`; returns how long the link lived.
     pub(crate) fn close(
-        self,
+        &self,
         reason: &'static str,
         closed_by: &'static str,
     ) -> std::time::Duration {

@@ -79,22 +79,18 @@ impl ClosedBy {
     }
 }
 
-/// Counts the bytes of one direction: a total for the outcome, a live counter, and
-/// the link's [`Flow`](crate::links::Flow) in the table of open links.
+/// Counts the bytes of one direction: a total for the outcome, and either a live
+/// counter or a listed link (its metrics and its flow in the table of open links).
 #[derive(Debug)]
 pub struct Meter {
     total: u64,
-    live: metrics::Counter,
-    flow: Option<(Arc<crate::links::Link>, Way)>,
+    into: Into,
 }
 
-/// Which [`Flow`](crate::links::Flow) of a link a meter counts into.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Way {
-    /// From the peer towards the node.
-    FromPeer,
-    /// From the node towards the peer.
-    ToPeer,
+#[derive(Debug)]
+enum Into {
+    Counter(metrics::Counter),
+    Link(Arc<crate::links::Link>, crate::links::Way),
 }
 
 impl Meter {
@@ -102,28 +98,24 @@ impl Meter {
     pub fn new(live: metrics::Counter) -> Meter {
         Meter {
             total: 0,
-            live,
-            flow: None,
+            into: Into::Counter(live),
         }
     }
 
-    /// A meter at 0 that also counts into `live` and into `way` of `link`.
-    pub fn listed(live: metrics::Counter, link: Arc<crate::links::Link>, way: Way) -> Meter {
+    /// A meter at 0 that also counts into `way` of `link`.
+    pub(crate) fn listed(link: Arc<crate::links::Link>, way: crate::links::Way) -> Meter {
         Meter {
             total: 0,
-            live,
-            flow: Some((link, way)),
+            into: Into::Link(link, way),
         }
     }
 
     /// Records `n` bytes passed on.
     pub fn add(&mut self, n: usize) {
         self.total += n as u64;
-        self.live.increment(n as u64);
-        match &self.flow {
-            Some((link, Way::FromPeer)) => link.from_peer.add(n as u64),
-            Some((link, Way::ToPeer)) => link.to_peer.add(n as u64),
-            None => {}
+        match &self.into {
+            Into::Counter(live) => live.increment(n as u64),
+            Into::Link(link, way) => link.carried(*way, n as u64),
         }
     }
 

@@ -27,7 +27,7 @@ use crate::directory::{Destination, Directory, InUse};
 use crate::epmd::server::is_local;
 use crate::handshake::Caller;
 use crate::handshake::follow::Handshake;
-use crate::links::{Links, Listed, NewLink};
+use crate::links::{Links, Listed, NewLink, Way};
 use crate::metrics::{self as m, PeerLabels};
 
 /// The `direction` label of connections that come in on a public port for a local node.
@@ -91,18 +91,17 @@ struct Opened {
 /// node, peer, source, bytes each way, duration, who closed it and why.
 fn link_down(carried: Carried, outcome: &super::Outcome) {
     let Carried {
-        link,
-        unlabelled,
         moved,
         _slot,
         _in_use,
         listed,
     } = carried;
+    let link = listed.link.metrics();
     let reason = close_reason(&outcome.result);
     let closed_by = outcome.closed_by.as_str();
     info!(
         node = link.node(),
-        peer = unlabelled.as_deref().unwrap_or(link.peer()),
+        peer = listed.link.peer(),
         source = %listed.source(),
         bytes_from_peer = outcome.to_upstream + moved.to_node,
         bytes_to_peer = outcome.to_client + moved.to_caller,
@@ -118,8 +117,6 @@ fn link_down(carried: Carried, outcome: &super::Outcome) {
 /// What a link's task keeps while the link runs, in one box.
 #[derive(Debug)]
 struct Carried {
-    link: m::Link,
-    unlabelled: Option<String>,
     moved: Moved,
     _slot: Option<SourceSlot>,
     /// A routed name's lease, in use while the link is open.
@@ -377,16 +374,8 @@ impl Forwarder {
             .proxy_link(
                 client,
                 upstream,
-                super::Meter::listed(
-                    carried.link.received.clone(),
-                    Arc::clone(&carried.listed.link),
-                    super::Way::FromPeer,
-                ),
-                super::Meter::listed(
-                    carried.link.sent.clone(),
-                    Arc::clone(&carried.listed.link),
-                    super::Way::ToPeer,
-                ),
+                super::Meter::listed(Arc::clone(&carried.listed.link), Way::FromPeer),
+                super::Meter::listed(Arc::clone(&carried.listed.link), Way::ToPeer),
                 Some(self.linger),
             )
             .await;
@@ -413,20 +402,18 @@ impl Forwarder {
         let link = m::Link::open(node, peer, direction);
         link.received.increment(moved.to_node);
         link.sent.increment(moved.to_caller);
+        let _in_use = self.directory.hold(link.node());
+        let tls = caller.is_none();
         // The caller's name, kept only where its label is not it (past max_peers).
+        let unlabelled = caller.filter(|name| name != link.peer());
         let listed = self.links.open(NewLink {
-            node: link.node().to_owned(),
-            peer: peer_name.to_owned(),
-            direction,
+            metrics: link,
+            unlabelled,
             source,
-            handshake: if caller.is_some() { "ok" } else { "tls" },
+            tls,
             moved: (moved.to_node, moved.to_caller),
         });
-        let unlabelled = caller.filter(|name| name != link.peer());
-        let _in_use = self.directory.hold(link.node());
         Box::new(Carried {
-            link,
-            unlabelled,
             moved,
             _slot,
             _in_use,
