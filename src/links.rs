@@ -3,8 +3,9 @@
 //!
 //! A link enters the table when its handshake is done (or when a TLS link is handed to
 //! the engine) and leaves it when it closes. The engine counts each direction's bytes
-//! and the time of its last byte into the link's [`Flow`]s (two atomics, no lock). A
-//! sweep every second marks a direction *silent* once it has carried nothing for
+//! into the link's [`Flow`]s (one atomic add, no lock, no clock). A sweep every second
+//! notes which counts moved, so idle times are known to the second, and marks a
+//! direction *silent* once it has carried nothing for
 //! `[dist] silent_after`: an idle dist link still carries a tick each way every
 //! `net_ticktime/4` (15 s by default), so silence that long means a peer, a node or
 //! the network between them is gone, minutes before `net_ticktime` ends the link.
@@ -27,11 +28,16 @@ fn now_ms() -> u64 {
     start.elapsed().as_millis() as u64
 }
 
-/// One direction of a link: bytes carried and when the last one went.
+/// One direction of a link: bytes carried, and when the sweep last saw them change.
+/// The engine only adds to `bytes` (one relaxed atomic add per chunk, no clock); the
+/// sweep, once a second, notes when the count moved, so idle times are to the second.
 #[derive(Debug)]
 pub struct Flow {
     bytes: AtomicU64,
-    last_ms: AtomicU64,
+    /// `bytes` as the last sweep saw it.
+    seen: AtomicU64,
+    /// When the sweep last saw `bytes` move (or the link opened), in [`now_ms`].
+    changed_ms: AtomicU64,
     silent: AtomicBool,
 }
 
@@ -39,19 +45,33 @@ impl Flow {
     fn new(bytes: u64) -> Flow {
         Flow {
             bytes: AtomicU64::new(bytes),
-            last_ms: AtomicU64::new(now_ms()),
+            seen: AtomicU64::new(bytes),
+            changed_ms: AtomicU64::new(now_ms()),
             silent: AtomicBool::new(false),
         }
     }
 
-    /// `n` more bytes went this way now.
+    /// `n` more bytes went this way.
     pub fn add(&self, n: u64) {
         self.bytes.fetch_add(n, Ordering::Relaxed);
-        self.last_ms.store(now_ms(), Ordering::Relaxed);
     }
 
+    /// How long no byte has gone this way, as of the last sweep: zero when bytes went
+    /// since.
     fn idle(&self, now: u64) -> Duration {
-        Duration::from_millis(now.saturating_sub(self.last_ms.load(Ordering::Relaxed)))
+        if self.bytes.load(Ordering::Relaxed) != self.seen.load(Ordering::Relaxed) {
+            return Duration::ZERO;
+        }
+        Duration::from_millis(now.saturating_sub(self.changed_ms.load(Ordering::Relaxed)))
+    }
+
+    /// Notes whether bytes went since the last sweep; the idle time after that.
+    fn sweep(&self, now: u64) -> Duration {
+        let bytes = self.bytes.load(Ordering::Relaxed);
+        if self.seen.swap(bytes, Ordering::Relaxed) != bytes {
+            self.changed_ms.store(now, Ordering::Relaxed);
+        }
+        self.idle(now)
     }
 }
 
@@ -205,7 +225,7 @@ impl Links {
         let links: Vec<Arc<Link>> = self.lock().1.values().cloned().collect();
         for link in links {
             for (flow, way) in link.flows() {
-                let idle = flow.idle(now);
+                let idle = flow.sweep(now);
                 let silent = idle >= self.silent_after;
                 if flow.silent.swap(silent, Ordering::Relaxed) == silent {
                     continue;
