@@ -228,6 +228,9 @@ pub(crate) struct Views {
     pub(crate) links: Arc<crate::links::Links>,
     pub(crate) registry: Arc<crate::registry::Registry>,
     pub(crate) gateway: Option<Arc<crate::gateway::Gateway>>,
+    /// `/links` and `/nodes` answered at once: each answer is built whole in memory
+    /// (about 300 bytes a link), so a few at a time, not one per admin slot.
+    pub(crate) answering: Arc<tokio::sync::Semaphore>,
 }
 
 /// A registered node as `/nodes` shows it.
@@ -242,6 +245,16 @@ struct NodeView {
 }
 
 impl Views {
+    /// The JSON answers built at once.
+    pub(crate) const AT_ONCE: usize = 2;
+
+    /// The JSON of `/links` or `/nodes`; `None` when [`Views::AT_ONCE`] are being built.
+    fn answer(&self, nodes: bool) -> Option<String> {
+        let _permit = self.answering.try_acquire().ok()?;
+        let value = if nodes { self.nodes() } else { self.links() };
+        Some(format!("{value}\n"))
+    }
+
     fn nodes(&self) -> serde_json::Value {
         let nodes: Vec<NodeView> = (self.registry.nodes().into_iter())
             .map(|n| NodeView {
@@ -349,8 +362,8 @@ fn route(
                 format!("not ready: {why}\n"),
             ),
         },
-        "/nodes" => json(&views.nodes()),
-        "/links" => json(&views.links()),
+        "/nodes" => json(views.answer(true)),
+        "/links" => json(views.answer(false)),
         _ => text(
             StatusCode::NOT_FOUND,
             "not found: try /metrics, /livez, /readyz, /nodes or /links\n".into(),
@@ -358,8 +371,14 @@ fn route(
     }
 }
 
-fn json(value: &serde_json::Value) -> Response<Full<Bytes>> {
-    let mut response = text(StatusCode::OK, format!("{value}\n"));
+fn json(answer: Option<String>) -> Response<Full<Bytes>> {
+    let Some(body) = answer else {
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "busy: other /links or /nodes answers are being built; try again\n".into(),
+        );
+    };
+    let mut response = text(StatusCode::OK, body);
     response.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
         hyper::header::HeaderValue::from_static("application/json"),
@@ -371,4 +390,28 @@ fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_few_json_answers_are_built_at_once() {
+        let views = Views {
+            links: crate::links::Links::new(Duration::from_secs(30)),
+            registry: Arc::new(crate::registry::Registry::new(Arc::new(
+                crate::ports::Ports::new(Default::default()),
+            ))),
+            gateway: None,
+            answering: Arc::new(tokio::sync::Semaphore::new(Views::AT_ONCE)),
+        };
+        assert_eq!(views.answer(false).as_deref(), Some("{\"links\":[]}\n"));
+        let held: Vec<_> = (0..Views::AT_ONCE)
+            .map(|_| views.answering.try_acquire().unwrap())
+            .collect();
+        assert_eq!(views.answer(true), None, "answered past the bound");
+        drop(held);
+        assert!(views.answer(true).unwrap().contains("\"nodes\":[]"));
+    }
 }

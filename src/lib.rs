@@ -249,6 +249,7 @@ impl Distgate {
             shutdown: admin_stop.clone(),
             tracker: admin_loops.clone(),
         };
+        let answering = Arc::new(tokio::sync::Semaphore::new(admin::Views::AT_ONCE));
         if !listeners.admin.is_empty() {
             let handle = self
                 .metrics
@@ -263,6 +264,7 @@ impl Distgate {
                         links: Arc::clone(&self.links),
                         registry: Arc::clone(self.directory.registry()),
                         gateway: self.gateway.clone(),
+                        answering: Arc::clone(&answering),
                     },
                     admin.clone(),
                     Arc::clone(&self.admin_slots),
