@@ -233,17 +233,6 @@ pub(crate) struct Views {
     pub(crate) answering: Arc<tokio::sync::Semaphore>,
 }
 
-/// A registered node as `/nodes` shows it.
-#[derive(Debug, serde::Serialize)]
-struct NodeView {
-    name: String,
-    real_port: u16,
-    public_port: Option<u16>,
-    creation: u32,
-    hidden: bool,
-    registered_at: f64,
-}
-
 impl Views {
     /// The JSON answers built at once.
     pub(crate) const AT_ONCE: usize = 2;
@@ -256,8 +245,8 @@ impl Views {
     }
 
     fn nodes(&self) -> serde_json::Value {
-        let nodes: Vec<NodeView> = (self.registry.nodes().into_iter())
-            .map(|n| NodeView {
+        let nodes: Vec<crate::status::NodeView> = (self.registry.nodes().into_iter())
+            .map(|n| crate::status::NodeView {
                 hidden: n.node_type == b'H',
                 registered_at: n
                     .registered_at

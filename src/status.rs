@@ -9,9 +9,10 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper::Request;
 use hyper_util::rt::TokioIo;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tokio::net::TcpStream;
 
+use crate::gateway::LeaseView;
 use crate::links::LinkView;
 
 /// Why the admin port could not be read.
@@ -83,32 +84,27 @@ struct LinksAnswer {
     links: Vec<LinkView>,
 }
 
-/// The node part of `/nodes`.
-#[derive(Debug, Deserialize)]
-struct NodeRow {
-    name: String,
-    real_port: u16,
-    public_port: Option<u16>,
-    creation: u32,
-    hidden: bool,
-    registered_at: f64,
-}
-
-/// The lease part of `/nodes`.
-#[derive(Debug, Deserialize)]
-struct LeaseRow {
-    name: String,
-    public_port: u16,
-    upstream: String,
-    route: String,
-    links: usize,
-    last_used_s: f64,
+/// A registered node as `/nodes` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeView {
+    /// The name part.
+    pub name: String,
+    /// The node's own dist port.
+    pub real_port: u16,
+    /// The port peers are told; `None` when the pool had none.
+    pub public_port: Option<u16>,
+    /// The creation it was given.
+    pub creation: u32,
+    /// Registered as a hidden node.
+    pub hidden: bool,
+    /// When it registered, seconds since the Unix epoch.
+    pub registered_at: f64,
 }
 
 #[derive(Debug, Deserialize)]
 struct NodesAnswer {
-    nodes: Vec<NodeRow>,
-    leases: Vec<LeaseRow>,
+    nodes: Vec<NodeView>,
+    leases: Vec<LeaseView>,
 }
 
 /// `/links` of the distgate at `admin`, as a table.

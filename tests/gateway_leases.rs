@@ -70,7 +70,8 @@ async fn a_lookup_flood_cannot_take_the_port_of_a_name_in_use() {
     let mut got = [0u8; 10];
     at_node.read_exact(&mut got).await.unwrap();
     assert_eq!(&got, b"still here");
-    let (_second, _) = common::dist::link(public, &nodes[0].0, "other@127.0.0.1").await;
+    let (_second, _second_at_node) =
+        common::dist::link(public, &nodes[0].0, "other@127.0.0.1").await;
 
     let text = metrics.render();
     let exhausted = sample(
@@ -107,6 +108,30 @@ async fn a_lookup_flood_cannot_take_the_port_of_a_name_in_use() {
         Some(2.0),
         "{text}"
     );
+    // `distgate nodes` shows the leases, app-0's with its link.
+    let admin = gateway.admin.unwrap().to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_distgate"))
+            .args(["nodes", "--admin", &admin])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{table}");
+    let row = |name: &str| {
+        table
+            .lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no {name} row:\n{table}"))
+            .to_owned()
+    };
+    assert!(table.contains("LEASE"), "{table}");
+    let app0: Vec<String> = row("app-0").split_whitespace().map(String::from).collect();
+    assert_eq!(app0[1], port.to_string(), "{table}");
+    assert_eq!(app0[4], "2", "app-0's two links:\n{table}");
+    row("app-5");
 }
 
 /// An EPMD on `listener` that answers PORT_PLEASE2 for any name (port 1, the fields of

@@ -68,7 +68,7 @@ impl Lease {
 }
 
 /// What `/nodes` shows of a lease.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LeaseView {
     /// The routed name.
     pub name: String,
