@@ -248,10 +248,7 @@ impl Views {
         let nodes: Vec<crate::status::NodeView> = (self.registry.nodes().into_iter())
             .map(|n| crate::status::NodeView {
                 hidden: n.node_type == b'H',
-                registered_at: n
-                    .registered_at
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0.0, |d| d.as_secs_f64()),
+                registered_at: crate::status::unix_seconds(n.registered_at),
                 name: n.name,
                 real_port: n.real_port,
                 public_port: n.public_port,

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
@@ -291,10 +291,7 @@ impl Link {
     }
 
     fn view(&self, now: u64) -> LinkView {
-        let opened = SystemTime::now() - self.metrics.age();
-        let opened_at = opened
-            .duration_since(UNIX_EPOCH)
-            .map_or(0.0, |d| d.as_secs_f64());
+        let opened_at = crate::status::unix_seconds(SystemTime::now() - self.metrics.age());
         LinkView {
             node: self.metrics.node().to_owned(),
             peer: self.peer().to_owned(),

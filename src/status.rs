@@ -195,8 +195,12 @@ pub async fn nodes(admin: SocketAddr, timeout: Duration) -> Result<String, Statu
 }
 
 fn unix_now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
+    unix_seconds(std::time::SystemTime::now())
+}
+
+/// `time` as the admin answers give times: seconds since the Unix epoch.
+pub(crate) fn unix_seconds(time: std::time::SystemTime) -> f64 {
+    time.duration_since(std::time::UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())
 }
 

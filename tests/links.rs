@@ -23,6 +23,13 @@ async fn links(running: &Running) -> Vec<serde_json::Value> {
     value["links"].as_array().unwrap().clone()
 }
 
+/// The access log line of the (one) link that closed.
+fn closed_line(running: &mut Running) -> String {
+    running.out.wait_line("the access log line", DEADLINE, |l| {
+        l.contains("\"dist connection closed\"")
+    })
+}
+
 /// What `distgate <command> --admin` prints.
 fn cli(command: &str, running: &Running) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_distgate"))
@@ -108,9 +115,7 @@ async fn links_show_who_talks_and_how_long_each_way_has_been_quiet() {
     let mut rest = vec![];
     at_node.read_to_end(&mut rest).await.unwrap();
     drop(at_node);
-    let closed = running.out.wait_line("the access log line", DEADLINE, |l| {
-        l.contains("\"dist connection closed\"")
-    });
+    let closed = closed_line(&mut running);
     assert!(closed.contains("\"closed_by\":\"peer\""), "{closed}");
     assert!(closed.contains("\"reason\":\"closed\""), "{closed}");
     assert!(closed.contains("\"source\":\"127.0.0.1:"), "{closed}");
@@ -129,9 +134,7 @@ async fn a_link_the_node_ends_is_logged_as_closed_by_the_node() {
     let mut rest = vec![];
     client.read_to_end(&mut rest).await.unwrap();
     drop(client);
-    let closed = running.out.wait_line("the access log line", DEADLINE, |l| {
-        l.contains("\"dist connection closed\"")
-    });
+    let closed = closed_line(&mut running);
     assert!(closed.contains("\"closed_by\":\"node\""), "{closed}");
     let metrics = http_get(running.admin, "/metrics").await.1;
     let labels = [
