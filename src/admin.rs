@@ -21,10 +21,11 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info_span};
+use tracing::{debug, info_span, warn};
 
 use crate::accept::{Acceptor, Admit};
 use crate::config::ReadyWhen;
+use crate::live::Live;
 use crate::metrics as m;
 use crate::registry::Registry;
 
@@ -67,11 +68,12 @@ impl NotReady {
 /// What `/readyz` reports.
 #[derive(Debug)]
 pub struct Health {
-    ready_when: ReadyWhen,
+    /// `[admin] ready_when` in force (a reload may change it).
+    ready_when: Live<ReadyWhen>,
     registry: Arc<Registry>,
     listening: AtomicBool,
-    /// Discovery routes whose first refresh has not ended.
-    discovering: Option<Arc<AtomicUsize>>,
+    /// Discovery routes whose first refresh has not ended, of the gateway in force.
+    discovering: Live<Option<Arc<AtomicUsize>>>,
     /// Cancelled when shutdown begins; from then on never ready.
     shutdown: CancellationToken,
 }
@@ -84,10 +86,10 @@ impl Health {
         shutdown: CancellationToken,
     ) -> Health {
         Health {
-            ready_when,
+            ready_when: Live::new(ready_when),
             registry,
             listening: AtomicBool::new(false),
-            discovering: None,
+            discovering: Live::new(None),
             shutdown,
         }
     }
@@ -95,9 +97,19 @@ impl Health {
     /// Not ready while `discovering` (discovery routes yet to list their names) is
     /// above 0: a gateway replica that does not know the names yet would answer
     /// "not found" for them.
-    pub fn with_discovery(mut self, discovering: Arc<AtomicUsize>) -> Health {
-        self.discovering = Some(discovering);
+    pub fn with_discovery(self, discovering: Arc<AtomicUsize>) -> Health {
+        self.set_discovery(Some(discovering));
         self
+    }
+
+    /// The discovery count of the gateway now in force (a reload), or none.
+    pub fn set_discovery(&self, discovering: Option<Arc<AtomicUsize>>) {
+        self.discovering.set(discovering);
+    }
+
+    /// Puts `ready_when` in force (a reload).
+    pub fn set_ready_when(&self, ready_when: ReadyWhen) {
+        self.ready_when.set(ready_when);
     }
 
     /// Every listener is bound and serving.
@@ -113,10 +125,10 @@ impl Health {
         if !self.listening.load(Ordering::Relaxed) {
             return Err(NotReady::NotListening);
         }
-        if (self.discovering.as_ref()).is_some_and(|d| d.load(Ordering::Relaxed) > 0) {
+        if (self.discovering.get().as_deref()).is_some_and(|d| d.load(Ordering::Relaxed) > 0) {
             return Err(NotReady::Discovering);
         }
-        match &self.ready_when {
+        match &*self.ready_when.get() {
             ReadyWhen::Always => Ok(()),
             ReadyWhen::AnyNode if self.registry.is_empty() => Err(NotReady::NoNode),
             ReadyWhen::AnyNode => Ok(()),
@@ -227,7 +239,8 @@ impl Drop for SlotGuard {
 pub(crate) struct Views {
     pub(crate) links: Arc<crate::links::Links>,
     pub(crate) registry: Arc<crate::registry::Registry>,
-    pub(crate) gateway: Option<Arc<crate::gateway::Gateway>>,
+    /// Reloads (`POST /reload`), and the gateway in force (`/nodes`).
+    pub(crate) reloader: Arc<crate::reload::Reloader>,
     /// `/links` and `/nodes` answered at once: each answer is built whole in memory
     /// (about 300 bytes a link), so a few at a time, not one per admin slot.
     pub(crate) answering: Arc<tokio::sync::Semaphore>,
@@ -255,7 +268,7 @@ impl Views {
                 creation: n.creation,
             })
             .collect();
-        let leases = (self.gateway.as_ref()).map_or_else(Vec::new, |g| g.lease_views());
+        let leases = (self.reloader.gateway()).map_or_else(Vec::new, |g| g.lease_views());
         serde_json::json!({ "nodes": nodes, "leases": leases })
     }
 
@@ -278,7 +291,7 @@ pub(crate) async fn serve(
 ) {
     let stop = acceptor.shutdown.clone();
     let span = |peer: SocketAddr| info_span!("admin", %peer);
-    let handle = |stream, _| {
+    let handle = |stream, peer: SocketAddr| {
         let slot = slots.enter().map(Arc::new);
         let (metrics, health, stop) = (metrics.clone(), Arc::clone(&health), stop.clone());
         let views = views.clone();
@@ -287,8 +300,8 @@ pub(crate) async fn serve(
             if let Some(slot) = &marker {
                 slot.serving();
             }
-            let response = route(&req, &metrics, &health, &views);
-            async move { Ok::<_, Infallible>(response) }
+            let (metrics, health, views) = (metrics.clone(), Arc::clone(&health), views.clone());
+            async move { Ok::<_, Infallible>(route(req, &metrics, &health, &views, peer).await) }
         });
         async move {
             let Some(slot) = slot else {
@@ -322,12 +335,16 @@ pub(crate) async fn serve(
         .await;
 }
 
-fn route(
-    req: &Request<Incoming>,
+async fn route(
+    req: Request<Incoming>,
     metrics: &m::Exporter,
     health: &Health,
     views: &Views,
+    peer: SocketAddr,
 ) -> Response<Full<Bytes>> {
+    if req.uri().path() == "/reload" {
+        return reload(&req, views, peer).await;
+    }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n".into());
     }
@@ -352,9 +369,54 @@ fn route(
         "/links" => json(views.answer(false)),
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found: try /metrics, /livez, /readyz, /nodes or /links\n".into(),
+            "not found: try /metrics, /livez, /readyz, /nodes, /links or POST /reload\n".into(),
         ),
     }
+}
+
+/// Whether a request from `peer` may change anything: from loopback only (an IPv4
+/// peer on an IPv6 socket included).
+fn may_change(peer: SocketAddr) -> bool {
+    peer.ip().to_canonical().is_loopback()
+}
+
+/// `POST /reload`, from loopback only: reads the configuration file again (as SIGHUP
+/// does) and answers what happened as JSON, `200` when it is in force, `422` when the
+/// file is invalid, `409` when it needs a restart (or there is no file), `500` when a
+/// port could not be bound or DNS set up.
+async fn reload(req: &Request<Incoming>, views: &Views, peer: SocketAddr) -> Response<Full<Bytes>> {
+    if req.method() != Method::POST {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "POST only\n".into());
+    }
+    if !may_change(peer) {
+        warn!(%peer, "POST /reload refused: not from loopback");
+        return text(
+            StatusCode::FORBIDDEN,
+            "forbidden: POST /reload is served to loopback only (run `distgate reload` inside the pod)\n".into(),
+        );
+    }
+    let (status, body) = match views.reloader.reload("POST /reload").await {
+        Ok(done) => (
+            StatusCode::OK,
+            serde_json::json!({"result": "ok", "hash": done.hash, "changed": done.changed}),
+        ),
+        Err(e) => {
+            let status = match e.result() {
+                "invalid" => StatusCode::UNPROCESSABLE_ENTITY,
+                "refused" => StatusCode::CONFLICT,
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            let body =
+                serde_json::json!({"result": e.result(), "key": e.key(), "error": e.to_string()});
+            (status, body)
+        }
+    };
+    let mut response = text(status, format!("{body}\n"));
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    response
 }
 
 fn json(answer: Option<String>) -> Response<Full<Bytes>> {
@@ -383,13 +445,37 @@ mod tests {
     use super::*;
 
     #[test]
+    fn only_loopback_may_change_anything() {
+        for peer in [
+            "127.0.0.1:1",
+            "127.8.9.1:1",
+            "[::1]:1",
+            "[::ffff:127.0.0.1]:1",
+        ] {
+            assert!(may_change(peer.parse().unwrap()), "{peer}");
+        }
+        for peer in [
+            "10.0.0.1:1",
+            "[::ffff:10.0.0.1]:1",
+            "[fd00::1]:1",
+            "0.0.0.0:1",
+        ] {
+            assert!(!may_change(peer.parse().unwrap()), "{peer}");
+        }
+    }
+
+    #[test]
     fn only_a_few_json_answers_are_built_at_once() {
+        let distgate = crate::Distgate::new(
+            &crate::Config::default(),
+            Default::default(),
+            CancellationToken::new(),
+        )
+        .unwrap();
         let views = Views {
             links: crate::links::Links::new(Duration::from_secs(30)),
-            registry: Arc::new(crate::registry::Registry::new(Arc::new(
-                crate::ports::Ports::new(Default::default()),
-            ))),
-            gateway: None,
+            registry: Arc::clone(distgate.registry()),
+            reloader: Arc::clone(distgate.reloader()),
             answering: Arc::new(tokio::sync::Semaphore::new(Views::AT_ONCE)),
         };
         assert_eq!(views.answer(false).as_deref(), Some("{\"links\":[]}\n"));

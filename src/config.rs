@@ -52,6 +52,30 @@ pub struct Config {
     pub dns: DnsConfig,
     /// `[metrics]`.
     pub metrics: MetricsConfig,
+    /// `[log]`.
+    pub log: LogConfig,
+}
+
+/// `[log]`: what is logged. The format is chosen on the command line.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// A level (`error`, `warn`, `info`, `debug`, `trace`) or tracing directives
+    /// (`info,distgate::gateway=debug`); `--log-level` / `DISTGATE_LOG`, when given,
+    /// win over it. Unset: `info`.
+    #[serde(deserialize_with = "log_filter")]
+    pub level: Option<String>,
+}
+
+fn log_filter<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
+    let level = String::deserialize(deserializer)?;
+    tracing_subscriber::EnvFilter::try_new(&level).map_err(|e| {
+        de::Error::custom(format!(
+            "`{}` is not a level (error, warn, info, debug, trace) or tracing directives: {e}",
+            level.escape_debug()
+        ))
+    })?;
+    Ok(Some(level))
 }
 
 /// `[dns]`: how route upstreams are resolved.
@@ -405,22 +429,131 @@ impl ConfigError {
 
 /// Reads and validates a configuration file.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    load_hashed(path).map(|(config, _)| config)
+}
+
+/// What `distgate_config_info` says when no file is given: the built-in defaults.
+pub const DEFAULTS_HASH: &str = "defaults";
+
+/// The hash `distgate_config_info` carries for a file's bytes: the first 16 hex digits
+/// of their SHA-256 (`sha256sum distgate.toml | cut -c1-16`).
+pub fn hash(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(bytes);
+    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Reads and validates a configuration file; with the [`hash`] of what was read.
+pub fn load_hashed(path: &Path) -> Result<(Config, String), ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.display().to_string(),
         source,
     })?;
-    parse(&text).map_err(|e| match e {
-        ConfigError::Invalid {
-            key, line, message, ..
-        } => ConfigError::Invalid {
-            file: Some(path.display().to_string()),
-            key,
-            line,
-            message,
-        },
-        other => other,
-    })
+    let hash = hash(text.as_bytes());
+    parse(&text)
+        .map(|config| (config, hash))
+        .map_err(|e| match e {
+            ConfigError::Invalid {
+                key, line, message, ..
+            } => ConfigError::Invalid {
+                file: Some(path.display().to_string()),
+                key,
+                line,
+                message,
+            },
+            other => other,
+        })
 }
+
+/// The keys whose values differ between `old` and `new`, by section or key, in the
+/// order of the file's documentation (for the reload log line).
+pub fn changed(old: &Config, new: &Config) -> Vec<&'static str> {
+    let mut keys = vec![];
+    let mut differs = |key: &'static str, differ: bool| {
+        if differ {
+            keys.push(key);
+        }
+    };
+    let (oe, ne) = (&old.epmd, &new.epmd);
+    differs("epmd.listen", oe.listen != ne.listen);
+    differs("epmd.register_from", oe.register_from != ne.register_from);
+    differs("epmd.names_from", oe.names_from != ne.names_from);
+    differs(
+        "epmd.packet_timeout",
+        oe.packet_timeout != ne.packet_timeout,
+    );
+    differs("epmd.allow_kill", oe.allow_kill != ne.allow_kill);
+    differs(
+        "epmd.relaxed_command_check",
+        oe.relaxed_command_check != ne.relaxed_command_check,
+    );
+    differs(
+        "epmd.max_connections",
+        oe.max_connections != ne.max_connections,
+    );
+    let (od, nd) = (&old.dist, &new.dist);
+    differs("dist.listen", od.listen != nd.listen);
+    differs("dist.ports", od.ports != nd.ports);
+    differs("dist.pins", od.pins != nd.pins);
+    differs(
+        "dist.connect_timeout",
+        od.connect_timeout != nd.connect_timeout,
+    );
+    differs(
+        "dist.first_frame_timeout",
+        od.first_frame_timeout != nd.first_frame_timeout,
+    );
+    differs(
+        "dist.handshake_timeout",
+        od.handshake_timeout != nd.handshake_timeout,
+    );
+    differs("dist.linger", od.linger != nd.linger);
+    differs("dist.silent_after", od.silent_after != nd.silent_after);
+    differs(
+        "dist.max_connections",
+        od.max_connections != nd.max_connections,
+    );
+    differs(
+        "dist.max_per_source",
+        od.max_per_source != nd.max_per_source,
+    );
+    differs("dist.allow_peers", od.allow_peers != nd.allow_peers);
+    differs("dist.trusted", od.trusted != nd.trusted);
+    differs("dist.ban", od.ban != nd.ban);
+    differs("forward", old.forward != new.forward);
+    differs("admin.listen", old.admin.listen != new.admin.listen);
+    differs(
+        "admin.ready_when",
+        old.admin.ready_when != new.admin.ready_when,
+    );
+    differs(
+        "admin.header_timeout",
+        old.admin.header_timeout != new.admin.header_timeout,
+    );
+    differs(
+        "admin.max_connections",
+        old.admin.max_connections != new.admin.max_connections,
+    );
+    differs("shutdown.grace", old.shutdown != new.shutdown);
+    differs("route", old.routes != new.routes);
+    differs("dns", old.dns != new.dns);
+    differs("metrics", old.metrics != new.metrics);
+    differs("log.level", old.log != new.log);
+    keys
+}
+
+/// Of the keys [`changed`] gives, those a reload cannot apply: the listener addresses
+/// (their sockets are bound once), and what the admin server, the byte engine and the
+/// metric series are built with.
+pub const RESTART_ONLY: &[&str] = &[
+    "epmd.listen",
+    "dist.listen",
+    "admin.listen",
+    "admin.header_timeout",
+    "admin.max_connections",
+    "forward",
+    "metrics",
+];
 
 /// Parses and validates configuration text.
 pub fn parse(text: &str) -> Result<Config, ConfigError> {

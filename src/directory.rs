@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use crate::dns::DnsError;
 use crate::epmd::message::Port2Resp;
+use crate::live::Live;
 use crate::ports::{Holder, PortPlan, Ports};
 use crate::registry::Registry;
 
@@ -81,7 +82,8 @@ pub enum Destination {
 pub struct Directory {
     ports: Arc<Ports>,
     registry: Arc<Registry>,
-    routes: Option<Arc<dyn Routes>>,
+    /// The routed names in force (a reload may replace the gateway).
+    routes: Live<Option<Arc<dyn Routes>>>,
 }
 
 impl Directory {
@@ -91,8 +93,18 @@ impl Directory {
         Directory {
             registry: Arc::new(Registry::new(Arc::clone(&ports))),
             ports,
-            routes,
+            routes: Live::new(routes),
         }
+    }
+
+    /// Puts `routes` in force for the lookups and connections that come next (a
+    /// reload); connections already forwarded keep going.
+    pub fn set_routes(&self, routes: Option<Arc<dyn Routes>>) {
+        self.routes.set(routes);
+    }
+
+    fn routes(&self) -> Option<Arc<dyn Routes>> {
+        (*self.routes.get()).clone()
     }
 
     /// A directory of local nodes only, over the ports of `plan`.
@@ -115,7 +127,7 @@ impl Directory {
         if let Some(node) = self.registry.get(name) {
             return Some(node.port2_resp());
         }
-        match &self.routes {
+        match self.routes() {
             Some(routes) if routes.takes(name) => routes.port_please(name).await,
             _ => None,
         }
@@ -129,7 +141,7 @@ impl Directory {
                 (node.name, port)
             })
             .collect();
-        if let Some(routes) = &self.routes {
+        if let Some(routes) = self.routes() {
             names.extend(routes.names());
         }
         names
@@ -143,7 +155,7 @@ impl Directory {
                 Some(Destination::Local { name, addr })
             }
             Holder::Routed(name) => {
-                let (host, port) = self.routes.as_ref()?.upstream(&name)?;
+                let (host, port) = self.routes()?.upstream(&name)?;
                 Some(Destination::Routed { name, host, port })
             }
         }
@@ -151,12 +163,12 @@ impl Directory {
 
     /// A hold on routed name `name` while a connection to it is open.
     pub fn hold(&self, name: &str) -> Option<InUse> {
-        self.routes.as_ref()?.hold(name)
+        self.routes()?.hold(name)
     }
 
     /// The address to dial for a routed destination's host.
     pub async fn resolve(&self, host: &str) -> Result<IpAddr, DnsError> {
-        match &self.routes {
+        match self.routes() {
             Some(routes) => routes.resolve(host).await,
             None => Err(DnsError::NotFound {
                 host: host.to_owned(),

@@ -43,11 +43,14 @@ pub mod gateway;
 pub mod handshake;
 mod limit;
 pub mod links;
+pub mod listen;
+mod live;
 mod log_budget;
 pub mod metrics;
 pub mod ports;
 pub mod probe;
 pub mod registry;
+pub mod reload;
 pub mod route;
 pub mod status;
 
@@ -67,6 +70,7 @@ use gateway::Gateway;
 use limit::Limit;
 use ports::{PortPlan, Ports};
 use registry::Registry;
+use reload::Reloader;
 
 /// Listeners bound by the caller.
 #[derive(Debug, Default)]
@@ -118,9 +122,8 @@ pub struct Distgate {
     health: Arc<admin::Health>,
     metrics: Option<metrics::Exporter>,
     epmd: Arc<epmd::Server>,
-    forwarder: Arc<Forwarder>,
     links: Arc<links::Links>,
-    gateway: Option<Arc<Gateway>>,
+    reloader: Arc<Reloader>,
     admin_slots: Arc<admin::Slots>,
     admin_header_timeout: Duration,
     touch_every: Duration,
@@ -142,16 +145,18 @@ impl Distgate {
         let routes = gateway.clone().map(|g| g as Arc<dyn Routes>);
         let directory = Arc::new(Directory::new(ports, routes));
         let tracker = TaskTracker::new();
-        let acceptor = |listener, max: usize| Acceptor {
+        let epmd_limit = Arc::new(Limit::new("epmd", config.epmd.max_connections.get()));
+        let dist_limit = Arc::new(Limit::new("dist", config.dist.max_connections.get()));
+        let acceptor = |listener, limit: &Arc<Limit>| Acceptor {
             listener,
-            limit: Some(Arc::new(Limit::new(listener, max))),
+            limit: Some(Arc::clone(limit)),
             shutdown: shutdown.clone(),
             tracker: tracker.clone(),
         };
         let epmd = Arc::new(epmd::Server::new(
             config.epmd.clone(),
             Arc::clone(&directory),
-            acceptor("epmd", config.epmd.max_connections.get()),
+            acceptor("epmd", &epmd_limit),
         ));
         let engine = Arc::new(forward::Engine::new(
             config.forward.mode,
@@ -164,25 +169,34 @@ impl Distgate {
             Arc::clone(&links),
             &config.dist,
             &config.metrics,
-            acceptor("dist", config.dist.max_connections.get()),
+            acceptor("dist", &dist_limit),
         ));
-        let mut health = admin::Health::new(
+        let health = Arc::new(admin::Health::new(
             config.admin.ready_when.clone(),
             Arc::clone(directory.registry()),
             shutdown.clone(),
-        );
-        if let Some(gateway) = &gateway {
-            health = health.with_discovery(gateway.discovering());
-        }
-        let health = Arc::new(health);
+        ));
+        let parts = reload::Parts {
+            epmd: Arc::clone(&epmd),
+            epmd_limit,
+            forwarder,
+            dist_limit,
+            links: Arc::clone(&links),
+            health: Arc::clone(&health),
+            directory: Arc::clone(&directory),
+            gateway: live::Live::new(gateway),
+            grace: live::Live::new(config.shutdown.grace),
+            shutdown: shutdown.clone(),
+            accept_loops: TaskTracker::new(),
+        };
+        let reloader = Arc::new(Reloader::new(parts, config.clone()));
         Ok(Distgate {
             directory,
             health,
             metrics: None,
             epmd,
-            forwarder,
             links,
-            gateway,
+            reloader,
             admin_slots: admin::Slots::new(config.admin.max_connections.get()),
             admin_header_timeout: config.admin.header_timeout,
             touch_every: (config.metrics.idle_timeout / 4).max(Duration::from_millis(100)),
@@ -206,9 +220,25 @@ impl Distgate {
         &self.links
     }
 
-    /// The gateway, when the configuration has routes.
-    pub fn gateway(&self) -> Option<&Arc<Gateway>> {
-        self.gateway.as_ref()
+    /// The gateway in force, when the configuration has routes.
+    pub fn gateway(&self) -> Option<Arc<Gateway>> {
+        self.reloader.gateway()
+    }
+
+    /// What reloads the configuration: SIGHUP and `POST /reload` go through it.
+    pub fn reloader(&self) -> &Arc<Reloader> {
+        &self.reloader
+    }
+
+    /// Reloads read `file` (whose bytes now in force hash to `hash`, see
+    /// [`config::load_hashed`]); without it a reload is refused.
+    pub fn set_config_file(&self, file: std::path::PathBuf, hash: String) {
+        self.reloader.set_file(file, hash);
+    }
+
+    /// Reloads apply `[log] level` through `hook` (the binary owns the subscriber).
+    pub fn set_log_level_hook(&self, hook: reload::LogLevelHook) {
+        self.reloader.set_log_level(hook);
     }
 
     /// What `/readyz` reports.
@@ -221,26 +251,20 @@ impl Distgate {
         self.metrics = Some(handle);
     }
 
-    /// Serves on `listeners` until shutdown, then waits up to `grace` for open
-    /// connections to end. The admin endpoints serve until the drain is over, with
-    /// `/readyz` failing from the moment shutdown begins.
-    pub async fn run(self, listeners: Listeners, grace: Duration) -> Drain {
-        let accept_loops = TaskTracker::new();
+    /// Serves on `listeners` until shutdown, then waits up to `[shutdown] grace` (as
+    /// in force then) for open connections to end. The admin endpoints serve until
+    /// the drain is over, with `/readyz` failing from the moment shutdown begins.
+    pub async fn run(self, listeners: Listeners) -> Drain {
+        let parts = &self.reloader.parts;
+        let accept_loops = parts.accept_loops.clone();
         for listener in listeners.epmd {
             accept_loops.spawn(Arc::clone(&self.epmd).serve(listener));
         }
-        for (port, listener) in listeners.dist {
-            accept_loops.spawn(Arc::clone(&self.forwarder).serve(listener, port));
-        }
-        accept_loops.spawn(Arc::clone(&self.forwarder).sweep_bans(self.shutdown.clone()));
+        self.reloader.start(listeners.dist).await;
+        accept_loops.spawn(Arc::clone(&parts.forwarder).sweep_bans(self.shutdown.clone()));
         accept_loops.spawn(touch_live_links(self.touch_every, self.shutdown.clone()));
         accept_loops.spawn(Arc::clone(&self.links).watch(self.shutdown.clone()));
         accept_loops.close();
-        // Not among the loops the drain waits for: route maintenance stops the moment
-        // shutdown begins, whatever the upstreams do.
-        if let Some(gateway) = &self.gateway {
-            tokio::spawn(Arc::clone(gateway).maintain(self.shutdown.clone()));
-        }
         let admin_stop = CancellationToken::new();
         let admin_loops = TaskTracker::new();
         let admin = Acceptor {
@@ -263,7 +287,7 @@ impl Distgate {
                     admin::Views {
                         links: Arc::clone(&self.links),
                         registry: Arc::clone(self.directory.registry()),
-                        gateway: self.gateway.clone(),
+                        reloader: Arc::clone(&self.reloader),
                         answering: Arc::clone(&answering),
                     },
                     admin.clone(),
@@ -281,6 +305,7 @@ impl Distgate {
             open = self.tracker.len(),
             "stopped accepting; draining connections"
         );
+        let grace = *parts.grace.get();
         let drain = if tokio::time::timeout(grace, self.tracker.wait())
             .await
             .is_ok()

@@ -4,9 +4,8 @@
 //! connections already held keep theirs.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{info, warn};
 
 use crate::metrics as m;
@@ -15,8 +14,10 @@ use crate::metrics as m;
 #[derive(Debug)]
 pub(crate) struct Limit {
     listener: &'static str,
-    max: usize,
-    permits: Arc<Semaphore>,
+    /// The limit in force; a reload may change it (held places stay held).
+    max: AtomicUsize,
+    /// Places taken now.
+    open: Arc<AtomicUsize>,
     /// Whether the last connection was refused (for one log line per episode).
     saturated: AtomicBool,
 }
@@ -24,12 +25,13 @@ pub(crate) struct Limit {
 /// A held place under a [`Limit`]; given back when dropped.
 #[derive(Debug)]
 pub(crate) struct Admission {
-    _permit: OwnedSemaphorePermit,
+    open: Arc<AtomicUsize>,
     listener: &'static str,
 }
 
 impl Drop for Admission {
     fn drop(&mut self) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
         ::metrics::gauge!(m::CONNECTIONS_OPEN, "listener" => self.listener).decrement(1.0);
     }
 }
@@ -41,27 +43,36 @@ impl Limit {
         ::metrics::counter!(m::CONNECTIONS_REFUSED, "listener" => listener, "reason" => "max_connections").increment(0);
         Limit {
             listener,
-            max,
-            permits: Arc::new(Semaphore::new(max)),
+            max: AtomicUsize::new(max),
+            open: Arc::new(AtomicUsize::new(0)),
             saturated: AtomicBool::new(false),
         }
+    }
+
+    /// Makes `max` the limit for new connections. Connections held stay, also when they
+    /// are more than `max`: new ones are refused until they are fewer.
+    pub(crate) fn set_max(&self, max: usize) {
+        self.max.store(max, Ordering::Relaxed);
     }
 
     /// A place for a new connection, or `None` (counted, logged once per episode)
     /// when all are taken.
     pub(crate) fn admit(&self) -> Option<Admission> {
-        match Arc::clone(&self.permits).try_acquire_owned() {
-            Ok(permit) => {
+        let max = self.max.load(Ordering::Relaxed);
+        let taken = (self.open).fetch_update(Ordering::Relaxed, Ordering::Relaxed, |open| {
+            (open < max).then_some(open + 1)
+        });
+        match taken {
+            Ok(_) => {
                 if self.saturated.swap(false, Ordering::Relaxed) {
                     info!(
                         listener = self.listener,
-                        max = self.max,
-                        "below the connection limit again"
+                        max, "below the connection limit again"
                     );
                 }
                 ::metrics::gauge!(m::CONNECTIONS_OPEN, "listener" => self.listener).increment(1.0);
                 Some(Admission {
-                    _permit: permit,
+                    open: Arc::clone(&self.open),
                     listener: self.listener,
                 })
             }
@@ -71,8 +82,7 @@ impl Limit {
                 if !self.saturated.swap(true, Ordering::Relaxed) {
                     warn!(
                         listener = self.listener,
-                        max = self.max,
-                        "connection limit reached; closing new connections until some end"
+                        max, "connection limit reached; closing new connections until some end"
                     );
                 }
                 None
@@ -83,7 +93,7 @@ impl Limit {
     /// Places taken now.
     #[cfg(test)]
     fn open(&self) -> usize {
-        self.max - self.permits.available_permits()
+        self.open.load(Ordering::Relaxed)
     }
 }
 
@@ -103,5 +113,19 @@ mod tests {
         assert_eq!(limit.open(), 1);
         assert!(limit.admit().is_some());
         assert!(!limit.saturated.load(Ordering::Relaxed));
+    }
+
+    #[test]
+    fn a_lower_limit_keeps_the_places_held_and_refuses_until_below_it() {
+        let limit = Limit::new("dist", 3);
+        let held: Vec<_> = (0..3).map(|_| limit.admit().unwrap()).collect();
+        limit.set_max(1);
+        assert_eq!(limit.open(), 3);
+        assert!(limit.admit().is_none());
+        drop(held);
+        let _a = limit.admit().expect("below the lower limit again");
+        limit.set_max(2);
+        let _b = limit.admit().unwrap();
+        assert!(limit.admit().is_none(), "two held: at the raised limit");
     }
 }

@@ -22,6 +22,21 @@ use tracing::{info, warn};
 use crate::metrics as m;
 
 /// Milliseconds since the process's first look at the clock: what [`Flow`] stores.
+/// The wall-clock time of `instant`, from one anchor taken once: the same instant
+/// always gives the same time (a link's `opened_at` does not wobble between answers).
+fn wall_clock(instant: Instant) -> SystemTime {
+    static ANCHOR: OnceLock<(Instant, SystemTime)> = OnceLock::new();
+    let &(at, wall) = ANCHOR.get_or_init(|| (Instant::now(), SystemTime::now()));
+    match instant.checked_duration_since(at) {
+        Some(after) => wall + after,
+        None => wall - at.duration_since(instant),
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 fn now_ms() -> u64 {
     static START: OnceLock<Instant> = OnceLock::new();
     let start = *START.get_or_init(Instant::now);
@@ -119,7 +134,8 @@ pub struct LinkView {
 /// The table of open links.
 #[derive(Debug)]
 pub struct Links {
-    silent_after: Duration,
+    /// `[dist] silent_after` in force, in milliseconds (a reload may change it).
+    silent_after_ms: AtomicU64,
     table: Mutex<(u64, BTreeMap<u64, Arc<Link>>)>,
 }
 
@@ -171,9 +187,15 @@ impl Links {
             ::metrics::gauge!(m::DIST_SILENT_LINKS, "way" => way).set(0.0);
         }
         Arc::new(Links {
-            silent_after,
+            silent_after_ms: AtomicU64::new(millis(silent_after)),
             table: Mutex::new((0, BTreeMap::new())),
         })
+    }
+
+    /// Makes `silent_after` the time without a byte after which a direction is silent,
+    /// from the next sweep on.
+    pub fn set_silent_after(&self, silent_after: Duration) {
+        (self.silent_after_ms).store(millis(silent_after), Ordering::Relaxed);
     }
 
     fn lock(&self) -> MutexGuard<'_, (u64, BTreeMap<u64, Arc<Link>>)> {
@@ -222,11 +244,12 @@ impl Links {
     /// log line and the gauge for each change.
     pub fn sweep(&self) {
         let now = now_ms();
+        let silent_after = Duration::from_millis(self.silent_after_ms.load(Ordering::Relaxed));
         let links: Vec<Arc<Link>> = self.lock().1.values().cloned().collect();
         for link in links {
             for (flow, way) in link.flows() {
                 let idle = flow.sweep(now);
-                let silent = idle >= self.silent_after;
+                let silent = idle >= silent_after;
                 if flow.silent.swap(silent, Ordering::Relaxed) == silent {
                     continue;
                 }
@@ -291,7 +314,7 @@ impl Link {
     }
 
     fn view(&self, now: u64) -> LinkView {
-        let opened_at = crate::status::unix_seconds(SystemTime::now() - self.metrics.age());
+        let opened_at = crate::status::unix_seconds(wall_clock(self.metrics.started()));
         LinkView {
             node: self.metrics.node().to_owned(),
             peer: self.peer().to_owned(),

@@ -9,7 +9,6 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
-use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -32,8 +31,10 @@ struct Cli {
     config: Option<PathBuf>,
 
     /// Log filter: a level (error, warn, info, debug, trace) or tracing directives.
-    #[arg(long, env = "DISTGATE_LOG", default_value = "info", global = true)]
-    log_level: String,
+    /// When given, it wins over `[log] level` of the file (also at a reload); when
+    /// neither is, `info`.
+    #[arg(long, env = "DISTGATE_LOG", global = true)]
+    log_level: Option<String>,
 
     /// Log format.
     #[arg(
@@ -79,6 +80,10 @@ enum Command {
     /// The nodes registered with a running distgate and, in gateway mode, its leases
     /// (its admin port's /nodes) as tables.
     Nodes(AdminArgs),
+    /// Make a running distgate read its configuration file again (its admin port's
+    /// POST /reload, served to loopback only; the same as SIGHUP). Exits 0 when the
+    /// new configuration is in force, 1 when it is not (the running one stays).
+    Reload(AdminArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -109,21 +114,40 @@ fn main() -> ExitCode {
         }) => return probe(node, *epmd_port, *ipv6, *timeout),
         Some(Command::Links(args)) => return status(args, false),
         Some(Command::Nodes(args)) => return status(args, true),
+        Some(Command::Reload(args)) => return reload(args),
         Some(Command::Run) | None => {}
     }
-    if let Err(e) = init_logging(&cli) {
-        eprintln!("distgate: {e:#}");
-        return ExitCode::from(EXIT_CONFIG);
+    let loaded = cli.config.as_ref().map(|path| config::load_hashed(path));
+    let level = match (&cli.log_level, &loaded) {
+        (Some(level), _) => level.clone(),
+        (None, Some(Ok((config, _)))) => config.log.level.clone().unwrap_or_else(|| "info".into()),
+        (None, _) => "info".into(),
+    };
+    let filter = match init_logging(&level, cli.log_format) {
+        Ok(filter) => filter,
+        Err(e) => {
+            eprintln!("distgate: {e:#}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let (config, file) = match loaded {
+        Some(Ok((config, hash))) => {
+            let path = cli.config.clone().unwrap_or_default();
+            info!(file = %path.display(), hash, "configuration loaded");
+            (config, Some((path, hash)))
+        }
+        Some(Err(e)) => {
+            error!("invalid configuration: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+        None => (Config::default(), None),
+    };
+    if cli.log_level.is_some() && config.log.level.is_some() {
+        warn!("`log.level` of the configuration is not used: --log-level (or DISTGATE_LOG) wins");
     }
-    let config = match &cli.config {
-        Some(path) => match config::load(path) {
-            Ok(config) => config,
-            Err(e) => {
-                error!("invalid configuration: {e}");
-                return ExitCode::from(EXIT_CONFIG);
-            }
-        },
-        None => Config::default(),
+    let log = LogControl {
+        filter,
+        fixed: cli.log_level.is_some(),
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -135,7 +159,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(config)) {
+    match runtime.block_on(run(config, file, log)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!("{e:#}");
@@ -187,6 +211,34 @@ fn probe(node: &str, epmd_port: u16, ipv6: bool, timeout: std::time::Duration) -
     }
 }
 
+/// `distgate reload`: exit 0 when the new configuration is in force, 1 otherwise.
+fn reload(args: &AdminArgs) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("distgate: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(distgate::status::reload(args.admin, args.timeout)) {
+        Ok((true, line)) => {
+            println!("{line}");
+            ExitCode::SUCCESS
+        }
+        Ok((false, line)) => {
+            eprintln!("distgate: {line}");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("distgate: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// `distgate links` or `distgate nodes`: exit 0 with the table, 1 when the admin port
 /// cannot be read.
 fn status(args: &AdminArgs, nodes: bool) -> ExitCode {
@@ -218,29 +270,76 @@ fn status(args: &AdminArgs, nodes: bool) -> ExitCode {
     }
 }
 
-fn init_logging(cli: &Cli) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log_level)
-        .with_context(|| format!("invalid --log-level `{}`", cli.log_level))?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(io::stderr);
-    match cli.log_format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-    }
-    Ok(())
+type FilterHandle =
+    tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>;
+
+/// The log filter, and whether the command line fixed it (then `[log] level` of a
+/// reloaded file is not used).
+struct LogControl {
+    filter: FilterHandle,
+    fixed: bool,
 }
 
-async fn run(config: Config) -> anyhow::Result<()> {
+impl LogControl {
+    /// What a reload does with `[log] level`.
+    fn hook(self) -> distgate::reload::LogLevelHook {
+        Box::new(move |level: Option<&str>| {
+            if self.fixed {
+                warn!("`log.level` changed but is not used: --log-level (or DISTGATE_LOG) wins");
+                return;
+            }
+            let level = level.unwrap_or("info");
+            let applied = tracing_subscriber::EnvFilter::try_new(level)
+                .map_err(|e| e.to_string())
+                .and_then(|filter| self.filter.reload(filter).map_err(|e| e.to_string()));
+            match applied {
+                Ok(()) => info!(level, "log level changed"),
+                Err(e) => error!(level, "log level not changed: {e}"),
+            }
+        })
+    }
+}
+
+fn init_logging(level: &str, format: LogFormat) -> anyhow::Result<FilterHandle> {
+    use tracing_subscriber::prelude::*;
+    let filter = tracing_subscriber::EnvFilter::try_new(level)
+        .with_context(|| format!("invalid log level `{level}`"))?;
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    let output = tracing_subscriber::fmt::layer().with_writer(io::stderr);
+    let output = match format {
+        LogFormat::Text => output.boxed(),
+        LogFormat::Json => output.json().flatten_event(true).boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(output)
+        .try_init()
+        .context("cannot set up logging")?;
+    Ok(handle)
+}
+
+async fn run(
+    config: Config,
+    file: Option<(PathBuf, String)>,
+    log: LogControl,
+) -> anyhow::Result<()> {
     let metrics = distgate::metrics::install(config.metrics.idle_timeout)?;
     let shutdown = CancellationToken::new();
     let mut distgate = Distgate::new(&config, config.dist.port_plan(), shutdown.clone())
         .context("cannot set up DNS for the routes")?;
     distgate.set_metrics(metrics);
+    if let Some((path, hash)) = file {
+        distgate.set_config_file(path, hash);
+    }
+    distgate.set_log_level_hook(log.hook());
     raise_descriptor_limit(&config);
     let listeners = bind_all(&config)?;
-    tokio::spawn(watch_signals(shutdown, Arc::clone(distgate.links())));
-    match distgate.run(listeners, config.shutdown.grace).await {
+    tokio::spawn(watch_signals(
+        shutdown,
+        Arc::clone(distgate.links()),
+        Arc::clone(distgate.reloader()),
+    ));
+    match distgate.run(listeners).await {
         Drain::Complete => info!("distgate stopped"),
         Drain::TimedOut { open } => warn!(open, "distgate stopped with connections cut"),
     }
@@ -278,9 +377,13 @@ fn raise_descriptor_limit(config: &Config) {
 }
 
 /// SIGTERM or SIGINT starts the drain; a second one during the drain exits at once,
-/// saying how many links it cuts. SIGHUP is logged and changes nothing (reloading the
-/// configuration is not built yet), where its default would end distgate at once.
-async fn watch_signals(shutdown: CancellationToken, links: Arc<distgate::links::Links>) {
+/// saying how many links it cuts. SIGHUP reloads the configuration file (one reload at
+/// a time; signals that come meanwhile are folded into the next).
+async fn watch_signals(
+    shutdown: CancellationToken,
+    links: Arc<distgate::links::Links>,
+    reloader: Arc<distgate::reload::Reloader>,
+) {
     use tokio::signal::unix::{SignalKind, signal};
     let (mut term, mut int, mut hup) = match (
         signal(SignalKind::terminate()),
@@ -298,7 +401,8 @@ async fn watch_signals(shutdown: CancellationToken, links: Arc<distgate::links::
             _ = term.recv() => ("SIGTERM", 128 + 15),
             _ = int.recv() => ("SIGINT", 128 + 2),
             _ = hup.recv() => {
-                warn!(signal = "SIGHUP", "reloading the configuration is not supported yet: nothing changed, every link stays; restart to apply a new configuration");
+                let reloader = Arc::clone(&reloader);
+                tokio::spawn(async move { reloader.reload("SIGHUP").await });
                 continue;
             }
         };
@@ -330,15 +434,8 @@ fn bind_all(config: &Config) -> anyhow::Result<Listeners> {
         bail!("no `epmd.listen` address could be bound");
     }
     for &port in &config.dist.ports {
-        let mut bound = 0;
-        for &ip in &config.dist.listen {
-            if let Some(listener) = bind(SocketAddr::new(ip, port), "dist")? {
-                listeners.dist.push((port, listener));
-                bound += 1;
-            }
-        }
-        if bound == 0 {
-            bail!("public dist port {port} could not be bound on any `dist.listen` address");
+        for listener in distgate::listen::bind_public_port(&config.dist.listen, port)? {
+            listeners.dist.push((port, listener));
         }
     }
     for &addr in &config.admin.listen {
@@ -365,35 +462,5 @@ fn display_addr(listener: &TcpListener) -> String {
 }
 
 fn bind(addr: SocketAddr, key: &str) -> anyhow::Result<Option<TcpListener>> {
-    match try_bind(addr) {
-        Ok(listener) => Ok(Some(listener)),
-        Err(e) if addr.is_ipv6() && family_missing(&e) => {
-            warn!(%addr, "IPv6 unavailable, not listening there: {e}");
-            Ok(None)
-        }
-        Err(e) if e.kind() == io::ErrorKind::AddrInUse => Err(e).with_context(|| {
-            format!("cannot listen on {addr} (`{key}`): the address is in use (is epmd or another distgate running?)")
-        }),
-        Err(e) => Err(e).with_context(|| format!("cannot listen on {addr} (`{key}`)")),
-    }
-}
-
-fn family_missing(e: &io::Error) -> bool {
-    // EAFNOSUPPORT (97) and EADDRNOTAVAIL (99) on Linux.
-    matches!(e.raw_os_error(), Some(97 | 99))
-        || e.kind() == io::ErrorKind::AddrNotAvailable
-        || e.kind() == io::ErrorKind::Unsupported
-}
-
-fn try_bind(addr: SocketAddr) -> io::Result<TcpListener> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    if addr.is_ipv6() {
-        // Lets "0.0.0.0" and "[::]" hold the same port side by side.
-        socket.set_only_v6(true)?;
-    }
-    socket.set_reuse_address(true)?;
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(1024)?;
-    TcpListener::from_std(socket.into())
+    Ok(distgate::listen::bind(addr, key)?)
 }

@@ -82,6 +82,13 @@ pub const GATEWAY_POOL_EXHAUSTED: &str = "distgate_gateway_pool_exhausted_total"
 /// Routed PORT_PLEASE2 answers, by `route` and `result` (`ok`, `unknown`,
 /// `dns_error`, `upstream_error`, `timeout`, `no_port`).
 pub const GATEWAY_LOOKUPS: &str = "distgate_gateway_lookups_total";
+/// Configuration reloads (SIGHUP, `POST /reload`), by `result`: `ok`, `invalid` (the
+/// file cannot be read or is invalid), `refused` (keys only a restart changes, or no
+/// file), `failed` (a port added could not be bound, the DNS resolver not set up).
+pub const CONFIG_RELOADS: &str = "distgate_config_reloads_total";
+/// 1 for the configuration in force, labelled with the `hash` of its file (the first
+/// 16 hex digits of its SHA-256, or `defaults`); 0 for configurations reloaded away.
+pub const CONFIG_INFO: &str = "distgate_config_info";
 
 /// Every metric name, for documentation and for checking dashboards.
 pub const ALL: &[&str] = &[
@@ -110,6 +117,8 @@ pub const ALL: &[&str] = &[
     CONNECTIONS_OPEN,
     DIST_HANDSHAKES,
     DIST_BANNED_SOURCES,
+    CONFIG_RELOADS,
+    CONFIG_INFO,
 ];
 
 /// Dist link durations: from a failed handshake to links that live for days.
@@ -201,6 +210,14 @@ fn describe() {
         GATEWAY_LOOKUPS,
         "Routed PORT_PLEASE2 answers, by route and result"
     );
+    describe_counter!(
+        CONFIG_RELOADS,
+        "Configuration reloads (SIGHUP, POST /reload), by result"
+    );
+    describe_gauge!(
+        CONFIG_INFO,
+        "1 for the configuration in force, labelled with the hash of its file"
+    );
 }
 
 /// The metrics of one dist connection: opened on creation, closed by [`Link::close`].
@@ -245,6 +262,11 @@ impl Link {
             sent,
             started: Instant::now(),
         }
+    }
+
+    /// When the link opened.
+    pub(crate) fn started(&self) -> Instant {
+        self.started
     }
 
     /// The local node's name.

@@ -29,39 +29,79 @@ pub enum Holder {
 /// The pool of public ports and who holds each.
 #[derive(Debug)]
 pub struct Ports {
+    state: Mutex<State>,
+}
+
+#[derive(Debug)]
+struct State {
+    /// The ports and pins in force (a reload may replace them).
     plan: PortPlan,
-    held: Mutex<BTreeMap<u16, Holder>>,
+    held: BTreeMap<u16, Holder>,
 }
 
 impl Ports {
     /// Every port of `plan` free.
     pub fn new(plan: PortPlan) -> Ports {
         Ports {
-            plan,
-            held: Mutex::new(BTreeMap::new()),
+            state: Mutex::new(State {
+                plan,
+                held: BTreeMap::new(),
+            }),
         }
     }
 
-    /// The ports and pins.
-    pub fn plan(&self) -> &PortPlan {
-        &self.plan
+    /// The ports and pins in force.
+    pub fn plan(&self) -> PortPlan {
+        self.lock().plan.clone()
     }
 
-    fn lock(&self) -> MutexGuard<'_, BTreeMap<u16, Holder>> {
+    /// How many ports the pool has.
+    pub fn pool_len(&self) -> usize {
+        self.lock().plan.pool.len()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
         // Plain data: a panic elsewhere while holding the lock leaves nothing broken.
-        self.held.lock().unwrap_or_else(|p| p.into_inner())
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Puts `plan` in force (a reload). A holder loses its port when the port left the
+    /// pool, is now pinned to another name, or its name is now pinned to another port;
+    /// every other holder keeps its port. Returns the local nodes that lost theirs
+    /// (routed names are placed again by the gateway).
+    pub fn replan(&self, plan: PortPlan) -> Vec<String> {
+        let mut state = self.lock();
+        let mut lost = vec![];
+        let State { plan: old, held } = &mut *state;
+        *old = plan;
+        held.retain(|&port, holder| {
+            let name = match holder {
+                Holder::Local(name) | Holder::Routed(name) => name,
+            };
+            let keeps = old.pool.contains(&port)
+                && old.pins.get(name).is_none_or(|&pin| pin == port)
+                && !old
+                    .pins
+                    .iter()
+                    .any(|(owner, &p)| p == port && owner != name);
+            if !keeps && let Holder::Local(name) = holder {
+                lost.push(name.clone());
+            }
+            keeps
+        });
+        lost
     }
 
     /// Gives `holder`, for node `name`, its pinned port, or the first pool port that is
     /// neither held nor pinned to another name. `None` when there is none.
     pub fn claim(&self, name: &str, holder: Holder) -> Option<u16> {
-        let mut held = self.lock();
-        let port = match self.plan.pins.get(name) {
+        let mut state = self.lock();
+        let State { plan, held } = &mut *state;
+        let port = match plan.pins.get(name) {
             Some(&pinned) => (!held.contains_key(&pinned)).then_some(pinned)?,
             None => {
-                let pinned = |port: u16| self.plan.pins.values().any(|&p| p == port);
-                self.plan
-                    .pool
+                let pinned = |port: u16| plan.pins.values().any(|&p| p == port);
+                plan.pool
                     .iter()
                     .copied()
                     .find(|port| !held.contains_key(port) && !pinned(*port))?
@@ -73,7 +113,7 @@ impl Ports {
 
     /// Gives `port` back if `holder` holds it; whether it did.
     pub fn release(&self, port: u16, holder: &Holder) -> bool {
-        let mut held = self.lock();
+        let held = &mut self.lock().held;
         if held.get(&port) == Some(holder) {
             held.remove(&port);
             true
@@ -84,7 +124,7 @@ impl Ports {
 
     /// Who holds `port` now.
     pub fn holder(&self, port: u16) -> Option<Holder> {
-        self.lock().get(&port).cloned()
+        self.lock().held.get(&port).cloned()
     }
 
     /// Places every routed name at once, replacing the ports routed names held: a
@@ -94,20 +134,21 @@ impl Ports {
     /// names in the same order give the same ports. Returns each name's port in the
     /// order given, or `None`, changing nothing, when they do not all fit.
     pub fn place_routed(&self, wants: &[(&str, usize)]) -> Option<Vec<u16>> {
-        let mut held = self.lock();
+        let mut state = self.lock();
+        let State { plan, held } = &mut *state;
         let mut taken: BTreeMap<u16, Holder> = (held.iter())
             .filter(|(_, holder)| matches!(holder, Holder::Local(_)))
             .map(|(&port, holder)| (port, holder.clone()))
             .collect();
-        let pool = &self.plan.pool;
-        let owners: HashMap<u16, &str> = (self.plan.pins.iter())
+        let pool = &plan.pool;
+        let owners: HashMap<u16, &str> = (plan.pins.iter())
             .map(|(owner, &p)| (p, owner.as_str()))
             .collect();
         let pinned_to_other =
             |port: u16, name: &str| owners.get(&port).is_some_and(|&owner| owner != name);
         let mut placed = vec![None; wants.len()];
         for (i, &(name, _)) in wants.iter().enumerate() {
-            if let Some(&pin) = self.plan.pins.get(name) {
+            if let Some(&pin) = plan.pins.get(name) {
                 if taken.contains_key(&pin) {
                     return None;
                 }
@@ -181,6 +222,31 @@ mod tests {
         assert_eq!(p.place_routed(&[("c", 3)]), Some(vec![101]));
         assert_eq!(p.holder(102), None);
         assert_eq!(p.holder(101), Some(routed("c")));
+    }
+
+    #[test]
+    fn a_new_plan_takes_ports_only_from_holders_it_no_longer_fits() {
+        let p = ports(&[100, 101, 102], &[]);
+        let local = |n: &str| Holder::Local(n.into());
+        assert_eq!(p.claim("a", local("a")), Some(100));
+        assert_eq!(p.claim("b", local("b")), Some(101));
+        assert_eq!(p.claim("c", local("c")), Some(102));
+        // 102 leaves the pool, 100 is pinned to b: a and c lose theirs, b keeps 101
+        // until it is placed again (its pin is another port, so it loses it too).
+        let plan = PortPlan {
+            pool: vec![100, 101, 103],
+            pins: [("b".to_owned(), 100)].into(),
+        };
+        let mut lost = p.replan(plan.clone());
+        lost.sort();
+        assert_eq!(lost, ["a", "b", "c"]);
+        assert_eq!(p.plan(), plan);
+        assert_eq!(p.claim("b", local("b")), Some(100));
+        assert_eq!(p.claim("a", local("a")), Some(101));
+        assert_eq!(p.claim("c", local("c")), Some(103));
+        // The same plan again moves nobody.
+        assert!(p.replan(plan).is_empty());
+        assert_eq!(p.holder(103), Some(local("c")));
     }
 
     #[test]

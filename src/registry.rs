@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio_util::sync::CancellationToken;
 
 use crate::epmd::message::{Alive2Req, NameError, Port2Resp};
-use crate::ports::{Holder, Ports};
+use crate::ports::{Holder, PortPlan, Ports};
 
 /// How many unregistered names are remembered for their creation, as in `epmd`.
 pub const MAX_UNUSED: usize = 1000;
@@ -205,6 +205,30 @@ impl Registry {
         })
     }
 
+    /// Puts a new pool and pins in force (a reload): each node whose public port no
+    /// longer fits (out of the pool, pinned to another name, or its name pinned to
+    /// another port), and each node without one, is given a port again, oldest
+    /// registration first. Returns each node whose public port changed: its name, the
+    /// port it had and the port it has.
+    pub fn replan(&self, plan: PortPlan) -> Vec<(String, Option<u16>, Option<u16>)> {
+        let mut inner = self.lock();
+        let lost = self.ports.replan(plan);
+        let mut moved = vec![];
+        for node in inner.nodes.iter_mut() {
+            if node.public_port.is_some() && !lost.contains(&node.name) {
+                continue;
+            }
+            let before = node.public_port;
+            node.public_port = self
+                .ports
+                .claim(&node.name, Holder::Local(node.name.clone()));
+            if node.public_port != before {
+                moved.push((node.name.clone(), before, node.public_port));
+            }
+        }
+        moved
+    }
+
     /// Ends a registration; a no-op when it has already ended. Returns the node that left.
     pub fn unregister(&self, id: RegistrationId) -> Option<Node> {
         let mut inner = self.lock();
@@ -370,6 +394,37 @@ mod tests {
             [a.public_port, b.public_port, db.public_port],
             [Some(101), None, Some(100)]
         );
+    }
+
+    #[test]
+    fn a_new_plan_moves_only_the_nodes_it_must_and_places_those_without_a_port() {
+        let reg = registry(&[100, 101], &[]);
+        for (name, port) in [("a", 1), ("b", 2), ("c", 3)] {
+            reg.register(&req(name, port), 5, LOOPBACK, NOW).unwrap();
+        }
+        let port = |name: &str| reg.get(name).unwrap().public_port;
+        assert_eq!(
+            [port("a"), port("b"), port("c")],
+            [Some(100), Some(101), None]
+        );
+        // 100 leaves, 102 and 103 come, c is pinned to 103.
+        let plan = PortPlan {
+            pool: vec![101, 102, 103],
+            pins: [("c".to_owned(), 103)].into(),
+        };
+        let moved = reg.replan(plan);
+        assert_eq!(
+            moved,
+            [
+                ("a".to_owned(), Some(100), Some(102)),
+                ("c".to_owned(), None, Some(103))
+            ]
+        );
+        assert_eq!(
+            [port("a"), port("b"), port("c")],
+            [Some(102), Some(101), Some(103)]
+        );
+        assert_eq!(reg.ports.holder(100), None);
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! `distgate links` and `distgate nodes`: the admin port's `/links` and `/nodes`,
 //! fetched and printed as tables, for an operator with `kubectl exec` or a
-//! port-forward.
+//! port-forward; `distgate reload`: its `POST /reload`.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -42,12 +42,13 @@ pub enum StatusError {
 /// 3 MiB of JSON).
 const MAX_ANSWER: usize = 64 << 20;
 
-/// GET `path` from the admin port at `addr` within `timeout`, as JSON.
-async fn get<T: for<'de> Deserialize<'de>>(
+/// `method` `path` of the admin port at `addr` within `timeout`: the status and body.
+async fn ask(
     addr: SocketAddr,
+    method: hyper::Method,
     path: &'static str,
     timeout: Duration,
-) -> Result<T, StatusError> {
+) -> Result<(hyper::StatusCode, Bytes), StatusError> {
     let unreachable = |reason: String| StatusError::Unreachable { addr, reason };
     let unexpected = |reason: String| StatusError::Unexpected { addr, path, reason };
     let fetch = async {
@@ -58,25 +59,73 @@ async fn get<T: for<'de> Deserialize<'de>>(
             .await
             .map_err(|e| unreachable(e.to_string()))?;
         tokio::spawn(conn);
-        let request = Request::get(path)
+        let request = Request::builder()
+            .method(method)
+            .uri(path)
             .header(hyper::header::HOST, "distgate")
             .body(Empty::<Bytes>::new())
             .map_err(|e| unexpected(e.to_string()))?;
         let response =
             (sender.send_request(request).await).map_err(|e| unreachable(e.to_string()))?;
-        if !response.status().is_success() {
-            return Err(unexpected(format!("status {}", response.status())));
-        }
+        let status = response.status();
         let body = Limited::new(response.into_body(), MAX_ANSWER)
             .collect()
             .await
             .map_err(|e| unexpected(e.to_string()))?
             .to_bytes();
-        serde_json::from_slice(&body).map_err(|e| unexpected(e.to_string()))
+        Ok((status, body))
     };
     tokio::time::timeout(timeout, fetch)
         .await
         .map_err(|_| unreachable(format!("no answer within {timeout:?}")))?
+}
+
+/// GET `path` from the admin port at `addr` within `timeout`, as JSON.
+async fn get<T: for<'de> Deserialize<'de>>(
+    addr: SocketAddr,
+    path: &'static str,
+    timeout: Duration,
+) -> Result<T, StatusError> {
+    let unexpected = |reason: String| StatusError::Unexpected { addr, path, reason };
+    let (status, body) = ask(addr, hyper::Method::GET, path, timeout).await?;
+    if !status.is_success() {
+        return Err(unexpected(format!("status {status}")));
+    }
+    serde_json::from_slice(&body).map_err(|e| unexpected(e.to_string()))
+}
+
+#[derive(Debug, Deserialize)]
+struct ReloadAnswer {
+    result: String,
+    #[serde(default)]
+    hash: Option<String>,
+    #[serde(default)]
+    changed: Vec<String>,
+    #[serde(default)]
+    error: Option<String>,
+}
+
+/// `distgate reload`: `POST /reload` to the distgate at `admin` (served to loopback
+/// only). Whether the new configuration is in force, and the line that says so.
+pub async fn reload(admin: SocketAddr, timeout: Duration) -> Result<(bool, String), StatusError> {
+    let (status, body) = ask(admin, hyper::Method::POST, "/reload", timeout).await?;
+    let Ok(answer) = serde_json::from_slice::<ReloadAnswer>(&body) else {
+        let text = String::from_utf8_lossy(&body);
+        return Ok((false, format!("not reloaded ({status}): {}", text.trim())));
+    };
+    let hash = answer.hash.unwrap_or_default();
+    let line = match (answer.result.as_str(), answer.changed.is_empty()) {
+        ("ok", true) => format!("reloaded: nothing changed (configuration {hash})"),
+        ("ok", false) => format!(
+            "reloaded: configuration {hash} in force; changed: {}",
+            answer.changed.join(", ")
+        ),
+        (result, _) => format!(
+            "not reloaded ({result}), the running configuration stays: {}",
+            answer.error.unwrap_or_default()
+        ),
+    };
+    Ok((answer.result == "ok", line))
 }
 
 #[derive(Debug, Deserialize)]

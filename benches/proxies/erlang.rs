@@ -86,13 +86,15 @@ fn library_epmd(
             pool,
             pins: Default::default(),
         };
-        let sidecar = Distgate::new(&Config::default(), plan, shutdown.clone()).unwrap();
+        let mut config = Config::default();
+        config.shutdown.grace = std::time::Duration::from_secs(1);
+        let sidecar = Distgate::new(&config, plan, shutdown.clone()).unwrap();
         let registry = Arc::clone(sidecar.registry());
         let listeners = Listeners {
             epmd: vec![listener],
             ..Listeners::default()
         };
-        tokio::spawn(sidecar.run(listeners, std::time::Duration::from_secs(1)));
+        tokio::spawn(sidecar.run(listeners));
         (port, registry, shutdown)
     })
 }

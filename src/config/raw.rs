@@ -16,7 +16,8 @@ use toml::Spanned;
 
 use super::{
     AdminConfig, AllowPeers, BanConfig, Config, DistConfig, DnsConfig, EpmdConfig, ForwardConfig,
-    MAX_POOL_PORTS, MIN_PIPE_SIZE, MetricsConfig, Peers, ShutdownConfig, check_node_name,
+    LogConfig, MAX_POOL_PORTS, MIN_PIPE_SIZE, MetricsConfig, Peers, ShutdownConfig,
+    check_node_name,
 };
 use crate::route::Route;
 
@@ -31,6 +32,7 @@ pub(super) struct RawConfig {
     route: Vec<Route>,
     dns: DnsConfig,
     metrics: MetricsConfig,
+    log: LogConfig,
 }
 
 #[derive(Debug, Deserialize)]
@@ -186,6 +188,7 @@ impl RawConfig {
             routes: self.route,
             dns: self.dns,
             metrics: self.metrics,
+            log: self.log,
         })
     }
 }

@@ -341,3 +341,34 @@ fn admission_keys_parse_and_their_errors_name_them() {
     let (key, line, _) = error_of("[dist.ban]\nwithin = \"soon\"\n");
     assert_eq!((key.as_str(), line), ("dist.ban.within", Some(2)));
 }
+
+#[test]
+fn changed_keys_are_named_and_the_restart_only_ones_known() {
+    let old = parse("").unwrap();
+    assert!(changed(&old, &old).is_empty());
+    let new = parse(
+        "[epmd]\nnames_from = \"any\"\n[dist]\nports = [43691, 43692]\n[log]\nlevel = \"debug\"\n\
+         [admin]\nlisten = [\"127.0.0.1:9369\"]\n",
+    )
+    .unwrap();
+    let keys = changed(&old, &new);
+    assert_eq!(
+        keys,
+        ["epmd.names_from", "dist.ports", "admin.listen", "log.level"]
+    );
+    let restart: Vec<_> = keys.iter().filter(|k| RESTART_ONLY.contains(k)).collect();
+    assert_eq!(restart, [&"admin.listen"]);
+}
+
+#[test]
+fn a_log_level_that_is_no_filter_names_its_key() {
+    let e = parse("[log]\nlevel = \"info,distgate=loud\"\n").unwrap_err();
+    assert_eq!(e.key(), "log.level");
+    assert_eq!(e.line(), Some(2));
+}
+
+#[test]
+fn the_hash_is_the_start_of_the_sha256() {
+    // sha256("") = e3b0c44298fc1c149afbf4c8996fb924...
+    assert_eq!(hash(b""), "e3b0c44298fc1c14");
+}

@@ -21,6 +21,7 @@ use super::message::{self, Alive2Req, FrameError, Request, RequestKind};
 use crate::accept::{Acceptor, Admit};
 use crate::config::EpmdConfig;
 use crate::directory::Directory;
+use crate::live::Live;
 use crate::metrics as m;
 use crate::registry::{Registration, Registry};
 
@@ -54,7 +55,8 @@ impl ReadError {
 /// The EPMD server shared by every EPMD listener.
 #[derive(Debug)]
 pub(crate) struct Server {
-    config: EpmdConfig,
+    /// `[epmd]` as in force now (a reload replaces it; `listen` is not read here).
+    config: Live<EpmdConfig>,
     directory: Arc<Directory>,
     /// Cancelled to stop distgate (an allowed KILL_REQ) and observed to end
     /// registrations when distgate stops.
@@ -68,17 +70,22 @@ impl Server {
     /// tracker, and `acceptor.shutdown` both stops it and is what KILL_REQ cancels.
     pub(crate) fn new(config: EpmdConfig, directory: Arc<Directory>, acceptor: Acceptor) -> Self {
         Server {
-            config,
+            config: Live::new(config),
             directory,
             shutdown: acceptor.shutdown.clone(),
             acceptor,
         }
     }
 
+    /// Puts `config` in force for the requests that come next (a reload).
+    pub(crate) fn set_config(&self, config: EpmdConfig) {
+        self.config.set(config);
+    }
+
     /// Whether `peer` is the pod's own by `[epmd] register_from` (epmd's locality rule
     /// unless configured otherwise), for a connection accepted on `local`.
     fn is_own(&self, peer: IpAddr, local: IpAddr) -> bool {
-        (self.config.register_from).allows(peer, is_local(peer, local))
+        (self.config.get().register_from).allows(peer, is_local(peer, local))
     }
 
     fn registry(&self) -> &Registry {
@@ -123,7 +130,7 @@ impl Server {
         let kind = request.kind();
         let refused = match request {
             Request::PortPlease2 { .. } => false,
-            Request::Names => !self.config.names_from.allows(peer.ip(), local),
+            Request::Names => !self.config.get().names_from.allows(peer.ip(), local),
             _ => !local,
         };
         if refused {
@@ -180,7 +187,7 @@ impl Server {
     /// The connection's one request, which must arrive whole within `packet_timeout`
     /// of the accept: a client trickling a byte at a time (slowloris) is cut then too.
     async fn read_request(&self, stream: &mut TcpStream) -> Result<Request, ReadError> {
-        let deadline = tokio::time::Instant::now() + self.config.packet_timeout;
+        let deadline = tokio::time::Instant::now() + self.config.get().packet_timeout;
         let mut buf = Vec::with_capacity(128);
         loop {
             if let Some(request) = message::decode_request(&buf)? {
@@ -268,8 +275,9 @@ impl Server {
     }
 
     async fn kill(&self, stream: TcpStream) {
-        let allowed = self.config.allow_kill
-            && (self.config.relaxed_command_check || self.registry().is_empty());
+        let config = self.config.get();
+        let allowed =
+            config.allow_kill && (config.relaxed_command_check || self.registry().is_empty());
         if !allowed {
             info!("KILL_REQ refused");
             count_request("kill", "refused");
@@ -284,7 +292,7 @@ impl Server {
     }
 
     async fn stop(&self, stream: TcpStream, name: &[u8]) {
-        if !self.config.relaxed_command_check {
+        if !self.config.get().relaxed_command_check {
             debug!("STOP_REQ ignored: relaxed_command_check is off");
             count_request("stop", "disabled");
             return;
@@ -303,7 +311,7 @@ impl Server {
 
     /// Writes a whole reply within packet_timeout. Returns whether it was written.
     async fn write(&self, stream: &mut TcpStream, reply: &[u8]) -> bool {
-        match timeout(self.config.packet_timeout, stream.write_all(reply)).await {
+        match timeout(self.config.get().packet_timeout, stream.write_all(reply)).await {
             Ok(Ok(())) => true,
             Ok(Err(e)) => {
                 debug!("reply not written: {e}");
@@ -320,7 +328,7 @@ impl Server {
     /// ALIVE2_REQ.
     async fn reply(&self, mut stream: TcpStream, reply: &[u8]) {
         if self.write(&mut stream, reply).await {
-            let _ = timeout(self.config.packet_timeout, stream.shutdown()).await;
+            let _ = timeout(self.config.get().packet_timeout, stream.shutdown()).await;
         }
     }
 }

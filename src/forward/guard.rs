@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
 use crate::config::BanConfig;
+use crate::live::Live;
 use crate::log_budget::LogBudget;
 use crate::metrics as m;
 
@@ -58,8 +59,8 @@ struct Tables {
 /// The per-source limit, the ban table and the failure log of the dist listeners.
 #[derive(Debug)]
 pub(crate) struct Guard {
-    max_per_source: usize,
-    ban: BanConfig,
+    /// `[dist] max_per_source` and `[dist.ban]` in force (a reload may change them).
+    limits: Live<(usize, BanConfig)>,
     tables: Mutex<Tables>,
 }
 
@@ -91,8 +92,7 @@ impl Guard {
                 .increment(0);
         }
         Guard {
-            max_per_source,
-            ban,
+            limits: Live::new((max_per_source, ban)),
             tables: Mutex::new(Tables {
                 open: HashMap::new(),
                 failures: HashMap::new(),
@@ -102,6 +102,12 @@ impl Guard {
                 ),
             }),
         }
+    }
+
+    /// Puts new limits in force for the connections and failures that come next;
+    /// bans already given run their course.
+    pub(crate) fn set_limits(&self, max_per_source: usize, ban: BanConfig) {
+        self.limits.set((max_per_source, ban));
     }
 
     fn lock(&self) -> MutexGuard<'_, Tables> {
@@ -122,7 +128,7 @@ impl Guard {
             return Err(Refusal::Banned);
         }
         let open = tables.open.entry(source).or_default();
-        if *open >= self.max_per_source {
+        if *open >= self.limits.get().0 {
             return Err(Refusal::PerSource);
         }
         *open += 1;
@@ -135,12 +141,14 @@ impl Guard {
     /// Counts a failed handshake from `source` (not exempt); bans it when that makes
     /// `failures` within `within`. True when this failure banned it.
     pub(crate) fn failed(&self, source: IpAddr, now: Instant) -> bool {
-        if self.ban.failures == 0 {
+        let limits = self.limits.get();
+        let ban = &limits.1;
+        if ban.failures == 0 {
             return false;
         }
         let mut tables = self.lock();
         if !tables.failures.contains_key(&source) && tables.failures.len() >= MAX_TRACKED {
-            make_room(&mut tables.failures, now, self.ban.within);
+            make_room(&mut tables.failures, now, ban.within);
             if tables.failures.len() >= MAX_TRACKED {
                 return false;
             }
@@ -153,21 +161,21 @@ impl Guard {
         if entry.banned_until.is_some() {
             return false;
         }
-        if now.duration_since(entry.since) > self.ban.within {
+        if now.duration_since(entry.since) > ban.within {
             (entry.since, entry.count) = (now, 0);
         }
         entry.count += 1;
-        if entry.count < self.ban.failures {
+        if entry.count < ban.failures {
             return false;
         }
-        entry.banned_until = Some(now + self.ban.duration);
+        entry.banned_until = Some(now + ban.duration);
         tables.banned += 1;
         ::metrics::gauge!(m::DIST_BANNED_SOURCES).set(tables.banned as f64);
         warn!(
             %source,
-            failures = self.ban.failures,
-            within_s = self.ban.within.as_secs(),
-            for_s = self.ban.duration.as_secs(),
+            failures = ban.failures,
+            within_s = ban.within.as_secs(),
+            for_s = ban.duration.as_secs(),
             "source banned for failed handshakes; its dist connections are closed at accept"
         );
         true
@@ -176,7 +184,7 @@ impl Guard {
     /// Lifts the bans that ran out and forgets failure windows that closed.
     pub(crate) fn sweep(&self, now: Instant) {
         let mut tables = self.lock();
-        let within = self.ban.within;
+        let within = self.limits.get().1.within;
         let mut lifted = 0;
         tables
             .failures

@@ -22,12 +22,13 @@ use super::follow::{Followed, Moved, follow};
 use super::guard::{Guard, Refusal, SourceSlot};
 use super::identify::{FirstFrame, identify};
 use crate::accept::{Acceptor, Admit};
-use crate::config::{AllowPeers, DistConfig, MetricsConfig, Peers};
+use crate::config::{DistConfig, MetricsConfig};
 use crate::directory::{Destination, Directory, InUse};
 use crate::epmd::server::is_local;
 use crate::handshake::Caller;
 use crate::handshake::follow::Handshake;
 use crate::links::{Links, Listed, NewLink, Way};
+use crate::live::Live;
 use crate::metrics::{self as m, PeerLabels};
 
 /// The `direction` label of connections that come in on a public port for a local node.
@@ -62,12 +63,9 @@ pub(crate) struct Forwarder {
     directory: Arc<Directory>,
     engine: Arc<super::Engine>,
     links: Arc<Links>,
-    connect_timeout: Duration,
-    first_frame_timeout: Duration,
-    handshake_timeout: Duration,
-    linger: Duration,
-    allow_peers: AllowPeers,
-    trusted: Peers,
+    /// `[dist]` as in force now (a reload replaces it; `listen`, `ports` and `pins`
+    /// are not read here).
+    config: Live<DistConfig>,
     guard: Arc<Guard>,
     peers: Arc<PeerLabels>,
     acceptor: Acceptor,
@@ -150,16 +148,18 @@ impl Forwarder {
             directory,
             engine,
             links,
-            connect_timeout: config.connect_timeout,
-            first_frame_timeout: config.first_frame_timeout,
-            handshake_timeout: config.handshake_timeout,
-            linger: config.linger,
-            allow_peers: config.allow_peers.clone(),
-            trusted: config.trusted.clone(),
+            config: Live::new(config.clone()),
             guard: Arc::new(Guard::new(config.max_per_source.get(), config.ban.clone())),
             peers: Arc::new(PeerLabels::new(metrics.max_peers, metrics.idle_timeout)),
             acceptor,
         }
+    }
+
+    /// Puts `config` in force for the connections that come next (a reload); links
+    /// already open keep what they started with.
+    pub(crate) fn set_config(&self, config: &DistConfig) {
+        (self.guard).set_limits(config.max_per_source.get(), config.ban.clone());
+        self.config.set(config.clone());
     }
 
     /// Lifts bans that ran out, every few seconds until `shutdown`.
@@ -174,11 +174,21 @@ impl Forwarder {
     }
 
     /// Accepts connections on `listener`, which is bound to public port `public_port`,
-    /// until shutdown. Connections already forwarded keep going.
-    pub(crate) async fn serve(self: Arc<Self>, listener: TcpListener, public_port: u16) {
+    /// until `stop` (shutdown, or a reload that took the port out of the pool).
+    /// Connections already forwarded keep going.
+    pub(crate) async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        public_port: u16,
+        stop: tokio_util::sync::CancellationToken,
+    ) {
         let span = |peer: SocketAddr| info_span!("dist", %peer, public_port);
         let handle = |client, source| self.connection(client, source, public_port);
-        (self.acceptor)
+        let acceptor = Acceptor {
+            shutdown: stop,
+            ..self.acceptor.clone()
+        };
+        (acceptor)
             .run(listener, |_, _| Admit::Limited, span, handle)
             .await;
     }
@@ -213,7 +223,7 @@ impl Forwarder {
         public_port: u16,
     ) -> Option<(TcpStream, TcpStream, Box<Opened>)> {
         let (attempt, destination, slot) = self.admit(&client, source, public_port)?;
-        let caller = match timeout(self.first_frame_timeout, identify(&client)).await {
+        let caller = match timeout(self.config.get().first_frame_timeout, identify(&client)).await {
             Err(_) => return self.failed(&attempt, "timeout", "no first frame in time", None),
             Ok(FirstFrame::Silent) => {
                 debug!("closed before its first byte");
@@ -223,7 +233,7 @@ impl Forwarder {
         };
         match &caller {
             Caller::Unknown => return self.failed(&attempt, "failed", "not_a_handshake", None),
-            Caller::Node { name, .. } if !self.allow_peers.allows(name) => {
+            Caller::Node { name, .. } if !self.config.get().allow_peers.allows(name) => {
                 return self.failed(&attempt, "not_allowed", "not_in_allow_peers", Some(name));
             }
             _ => {}
@@ -269,7 +279,7 @@ impl Forwarder {
             Destination::Local { name, .. } | Destination::Routed { name, .. } => name.clone(),
         };
         let trusted = client.local_addr().is_ok_and(|local| {
-            (self.trusted).allows(source.ip(), is_local(source.ip(), local.ip()))
+            (self.config.get().trusted).allows(source.ip(), is_local(source.ip(), local.ip()))
         });
         let slot = match trusted {
             true => None,
@@ -300,9 +310,7 @@ impl Forwarder {
         opened: &mut Opened,
     ) -> Option<()> {
         let mut handshake = Handshake::new();
-        let left = self
-            .handshake_timeout
-            .saturating_sub(attempt.started.elapsed());
+        let left = (self.config.get().handshake_timeout).saturating_sub(attempt.started.elapsed());
         let followed = timeout(
             left,
             follow(client, upstream, &mut handshake, &mut opened.moved),
@@ -376,7 +384,7 @@ impl Forwarder {
                 upstream,
                 super::Meter::listed(Arc::clone(&carried.listed.link), Way::FromPeer),
                 super::Meter::listed(Arc::clone(&carried.listed.link), Way::ToPeer),
-                Some(self.linger),
+                Some(self.config.get().linger),
             )
             .await;
         link_down(*carried, &outcome);
@@ -459,11 +467,12 @@ impl Forwarder {
     }
 
     async fn connect(&self, target: SocketAddr) -> std::io::Result<TcpStream> {
-        let stream = timeout(self.connect_timeout, TcpStream::connect(target))
-            .await
-            .map_err(|_| {
-                std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")
-            })??;
+        let stream = timeout(
+            self.config.get().connect_timeout,
+            TcpStream::connect(target),
+        )
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
         stream.set_nodelay(true)?;
         Ok(stream)
     }

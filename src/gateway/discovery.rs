@@ -33,9 +33,12 @@ pub(super) struct Discovery {
     records: Records,
     epmd_port: u16,
     table: Mutex<Table>,
+    /// Whether its first listing is still awaited in the gateway's `discovering`
+    /// (not so for a table taken over at a reload).
+    pub(super) awaited: bool,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct Table {
     /// Name → where it was found.
     names: BTreeMap<String, Member>,
@@ -64,7 +67,27 @@ impl Discovery {
             records,
             epmd_port,
             table: Mutex::new(Table::default()),
+            awaited: true,
         }
+    }
+
+    /// Takes over the table of `old` (the gateway before a reload) when both list the
+    /// same Service the same way, so the names stay known while it lists them again.
+    /// Whether it did, with a table already listed.
+    pub(super) fn adopt(&mut self, old: &Discovery) -> bool {
+        let same = (self.service == old.service)
+            && (self.records == old.records)
+            && (self.epmd_port == old.epmd_port);
+        if !same {
+            return false;
+        }
+        let table = old.table().clone();
+        if table.usable_until.is_none() {
+            return false;
+        }
+        *self.table() = table;
+        self.awaited = false;
+        true
     }
 
     fn table(&self) -> std::sync::MutexGuard<'_, Table> {

@@ -147,6 +147,10 @@ struct Held {
 struct Table {
     held: BTreeMap<String, Held>,
     next: u64,
+    /// Handed over to the leases of a reloaded gateway: from then on this table
+    /// neither takes nor places a port (a lookup still under way on the old gateway
+    /// must not undo the new placement).
+    retired: bool,
 }
 
 /// No public port for a name: every port is leased to a name in use.
@@ -181,7 +185,7 @@ impl Leases {
 
     /// The size of the pool the homes index.
     pub(super) fn pool_size(&self) -> usize {
-        self.ports.plan().pool.len()
+        self.ports.pool_len()
     }
 
     /// Leases `lease.name` a public port under `terms` (the port in `lease` is
@@ -194,6 +198,9 @@ impl Leases {
         now: Instant,
     ) -> Result<Lease, PoolExhausted> {
         let mut table = self.lock();
+        if table.retired {
+            return Err(PoolExhausted);
+        }
         if let Some(held) = table.held.get_mut(&lease.name) {
             held.usage.touch(now);
             held.lease = Lease {
@@ -225,6 +232,9 @@ impl Leases {
     /// ports change at most once, to where the new set places them.
     pub(super) fn replace_route(&self, route: usize, leases: Vec<(Lease, Terms)>, now: Instant) {
         let mut table = self.lock();
+        if table.retired {
+            return;
+        }
         let mut wanted: BTreeMap<String, (Lease, Terms)> = leases
             .into_iter()
             .map(|(lease, terms)| (lease.name.clone(), (lease, terms)))
@@ -254,12 +264,63 @@ impl Leases {
     /// Gives back the public port of `name`; whether it held one.
     pub(super) fn give_back(&self, name: &str) -> bool {
         let mut table = self.lock();
-        if table.held.remove(name).is_none() {
+        if table.retired || table.held.remove(name).is_none() {
             return false;
         }
         self.place(&mut table);
         self.count(&table);
         true
+    }
+
+    /// Takes over the leases of `old` (a reload), which is retired: each lease whose
+    /// name `retarget` still routes keeps its use and its age, gets the terms and
+    /// upstream `retarget` gives, and every name is placed again under the pool in
+    /// force. Where the pool is now too small, the least recently used leases go,
+    /// those without open links first (links already forwarded go on regardless).
+    pub(super) fn adopt(&self, old: &Leases, retarget: impl Fn(&Lease) -> Option<(Lease, Terms)>) {
+        let taken = {
+            let mut table = old.lock();
+            table.retired = true;
+            let taken = std::mem::take(&mut table.held);
+            // The old routes' gauges at 0; the routes kept are counted again below.
+            old.count(&table);
+            taken
+        };
+        let mut table = self.lock();
+        for (name, held) in taken {
+            let Some((lease, terms)) = retarget(&held.lease) else {
+                info!(node = %name, "lease given back: no route takes the name after the reload");
+                continue;
+            };
+            table.next = table.next.max(held.since + 1);
+            let held = Held {
+                lease: Lease {
+                    public_port: held.lease.public_port,
+                    ..lease
+                },
+                terms,
+                ..held
+            };
+            table.held.insert(name, held);
+        }
+        while !self.place(&mut table) {
+            let victim = (table.held.iter())
+                .min_by_key(|(_, held)| (held.usage.links() > 0, held.usage.last_used()))
+                .map(|(name, _)| name.clone());
+            let Some(victim) = victim else { break };
+            info!(node = %victim, "lease given back: the reloaded pool `dist.ports` is too small for every lease");
+            table.held.remove(&victim);
+        }
+        self.count(&table);
+    }
+
+    /// Gives every lease back and takes no more (a reload that left no route).
+    pub(super) fn retire(&self) {
+        let mut table = self.lock();
+        table.retired = true;
+        table.held.clear();
+        self.count(&table);
+        let _ = self.ports.place_routed(&[]);
     }
 
     /// The lease of `name`.

@@ -146,6 +146,34 @@ impl Gateway {
         }
     }
 
+    /// Takes over from `old`, the gateway a reload replaces, before serving: the
+    /// leases of names the new routes still take (with their use and open links;
+    /// placed again under the pool in force), and the tables of discovery routes that
+    /// list the same Service. `old` is retired: a lookup still under way there leases
+    /// nothing.
+    pub fn succeed(&mut self, old: &Gateway) {
+        for discovery in &mut self.discoveries {
+            let adopted = (old.discoveries.iter()).any(|was| discovery.adopt(was));
+            if adopted {
+                self.discovering.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        self.leases.adopt(&old.leases, |lease| {
+            let target = self.route_match(&lease.name)?;
+            let terms = self.terms(target.route, &lease.name);
+            let lease = Lease {
+                host: target.host.unwrap_or_else(|| lease.host.clone()),
+                ..lease.clone()
+            };
+            Some((lease, terms))
+        });
+    }
+
+    /// Gives back every lease and leases no more: a reload left no route.
+    pub fn retire(&self) {
+        self.leases.retire();
+    }
+
     /// Whether a failed lookup's warning may be logged now.
     fn may_log(&self) -> bool {
         (self.log.lock())
@@ -205,7 +233,9 @@ impl Gateway {
             tasks.spawn(async move {
                 let discovery = &gateway.discoveries[index];
                 let next = discovery.refresh(&gateway).await;
-                gateway.discovering.fetch_sub(1, Ordering::Relaxed);
+                if discovery.awaited {
+                    gateway.discovering.fetch_sub(1, Ordering::Relaxed);
+                }
                 tokio::time::sleep(next).await;
                 loop {
                     let next = discovery.refresh(&gateway).await;

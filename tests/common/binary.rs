@@ -13,7 +13,17 @@ pub struct Running {
     pub epmd: SocketAddr,
     pub admin: SocketAddr,
     pub public: SocketAddr,
-    _dir: std::path::PathBuf,
+    /// The configuration file it reads (and reloads).
+    pub config: std::path::PathBuf,
+}
+
+/// The configuration [`Running`] writes: its listeners with `epmd` and `dist` keys,
+/// then `more` tables.
+fn config_text(epmd: &str, ports: &str, dist: &str, more: &str) -> String {
+    format!(
+        "[epmd]\nlisten = [\"127.0.0.1:0\"]\n{epmd}\n[dist]\nlisten = [\"127.0.0.1\"]\nports = [{ports}]\n{dist}\n\
+         [admin]\nlisten = [\"127.0.0.1:0\"]\n{more}"
+    )
 }
 
 /// The address a listener line of the JSON log names.
@@ -42,11 +52,7 @@ impl Running {
             attempts += 1;
             std::fs::write(
                 &config,
-                format!(
-                    "[epmd]\nlisten = [\"127.0.0.1:0\"]\n[dist]\nlisten = [\"127.0.0.1\"]\nports = [{}]\n{dist}\n\
-                     [admin]\nlisten = [\"127.0.0.1:0\"]\n{more}",
-                    free_port()
-                ),
+                config_text("", &free_port().to_string(), dist, more),
             )
             .unwrap();
             let mut out = Output::spawn(
@@ -75,7 +81,32 @@ impl Running {
             epmd,
             admin,
             public,
-            _dir: dir,
+            config,
         }
+    }
+
+    /// Writes its configuration file anew, with the same listeners: `epmd` keys,
+    /// public ports `ports` (a TOML list's items), `dist` keys, `more` tables.
+    pub fn rewrite(&self, epmd: &str, ports: &str, dist: &str, more: &str) {
+        std::fs::write(&self.config, config_text(epmd, ports, dist, more)).unwrap();
+    }
+
+    /// Sends signal `name` (`HUP`, `TERM`, …) to it.
+    pub fn signal(&self, name: &str) {
+        let status = std::process::Command::new("kill")
+            .args([&format!("-{name}"), &self.out.process.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// The number of JSON log lines with `message` so far.
+    pub fn said(&self, message: &str) -> usize {
+        let quoted = format!("\"{message}\"");
+        self.out
+            .text()
+            .lines()
+            .filter(|l| l.contains(&quoted))
+            .count()
     }
 }

@@ -203,9 +203,8 @@ impl TestSidecar {
         }
         let registry = Arc::clone(sidecar.registry());
         let directory = Arc::clone(sidecar.directory());
-        let gateway = sidecar.gateway().cloned();
-        let grace = options.config.shutdown.grace;
-        let task = tokio::spawn(sidecar.run(listeners, grace));
+        let gateway = sidecar.gateway();
+        let task = tokio::spawn(sidecar.run(listeners));
         TestSidecar {
             epmd: epmd_addr,
             admin,

@@ -220,3 +220,43 @@ proptest! {
         prop_assert_eq!(distinct.len(), names.len());
     }
 }
+
+#[test]
+fn a_reloaded_gateway_takes_over_leases_with_their_links_and_the_old_one_takes_no_more() {
+    let ports = pool(100..104);
+    let old = leases(&ports);
+    let now = Instant::now();
+    assert_eq!(take(&old, "app-1", at(1), now), Some(101));
+    assert_eq!(take(&old, "gone-1", at(2), now), Some(102));
+    let link = old.hold("app-1").expect("app-1 leased");
+
+    // The pool loses 101: app-1 is placed again, gone-1 is no longer routed.
+    let lost = ports.replan(PortPlan {
+        pool: vec![100, 102, 103],
+        pins: Default::default(),
+    });
+    assert!(
+        lost.is_empty(),
+        "routed names are not local nodes: {lost:?}"
+    );
+    let new = leases(&ports);
+    new.adopt(&old, |lease| {
+        (lease.name.starts_with("app-")).then(|| (lease.clone(), at(1)))
+    });
+    let views = new.views();
+    assert_eq!(views.len(), 1, "{views:?}");
+    assert_eq!((views[0].name.as_str(), views[0].links), ("app-1", 1));
+    assert_eq!(views[0].public_port, 102, "home 1 of [100, 102, 103]");
+    assert_eq!(ports.holder(102), Some(Holder::Routed("app-1".into())));
+    assert_eq!(ports.holder(101), None);
+
+    // A lookup still under way on the old gateway leases nothing.
+    assert_eq!(take(&old, "app-2", at(0), now), None);
+    assert_eq!(ports.holder(100), None);
+    drop(link);
+    assert_eq!(
+        new.views()[0].links,
+        0,
+        "the link counted where the lease went"
+    );
+}
