@@ -23,14 +23,17 @@
 //! - [`gateway`]: routed names: confirmed upstream, leased a public port (the same on
 //!   every replica that knows the same names), forwarded; it serves the directory
 //!   through [`directory::Routes`].
+//! - [`reload`]: the configuration read again (SIGHUP, `POST /reload`) and put in force
+//!   without touching a link; `live`: a setting a reload replaces while connections
+//!   read it; [`listen`]: binding listeners.
 //!
 //! Dependencies run one way: `epmd::server` and `forward` know the directory, the
 //! directory knows the registry, the ports and the `Routes` trait, and the gateway
 //! implements that trait; only this file puts them together.
 //!
-//! The library binds nothing and installs no signal handler: the binary binds the
-//! listeners and hands them to [`Distgate::run`] with a shutdown token, and tests do
-//! the same with listeners on `127.0.0.1:0`. The wire reference is `docs/protocol.md`.
+//! The library installs no signal handler and binds only the public ports a reload
+//! adds: the binary binds the listeners and hands them to [`Distgate::run`] with a
+//! shutdown token, and tests do the same with listeners on `127.0.0.1:0`. The wire reference is `docs/protocol.md`.
 
 mod accept;
 pub mod admin;

@@ -349,4 +349,44 @@ fn real_nodes_keep_their_links_across_a_reload_that_changes_pins_routes_names_fr
         .block_on(link_of(running.admin, &x))
         .expect("x's link gone");
     assert_eq!(still["opened_at"], held["opened_at"]);
+
+    // The same with an invalid file (the pin's port out of the pool): nothing changes.
+    running.rewrite(
+        "",
+        &public.to_string(),
+        &format!("pins = {{ \"{c}\" = {pinned} }}"),
+        "",
+    );
+    running.signal("HUP");
+    let line = running.out.wait_line("the error", DEADLINE, |l| {
+        l.contains("configuration not reloaded, the running one stays")
+    });
+    assert!(
+        line.contains(&format!("\"key\":\"dist.pins.{c}\"")),
+        "{line}"
+    );
+    rt.block_on(async {
+        assert_eq!(port_please(running.epmd, &c).await, Some(pinned), "c's pin");
+        assert_eq!(
+            request(running.epmd, &[0, 1, b'n']).await,
+            b"",
+            "names_from"
+        );
+        let text = metrics(running.admin).await;
+        assert_eq!(reloads(&text, "invalid"), 1.0);
+    });
+    let again = b_repl.ask(
+        &mut b_node,
+        &format!("rpc:call('{a_full}', erlang, node, [])"),
+    );
+    assert!(again.ends_with(&format!("'{a_full}'")), "{again}");
+    let still = rt
+        .block_on(link_of(running.admin, &x))
+        .expect("x's link gone");
+    assert_eq!(still["opened_at"], held["opened_at"]);
+    let down = x_repl.ask(
+        &mut x_node,
+        "receive {nodedown, N} -> {down, N} after 0 -> up end",
+    );
+    assert!(down.ends_with("up"), "x saw a nodedown: {down}");
 }
