@@ -265,6 +265,7 @@ impl Distgate {
         }
         self.reloader.start(listeners.dist).await;
         accept_loops.spawn(Arc::clone(&parts.forwarder).sweep_bans(self.shutdown.clone()));
+        accept_loops.spawn(Arc::clone(&parts.forwarder).trim_pipes(self.shutdown.clone()));
         accept_loops.spawn(touch_live_links(self.touch_every, self.shutdown.clone()));
         accept_loops.spawn(Arc::clone(&self.links).watch(self.shutdown.clone()));
         accept_loops.close();

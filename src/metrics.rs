@@ -89,6 +89,14 @@ pub const CONFIG_RELOADS: &str = "distgate_config_reloads_total";
 /// 1 for the configuration in force, labelled with the `hash` of its file (the first
 /// 16 hex digits of its SHA-256, or `defaults`); 0 for configurations reloaded away.
 pub const CONFIG_INFO: &str = "distgate_config_info";
+/// Splice pipes held now, in use and idle (each counts against the UID's pipe quota).
+pub const SPLICE_PIPES: &str = "distgate_splice_pipes";
+/// Pipes that came back smaller than asked, by `result`: `smaller` (still used) or
+/// `refused` (below the copy buffer, or no pipe at all: not used).
+pub const SPLICE_PIPES_SHORT: &str = "distgate_splice_pipes_short_total";
+/// Bursts of bulk data moved by copy because no pipe worth splicing through could be
+/// had.
+pub const SPLICE_COPY_FALLBACKS: &str = "distgate_splice_copy_fallbacks_total";
 
 /// Every metric name, for documentation and for checking dashboards.
 pub const ALL: &[&str] = &[
@@ -119,6 +127,9 @@ pub const ALL: &[&str] = &[
     DIST_BANNED_SOURCES,
     CONFIG_RELOADS,
     CONFIG_INFO,
+    SPLICE_PIPES,
+    SPLICE_PIPES_SHORT,
+    SPLICE_COPY_FALLBACKS,
 ];
 
 /// Dist link durations: from a failed handshake to links that live for days.
@@ -132,6 +143,7 @@ fn start() {
     gauge!(REGISTERED_NODES).set(0.0);
     counter!(DIST_NO_NODE).increment(0);
     counter!(ACCEPT_ERRORS).increment(0);
+    gauge!(SPLICE_PIPES).set(0.0);
 }
 
 fn describe() {
@@ -217,6 +229,15 @@ fn describe() {
     describe_gauge!(
         CONFIG_INFO,
         "1 for the configuration in force, labelled with the hash of its file"
+    );
+    describe_gauge!(SPLICE_PIPES, "Splice pipes held now, in use and idle");
+    describe_counter!(
+        SPLICE_PIPES_SHORT,
+        "Pipes that came back smaller than asked (the pipe quota), by result"
+    );
+    describe_counter!(
+        SPLICE_COPY_FALLBACKS,
+        "Bursts of bulk data moved by copy because no pipe worth splicing through could be had"
     );
 }
 

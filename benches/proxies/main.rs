@@ -8,7 +8,9 @@
 //!
 //! Needs `haproxy` (Debian package), optionally `socat`, `taskset`, and `erl` for the
 //! Erlang part. Runs as root or not; as root it raises the descriptor limit for the
-//! 10,000-connection memory figure. Prints a Markdown report and writes it to
+//! 10,000-connection memory figure and also runs the proxies as the unprivileged UID
+//! 65532 with `setpriv` (`quota`: the pipe quota root is exempt from; `-- --uid-only`
+//! runs that part alone). Prints a Markdown report and writes it to
 //! `target/bench/report.md`.
 
 #![allow(
@@ -20,6 +22,7 @@
 
 mod erlang;
 mod measure;
+mod quota;
 mod roles;
 mod variants;
 
@@ -107,6 +110,11 @@ fn main() {
         return;
     }
     let setup = Setup::start();
+    if args.iter().any(|a| a == "--uid-only") {
+        quota::run(&setup, &plan, &mut results);
+        println!("{}", report(&plan, &results));
+        return;
+    }
     let mut kinds = vec![
         Kind::Direct,
         Kind::DistgateAuto,
@@ -142,6 +150,7 @@ fn main() {
         }
     }
     drop(variants);
+    quota::run(&setup, &plan, &mut results);
     if bulk_only {
         println!("{}", report(&plan, &results));
         return;
@@ -182,7 +191,17 @@ fn report(plan: &Plan, results: &Results) -> String {
         "haproxy-splice",
         "socat",
         "gateway+sidecar",
+        "distgate-root",
+        "distgate-uid",
+        "distgate-uid-held",
+        "haproxy-uid",
+        "haproxy-uid-held",
+        "distgate-x8-root",
+        "distgate-x8-uid",
     ];
+    if let Some(summary) = quota::summary(results) {
+        let _ = writeln!(out, "{summary}");
+    }
     for (metric, by_variant) in results {
         let (title, higher_is_better) = measure::describe(metric);
         let _ = writeln!(out, "### {title}\n");

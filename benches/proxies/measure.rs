@@ -282,6 +282,18 @@ pub fn describe(metric: &str) -> (String, bool) {
         "o_erl_rt_p50" => ("Erlang small-message round trip p50 (µs)", false),
         "p_erl_rt_p99" => ("Erlang small-message round trip p99 (µs)", false),
         "q_erl_mib_per_s" => ("Erlang 1 MiB binaries, node to node (MiB/s)", true),
+        "o_uid_bulk_1_stream" => (
+            "Bulk throughput, 1 stream, proxy as UID 65532, pipe quota free or held by another process of the UID (GB/s)",
+            true,
+        ),
+        "o_uid_cpu_per_gb" => (
+            "Proxy CPU seconds per GB, 1 stream, as UID 65532, quota free or held",
+            false,
+        ),
+        "p_bulk_8x8_streams" => (
+            "Bulk throughput, eight distgates × eight streams at once, as root or all as UID 65532 (GB/s, aggregate)",
+            true,
+        ),
         other => (other, false),
     };
     (title.to_owned(), higher)

@@ -34,6 +34,7 @@ pub fn run(args: &[String]) -> io::Result<()> {
             arg("--addr").parse().unwrap(),
             arg("--count").parse().unwrap(),
         ),
+        "hog" => hog(),
         other => panic!("unknown role {other}"),
     }
 }
@@ -142,6 +143,26 @@ fn hold() -> io::Result<()> {
         io::stdout().flush()?;
         line.clear();
     }
+    Ok(())
+}
+
+/// Another process of the same UID on the node: takes 1 MiB pipes until the pipe
+/// quota refuses one, prints `HELD <pipes>` and holds them until its stdin closes.
+fn hog() -> io::Result<()> {
+    use nix::fcntl::{FcntlArg, OFlag, fcntl};
+    let mut held = vec![];
+    loop {
+        let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+        let grown = fcntl(&write, FcntlArg::F_SETPIPE_SZ(1 << 20)).is_ok();
+        held.push((read, write));
+        if !grown || held.len() >= 4096 {
+            break;
+        }
+    }
+    println!("HELD {}", held.len());
+    io::stdout().flush()?;
+    let mut line = String::new();
+    while io::stdin().lock().read_line(&mut line)? > 0 {}
     Ok(())
 }
 

@@ -124,11 +124,16 @@ fn port_please(epmd: u16, name: &str) -> u16 {
 
 /// Starts the distgate binary with `config` (TOML); returns the process.
 pub fn distgate(dir: &TempDir, config: &str) -> Proc {
-    distgate_named(dir, "distgate", config)
+    distgate_named(dir, "distgate", config, None)
 }
 
-/// [`distgate`] with its config file called `name`.toml (several in one directory).
-fn distgate_named(dir: &TempDir, name: &str, config: &str) -> Proc {
+#[path = "../../tests/common/as_user.rs"]
+mod user;
+pub use user::as_user;
+
+/// [`distgate`] with its config file called `name`.toml (several in one directory),
+/// as `uid` when given.
+pub fn distgate_named(dir: &TempDir, name: &str, config: &str, uid: Option<u32>) -> Proc {
     let path = dir.0.join(format!("{name}.toml"));
     // No admin server: several distgates run side by side. The idle-memory step holds
     // 9,000 connections, past the default dist limit of 8,192.
@@ -142,7 +147,8 @@ fn distgate_named(dir: &TempDir, name: &str, config: &str) -> Proc {
         }
     }
     std::fs::write(&path, config).unwrap();
-    Proc::spawn(Command::new(env!("CARGO_BIN_EXE_distgate")).args([
+    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_distgate"));
+    Proc::spawn(as_user(uid, binary).args([
         "--config",
         path.to_str().unwrap(),
         "--log-level",
@@ -152,6 +158,11 @@ fn distgate_named(dir: &TempDir, name: &str, config: &str) -> Proc {
 
 /// Starts haproxy in tcp mode with splice both ways, forwarding `listen → server`.
 pub fn haproxy(dir: &TempDir, routes: &[(u16, u16)]) -> Proc {
+    haproxy_as(dir, routes, None)
+}
+
+/// [`haproxy`] as `uid` when given.
+pub fn haproxy_as(dir: &TempDir, routes: &[(u16, u16)], uid: Option<u32>) -> Proc {
     let mut config = String::from(
         "global\n    maxconn 9100\n    maxpipes 512\n\
          defaults\n    mode tcp\n    timeout connect 5s\n    timeout client 1h\n    timeout server 1h\n\
@@ -163,11 +174,21 @@ pub fn haproxy(dir: &TempDir, routes: &[(u16, u16)]) -> Proc {
     }
     let path = dir.0.join("haproxy.cfg");
     std::fs::write(&path, config).unwrap();
-    let mut proc = Proc::spawn(Command::new("haproxy").args(["-db", "-f", path.to_str().unwrap()]));
+    let haproxy = which("haproxy");
+    let mut proc = Proc::spawn(as_user(uid, &haproxy).args(["-db", "-f", path.to_str().unwrap()]));
     for (listen, _) in routes {
         proc.wait_listening(*listen);
     }
     proc
+}
+
+/// Where `program` is on PATH.
+fn which(program: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from(program))
 }
 
 /// One path under test.
@@ -216,7 +237,7 @@ impl Variant {
                     "[epmd]\nlisten = [\"127.0.0.1:{epmd}\"]\n\
                      [dist]\nlisten = [\"127.0.0.1\"]\nports = [{p0}, {p1}, {p2}]\n"
                 );
-                let mut proc = distgate_named(&dir, "sidecar", &sidecar);
+                let mut proc = distgate_named(&dir, "sidecar", &sidecar, None);
                 proc.wait_listening(epmd);
                 procs.push(proc);
                 for (name, port) in ["sink", "echo", "hold"].iter().zip(servers) {
@@ -227,7 +248,7 @@ impl Variant {
                      [dist]\nlisten = [\"127.0.0.1\"]\nports = [{g0}, {g1}, {g2}]\n\
                      [[route]]\nnodes = \"*\"\nupstream = \"127.0.0.1\"\nepmd_port = {epmd}\n"
                 );
-                let mut proc = distgate_named(&dir, "gateway", &gateway);
+                let mut proc = distgate_named(&dir, "gateway", &gateway, None);
                 proc.wait_listening(gateway_epmd);
                 procs.push(proc);
                 // Each name is leased a gateway port by asking for it. A name's port is

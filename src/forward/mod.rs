@@ -16,7 +16,7 @@ pub(crate) mod public;
 mod splice;
 
 pub use crate::config::Mode;
-pub use splice::{MAX_IDLE_PIPES, PipePool};
+pub use splice::{MAX_IDLE_PIPES, NoPipe, PIPE_IDLE_FOR, PipePool};
 
 use std::future::Future;
 use std::io;
@@ -27,7 +27,6 @@ use std::task::Poll;
 use std::time::Duration;
 
 use tokio::net::TcpStream;
-use tracing::warn;
 
 /// What a forwarded stream carried and how it ended.
 #[derive(Debug)]
@@ -131,6 +130,8 @@ pub struct Engine {
     mode: Mode,
     pipes: splice::PipePool,
     buffers: copy::BufferPool,
+    /// For bulk moved by copy where no pipe could be had.
+    bulk_buffers: copy::BufferPool,
 }
 
 impl Engine {
@@ -138,8 +139,9 @@ impl Engine {
     pub fn new(mode: Mode, pipe_size: usize) -> Engine {
         Engine {
             mode,
-            pipes: splice::PipePool::new(pipe_size),
+            pipes: splice::PipePool::new(pipe_size, copy::BUFFER_SIZE),
             buffers: copy::BufferPool::default(),
+            bulk_buffers: copy::BufferPool::bulk(),
         }
     }
 
@@ -250,33 +252,45 @@ impl Engine {
         dst: &TcpStream,
         count: &mut Meter,
     ) -> io::Result<()> {
+        use copy::Until;
         let (buffers, pipes) = (&self.buffers, &self.pipes);
         match self.mode {
             Mode::Copy => {
-                copy::pump(buffers, src, dst, count, false).await?;
+                copy::pump(buffers, src, dst, count, Until::Eof).await?;
             }
             Mode::Splice => {
                 if let splice::End::NoPipe(e) = splice::pump(pipes, src, dst, count, false).await? {
                     no_pipe(&e);
-                    copy::pump(buffers, src, dst, count, false).await?;
+                    copy::pump(buffers, src, dst, count, Until::Eof).await?;
                 }
             }
             Mode::Auto => loop {
-                if copy::pump(buffers, src, dst, count, true).await? == copy::End::Eof {
+                if copy::pump(buffers, src, dst, count, Until::Bulk).await? == copy::End::Eof {
                     break;
                 }
                 match splice::pump(pipes, src, dst, count, true).await? {
                     splice::End::Eof => break,
                     splice::End::Idle => {}
+                    // This burst goes by copy; the next one asks for a pipe again.
                     splice::End::NoPipe(e) => {
                         no_pipe(&e);
-                        copy::pump(buffers, src, dst, count, false).await?;
-                        break;
+                        let bulk = &self.bulk_buffers;
+                        let end = copy::pump(bulk, src, dst, count, Until::Idle).await?;
+                        if end == copy::End::Eof {
+                            break;
+                        }
                     }
                 }
             },
         }
         half_close(dst)
+    }
+
+    /// Closes the idle pipes unused for a while and frees the idle bulk buffers
+    /// (every second, from the forwarder).
+    pub fn trim(&self) {
+        self.pipes.trim();
+        self.bulk_buffers.clear();
     }
 }
 
@@ -286,8 +300,10 @@ impl Engine {
 #[error("the other side was still open `linger` after one side closed")]
 pub struct LingerOver;
 
-fn no_pipe(e: &io::Error) {
-    warn!("no pipe for splice ({e}); this stream continues with a buffered copy");
+/// Counted, and logged at debug: the pool warns once when the quota is the cause.
+fn no_pipe(e: &splice::NoPipe) {
+    ::metrics::counter!(crate::metrics::SPLICE_COPY_FALLBACKS).increment(1);
+    tracing::debug!("no pipe for splice ({e}); this burst moves by copy");
 }
 
 fn half_close(stream: &TcpStream) -> io::Result<()> {

@@ -38,6 +38,11 @@ impl<T> Pool<T> {
         }
     }
 
+    /// Keeps only the idle items `keep` says to.
+    pub(super) fn retain(&self, keep: impl FnMut(&T) -> bool) {
+        self.lock().retain(keep);
+    }
+
     /// How many idle items the pool holds.
     pub(super) fn len(&self) -> usize {
         self.lock().len()

@@ -162,6 +162,18 @@ impl Forwarder {
         self.config.set(config.clone());
     }
 
+    /// Closes idle pipes unused for a while, every second until `shutdown`: an idle
+    /// pipe holds part of the UID's pipe quota that other sidecars may need.
+    pub(crate) async fn trim_pipes(self: Arc<Self>, shutdown: tokio_util::sync::CancellationToken) {
+        let mut every = tokio::time::interval(super::PIPE_IDLE_FOR);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = every.tick() => self.engine.trim(),
+            }
+        }
+    }
+
     /// Lifts bans that ran out, every few seconds until `shutdown`.
     pub(crate) async fn sweep_bans(self: Arc<Self>, shutdown: tokio_util::sync::CancellationToken) {
         let mut every = tokio::time::interval(Duration::from_secs(5));

@@ -13,20 +13,29 @@
 
 use std::io;
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use nix::fcntl::{FcntlArg, OFlag, SpliceFFlags, fcntl, splice};
 use nix::unistd::pipe2;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
+use tracing::warn;
 
 use super::pool::Pool;
+use crate::metrics as m;
 
 /// The kernel's own pipe size, used when a larger one cannot be had.
 pub(super) const DEFAULT_PIPE_SIZE: usize = 64 * 1024;
-/// Most idle pipes a pool keeps; more are closed.
-/// Kept small: every pipe counts against the user's pipe quota (pipe-user-pages-soft).
-pub const MAX_IDLE_PIPES: usize = 16;
+/// Most idle pipes a pool keeps; more are closed. Every pipe counts against the pipe
+/// quota its user shares with every other process of that UID on the node
+/// (`fs.pipe-user-pages-soft`): idle ones are kept few and briefly.
+pub const MAX_IDLE_PIPES: usize = 4;
+/// An idle pipe is closed after this long unused.
+pub const PIPE_IDLE_FOR: Duration = Duration::from_secs(1);
+/// After a pipe came back too small to use, how long new streams go by copy without
+/// trying again (the quota frees up as other pipes close).
+const SHORT_BACKOFF: Duration = Duration::from_secs(1);
 
 /// A pipe used as the in-kernel buffer of one direction.
 #[derive(Debug)]
@@ -36,14 +45,28 @@ pub struct Pipe {
     capacity: usize,
 }
 
+impl Drop for Pipe {
+    fn drop(&mut self) {
+        ::metrics::gauge!(m::SPLICE_PIPES).decrement(1.0);
+    }
+}
+
 impl Pipe {
-    /// A non-blocking pipe, grown to `size` where the system allows.
-    pub fn new(size: usize) -> io::Result<Pipe> {
+    /// A non-blocking pipe, grown towards `size`: where the system refuses that size
+    /// (beyond pipe-max-size, or past the user's pipe quota) half of it is asked, and
+    /// so on down to `floor`. [`Pipe::capacity`] is the size it got, which past the
+    /// quota may be two pages whatever was asked.
+    pub fn new(size: usize, floor: usize) -> io::Result<Pipe> {
         let (read, write) = pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC)?;
-        let wanted = i32::try_from(size).unwrap_or(i32::MAX);
-        // A refused size (beyond pipe-max-size, or the user's pipe quota) keeps the
-        // kernel's default; the pipe works either way.
-        let _ = fcntl(&write, FcntlArg::F_SETPIPE_SZ(wanted));
+        ::metrics::gauge!(m::SPLICE_PIPES).increment(1.0);
+        let mut wanted = size;
+        loop {
+            let ask = i32::try_from(wanted).unwrap_or(i32::MAX);
+            if fcntl(&write, FcntlArg::F_SETPIPE_SZ(ask)).is_ok() || wanted / 2 < floor {
+                break;
+            }
+            wanted /= 2;
+        }
         let capacity = fcntl(&write, FcntlArg::F_GETPIPE_SZ)
             .ok()
             .and_then(|c| usize::try_from(c).ok())
@@ -55,26 +78,61 @@ impl Pipe {
         })
     }
 
+    /// The size the pipe got.
     pub fn capacity(&self) -> usize {
         self.capacity
     }
+}
+
+/// Why no pipe: none could be made, or the one made was too small to beat a copy.
+#[derive(Debug, thiserror::Error)]
+pub enum NoPipe {
+    /// pipe2(2) failed (descriptors exhausted, usually).
+    #[error("no pipe: {0}")]
+    Failed(#[from] io::Error),
+    /// The pipe quota left only pipes smaller than the copy buffer.
+    #[error("pipes come back at {got} bytes, below the {floor}-byte copy buffer (pipe quota)")]
+    Short {
+        /// What the last pipe got.
+        got: usize,
+        /// The least worth splicing through.
+        floor: usize,
+    },
 }
 
 /// Idle, empty pipes shared by every connection.
 #[derive(Debug)]
 pub struct PipePool {
     size: usize,
-    idle: Pool<Pipe>,
+    /// The smallest pipe worth splicing through: a smaller one moves bytes slower than
+    /// the copy buffer does.
+    floor: usize,
+    idle: Pool<(Instant, Pipe)>,
     created: AtomicUsize,
+    /// Until when (ms since `epoch`) new pipes are not tried after a short one.
+    short_until_ms: AtomicU64,
+    epoch: Instant,
+    /// The quota warning is logged once.
+    warned: AtomicBool,
 }
 
 impl PipePool {
-    /// A pool of pipes of `size` bytes (capped by the system's pipe-max-size).
-    pub fn new(size: usize) -> PipePool {
+    /// A pool of pipes of `size` bytes (capped by the system's pipe-max-size); a pipe
+    /// below `floor` bytes (or `size`, if smaller) is not used.
+    pub fn new(size: usize, floor: usize) -> PipePool {
+        let size = size.min(max_pipe_size());
+        for result in ["smaller", "refused"] {
+            ::metrics::counter!(m::SPLICE_PIPES_SHORT, "result" => result).increment(0);
+        }
+        ::metrics::counter!(m::SPLICE_COPY_FALLBACKS).increment(0);
         PipePool {
-            size: size.min(max_pipe_size()),
+            size,
+            floor: floor.min(size),
             idle: Pool::new(MAX_IDLE_PIPES),
             created: AtomicUsize::new(0),
+            short_until_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+            warned: AtomicBool::new(false),
         }
     }
 
@@ -83,19 +141,67 @@ impl PipePool {
         self.size
     }
 
-    /// An idle pipe, or a new one.
-    pub fn take(&self) -> io::Result<Pipe> {
-        if let Some(pipe) = self.idle.take() {
+    fn ms(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// An idle pipe, or a new one of at least `floor` bytes.
+    pub fn take(&self) -> Result<Pipe, NoPipe> {
+        let now = Instant::now();
+        while let Some((since, pipe)) = self.idle.take() {
+            if now.saturating_duration_since(since) < PIPE_IDLE_FOR {
+                return Ok(pipe);
+            }
+        }
+        if self.ms(now) < self.short_until_ms.load(Ordering::Relaxed) {
+            return Err(NoPipe::Short {
+                got: 0,
+                floor: self.floor,
+            });
+        }
+        let pipe = Pipe::new(self.size, self.floor).inspect_err(|_| {
+            ::metrics::counter!(m::SPLICE_PIPES_SHORT, "result" => "refused").increment(1);
+        })?;
+        self.created.fetch_add(1, Ordering::Relaxed);
+        if pipe.capacity >= self.size {
             return Ok(pipe);
         }
-        let pipe = Pipe::new(self.size)?;
-        self.created.fetch_add(1, Ordering::Relaxed);
-        Ok(pipe)
+        let got = pipe.capacity;
+        let usable = got >= self.floor;
+        let result = if usable { "smaller" } else { "refused" };
+        ::metrics::counter!(m::SPLICE_PIPES_SHORT, "result" => result).increment(1);
+        if !self.warned.swap(true, Ordering::Relaxed) {
+            warn!(
+                asked = self.size,
+                got,
+                "splice pipes come back smaller than asked: the pipe quota of this UID \
+                 (sysctl fs.pipe-user-pages-soft, shared by every process of the UID on the \
+                 node) is used up; bulk streams move by copy where a pipe is below the copy \
+                 buffer (distgate_splice_pipes_short_total). Raise the sysctl on the node or \
+                 run this workload as a UID of its own"
+            );
+        }
+        if usable {
+            return Ok(pipe);
+        }
+        let until = self.ms(now + SHORT_BACKOFF);
+        self.short_until_ms.store(until, Ordering::Relaxed);
+        Err(NoPipe::Short {
+            got,
+            floor: self.floor,
+        })
     }
 
     /// Returns an empty pipe for reuse.
     fn put(&self, pipe: Pipe) {
-        self.idle.put(pipe);
+        self.idle.put((Instant::now(), pipe));
+    }
+
+    /// Closes the idle pipes unused for [`PIPE_IDLE_FOR`].
+    pub fn trim(&self) {
+        let now = Instant::now();
+        self.idle
+            .retain(|(since, _)| now.saturating_duration_since(*since) < PIPE_IDLE_FOR);
     }
 
     /// How many pipes the pool has made so far.
@@ -124,9 +230,9 @@ pub(super) enum End {
     Eof,
     /// The source was drained and the pipe is empty (only with `until_idle`).
     Idle,
-    /// No pipe could be made (descriptors or pipe quota exhausted); the pipe was empty,
-    /// so the caller may carry on with a buffered copy.
-    NoPipe(io::Error),
+    /// No pipe worth splicing through could be had (descriptors or the pipe quota
+    /// exhausted); nothing was read, so the caller may carry on with a buffered copy.
+    NoPipe(NoPipe),
 }
 
 fn flags() -> SpliceFFlags {

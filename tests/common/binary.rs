@@ -2,7 +2,6 @@
 //! free public port), with JSON logs read back for the addresses it bound.
 
 use std::net::SocketAddr;
-use std::process::Command;
 
 use super::beam::Output;
 use super::{DEADLINE, free_port, unique};
@@ -44,6 +43,12 @@ impl Running {
     /// port is one the OS just had free; should another process take it before
     /// distgate binds it, distgate exits saying so and is started again on another.
     pub fn start_with(dist: &str, more: &str) -> Running {
+        Self::start_as(None, dist, more)
+    }
+
+    /// [`Running::start_with`] as user and group `uid` without capabilities (as
+    /// Kubernetes runs it), when given.
+    pub fn start_as(uid: Option<u32>, dist: &str, more: &str) -> Running {
         let dir = std::env::temp_dir().join(unique("distgate-bin-"));
         std::fs::create_dir_all(&dir).unwrap();
         let config = dir.join("distgate.toml");
@@ -55,12 +60,12 @@ impl Running {
                 config_text("", &free_port().to_string(), dist, more),
             )
             .unwrap();
-            let mut out = Output::spawn(
-                "distgate",
-                Command::new(env!("CARGO_BIN_EXE_distgate"))
-                    .args(["--log-format", "json", "--config"])
-                    .arg(&config),
-            );
+            let binary = std::path::Path::new(env!("CARGO_BIN_EXE_distgate"));
+            let mut command = super::as_user::as_user(uid, binary);
+            command
+                .args(["--log-format", "json", "--config"])
+                .arg(&config);
+            let mut out = Output::spawn("distgate", &mut command);
             let bound = super::eventually_blocking(DEADLINE, "distgate to bind or exit", || {
                 let text = out.text();
                 if text.contains("\"public dist port listening\"") {

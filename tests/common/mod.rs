@@ -4,6 +4,7 @@
 
 #![allow(dead_code, unreachable_pub)] // each test crate uses some of these helpers
 
+pub mod as_user;
 pub mod beam;
 pub mod binary;
 pub mod bytes;
