@@ -54,14 +54,21 @@ fn every_queried_metric_is_defined() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_queried_metric_is_exported() {
+    // A route to an EPMD nobody answers, for the gateway panels.
+    let route = format!(
+        "[[route]]\nnodes = \"far*\"\nupstream = \"127.0.0.1\"\nepmd_port = {}\n",
+        free_port()
+    );
     let dg = TestSidecar::start(Options {
         admin: true,
         pool: 2,
+        config: distgate::config::parse(&route).unwrap(),
         ..Options::default()
     })
     .await;
     // Traffic that touches every metric: a link that opens and closes, a duplicate
-    // registration, a node whose port is gone.
+    // registration, a node whose port is gone, a routed lookup.
+    assert_eq!(port_please(dg.epmd, "far1").await, None);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let node = unique("dash");
     let (_registration, _) = register(

@@ -72,6 +72,7 @@ fn every_manifest_renders_and_validates() {
             "gateway",
             "monitoring",
             "network-policy",
+            "openshift",
             "sidecar-legacy",
             "statefulset"
         ]
@@ -149,12 +150,87 @@ fn services_declare_only_epmd_and_the_public_dist_port() {
     );
 }
 
+/// The head of deploy/distgate.yaml, above the rendered StatefulSet setup.
+const ONE_FILE_HEADER: &str = "# distgate in one file: `kubectl kustomize deploy/kubernetes/statefulset`, for\n\
+# `kubectl apply -f distgate.yaml`. A StatefulSet `app` of three pods, each a BEAM node\n\
+# with distgate as a native sidecar (Kubernetes 1.29+), its headless Service and the\n\
+# NetworkPolicy. Set the `app` image to your release's (and the distgate image to yours)\n\
+# and create the cookie first:\n\
+#   kubectl create secret generic app-cookie --from-literal=cookie=\"$(openssl rand -hex 32)\"\n\
+# docs/kubernetes.md explains each part. Generated: edit the kustomize bases, then run\n\
+# tests/manifests.rs with DISTGATE_BLESS=1 to write this file again.\n";
+
+#[test]
+fn the_one_file_install_is_the_rendered_statefulset() {
+    if !require(&["kubectl"]) {
+        return;
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let want = format!(
+        "{ONE_FILE_HEADER}{}",
+        render(&root.join("deploy/kubernetes/statefulset"))
+    );
+    let path = root.join("deploy/distgate.yaml");
+    if std::env::var_os("DISTGATE_BLESS").is_some() {
+        std::fs::write(&path, &want).unwrap();
+    }
+    let have = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        have == want,
+        "deploy/distgate.yaml differs from the rendered bases: run tests/manifests.rs with DISTGATE_BLESS=1"
+    );
+}
+
+#[test]
+fn the_dashboard_ships_as_a_configmap_for_the_grafana_sidecar() {
+    if !require(&["kubectl"]) {
+        return;
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let rendered = render(&root.join("deploy/kubernetes/monitoring"));
+    let at = rendered.find("kind: ConfigMap").expect("a ConfigMap");
+    let configmap = &rendered[..at];
+    assert!(configmap.contains("distgate.json: |"), "{configmap}");
+    let tail = &rendered[at..];
+    assert!(tail.contains("grafana_dashboard: \"1\""), "{tail}");
+    assert!(tail.contains("name: distgate-dashboard"), "{tail}");
+    // The file people import by hand is the same dashboard.
+    let by_hand = std::fs::read_to_string(root.join("deploy/grafana/distgate.json")).unwrap();
+    let shipped =
+        std::fs::read_to_string(root.join("deploy/kubernetes/monitoring/distgate-dashboard.json"))
+            .unwrap();
+    assert_eq!(by_hand, shipped);
+}
+
+#[test]
+fn the_openshift_overlay_leaves_the_uid_to_the_platform() {
+    if !require(&["kubectl"]) {
+        return;
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes");
+    let openshift = render(&root.join("openshift"));
+    for key in ["runAsUser", "runAsGroup", "fsGroup"] {
+        assert!(
+            !openshift.contains(key),
+            "openshift sets {key}:\n{openshift}"
+        );
+    }
+    // The same StatefulSet otherwise.
+    let statefulset = render(&root.join("statefulset"));
+    let without: String = statefulset
+        .lines()
+        .filter(|l| !l.contains("runAsUser: 65532") && !l.contains("runAsGroup: 65532"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_eq!(openshift, without);
+}
+
 #[test]
 fn pods_meet_the_restricted_profile() {
     if !require(&["kubectl"]) {
         return;
     }
-    for dir in ["base", "statefulset", "sidecar-legacy"] {
+    for dir in ["base", "statefulset", "sidecar-legacy", "openshift"] {
         let rendered = render(
             &Path::new(env!("CARGO_MANIFEST_DIR"))
                 .join("deploy/kubernetes")

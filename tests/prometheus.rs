@@ -145,6 +145,26 @@ async fn query(prom: SocketAddr, expr: &str) -> Vec<serde_json::Value> {
     answer["data"]["result"].as_array().unwrap().clone()
 }
 
+/// Every label a dashboard query may return: distgate's own, and the scrape's.
+const LABELS: &[&str] = &[
+    "node",
+    "peer",
+    "direction",
+    "reason",
+    "type",
+    "result",
+    "listener",
+    "version",
+    "le",
+    "way",
+    "route",
+    "__name__",
+    "namespace",
+    "pod",
+    "job",
+    "instance",
+];
+
 /// The dashboard's queries, with its variables as Grafana fills them for "All".
 fn dashboard_queries() -> Vec<(String, String)> {
     let text = std::fs::read_to_string(repo("deploy/grafana/distgate.json")).unwrap();
@@ -188,7 +208,12 @@ async fn a_real_prometheus_scrapes_links_and_answers_every_dashboard_query_and_a
     let spare = free_port();
     let running = Running::start_with("", "");
     let port = running.public.port();
-    running.rewrite("", &format!("{port}, {spare}"), "", "");
+    // And a route (to an EPMD port nobody answers), for the gateway panels.
+    let route = format!(
+        "[[route]]\nnodes = \"far*\"\nupstream = \"127.0.0.1\"\nepmd_port = {}\n",
+        free_port()
+    );
+    running.rewrite("", &format!("{port}, {spare}"), "", &route);
     running.signal("HUP");
     eventually("the second port", || async move {
         tokio::net::TcpStream::connect(loopback(spare)).await.ok()
@@ -208,6 +233,11 @@ async fn a_real_prometheus_scrapes_links_and_answers_every_dashboard_query_and_a
     let (_dup, reply) = register(running.epmd, &alive2("app", 1)).await;
     assert_ne!(&reply[..2], &[b'v', 0], "a duplicate registered");
     let _names = names(running.epmd).await;
+    assert_eq!(
+        port_please(running.epmd, "far1").await,
+        None,
+        "the upstream is down"
+    );
     // A node whose real port nobody listens on: a caller there is an upstream failure.
     let (_gone, reply) = register(running.epmd, &alive2("gone", free_port())).await;
     assert_eq!(&reply[..2], &[b'v', 0]);
@@ -273,7 +303,12 @@ async fn a_real_prometheus_scrapes_links_and_answers_every_dashboard_query_and_a
     .await;
 
     // An invalid reload, for the one alert provoked (after scrapes that saw 0).
-    running.rewrite("", &format!("{port}, {spare}"), "max_connections = 0", "");
+    running.rewrite(
+        "",
+        &format!("{port}, {spare}"),
+        "max_connections = 0",
+        &route,
+    );
     running.signal("HUP");
 
     let mut checked = vec![];
@@ -284,16 +319,7 @@ async fn a_real_prometheus_scrapes_links_and_answers_every_dashboard_query_and_a
             let labels = series["metric"].as_object().unwrap();
             for label in labels.keys() {
                 assert!(
-                    [
-                        "node", "peer", "reason", "type", "result", "listener", "version", "le"
-                    ]
-                    .contains(&label.as_str())
-                        || label == "__name__"
-                        || label == "namespace"
-                        || label == "pod"
-                        || label == "job"
-                        || label == "instance"
-                        || label == "direction",
+                    LABELS.contains(&label.as_str()),
                     "{title}: unexpected label {label} in {series}"
                 );
             }

@@ -7,12 +7,18 @@ use std::process::Command;
 
 /// `program` as user and group `uid` when given; as this process's user without.
 pub fn as_user(uid: Option<u32>, program: &Path) -> Command {
-    match uid {
-        Some(uid) => {
+    as_ids(uid.map(|uid| (uid, uid)), program)
+}
+
+/// `program` as user and group `(uid, gid)` when given (OpenShift: an arbitrary UID
+/// and GID 0); as this process's user without.
+pub fn as_ids(ids: Option<(u32, u32)>, program: &Path) -> Command {
+    match ids {
+        Some((uid, gid)) => {
             let mut command = Command::new("setpriv");
             command
                 .arg(format!("--reuid={uid}"))
-                .arg(format!("--regid={uid}"))
+                .arg(format!("--regid={gid}"))
                 .args(["--clear-groups", "--inh-caps=-all", "--"])
                 .arg(program);
             command

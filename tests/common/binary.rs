@@ -49,6 +49,12 @@ impl Running {
     /// [`Running::start_with`] as user and group `uid` without capabilities (as
     /// Kubernetes runs it), when given.
     pub fn start_as(uid: Option<u32>, dist: &str, more: &str) -> Running {
+        Self::start_as_ids(uid.map(|uid| (uid, uid)), dist, more)
+    }
+
+    /// [`Running::start_with`] as user and group `(uid, gid)`, no capabilities, no
+    /// `HOME`, in `/`, when given.
+    pub fn start_as_ids(ids: Option<(u32, u32)>, dist: &str, more: &str) -> Running {
         let dir = std::env::temp_dir().join(unique("distgate-bin-"));
         std::fs::create_dir_all(&dir).unwrap();
         let config = dir.join("distgate.toml");
@@ -61,7 +67,10 @@ impl Running {
             )
             .unwrap();
             let binary = std::path::Path::new(env!("CARGO_BIN_EXE_distgate"));
-            let mut command = super::as_user::as_user(uid, binary);
+            let mut command = super::as_user::as_ids(ids, binary);
+            if ids.is_some() {
+                command.env_remove("HOME").current_dir("/");
+            }
             command
                 .args(["--log-format", "json", "--config"])
                 .arg(&config);
