@@ -300,12 +300,37 @@ impl LogControl {
     }
 }
 
+/// Standard error for log lines, never failing: a line it cannot write (the reader of
+/// a pipe gone, a full disk) is dropped and counted, and nothing else changes. (A
+/// failed write must not reach tracing, which reports it on standard error itself.)
+struct LogOutput;
+
+impl io::Write for LogOutput {
+    fn write(&mut self, line: &[u8]) -> io::Result<usize> {
+        if io::stderr().write_all(line).is_err() {
+            ::metrics::counter!(distgate::metrics::LOG_LINES_DROPPED).increment(1);
+        }
+        Ok(line.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        let _ = io::stderr().flush();
+        Ok(())
+    }
+}
+
 fn init_logging(level: &str, format: LogFormat) -> anyhow::Result<FilterHandle> {
+    use std::io::IsTerminal;
     use tracing_subscriber::prelude::*;
     let filter = tracing_subscriber::EnvFilter::try_new(level)
         .with_context(|| format!("invalid log level `{level}`"))?;
     let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
-    let output = tracing_subscriber::fmt::layer().with_writer(io::stderr);
+    // Colour only for a person at a terminal, and never with NO_COLOR (no-color.org).
+    let colour =
+        io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let output = tracing_subscriber::fmt::layer()
+        .with_ansi(colour)
+        .with_writer(|| LogOutput);
     let output = match format {
         LogFormat::Text => output.boxed(),
         LogFormat::Json => output.json().flatten_event(true).boxed(),

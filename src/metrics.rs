@@ -97,6 +97,8 @@ pub const SPLICE_PIPES_SHORT: &str = "distgate_splice_pipes_short_total";
 /// Bursts of bulk data moved by copy because no pipe worth splicing through could be
 /// had.
 pub const SPLICE_COPY_FALLBACKS: &str = "distgate_splice_copy_fallbacks_total";
+/// Log lines that could not be written (stderr closed or full) and were dropped.
+pub const LOG_LINES_DROPPED: &str = "distgate_log_lines_dropped_total";
 
 /// Every metric name, for documentation and for checking dashboards.
 pub const ALL: &[&str] = &[
@@ -130,6 +132,7 @@ pub const ALL: &[&str] = &[
     SPLICE_PIPES,
     SPLICE_PIPES_SHORT,
     SPLICE_COPY_FALLBACKS,
+    LOG_LINES_DROPPED,
 ];
 
 /// Dist link durations: from a failed handshake to links that live for days.
@@ -144,6 +147,7 @@ fn start() {
     counter!(DIST_NO_NODE).increment(0);
     counter!(ACCEPT_ERRORS).increment(0);
     gauge!(SPLICE_PIPES).set(0.0);
+    counter!(LOG_LINES_DROPPED).increment(0);
 }
 
 fn describe() {
@@ -231,6 +235,10 @@ fn describe() {
         "1 for the configuration in force, labelled with the hash of its file"
     );
     describe_gauge!(SPLICE_PIPES, "Splice pipes held now, in use and idle");
+    describe_counter!(
+        LOG_LINES_DROPPED,
+        "Log lines dropped because standard error could not be written"
+    );
     describe_counter!(
         SPLICE_PIPES_SHORT,
         "Pipes that came back smaller than asked (the pipe quota), by result"

@@ -179,8 +179,8 @@ impl fmt::Display for Failure {
             Failure::NameMismatch { actual } => write!(
                 f,
                 "NAME MISMATCH: the node there calls itself `{actual}`; peers dialling this \
-                 name drop the link at the challenge. Start the node under this name, or \
-                 use its own"
+                 name drop the link at the challenge. Start the node under the name peers \
+                 dial (-name, or RELEASE_NODE for a release), or have peers dial `{actual}`."
             ),
             Failure::Protocol(e) => write!(f, "not a BEAM dist port: {e}"),
         }

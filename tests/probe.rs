@@ -132,6 +132,12 @@ async fn a_name_the_node_does_not_use_is_a_mismatch() {
         text.contains("FAIL: NAME MISMATCH: the node there calls itself `app@10.1.2.3`"),
         "{text}"
     );
+    // The diagnosis finishes its sentence with both fixes.
+    assert!(
+        text.trim_end()
+            .ends_with("or have peers dial `app@10.1.2.3`."),
+        "{text}"
+    );
 }
 
 #[tokio::test]
