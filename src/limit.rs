@@ -41,6 +41,8 @@ impl Limit {
     /// metric label).
     pub(crate) fn new(listener: &'static str, max: usize) -> Limit {
         ::metrics::counter!(m::CONNECTIONS_REFUSED, "listener" => listener, "reason" => "max_connections").increment(0);
+        // Adds nothing: the series exists from the start, at the count it has.
+        ::metrics::gauge!(m::CONNECTIONS_OPEN, "listener" => listener).increment(0.0);
         Limit {
             listener,
             max: AtomicUsize::new(max),

@@ -148,6 +148,9 @@ fn start() {
     counter!(ACCEPT_ERRORS).increment(0);
     gauge!(SPLICE_PIPES).set(0.0);
     counter!(LOG_LINES_DROPPED).increment(0);
+    for reason in ["not_local", "duplicate", "invalid_name"] {
+        counter!(REGISTRATIONS_REJECTED, "reason" => reason).increment(0);
+    }
 }
 
 fn describe() {

@@ -232,3 +232,33 @@ async fn unknown_paths_and_methods_are_refused() {
     let reply = String::from_utf8(read_to_close(&mut stream).await).unwrap();
     assert!(reply.starts_with("HTTP/1.1 405"), "{reply}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_distgate_shows_its_counters_and_gauges_at_zero() {
+    let running = common::binary::Running::start("");
+    let (status, text) = http_get(running.admin, "/metrics").await;
+    assert_eq!(status, 200);
+    for reason in ["not_local", "duplicate", "invalid_name"] {
+        let labels = [("reason", reason)];
+        let value = sample(&text, "distgate_registrations_rejected_total", &labels);
+        assert_eq!(value, Some(0.0), "{reason}:\n{text}");
+    }
+    for listener in ["epmd", "dist"] {
+        let labels = [("listener", listener)];
+        assert_eq!(
+            sample(&text, "distgate_connections_open", &labels),
+            Some(0.0),
+            "{listener}:\n{text}"
+        );
+    }
+    for name in [
+        "distgate_registered_nodes",
+        "distgate_dist_connections_no_node_total",
+        "distgate_accept_errors_total",
+        "distgate_dist_banned_sources",
+        "distgate_splice_pipes",
+        "distgate_log_lines_dropped_total",
+    ] {
+        assert_eq!(sample(&text, name, &[]), Some(0.0), "{name}:\n{text}");
+    }
+}
