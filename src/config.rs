@@ -572,10 +572,52 @@ pub fn parse(text: &str) -> Result<Config, ConfigError> {
             .to_string()
             .replace(".$__serde_spanned_private_value", "");
         let inner = e.into_inner();
-        invalid(key, inner.span(), inner.message().to_owned())
+        let mut message = inner.message().to_owned();
+        if message.contains("invalid socket address syntax") {
+            message += ": an address and a port, e.g. \"0.0.0.0:4369\" or \"[::]:4369\"";
+        }
+        invalid(key, inner.span(), message)
     })?;
-    raw.validate()
-        .map_err(|(key, span, message)| invalid(key, span, message))
+    raw.validate().map_err(|(key, span, message)| match span {
+        Some(span) => invalid(key, Some(span), message),
+        // A rule between keys: the line of the key where the file sets it.
+        None => {
+            let line = line_of_key(text, &key);
+            ConfigError::Invalid {
+                file: None,
+                key,
+                line,
+                message,
+            }
+        }
+    })
+}
+
+/// The 1-based line where `key` (`section.name`, `section.sub.name` or
+/// `section.name[i]`) is set in `text`, if it is written there.
+fn line_of_key(text: &str, key: &str) -> Option<usize> {
+    let key = key.split('[').next().unwrap_or(key);
+    let (section, name) = key.rsplit_once('.')?;
+    let mut current = String::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if let Some(header) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            current = header.trim().to_owned();
+            continue;
+        }
+        let Some((left, _)) = line.split_once('=') else {
+            continue;
+        };
+        let left = left.trim();
+        let full = match current.is_empty() {
+            true => left.to_owned(),
+            false => format!("{current}.{left}"),
+        };
+        if full == key || (current == section && left == name) {
+            return Some(i + 1);
+        }
+    }
+    None
 }
 
 fn line_of(text: &str, offset: usize) -> usize {

@@ -81,6 +81,12 @@ impl Default for RawDist {
 
 type Invalid = (String, Option<Range<usize>>, String);
 
+/// Whether listeners on `a` and `b` at one port would clash: the same address, or
+/// one of them every address of the other's family (IPv6 listeners are IPv6-only).
+fn overlap(a: IpAddr, b: IpAddr) -> bool {
+    a == b || (a.is_ipv4() == b.is_ipv4() && (a.is_unspecified() || b.is_unspecified()))
+}
+
 impl RawConfig {
     /// The rules of single keys and pairs of keys, before anything is moved out.
     fn check_keys(&self) -> Result<(), Invalid> {
@@ -140,6 +146,22 @@ impl RawConfig {
         let (epmd, dist) = (self.epmd, self.dist);
         let pool_span = dist.ports.span();
         let pool = dist.ports.into_inner().0;
+        for (i, &admin) in self.admin.listen.iter().enumerate() {
+            let key = format!("admin.listen[{i}]");
+            if pool.contains(&admin.port()) && dist.listen.iter().any(|&ip| overlap(ip, admin.ip()))
+            {
+                let message = format!("port {} is also a `dist.ports` port", admin.port());
+                return Err((key, None, message));
+            }
+            if let Some(epmd) = epmd
+                .listen
+                .iter()
+                .find(|&&e| e.port() == admin.port() && overlap(e.ip(), admin.ip()))
+            {
+                let message = format!("{admin} takes the same port as `epmd.listen` {epmd}");
+                return Err((key, None, message));
+            }
+        }
         for &port in &pool {
             if epmd.listen.iter().any(|a| a.port() == port) {
                 let message = format!("port {port} is also an `epmd.listen` port");

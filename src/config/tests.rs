@@ -372,3 +372,33 @@ fn the_hash_is_the_start_of_the_sha256() {
     // sha256("") = e3b0c44298fc1c149afbf4c8996fb924...
     assert_eq!(hash(b""), "e3b0c44298fc1c14");
 }
+
+#[test]
+fn what_cannot_run_is_caught_with_its_key_and_line() {
+    // (An empty pool is no error: distgate is then a drop-in epmd, fixtures/epmd-only.)
+    // The admin port on a public port, or on the EPMD port of an overlapping address.
+    let text = "[dist]\nports = [9369]\n[admin]\nlisten = [\"127.0.0.1:9369\"]\n";
+    let (key, line, message) = error_of(text);
+    assert_eq!(
+        (key.as_str(), line),
+        ("admin.listen[0]", Some(4)),
+        "{message}"
+    );
+    let text = "[epmd]\nlisten = [\"0.0.0.0:4369\"]\n[admin]\nlisten = [\"127.0.0.1:4369\"]\n";
+    let (key, _, message) = error_of(text);
+    assert_eq!(key, "admin.listen[0]");
+    assert!(message.contains("same port as `epmd.listen`"), "{message}");
+    // Different families never clash (IPv6 listeners are IPv6-only).
+    parse("[epmd]\nlisten = [\"0.0.0.0:4369\"]\n[admin]\nlisten = [\"[::1]:4369\"]\n").unwrap();
+    // Rules between keys still say where.
+    let (key, line, _) = error_of("[dns]\nmin_ttl = \"10m\"\nmax_ttl = \"1m\"\n");
+    assert_eq!((key.as_str(), line), ("dns.min_ttl", Some(2)));
+    let (key, line, _) = error_of("[forward]\nmode = \"auto\"\npipe_size = 10\n");
+    assert_eq!((key.as_str(), line), ("forward.pipe_size", Some(3)));
+    let (key, line, _) = error_of("[dist.ban]\nwithin = \"0s\"\n");
+    assert_eq!((key.as_str(), line), ("dist.ban.within", Some(2)));
+    // An address without a port says so.
+    let (key, _, message) = error_of("[epmd]\nlisten = [\"0.0.0.0\"]\n");
+    assert!(key.starts_with("epmd.listen"), "{key}");
+    assert!(message.contains("an address and a port"), "{message}");
+}
