@@ -146,7 +146,14 @@ impl RawConfig {
         let (epmd, dist) = (self.epmd, self.dist);
         let pool_span = dist.ports.span();
         let pool = dist.ports.into_inner().0;
-        for (i, &admin) in self.admin.listen.iter().enumerate() {
+        // Port 0 (any port the system picks) never clashes.
+        let fixed = self
+            .admin
+            .listen
+            .iter()
+            .enumerate()
+            .filter(|(_, a)| a.port() != 0);
+        for (i, &admin) in fixed {
             let key = format!("admin.listen[{i}]");
             if pool.contains(&admin.port()) && dist.listen.iter().any(|&ip| overlap(ip, admin.ip()))
             {

@@ -388,7 +388,9 @@ fn what_cannot_run_is_caught_with_its_key_and_line() {
     let (key, _, message) = error_of(text);
     assert_eq!(key, "admin.listen[0]");
     assert!(message.contains("same port as `epmd.listen`"), "{message}");
-    // Different families never clash (IPv6 listeners are IPv6-only).
+    // Port 0 (the system picks) never clashes; different families never do either
+    // (IPv6 listeners are IPv6-only).
+    parse("[epmd]\nlisten = [\"127.0.0.1:0\"]\n[admin]\nlisten = [\"127.0.0.1:0\"]\n").unwrap();
     parse("[epmd]\nlisten = [\"0.0.0.0:4369\"]\n[admin]\nlisten = [\"[::1]:4369\"]\n").unwrap();
     // Rules between keys still say where.
     let (key, line, _) = error_of("[dns]\nmin_ttl = \"10m\"\nmax_ttl = \"1m\"\n");
