@@ -192,17 +192,10 @@ fn probe(node: &str, epmd_port: u16, ipv6: bool, timeout: std::time::Duration) -
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("distgate probe: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let report = match on_this_thread(distgate::probe::probe(&target)) {
+        Ok(report) => report,
+        Err(code) => return code,
     };
-    let report = runtime.block_on(distgate::probe::probe(&target));
     println!("{report}");
     if report.ok() {
         ExitCode::SUCCESS
@@ -211,19 +204,28 @@ fn probe(node: &str, epmd_port: u16, ipv6: bool, timeout: std::time::Duration) -
     }
 }
 
-/// `distgate reload`: exit 0 when the new configuration is in force, 1 otherwise.
-fn reload(args: &AdminArgs) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
+/// Runs `task` on a runtime of this thread (the short commands: probe, links, nodes,
+/// reload); exit 1 when no runtime can be started.
+fn on_this_thread<F: std::future::Future>(task: F) -> Result<F::Output, ExitCode> {
+    match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
-        Ok(runtime) => runtime,
+        Ok(runtime) => Ok(runtime.block_on(task)),
         Err(e) => {
             eprintln!("distgate: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
+            Err(ExitCode::FAILURE)
         }
+    }
+}
+
+/// `distgate reload`: exit 0 when the new configuration is in force, 1 otherwise.
+fn reload(args: &AdminArgs) -> ExitCode {
+    let answer = match on_this_thread(distgate::status::reload(args.admin, args.timeout)) {
+        Ok(answer) => answer,
+        Err(code) => return code,
     };
-    match runtime.block_on(distgate::status::reload(args.admin, args.timeout)) {
+    match answer {
         Ok((true, line)) => {
             println!("{line}");
             ExitCode::SUCCESS
@@ -242,22 +244,16 @@ fn reload(args: &AdminArgs) -> ExitCode {
 /// `distgate links` or `distgate nodes`: exit 0 with the table, 1 when the admin port
 /// cannot be read.
 fn status(args: &AdminArgs, nodes: bool) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("distgate: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let answer = runtime.block_on(async {
+    let answer = on_this_thread(async {
         match nodes {
             true => distgate::status::nodes(args.admin, args.timeout).await,
             false => distgate::status::links(args.admin, args.timeout).await,
         }
     });
+    let answer = match answer {
+        Ok(answer) => answer,
+        Err(code) => return code,
+    };
     match answer {
         Ok(table) => {
             print!("{table}");
