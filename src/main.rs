@@ -26,33 +26,49 @@ const EXIT_CONFIG: u8 = 64;
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Cli {
-    /// Configuration file (TOML); without it the built-in defaults apply.
-    #[arg(long, short, env = "DISTGATE_CONFIG", global = true)]
-    config: Option<PathBuf>,
-
-    /// Log filter: a level (error, warn, info, debug, trace) or tracing directives.
-    /// When given, it wins over `[log] level` of the file (also at a reload); when
-    /// neither is, `info`.
-    #[arg(long, env = "DISTGATE_LOG", global = true)]
-    log_level: Option<String>,
-
-    /// Log format.
-    #[arg(
-        long,
-        env = "DISTGATE_LOG_FORMAT",
-        default_value = "text",
-        global = true
-    )]
-    log_format: LogFormat,
+    #[command(flatten)]
+    run: RunArgs,
 
     #[command(subcommand)]
     command: Option<Command>,
 }
 
+/// What running distgate reads; only `distgate` and `distgate run` take them.
+#[derive(Debug, Clone, clap::Args)]
+struct RunArgs {
+    /// Configuration file (TOML); without it the built-in defaults apply.
+    #[arg(long, short, env = "DISTGATE_CONFIG")]
+    config: Option<PathBuf>,
+
+    /// Log filter: a level (error, warn, info, debug, trace) or tracing directives.
+    /// When given, it wins over `[log] level` of the file (also at a reload); when
+    /// neither is, `info`.
+    #[arg(long, env = "DISTGATE_LOG")]
+    log_level: Option<String>,
+
+    /// Log format.
+    #[arg(long, env = "DISTGATE_LOG_FORMAT", default_value = "text")]
+    log_format: LogFormat,
+}
+
+impl RunArgs {
+    /// `distgate run`'s own arguments, or else those given before `run`.
+    fn or(self, before: RunArgs) -> RunArgs {
+        RunArgs {
+            config: self.config.or(before.config),
+            log_level: self.log_level.or(before.log_level),
+            log_format: match self.log_format {
+                LogFormat::Text => before.log_format,
+                json => json,
+            },
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run distgate (the default).
-    Run,
+    Run(RunArgs),
     /// Check a configuration file: exit 0 if usable, 64 with the key and line if not.
     CheckConfig {
         /// The file to check.
@@ -115,8 +131,12 @@ fn main() -> ExitCode {
         Some(Command::Links(args)) => return status(args, false),
         Some(Command::Nodes(args)) => return status(args, true),
         Some(Command::Reload(args)) => return reload(args),
-        Some(Command::Run) | None => {}
+        Some(Command::Run(_)) | None => {}
     }
+    let cli = match cli.command {
+        Some(Command::Run(args)) => args.or(cli.run),
+        _ => cli.run,
+    };
     let loaded = cli.config.as_ref().map(|path| config::load_hashed(path));
     let level = match (&cli.log_level, &loaded) {
         (Some(level), _) => level.clone(),

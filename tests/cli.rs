@@ -153,3 +153,33 @@ fn sigterm_stops_distgate_cleanly() {
     assert!(run.text().contains("\"signal\":\"SIGTERM\""));
     assert!(run.text().contains("drain complete"));
 }
+
+#[test]
+fn subcommands_list_only_the_flags_they_honour() {
+    let help = |args: &[&str]| {
+        let out = distgate().args(args).arg("--help").output().unwrap();
+        assert!(out.status.success());
+        String::from_utf8(out.stdout).unwrap()
+    };
+    for sub in ["check-config", "probe", "links", "nodes", "reload"] {
+        let text = help(&[sub]);
+        for flag in ["--config", "--log-level", "--log-format"] {
+            assert!(!text.contains(flag), "`{sub} --help` lists {flag}:\n{text}");
+        }
+    }
+    for run in [&[][..], &["run"][..]] {
+        let text = help(run);
+        for flag in ["--config", "--log-level", "--log-format"] {
+            assert!(
+                text.contains(flag),
+                "`{run:?} --help` lacks {flag}:\n{text}"
+            );
+        }
+    }
+    // `distgate run` reads its file as `distgate` does: an unreadable one is exit 64.
+    let out = distgate()
+        .args(["run", "--config", "/nonexistent/distgate.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+}
