@@ -469,76 +469,47 @@ pub fn load_hashed(path: &Path) -> Result<(Config, String), ConfigError> {
 /// order of the file's documentation (for the reload log line).
 pub fn changed(old: &Config, new: &Config) -> Vec<&'static str> {
     let mut keys = vec![];
-    let mut differs = |key: &'static str, differ: bool| {
-        if differ {
-            keys.push(key);
-        }
-    };
-    let (oe, ne) = (&old.epmd, &new.epmd);
-    differs("epmd.listen", oe.listen != ne.listen);
-    differs("epmd.register_from", oe.register_from != ne.register_from);
-    differs("epmd.names_from", oe.names_from != ne.names_from);
-    differs(
-        "epmd.packet_timeout",
-        oe.packet_timeout != ne.packet_timeout,
-    );
-    differs("epmd.allow_kill", oe.allow_kill != ne.allow_kill);
-    differs(
-        "epmd.relaxed_command_check",
-        oe.relaxed_command_check != ne.relaxed_command_check,
-    );
-    differs(
-        "epmd.max_connections",
-        oe.max_connections != ne.max_connections,
-    );
-    let (od, nd) = (&old.dist, &new.dist);
-    differs("dist.listen", od.listen != nd.listen);
-    differs("dist.ports", od.ports != nd.ports);
-    differs("dist.pins", od.pins != nd.pins);
-    differs(
-        "dist.connect_timeout",
-        od.connect_timeout != nd.connect_timeout,
-    );
-    differs(
-        "dist.first_frame_timeout",
-        od.first_frame_timeout != nd.first_frame_timeout,
-    );
-    differs(
-        "dist.handshake_timeout",
-        od.handshake_timeout != nd.handshake_timeout,
-    );
-    differs("dist.linger", od.linger != nd.linger);
-    differs("dist.silent_after", od.silent_after != nd.silent_after);
-    differs(
-        "dist.max_connections",
-        od.max_connections != nd.max_connections,
-    );
-    differs(
-        "dist.max_per_source",
-        od.max_per_source != nd.max_per_source,
-    );
-    differs("dist.allow_peers", od.allow_peers != nd.allow_peers);
-    differs("dist.trusted", od.trusted != nd.trusted);
-    differs("dist.ban", od.ban != nd.ban);
-    differs("forward", old.forward != new.forward);
-    differs("admin.listen", old.admin.listen != new.admin.listen);
-    differs(
-        "admin.ready_when",
-        old.admin.ready_when != new.admin.ready_when,
-    );
-    differs(
-        "admin.header_timeout",
-        old.admin.header_timeout != new.admin.header_timeout,
-    );
-    differs(
-        "admin.max_connections",
-        old.admin.max_connections != new.admin.max_connections,
-    );
-    differs("shutdown.grace", old.shutdown != new.shutdown);
-    differs("route", old.routes != new.routes);
-    differs("dns", old.dns != new.dns);
-    differs("metrics", old.metrics != new.metrics);
-    differs("log.level", old.log != new.log);
+    // The key is the field's path, `section.name`.
+    macro_rules! key {
+        ($($path:ident).+) => {
+            if old.$($path).+ != new.$($path).+ {
+                keys.push(stringify!($($path).+));
+            }
+        };
+    }
+    key!(epmd.listen);
+    key!(epmd.register_from);
+    key!(epmd.names_from);
+    key!(epmd.packet_timeout);
+    key!(epmd.allow_kill);
+    key!(epmd.relaxed_command_check);
+    key!(epmd.max_connections);
+    key!(dist.listen);
+    key!(dist.ports);
+    key!(dist.pins);
+    key!(dist.connect_timeout);
+    key!(dist.first_frame_timeout);
+    key!(dist.handshake_timeout);
+    key!(dist.linger);
+    key!(dist.silent_after);
+    key!(dist.max_connections);
+    key!(dist.max_per_source);
+    key!(dist.allow_peers);
+    key!(dist.trusted);
+    key!(dist.ban);
+    key!(forward);
+    key!(admin.listen);
+    key!(admin.ready_when);
+    key!(admin.header_timeout);
+    key!(admin.max_connections);
+    key!(shutdown.grace);
+    // `[[route]]` tables, the `routes` field.
+    if old.routes != new.routes {
+        keys.push("route");
+    }
+    key!(dns);
+    key!(metrics);
+    key!(log.level);
     keys
 }
 
