@@ -261,6 +261,7 @@ impl Views {
         let nodes: Vec<crate::status::NodeView> = (self.registry.nodes().into_iter())
             .map(|n| crate::status::NodeView {
                 hidden: n.node_type == b'H',
+                client: n.client,
                 registered_at: crate::status::unix_seconds(n.registered_at),
                 name: n.name,
                 real_port: n.real_port,

@@ -487,6 +487,7 @@ pub fn changed(old: &Config, new: &Config) -> Vec<&'static str> {
     key!(dist.listen);
     key!(dist.ports);
     key!(dist.pins);
+    key!(dist.client_names);
     key!(dist.connect_timeout);
     key!(dist.first_frame_timeout);
     key!(dist.handshake_timeout);

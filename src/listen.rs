@@ -14,14 +14,14 @@ use tracing::warn;
 #[derive(Debug, thiserror::Error)]
 pub enum BindError {
     /// Something else listens there.
-    #[error(
-        "cannot listen on {addr} (`{key}`): the address is in use (is epmd or another distgate running?)"
-    )]
+    #[error("cannot listen on {addr} (`{key}`): the address is in use{hint}")]
     InUse {
         /// The address.
         addr: SocketAddr,
         /// The configuration key it came from.
         key: String,
+        /// What usually holds it, and the fix.
+        hint: &'static str,
     },
     /// Any other failure.
     #[error("cannot listen on {addr} (`{key}`): {source}")]
@@ -48,12 +48,23 @@ pub fn bind(addr: SocketAddr, key: &str) -> Result<Option<TcpListener>, BindErro
         Err(e) if e.kind() == io::ErrorKind::AddrInUse => Err(BindError::InUse {
             addr,
             key: key.to_owned(),
+            hint: in_use_hint(key),
         }),
         Err(source) => Err(BindError::Other {
             addr,
             key: key.to_owned(),
             source,
         }),
+    }
+}
+
+/// What usually holds an address of `key`, and the fix.
+fn in_use_hint(key: &str) -> &'static str {
+    if key.starts_with("epmd") {
+        ": an epmd is running, most often one a node started for itself because it lacked \
+         `-start_epmd false`; stop it with `epmd -kill`, add the flag, and start distgate again"
+    } else {
+        ": another distgate, or another program, holds the port"
     }
 }
 

@@ -357,5 +357,5 @@ mod export;
 mod peers;
 
 pub use export::{Exporter, PER_LINK, install, touch_live_links};
-pub use peers::{PEER_OTHER, PEER_TLS};
+pub use peers::{PEER_CLIENT, PEER_OTHER, PEER_TLS};
 pub(crate) use peers::{PeerLabel, PeerLabels};

@@ -8,6 +8,13 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, MutexGuard};
 
+use serde::de::{self, Deserialize, Deserializer};
+
+use crate::route::wildcard_match;
+
+/// At most this many `client_names` patterns.
+pub const MAX_CLIENT_PATTERNS: usize = 64;
+
 /// Which public ports exist and which names have one pinned.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PortPlan {
@@ -15,6 +22,85 @@ pub struct PortPlan {
     pub pool: Vec<u16>,
     /// Names whose node always gets this port; every pinned port is in the pool.
     pub pins: HashMap<String, u16>,
+    /// Local names that never take a public port (release clients).
+    pub clients: ClientNames,
+}
+
+impl PortPlan {
+    /// Whether a local node called `name` is a release client: its name matches
+    /// `clients` and has no pin (a pin wins).
+    pub fn is_client(&self, name: &str) -> bool {
+        !self.pins.contains_key(name) && self.clients.matches(name)
+    }
+}
+
+/// `[dist] client_names`: globs over a node's name part (`*` any run of characters,
+/// `?` one) for the short-lived nodes a release starts to reach its own node:
+/// `bin/app remote` (`rem-<random>-<node>`) and `bin/app rpc` (`rpc-<random>-<node>`).
+/// They register like any node but never take a public port, so they cannot hold the
+/// port their release's node comes back for, and no caller ever dials them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientNames(Vec<String>);
+
+impl Default for ClientNames {
+    fn default() -> Self {
+        ClientNames(vec!["rem-*".to_owned(), "rpc-*".to_owned()])
+    }
+}
+
+impl ClientNames {
+    /// These patterns.
+    pub fn new(patterns: Vec<String>) -> ClientNames {
+        ClientNames(patterns)
+    }
+
+    /// No name is a client.
+    pub fn none() -> ClientNames {
+        ClientNames(vec![])
+    }
+
+    /// The first pattern the name part of `name` (a name part or a full `name@host`)
+    /// matches.
+    pub fn matching(&self, name: &str) -> Option<&str> {
+        let part = name.split_once('@').map_or(name, |(part, _)| part);
+        (self.0.iter())
+            .find(|pattern| wildcard_match(pattern, part))
+            .map(String::as_str)
+    }
+
+    /// Whether the name part of `name` matches a pattern.
+    pub fn matches(&self, name: &str) -> bool {
+        self.matching(name).is_some()
+    }
+}
+
+impl<'de> Deserialize<'de> for ClientNames {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let patterns = Vec::<String>::deserialize(deserializer)?;
+        if patterns.len() > MAX_CLIENT_PATTERNS {
+            let message = format!("more than {MAX_CLIENT_PATTERNS} patterns");
+            return Err(de::Error::custom(message));
+        }
+        for pattern in &patterns {
+            let bad = pattern.is_empty()
+                || pattern.len() > 255
+                || pattern.contains('@')
+                || pattern.chars().any(char::is_control);
+            if bad {
+                return Err(de::Error::custom(format!(
+                    "`{}` is not a glob over a node's name part like \"rpc-*\" \
+                     (1 to 255 bytes, no `@host`)",
+                    pattern.escape_debug()
+                )));
+            }
+            if pattern.chars().all(|c| c == '*') {
+                return Err(de::Error::custom(format!(
+                    "`{pattern}` would make every node a client, and none would get a public port"
+                )));
+            }
+        }
+        Ok(ClientNames(patterns))
+    }
 }
 
 /// Who holds a public port.
@@ -66,8 +152,8 @@ impl Ports {
     }
 
     /// Puts `plan` in force (a reload). A holder loses its port when the port left the
-    /// pool, is now pinned to another name, or its name is now pinned to another port;
-    /// every other holder keeps its port. Returns the local nodes that lost theirs
+    /// pool, is now pinned to another name, its name is now pinned to another port, or
+    /// (a local node) it is now a release client; every other holder keeps its port. Returns the local nodes that lost theirs
     /// (routed names are placed again by the gateway).
     pub fn replan(&self, plan: PortPlan) -> Vec<String> {
         let mut state = self.lock();
@@ -75,10 +161,12 @@ impl Ports {
         let State { plan: old, held } = &mut *state;
         *old = plan;
         held.retain(|&port, holder| {
-            let name = match holder {
-                Holder::Local(name) | Holder::Routed(name) => name,
+            let (name, client) = match &*holder {
+                Holder::Local(name) => (name, old.is_client(name)),
+                Holder::Routed(name) => (name, false),
             };
-            let keeps = old.pool.contains(&port)
+            let keeps = !client
+                && old.pool.contains(&port)
                 && old.pins.get(name).is_none_or(|&pin| pin == port)
                 && !old
                     .pins
@@ -92,11 +180,20 @@ impl Ports {
         lost
     }
 
+    /// Whether a local node called `name` is a release client (no public port).
+    pub fn is_client(&self, name: &str) -> bool {
+        self.lock().plan.is_client(name)
+    }
+
     /// Gives `holder`, for node `name`, its pinned port, or the first pool port that is
-    /// neither held nor pinned to another name. `None` when there is none.
+    /// neither held nor pinned to another name. `None` when there is none, and for a
+    /// local node that is a release client.
     pub fn claim(&self, name: &str, holder: Holder) -> Option<u16> {
         let mut state = self.lock();
         let State { plan, held } = &mut *state;
+        if matches!(holder, Holder::Local(_)) && plan.is_client(name) {
+            return None;
+        }
         let port = match plan.pins.get(name) {
             Some(&pinned) => (!held.contains_key(&pinned)).then_some(pinned)?,
             None => {
@@ -180,7 +277,54 @@ mod tests {
         Ports::new(PortPlan {
             pool: pool.to_vec(),
             pins: pins.iter().map(|&(n, p)| (n.to_owned(), p)).collect(),
+            clients: ClientNames::default(),
         })
+    }
+
+    fn local(name: &str) -> Holder {
+        Holder::Local(name.into())
+    }
+
+    #[test]
+    fn release_clients_never_take_a_port_and_pinned_ports_wait() {
+        let p = ports(&[100, 101], &[("app", 100), ("rpc-pinned", 101)]);
+        // The app is down: neither its pinned port nor any other goes to a client.
+        assert_eq!(p.claim("rpc-1a2b-app", local("rpc-1a2b-app")), None);
+        assert_eq!(p.claim("rem-1a2b-app", local("rem-1a2b-app")), None);
+        assert!(p.is_client("rem-1a2b-app"));
+        // Another server name cannot take the app's pinned port either.
+        assert_eq!(p.claim("other", local("other")), None);
+        assert_eq!(p.claim("app", local("app")), Some(100));
+        // A pin wins over the client patterns.
+        assert!(!p.is_client("rpc-pinned"));
+        assert_eq!(p.claim("rpc-pinned", local("rpc-pinned")), Some(101));
+        // Routed names are not release clients: a gateway may route `rpc-*` names.
+        let q = ports(&[100], &[]);
+        assert_eq!(q.claim("rpc-x", routed("rpc-x")), Some(100));
+    }
+
+    #[test]
+    fn client_names_match_the_name_part() {
+        let clients = ClientNames::default();
+        assert_eq!(clients.matching("rpc-5d2c-app@pod.svc"), Some("rpc-*"));
+        assert_eq!(clients.matching("rem-5d2c-app"), Some("rem-*"));
+        assert!(!clients.matches("app@rpc-host"));
+        assert!(!clients.matches("remote"));
+        assert!(!ClientNames::none().matches("rpc-1-app"));
+    }
+
+    #[test]
+    fn a_reload_that_makes_a_holder_a_client_takes_its_port() {
+        let p = ports(&[100], &[]);
+        assert_eq!(p.claim("maint-1", local("maint-1")), Some(100));
+        let lost = p.replan(PortPlan {
+            pool: vec![100],
+            pins: HashMap::new(),
+            clients: ClientNames::new(vec!["maint-*".into()]),
+        });
+        assert_eq!(lost, ["maint-1"]);
+        assert_eq!(p.claim("maint-1", local("maint-1")), None);
+        assert_eq!(p.claim("app", local("app")), Some(100));
     }
 
     fn routed(name: &str) -> Holder {
@@ -227,7 +371,6 @@ mod tests {
     #[test]
     fn a_new_plan_takes_ports_only_from_holders_it_no_longer_fits() {
         let p = ports(&[100, 101, 102], &[]);
-        let local = |n: &str| Holder::Local(n.into());
         assert_eq!(p.claim("a", local("a")), Some(100));
         assert_eq!(p.claim("b", local("b")), Some(101));
         assert_eq!(p.claim("c", local("c")), Some(102));
@@ -236,6 +379,7 @@ mod tests {
         let plan = PortPlan {
             pool: vec![100, 101, 103],
             pins: [("b".to_owned(), 100)].into(),
+            clients: ClientNames::default(),
         };
         let mut lost = p.replan(plan.clone());
         lost.sort();

@@ -35,6 +35,8 @@ pub struct Node {
     pub real_port: u16,
     /// The public port that forwards to `real_port`, if the pool had one free.
     pub public_port: Option<u16>,
+    /// A release client (`[dist] client_names`): it never has a public port.
+    pub client: bool,
     /// `M` (77) for a normal node, `H` (72) for a hidden one, as registered.
     pub node_type: u8,
     /// 0: TCP/IPv4.
@@ -100,8 +102,23 @@ pub struct Registration {
     pub creation: u32,
     /// The public port the node got, if the pool had one.
     pub public_port: Option<u16>,
+    /// A release client, which takes no public port.
+    pub client: bool,
     /// Cancelled when the registration is to be ended from outside (STOP_REQ).
     pub stop: CancellationToken,
+}
+
+/// A node whose public port a reload changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Moved {
+    /// The name part.
+    pub name: String,
+    /// The public port it had.
+    pub from: Option<u16>,
+    /// The public port it has.
+    pub to: Option<u16>,
+    /// It is now a release client (so `to` is `None` by rule, not for want of ports).
+    pub client: bool,
 }
 
 /// Why a registration is refused with an error reply.
@@ -177,6 +194,7 @@ impl Registry {
         }
         .wrapping_add(1)
         .max(MIN_CREATION);
+        let client = self.ports.is_client(name);
         let public_port = self.ports.claim(name, Holder::Local(name.to_owned()));
         let id = RegistrationId(inner.next_id);
         inner.next_id += 1;
@@ -186,6 +204,7 @@ impl Registry {
             name: name.to_owned(),
             real_port: req.port,
             public_port,
+            client,
             node_type: req.node_type,
             protocol: req.protocol,
             highest_version: req.highest_version,
@@ -201,20 +220,22 @@ impl Registry {
             id,
             creation,
             public_port,
+            client,
             stop,
         })
     }
 
-    /// Puts a new pool and pins in force (a reload): each node whose public port no
-    /// longer fits (out of the pool, pinned to another name, or its name pinned to
-    /// another port), and each node without one, is given a port again, oldest
-    /// registration first. Returns each node whose public port changed: its name, the
-    /// port it had and the port it has.
-    pub fn replan(&self, plan: PortPlan) -> Vec<(String, Option<u16>, Option<u16>)> {
+    /// Puts a new pool, pins and client names in force (a reload): each node whose
+    /// public port no longer fits (out of the pool, pinned to another name, its name
+    /// pinned to another port, or now a release client), and each node without one, is
+    /// given a port again, oldest registration first. Returns each node whose public
+    /// port changed.
+    pub fn replan(&self, plan: PortPlan) -> Vec<Moved> {
         let mut inner = self.lock();
         let lost = self.ports.replan(plan);
         let mut moved = vec![];
         for node in inner.nodes.iter_mut() {
+            node.client = self.ports.is_client(&node.name);
             if node.public_port.is_some() && !lost.contains(&node.name) {
                 continue;
             }
@@ -223,7 +244,12 @@ impl Registry {
                 .ports
                 .claim(&node.name, Holder::Local(node.name.clone()));
             if node.public_port != before {
-                moved.push((node.name.clone(), before, node.public_port));
+                moved.push(Moved {
+                    name: node.name.clone(),
+                    from: before,
+                    to: node.public_port,
+                    client: node.client,
+                });
             }
         }
         moved
@@ -312,6 +338,7 @@ mod tests {
         Registry::new(Arc::new(Ports::new(crate::ports::PortPlan {
             pool: pool.to_vec(),
             pins: pins.iter().map(|&(n, p)| (n.to_owned(), p)).collect(),
+            clients: Default::default(),
         })))
     }
 
@@ -411,13 +438,19 @@ mod tests {
         let plan = PortPlan {
             pool: vec![101, 102, 103],
             pins: [("c".to_owned(), 103)].into(),
+            clients: Default::default(),
         };
-        let moved = reg.replan(plan);
+        let moved = |name: &str, from, to| Moved {
+            name: name.into(),
+            from,
+            to,
+            client: false,
+        };
         assert_eq!(
-            moved,
+            reg.replan(plan),
             [
-                ("a".to_owned(), Some(100), Some(102)),
-                ("c".to_owned(), None, Some(103))
+                moved("a", Some(100), Some(102)),
+                moved("c", None, Some(103))
             ]
         );
         assert_eq!(
@@ -425,6 +458,19 @@ mod tests {
             [Some(102), Some(101), Some(103)]
         );
         assert_eq!(reg.ports.holder(100), None);
+    }
+
+    #[test]
+    fn release_clients_register_without_a_port_and_leave_it_to_the_app() {
+        let reg = registry(&[100], &[]);
+        // The app is restarting: a client registers meanwhile and takes nothing.
+        let rpc = reg
+            .register(&req("rpc-9f3e-app", 1), 5, LOOPBACK, NOW)
+            .unwrap();
+        assert_eq!((rpc.public_port, rpc.client), (None, true));
+        let app = reg.register(&req("app", 2), 6, LOOPBACK, NOW).unwrap();
+        assert_eq!((app.public_port, app.client), (Some(100), false));
+        assert!(reg.get("rpc-9f3e-app").unwrap().client);
     }
 
     #[test]

@@ -33,6 +33,7 @@ use crate::links::Links;
 use crate::listen::{self, BindError};
 use crate::live::Live;
 use crate::metrics as m;
+use crate::registry::Moved;
 
 /// Why a reload changed nothing.
 #[derive(Debug, thiserror::Error)]
@@ -282,7 +283,9 @@ impl Reloader {
             .filter(|port| !new.dist.ports.contains(port))
             .copied()
             .collect();
-        let plan_changed = changed.contains(&"dist.ports") || changed.contains(&"dist.pins");
+        let plan_changed = ["dist.ports", "dist.pins", "dist.client_names"]
+            .iter()
+            .any(|key| changed.contains(key));
         let routes_changed = plan_changed || changed.contains(&"route") || changed.contains(&"dns");
         let gateway = match routes_changed {
             true => Gateway::from_config(&new, Arc::clone(parts.directory.ports()))?,
@@ -304,11 +307,22 @@ impl Reloader {
         }
         if plan_changed {
             let registry = parts.directory.registry();
-            for (node, from, to) in registry.replan(new.dist.port_plan()) {
+            for moved in registry.replan(new.dist.port_plan()) {
+                let Moved {
+                    name: node,
+                    from,
+                    to,
+                    client,
+                } = moved;
                 match to {
                     Some(to) => {
                         info!(node, from, to, "node's public port changed by the reload")
                     }
+                    None if client => info!(
+                        node,
+                        from,
+                        "node is a release client by `dist.client_names` after the reload: its public port is given back"
+                    ),
                     None => warn!(
                         node,
                         from,

@@ -146,6 +146,9 @@ pub struct NodeView {
     pub creation: u32,
     /// Registered as a hidden node.
     pub hidden: bool,
+    /// A release client (`[dist] client_names`), which takes no public port.
+    #[serde(default)]
+    pub client: bool,
     /// When it registered, seconds since the Unix epoch.
     pub registered_at: f64,
 }
@@ -202,7 +205,12 @@ pub async fn nodes(admin: SocketAddr, timeout: Duration) -> Result<String, Statu
                 n.real_port.to_string(),
                 n.public_port.map_or("-".into(), |p| p.to_string()),
                 n.creation.to_string(),
-                if n.hidden { "hidden" } else { "normal" }.into(),
+                match (n.client, n.hidden) {
+                    (true, _) => "client",
+                    (false, true) => "hidden",
+                    (false, false) => "normal",
+                }
+                .into(),
                 seconds(now - n.registered_at),
             ]
         })

@@ -109,9 +109,32 @@ fn an_invalid_config_stops_startup_with_64() {
 }
 
 #[test]
-fn a_taken_epmd_port_is_a_clear_error() {
-    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = taken.local_addr().unwrap();
+fn a_stray_epmd_is_named_with_its_fix() {
+    if !require(&["epmd"]) {
+        return;
+    }
+    // The epmd a node starts for itself when it lacks `-start_epmd false`, here in the
+    // foreground so that this test knows its PID; retried if the port is taken meanwhile.
+    let (mut epmd, port) = eventually_blocking(DEADLINE, "a stray epmd to listen", || {
+        let port = free_port();
+        let mut epmd = Process::spawn(
+            "stray epmd",
+            Command::new("epmd")
+                .args(["-port", &port.to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        );
+        let listening = eventually_blocking(DEADLINE, "epmd to start or exit", || {
+            if epmd.exited().is_some() {
+                return Some(false);
+            }
+            std::net::TcpStream::connect(("127.0.0.1", port))
+                .ok()
+                .map(|_| true)
+        });
+        listening.then_some((epmd, port))
+    });
+    let addr = format!("127.0.0.1:{port}");
     let (_dir, path) = temp_config(&format!(
         "[epmd]\nlisten = [\"{addr}\"]\n[dist]\nlisten = [\"127.0.0.1\"]\nports = [{}]\n[admin]\nlisten = []\n",
         free_port()
@@ -123,12 +146,27 @@ fn a_taken_epmd_port_is_a_clear_error() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
+    let expected = format!("cannot listen on {addr} (`epmd.listen`): the address is in use");
+    assert!(err.contains(&expected), "{err}");
     assert!(
-        err.contains(&format!(
-            "cannot listen on {addr} (`epmd.listen`): the address is in use"
-        )),
+        err.contains("`-start_epmd false`") && err.contains("`epmd -kill`"),
         "{err}"
     );
+
+    // The fix the message gives: `epmd -kill` stops it, and distgate starts.
+    let kill = Command::new("epmd")
+        .args(["-port", &port.to_string(), "-kill"])
+        .output()
+        .unwrap();
+    assert!(kill.status.success(), "{kill:?}");
+    eventually_blocking(DEADLINE, "the stray epmd to exit", || epmd.exited());
+    let mut run = Output::spawn(
+        "distgate after epmd -kill",
+        distgate().args(["--config", path.to_str().unwrap()]),
+    );
+    run.wait_line("distgate listening on the freed port", DEADLINE, |l| {
+        l.contains("EPMD listening") && l.contains(&addr)
+    });
 }
 
 #[test]

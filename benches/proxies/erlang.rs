@@ -85,6 +85,7 @@ fn library_epmd(
         let plan = PortPlan {
             pool,
             pins: Default::default(),
+            clients: Default::default(),
         };
         let mut config = Config::default();
         config.shutdown.grace = std::time::Duration::from_secs(1);

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde::de::{self, Deserializer};
 
-use crate::ports::PortPlan;
+use crate::ports::{ClientNames, PortPlan};
 use crate::route::wildcard_match;
 
 use super::{DEFAULT_DIST_PORT, Peers};
@@ -23,6 +23,8 @@ pub struct DistConfig {
     pub ports: Vec<u16>,
     /// Node names with a fixed public port.
     pub pins: BTreeMap<String, u16>,
+    /// Release clients (`rem-*`, `rpc-*`): they register but take no public port.
+    pub client_names: ClientNames,
     /// How long to wait for a node's real port to accept a forwarded connection.
     pub connect_timeout: Duration,
     /// A caller that has not sent its whole first frame (its `send_name`, or a TLS
@@ -59,6 +61,7 @@ impl Default for DistConfig {
             listen: vec![Ipv4Addr::UNSPECIFIED.into(), Ipv6Addr::UNSPECIFIED.into()],
             ports: vec![DEFAULT_DIST_PORT],
             pins: BTreeMap::new(),
+            client_names: ClientNames::default(),
             connect_timeout: Duration::from_secs(5),
             // OTP's net_setuptime, the longest a node itself waits for a handshake.
             first_frame_timeout: Duration::from_secs(7),
@@ -81,6 +84,7 @@ impl DistConfig {
         PortPlan {
             pool: self.ports.clone(),
             pins: self.pins.clone().into_iter().collect::<HashMap<_, _>>(),
+            clients: self.client_names.clone(),
         }
     }
 }

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroUsize;
 use std::ops::Range;
 use std::time::Duration;
@@ -19,6 +19,7 @@ use super::{
     LogConfig, MAX_POOL_PORTS, MIN_PIPE_SIZE, MetricsConfig, Peers, ShutdownConfig,
     check_node_name,
 };
+use crate::ports::ClientNames;
 use crate::route::Route;
 
 #[derive(Debug, Default, Deserialize)]
@@ -41,6 +42,7 @@ struct RawDist {
     listen: Vec<IpAddr>,
     ports: Spanned<PortPool>,
     pins: BTreeMap<String, Spanned<u16>>,
+    client_names: ClientNames,
     #[serde(with = "humantime_serde")]
     connect_timeout: Duration,
     #[serde(with = "humantime_serde")]
@@ -65,6 +67,7 @@ impl Default for RawDist {
             listen: d.listen,
             ports: Spanned::new(0..0, PortPool(d.ports)),
             pins: BTreeMap::new(),
+            client_names: d.client_names,
             connect_timeout: d.connect_timeout,
             first_frame_timeout: d.first_frame_timeout,
             handshake_timeout: d.handshake_timeout,
@@ -85,6 +88,78 @@ type Invalid = (String, Option<Range<usize>>, String);
 /// one of them every address of the other's family (IPv6 listeners are IPv6-only).
 fn overlap(a: IpAddr, b: IpAddr) -> bool {
     a == b || (a.is_ipv4() == b.is_ipv4() && (a.is_unspecified() || b.is_unspecified()))
+}
+
+/// One listening socket the configuration asks for: the key it comes from, for errors.
+struct Socket {
+    key: String,
+    /// How the address is named in a message.
+    shown: String,
+    ip: IpAddr,
+    port: u16,
+}
+
+/// Every pair of listeners that would be bound on one port of overlapping addresses:
+/// EPMD, each public port on each `dist.listen` address, admin. Port 0 (the system
+/// picks) never clashes. The error names the later key and what it clashes with.
+fn check_clashes(
+    epmd: &[SocketAddr],
+    dist_listen: &[IpAddr],
+    pool: &[u16],
+    admin: &[SocketAddr],
+) -> Result<(), (String, String)> {
+    let mut by_port: BTreeMap<u16, Vec<Socket>> = BTreeMap::new();
+    let mut add = |key: String, shown: String, ip: IpAddr, port: u16| {
+        if port != 0 {
+            let socket = Socket {
+                key,
+                shown,
+                ip,
+                port,
+            };
+            by_port.entry(port).or_default().push(socket);
+        }
+    };
+    for (i, a) in epmd.iter().enumerate() {
+        add(
+            format!("epmd.listen[{i}]"),
+            format!("`epmd.listen` {a}"),
+            a.ip(),
+            a.port(),
+        );
+    }
+    for &ip in dist_listen {
+        for &port in pool {
+            let shown = format!("public port {port} on `dist.listen` {ip}");
+            add("dist.ports".to_owned(), shown, ip, port);
+        }
+    }
+    for (i, a) in admin.iter().enumerate() {
+        add(
+            format!("admin.listen[{i}]"),
+            format!("`admin.listen` {a}"),
+            a.ip(),
+            a.port(),
+        );
+    }
+    for sockets in by_port.values() {
+        for (later, b) in sockets.iter().enumerate() {
+            if let Some(a) = sockets[..later].iter().find(|a| overlap(a.ip, b.ip)) {
+                // Two public sockets clash only through their addresses.
+                let key = if a.key == "dist.ports" && b.key == "dist.ports" {
+                    "dist.listen".to_owned()
+                } else {
+                    b.key.clone()
+                };
+                let message = format!(
+                    "{} clashes with {}: both would listen on port {}",
+                    b.shown, a.shown, b.port
+                );
+                return Err((key, message));
+            }
+        }
+    }
+    Ok(())
 }
 
 impl RawConfig {
@@ -146,35 +221,19 @@ impl RawConfig {
         let (epmd, dist) = (self.epmd, self.dist);
         let pool_span = dist.ports.span();
         let pool = dist.ports.into_inner().0;
-        // Port 0 (any port the system picks) never clashes.
-        let fixed = self
-            .admin
-            .listen
-            .iter()
-            .enumerate()
-            .filter(|(_, a)| a.port() != 0);
-        for (i, &admin) in fixed {
-            let key = format!("admin.listen[{i}]");
-            if pool.contains(&admin.port()) && dist.listen.iter().any(|&ip| overlap(ip, admin.ip()))
-            {
-                let message = format!("port {} is also a `dist.ports` port", admin.port());
-                return Err((key, None, message));
-            }
-            if let Some(epmd) = epmd
-                .listen
-                .iter()
-                .find(|&&e| e.port() == admin.port() && overlap(e.ip(), admin.ip()))
-            {
-                let message = format!("{admin} takes the same port as `epmd.listen` {epmd}");
-                return Err((key, None, message));
-            }
+        if pool.is_empty() {
+            let message = "is empty: no node would get a public port, and peers would be told \
+                           real ports that Services and NetworkPolicies do not forward; list at \
+                           least one, e.g. [43691]"
+                .into();
+            return Err(("dist.ports".into(), Some(pool_span), message));
         }
-        for &port in &pool {
-            if epmd.listen.iter().any(|a| a.port() == port) {
-                let message = format!("port {port} is also an `epmd.listen` port");
-                return Err(("dist.ports".into(), Some(pool_span), message));
-            }
-        }
+        check_clashes(&epmd.listen, &dist.listen, &pool, &self.admin.listen).map_err(
+            |(key, message)| {
+                let span = (key == "dist.ports").then(|| pool_span.clone());
+                (key, span, message)
+            },
+        )?;
         let mut pins = BTreeMap::new();
         let mut pinned_ports: BTreeMap<u16, String> = BTreeMap::new();
         for (name, port) in dist.pins {
@@ -186,6 +245,13 @@ impl RawConfig {
             }
             if !pool.contains(&port) {
                 let message = format!("port {port} is not in `dist.ports`");
+                return Err((key, span, message));
+            }
+            if let Some(pattern) = dist.client_names.matching(&name) {
+                let message = format!(
+                    "`{name}` is a release client by `dist.client_names` (\"{pattern}\"), which \
+                     never takes a public port: remove the pin or the pattern"
+                );
                 return Err((key, span, message));
             }
             if let Some(other) = pinned_ports.insert(port, name.clone()) {
@@ -200,6 +266,7 @@ impl RawConfig {
                 listen: dist.listen,
                 ports: pool,
                 pins,
+                client_names: dist.client_names,
                 connect_timeout: dist.connect_timeout,
                 first_frame_timeout: dist.first_frame_timeout,
                 handshake_timeout: dist.handshake_timeout,

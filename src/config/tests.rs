@@ -153,6 +153,30 @@ fn pins_must_be_in_the_pool_and_unique() {
 }
 
 #[test]
+fn client_names_are_name_part_globs_and_never_pinned() {
+    let config = parse("[dist]\nclient_names = [\"maint*\", \"remsh?-*\"]\n").unwrap();
+    assert!(config.dist.port_plan().is_client("remsh1-app"));
+    assert!(!config.dist.port_plan().is_client("rpc-1-app"));
+    assert!(parse("[dist]\nclient_names = []\n").is_ok());
+    for (value, needle) in [
+        ("[\"\"]", "not a glob"),
+        ("[\"rpc-*@host\"]", "no `@host`"),
+        ("[\"*\"]", "every node a client"),
+    ] {
+        let (key, line, text) = error_of(&format!("[dist]\nclient_names = {value}\n"));
+        assert_eq!(
+            (key.as_str(), line),
+            ("dist.client_names", Some(2)),
+            "{text}"
+        );
+        assert!(text.contains(needle), "{text}");
+    }
+    let (key, line, text) = error_of("[dist]\nports = [43691]\n[dist.pins]\nrpc-db = 43691\n");
+    assert_eq!((key.as_str(), line), ("dist.pins.rpc-db", Some(4)));
+    assert!(text.contains("release client"), "{text}");
+}
+
+#[test]
 fn semantic_checks_name_their_key() {
     for (text, expected) in [
         ("[epmd]\nlisten = []\n", "epmd.listen"),
@@ -375,7 +399,40 @@ fn the_hash_is_the_start_of_the_sha256() {
 
 #[test]
 fn what_cannot_run_is_caught_with_its_key_and_line() {
-    // (An empty pool is no error: distgate is then a drop-in epmd, fixtures/epmd-only.)
+    // An empty pool: no node could be reached through a Service.
+    let (key, line, message) = error_of("[dist]\nlisten = [\"0.0.0.0\"]\nports = []\n");
+    assert_eq!((key.as_str(), line), ("dist.ports", Some(3)), "{message}");
+    assert!(message.contains("is empty"), "{message}");
+    // Any two listeners on one port of overlapping addresses, each named by its key.
+    for (text, key, needle) in [
+        (
+            "[epmd]\nlisten = [\"0.0.0.0:4369\", \"127.0.0.1:4369\"]\n",
+            "epmd.listen[1]",
+            "`epmd.listen` 127.0.0.1:4369 clashes with `epmd.listen` 0.0.0.0:4369",
+        ),
+        (
+            "[dist]\nlisten = [\"0.0.0.0\", \"10.0.0.1\"]\n",
+            "dist.listen",
+            "public port 43691 on `dist.listen` 10.0.0.1 clashes with",
+        ),
+        (
+            "[epmd]\nlisten = [\"127.0.0.1:43691\"]\n",
+            "dist.ports",
+            "clashes with `epmd.listen` 127.0.0.1:43691",
+        ),
+        (
+            "[admin]\nlisten = [\"[::]:9369\", \"[::1]:9369\"]\n",
+            "admin.listen[1]",
+            "both would listen on port 9369",
+        ),
+    ] {
+        let (found, _, message) = error_of(text);
+        assert_eq!(found, key, "{text}: {message}");
+        assert!(message.contains(needle), "{text}: {message}");
+    }
+    // Different addresses of one family, or different families, do not clash.
+    parse("[epmd]\nlisten = [\"127.0.0.1:4369\", \"127.0.0.2:4369\", \"[::]:4369\"]\n").unwrap();
+    parse("[epmd]\nlisten = [\"127.0.0.1:43691\"]\n[dist]\nlisten = [\"10.0.0.1\"]\n").unwrap();
     // The admin port on a public port, or on the EPMD port of an overlapping address.
     let text = "[dist]\nports = [9369]\n[admin]\nlisten = [\"127.0.0.1:9369\"]\n";
     let (key, line, message) = error_of(text);
@@ -387,7 +444,10 @@ fn what_cannot_run_is_caught_with_its_key_and_line() {
     let text = "[epmd]\nlisten = [\"0.0.0.0:4369\"]\n[admin]\nlisten = [\"127.0.0.1:4369\"]\n";
     let (key, _, message) = error_of(text);
     assert_eq!(key, "admin.listen[0]");
-    assert!(message.contains("same port as `epmd.listen`"), "{message}");
+    assert!(
+        message.contains("clashes with `epmd.listen` 0.0.0.0:4369"),
+        "{message}"
+    );
     // Port 0 (the system picks) never clashes; different families never do either
     // (IPv6 listeners are IPv6-only).
     parse("[epmd]\nlisten = [\"127.0.0.1:0\"]\n[admin]\nlisten = [\"127.0.0.1:0\"]\n").unwrap();

@@ -230,11 +230,16 @@ impl Server {
             id,
             creation,
             public_port,
+            client,
             ref stop,
         } = registration;
         match public_port {
             Some(public_port) => info!(
                 node = %name, real_port = req.port, public_port, creation, "node registered"
+            ),
+            None if client => info!(
+                node = %name, real_port = req.port, creation,
+                "release client registered: it takes no public port (`dist.client_names`)"
             ),
             None => warn!(
                 node = %name, real_port = req.port, creation,

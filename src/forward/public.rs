@@ -414,6 +414,10 @@ impl Forwarder {
             _slot,
         } = opened;
         let peer = match &caller {
+            // Release clients come and go under new random names: one label for all.
+            Some(name) if self.config.get().client_names.matches(name) => {
+                PeerLabels::fixed(m::PEER_CLIENT)
+            }
             Some(name) => self.peers.label(name),
             None => PeerLabels::fixed(m::PEER_TLS),
         };
@@ -510,6 +514,7 @@ mod tests {
         let plan = PortPlan {
             pool: vec![1],
             pins: Default::default(),
+            clients: Default::default(),
         };
         let acceptor = Acceptor {
             listener: "dist",

@@ -7,6 +7,9 @@ use std::time::{Duration, Instant};
 
 /// The `peer` label of links whose caller did not authenticate by name (TLS).
 pub const PEER_TLS: &str = "tls";
+/// The `peer` label of release clients (`[dist] client_names`): `bin/app rpc` and
+/// `bin/app remote` name each call anew.
+pub const PEER_CLIENT: &str = "client";
 /// The `peer` label of authenticated callers past `[metrics] max_peers`.
 pub const PEER_OTHER: &str = "other";
 

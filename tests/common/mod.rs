@@ -188,6 +188,7 @@ impl TestSidecar {
                 .iter()
                 .map(|&(name, at)| (name.to_owned(), public_ports[at]))
                 .collect(),
+            clients: options.config.dist.client_names.clone(),
         };
         let mut admin = None;
         if options.admin {

@@ -26,6 +26,7 @@ fn pool(ports: std::ops::Range<u16>) -> Arc<Ports> {
     Arc::new(Ports::new(PortPlan {
         pool: ports.collect(),
         pins: Default::default(),
+        clients: Default::default(),
     }))
 }
 
@@ -234,6 +235,7 @@ fn a_reloaded_gateway_takes_over_leases_with_their_links_and_the_old_one_takes_n
     let lost = ports.replan(PortPlan {
         pool: vec![100, 102, 103],
         pins: Default::default(),
+        clients: Default::default(),
     });
     assert!(
         lost.is_empty(),
