@@ -41,7 +41,7 @@ pub enum NotReady {
     /// The listeners are not all serving yet.
     #[error("listeners not serving yet")]
     NotListening,
-    /// `ready_when = "any-node"` and no node has registered.
+    /// `ready_when = "any-node"` and no node but release clients has registered.
     #[error("no node registered")]
     NoNode,
     /// `ready_when` names nodes that have not registered.
@@ -130,7 +130,8 @@ impl Health {
         }
         match &*self.ready_when.get() {
             ReadyWhen::Always => Ok(()),
-            ReadyWhen::AnyNode if self.registry.is_empty() => Err(NotReady::NoNode),
+            // A release client (`bin/app rpc`) is no sign that the app is up.
+            ReadyWhen::AnyNode if !self.registry.has_server() => Err(NotReady::NoNode),
             ReadyWhen::AnyNode => Ok(()),
             ReadyWhen::Nodes(names) => {
                 let missing: Vec<String> = names
@@ -444,6 +445,34 @@ fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn any_node_means_a_node_that_is_not_a_release_client() {
+        use crate::ports::{PortPlan, Ports};
+        let plan = PortPlan {
+            pool: vec![100],
+            ..PortPlan::default()
+        };
+        let registry = Arc::new(Registry::new(Arc::new(Ports::new(plan))));
+        let health = Health::new(
+            ReadyWhen::AnyNode,
+            registry.clone(),
+            CancellationToken::new(),
+        );
+        health.set_listening();
+        assert_eq!(health.ready(), Err(NotReady::NoNode));
+        let ip = std::net::Ipv4Addr::LOCALHOST.into();
+        let rpc = crate::epmd::message::Alive2Req::otp23("rpc-1f2e-app", 1);
+        registry.register(&rpc, 5, ip, 0).unwrap();
+        assert_eq!(
+            health.ready(),
+            Err(NotReady::NoNode),
+            "a client is not the app"
+        );
+        let app = crate::epmd::message::Alive2Req::otp23("app", 2);
+        registry.register(&app, 6, ip, 0).unwrap();
+        assert_eq!(health.ready(), Ok(()));
+    }
 
     #[test]
     fn only_loopback_may_change_anything() {

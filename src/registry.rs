@@ -303,6 +303,11 @@ impl Registry {
         self.lock().nodes.len()
     }
 
+    /// Whether a node that is not a release client is registered.
+    pub fn has_server(&self) -> bool {
+        self.lock().nodes.iter().any(|n| !n.client)
+    }
+
     /// Whether no node is registered.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
