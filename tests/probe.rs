@@ -241,3 +241,69 @@ async fn a_malformed_node_name_is_a_usage_error() {
     assert_eq!(code, 64);
     assert!(text.contains("is not a node name like app@host"), "{text}");
 }
+
+/// A peer that dials a node by another host part fails in silence on both nodes; the
+/// distgate between them says what happened, and names the node's own name.
+#[test]
+fn a_peer_dialling_another_host_part_is_named_in_the_log() {
+    if !require(&["erl"]) {
+        return;
+    }
+    let dir = std::env::temp_dir().join(unique("distgate-mismatch-"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("distgate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[epmd]\nlisten = [\"127.0.0.1:0\"]\n[dist]\nlisten = [\"127.0.0.1\"]\nports = [{}]\n\
+             [admin]\nlisten = []\n",
+            free_port()
+        ),
+    )
+    .unwrap();
+    let mut dg = Output::spawn(
+        "distgate",
+        std::process::Command::new(env!("CARGO_BIN_EXE_distgate"))
+            .args(["--log-format", "json", "--config"])
+            .arg(&config),
+    );
+    let line = dg.wait_line("the EPMD address", DEADLINE, |l| {
+        l.contains("EPMD listening")
+    });
+    let value: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let epmd: std::net::SocketAddr = value["addr"].as_str().unwrap().parse().unwrap();
+
+    let short = unique("app");
+    let mut node = Output::spawn(
+        "the node",
+        &mut erl(&format!("{short}@127.0.0.1"), epmd.port(), IDLE),
+    );
+    node.wait_for("READY", node_deadline());
+    // The peer knows the node as <short>@pod-0.app.test, which its ERL_INETRC maps to
+    // this host: its lookup and connection reach the node, whose name differs.
+    let inetrc = dir.join("erl_inetrc");
+    std::fs::write(
+        &inetrc,
+        "{host, {127,0,0,1}, [\"pod-0.app.test\"]}.\n{lookup, [file, native]}.\n",
+    )
+    .unwrap();
+    let mut peer_cmd = erl(&format!("{}@127.0.0.1", unique("peer")), epmd.port(), REPL);
+    peer_cmd
+        .env("ERL_INETRC", &inetrc)
+        .args(["-dist_listen", "false"]);
+    let (mut peer, stdin) = Output::spawn_interactive("peer", &mut peer_cmd);
+    let mut repl = Repl::new(stdin);
+    let wrong = format!("net_adm:ping('{short}@pod-0.app.test')");
+    assert_eq!(repl.ask(&mut peer, &wrong), "pang");
+    let warned = dg.wait_line("the mismatch warning", DEADLINE, |l| {
+        l.contains("hung up on the node's challenge")
+    });
+    let value: serde_json::Value = serde_json::from_str(&warned).unwrap();
+    assert_eq!(value["node_name"], format!("{short}@127.0.0.1"), "{warned}");
+    assert_eq!(value["level"], "WARN", "{warned}");
+    // The right name still works, and the node itself logged nothing of it.
+    let right = format!("net_adm:ping('{short}@127.0.0.1')");
+    assert_eq!(repl.ask(&mut peer, &right), "pong");
+    assert!(!node.text().contains("pod-0.app.test"), "{}", node.text());
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -338,7 +338,21 @@ impl Forwarder {
             }) => {
                 metrics::counter!(m::DIST_HANDSHAKES, "node" => node, "result" => "withdrawn")
                     .increment(1);
-                debug!(claimed, reason, "dist handshake called off before the ack");
+                match handshake.awaiting_reply_from() {
+                    // The one silent failure of a misnamed node: say it where it shows.
+                    Some(node_name) if self.guard.may_log(Instant::now()) => {
+                        let claimed = claimed
+                            .map(|name| name.chars().take(MAX_LOGGED_NAME).collect::<String>());
+                        warn!(
+                            node = %attempt.node, source = %attempt.source, claimed, node_name,
+                            "the caller hung up on the node's challenge: it most likely dialled \
+                             the node by another host part than `node_name`, the node's own \
+                             name; peers must use that name exactly (`distgate probe NAME` from \
+                             a peer shows the mismatch)"
+                        );
+                    }
+                    _ => debug!(claimed, reason, "dist handshake called off before the ack"),
+                }
                 None
             }
             Ok(Followed::Failed { reason, .. }) => self.failed(attempt, "failed", reason, claimed),

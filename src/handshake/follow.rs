@@ -173,7 +173,12 @@ pub struct Handshake {
     node_frames: Framer,
     caller: Option<Caller>,
     old_send_name: bool,
+    /// The name the node gave in its challenge (at most [`MAX_NODE_NAME`] bytes).
+    node_name: Option<String>,
 }
+
+/// The longest node name kept from a challenge: OTP's own limit.
+const MAX_NODE_NAME: usize = 255;
 
 impl Default for Handshake {
     fn default() -> Self {
@@ -183,6 +188,7 @@ impl Default for Handshake {
             node_frames: Framer::default(),
             caller: None,
             old_send_name: false,
+            node_name: None,
         }
     }
 }
@@ -198,6 +204,17 @@ impl Handshake {
     /// proof: it is proven only once [`Handshake::is_authenticated`].
     pub fn caller(&self) -> Option<&Caller> {
         self.caller.as_ref()
+    }
+
+    /// The node's own name, while the caller owes the answer to its challenge. A
+    /// caller that hangs up here has read the node's name and not liked it: OTP's
+    /// caller checks that the node is the one it dialled, and a node known to peers by
+    /// another host part fails that check in silence on both sides.
+    pub fn awaiting_reply_from(&self) -> Option<&str> {
+        match self.state {
+            State::Reply { .. } => self.node_name.as_deref(),
+            _ => None,
+        }
     }
 
     /// Whether the node has sent its challenge ack.
@@ -258,11 +275,13 @@ impl Handshake {
                 _ => return Err(unexpected("status reply", "another status")),
             },
             (State::Challenge, Some(b'N')) if frame.len() >= 19 => {
+                self.node_name = challenge_name(frame);
                 self.state = State::Reply {
                     complement: self.old_send_name,
                 };
             }
             (State::Challenge, Some(b'n')) if frame.len() >= 11 => {
+                self.node_name = challenge_name(frame);
                 self.state = State::Reply { complement: false };
             }
             (State::Reply { complement: true }, Some(b'c')) if frame.len() == 9 => {
@@ -320,6 +339,14 @@ fn assigned_name(rest: &[u8]) -> Option<String> {
     let len = usize::from(u16::from_be_bytes(rest.get(..2)?.try_into().ok()?));
     let name = std::str::from_utf8(rest.get(2..2 + len)?).ok()?;
     (!name.is_empty() && !name.chars().any(char::is_control)).then(|| name.to_owned())
+}
+
+/// The node's name in its challenge, if it is a plausible one.
+fn challenge_name(frame: &[u8]) -> Option<String> {
+    let name = super::parse_challenge(frame)?.name;
+    let plausible =
+        !name.is_empty() && name.len() <= MAX_NODE_NAME && !name.chars().any(char::is_control);
+    plausible.then_some(name)
 }
 
 #[cfg(test)]

@@ -237,3 +237,24 @@ fn violations_read_as_sentences() {
         "a 18245-byte frame from the caller, longer than any handshake frame"
     );
 }
+
+#[test]
+fn the_nodes_name_is_known_while_the_caller_owes_its_reply() {
+    let trace = otp25();
+    let mut h = Handshake::new();
+    run(&mut h, &trace[..1], 7);
+    assert_eq!(h.awaiting_reply_from(), None, "no challenge yet");
+    run(&mut h, &trace[1..2], 7);
+    assert_eq!(h.awaiting_reply_from(), Some("b@127.0.0.1"));
+    run(&mut h, &trace[2..], 7);
+    assert_eq!(h.awaiting_reply_from(), None, "answered");
+    // A name no node has (control characters, too long) is not kept.
+    for name in ["b@host\n".to_owned(), format!("b@{}", "h".repeat(300))] {
+        let mut h = Handshake::new();
+        run(&mut h, &trace[..1], 64);
+        let mut challenge_frame = frame(b"sok");
+        challenge_frame.extend(challenge(&name));
+        h.feed(Side::Node, &challenge_frame).unwrap();
+        assert_eq!(h.awaiting_reply_from(), None, "{name:?}");
+    }
+}
