@@ -151,6 +151,15 @@ fn start() {
     for reason in ["not_local", "duplicate", "invalid_name"] {
         counter!(REGISTRATIONS_REJECTED, "reason" => reason).increment(0);
     }
+    // The requests every node and peer makes, so `not_found` can be graphed from 0.
+    for (kind, result) in [
+        ("alive2", "ok"),
+        ("port_please2", "found"),
+        ("port_please2", "not_found"),
+        ("names", "ok"),
+    ] {
+        counter!(EPMD_REQUESTS, "type" => kind, "result" => result).increment(0);
+    }
 }
 
 fn describe() {

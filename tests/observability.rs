@@ -243,6 +243,16 @@ async fn a_fresh_distgate_shows_its_counters_and_gauges_at_zero() {
         let value = sample(&text, "distgate_registrations_rejected_total", &labels);
         assert_eq!(value, Some(0.0), "{reason}:\n{text}");
     }
+    for (kind, result) in [
+        ("alive2", "ok"),
+        ("port_please2", "found"),
+        ("port_please2", "not_found"),
+        ("names", "ok"),
+    ] {
+        let labels = [("type", kind), ("result", result)];
+        let value = sample(&text, "distgate_epmd_requests_total", &labels);
+        assert_eq!(value, Some(0.0), "{kind} {result}:\n{text}");
+    }
     for listener in ["epmd", "dist"] {
         let labels = [("listener", listener)];
         assert_eq!(
