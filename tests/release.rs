@@ -207,6 +207,20 @@ fn a_mix_release_keeps_its_port_while_its_clients_come_and_go() {
         (dg.registry.nodes().into_iter()).find(|n| n.name.starts_with("rem-"))
     });
     assert_eq!((rem.public_port, rem.client), (None, true), "{rem:?}");
+    // `/nodes` (and `distgate nodes`) tells the client from the app.
+    let (status, body) = rt.block_on(http_get(dg.admin.unwrap(), "/nodes"));
+    assert_eq!(status, 200);
+    let nodes: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let listed = |name: &str| {
+        (nodes["nodes"].as_array().unwrap().iter())
+            .find(|n| n["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("{name} not in /nodes: {body}"))
+    };
+    assert_eq!(listed(&rem.name)["client"], true, "{body}");
+    assert_eq!(listed(&rem.name)["public_port"], serde_json::Value::Null);
+    assert_eq!(listed("app")["client"], false, "{body}");
+    assert_eq!(listed("app")["public_port"], public, "{body}");
     assert_eq!(
         repl.ask(&mut peer, linked),
         "true",
