@@ -464,3 +464,32 @@ fn what_cannot_run_is_caught_with_its_key_and_line() {
     assert!(key.starts_with("epmd.listen"), "{key}");
     assert!(message.contains("an address and a port"), "{message}");
 }
+
+#[test]
+fn every_toml_snippet_in_the_docs_is_a_valid_configuration() {
+    let root = example_dir();
+    let mut files = vec![root.join("README.md"), root.join("SECURITY.md")];
+    let mut docs: Vec<_> = std::fs::read_dir(root.join("docs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "md"))
+        .collect();
+    docs.sort();
+    files.extend(docs);
+    let mut snippets = 0;
+    for file in &files {
+        let text = std::fs::read_to_string(file).unwrap();
+        let mut rest = text.as_str();
+        while let Some(start) = rest.find("```toml\n") {
+            let body = &rest[start + 8..];
+            let end = body.find("```").expect("an unclosed ```toml block");
+            let line = text[..text.len() - rest.len() + start].lines().count() + 1;
+            if let Err(e) = parse(&body[..end]) {
+                panic!("{}:{line}: {e}", file.display());
+            }
+            snippets += 1;
+            rest = &body[end..];
+        }
+    }
+    assert!(snippets >= 7, "only {snippets} snippets found");
+}
