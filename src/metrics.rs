@@ -32,8 +32,10 @@ impl InstallError {
 pub const BUILD_INFO: &str = "distgate_build_info";
 /// EPMD requests, by `type` (request kind or `invalid`) and `result`.
 pub const EPMD_REQUESTS: &str = "distgate_epmd_requests_total";
-/// Registered local nodes.
+/// Registered local nodes, release clients not counted.
 pub const REGISTERED_NODES: &str = "distgate_registered_nodes";
+/// Release clients (`[dist] client_names`) registered now; not in `REGISTERED_NODES`.
+pub const REGISTERED_CLIENTS: &str = "distgate_registered_clients";
 /// ALIVE2 requests refused, by `reason` (`not_local`, `duplicate`, `invalid_name`).
 pub const REGISTRATIONS_REJECTED: &str = "distgate_registrations_rejected_total";
 /// Dist connections opened, by `node`, `peer` and `direction`.
@@ -105,6 +107,7 @@ pub const ALL: &[&str] = &[
     BUILD_INFO,
     EPMD_REQUESTS,
     REGISTERED_NODES,
+    REGISTERED_CLIENTS,
     REGISTRATIONS_REJECTED,
     DIST_OPENED,
     DIST_CLOSED,
@@ -144,6 +147,7 @@ const DURATION_BUCKETS: &[f64] = &[
 fn start() {
     gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     gauge!(REGISTERED_NODES).set(0.0);
+    gauge!(REGISTERED_CLIENTS).set(0.0);
     counter!(DIST_NO_NODE).increment(0);
     counter!(ACCEPT_ERRORS).increment(0);
     gauge!(SPLICE_PIPES).set(0.0);
@@ -165,7 +169,14 @@ fn start() {
 fn describe() {
     describe_gauge!(BUILD_INFO, "distgate's version, as a label; always 1");
     describe_counter!(EPMD_REQUESTS, "EPMD requests served, by type and result");
-    describe_gauge!(REGISTERED_NODES, "Nodes registered with distgate's EPMD");
+    describe_gauge!(
+        REGISTERED_NODES,
+        "Nodes registered with distgate's EPMD, release clients not counted"
+    );
+    describe_gauge!(
+        REGISTERED_CLIENTS,
+        "Release clients (dist.client_names) registered with distgate's EPMD"
+    );
     describe_counter!(
         REGISTRATIONS_REJECTED,
         "ALIVE2 registrations refused, by reason"

@@ -263,6 +263,7 @@ async fn a_fresh_distgate_shows_its_counters_and_gauges_at_zero() {
     }
     for name in [
         "distgate_registered_nodes",
+        "distgate_registered_clients",
         "distgate_dist_connections_no_node_total",
         "distgate_accept_errors_total",
         "distgate_dist_banned_sources",

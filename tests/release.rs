@@ -221,6 +221,14 @@ fn a_mix_release_keeps_its_port_while_its_clients_come_and_go() {
     assert_eq!(listed(&rem.name)["public_port"], serde_json::Value::Null);
     assert_eq!(listed("app")["client"], false, "{body}");
     assert_eq!(listed("app")["public_port"], public, "{body}");
+    // The gauge of nodes counts the app only; the client has its own.
+    let (_, metrics) = rt.block_on(http_get(dg.admin.unwrap(), "/metrics"));
+    assert_eq!(
+        sample(&metrics, "distgate_registered_nodes", &[]),
+        Some(1.0)
+    );
+    let clients = sample(&metrics, "distgate_registered_clients", &[]).unwrap_or(0.0);
+    assert!(clients >= 1.0, "registered clients: {clients}");
     assert_eq!(
         repl.ask(&mut peer, linked),
         "true",

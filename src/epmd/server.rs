@@ -248,7 +248,13 @@ impl Server {
             ),
         }
         count_request("alive2", "ok");
-        metrics::gauge!(m::REGISTERED_NODES).increment(1);
+        // Counted as registered: a reload that changes `client_names` does not move it.
+        let gauge = if client {
+            m::REGISTERED_CLIENTS
+        } else {
+            m::REGISTERED_NODES
+        };
+        metrics::gauge!(gauge).increment(1);
         let reply = message::encode_alive2_resp(x_resp, Some(creation));
         let why = if self.write(&mut stream, &reply).await {
             self.hold(&mut stream, stop).await
@@ -256,7 +262,7 @@ impl Server {
             "reply not taken"
         };
         if let Some(node) = self.registry().unregister(id) {
-            metrics::gauge!(m::REGISTERED_NODES).decrement(1);
+            metrics::gauge!(gauge).decrement(1);
             info!(
                 node = %node.name, real_port = node.real_port, public_port = node.public_port,
                 creation = node.creation, reason = why, "node unregistered"
