@@ -249,29 +249,10 @@ fn a_peer_dialling_another_host_part_is_named_in_the_log() {
     if !require(&["erl"]) {
         return;
     }
+    let mut dg = common::binary::Running::start("");
+    let epmd = dg.epmd;
     let dir = std::env::temp_dir().join(unique("distgate-mismatch-"));
     std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("distgate.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[epmd]\nlisten = [\"127.0.0.1:0\"]\n[dist]\nlisten = [\"127.0.0.1\"]\nports = [{}]\n\
-             [admin]\nlisten = []\n",
-            free_port()
-        ),
-    )
-    .unwrap();
-    let mut dg = Output::spawn(
-        "distgate",
-        std::process::Command::new(env!("CARGO_BIN_EXE_distgate"))
-            .args(["--log-format", "json", "--config"])
-            .arg(&config),
-    );
-    let line = dg.wait_line("the EPMD address", DEADLINE, |l| {
-        l.contains("EPMD listening")
-    });
-    let value: serde_json::Value = serde_json::from_str(&line).unwrap();
-    let epmd: std::net::SocketAddr = value["addr"].as_str().unwrap().parse().unwrap();
 
     let short = unique("app");
     let mut node = Output::spawn(
@@ -295,7 +276,7 @@ fn a_peer_dialling_another_host_part_is_named_in_the_log() {
     let mut repl = Repl::new(stdin);
     let wrong = format!("net_adm:ping('{short}@pod-0.app.test')");
     assert_eq!(repl.ask(&mut peer, &wrong), "pang");
-    let warned = dg.wait_line("the mismatch warning", DEADLINE, |l| {
+    let warned = dg.out.wait_line("the mismatch warning", DEADLINE, |l| {
         l.contains("hung up on the node's challenge")
     });
     let value: serde_json::Value = serde_json::from_str(&warned).unwrap();

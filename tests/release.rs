@@ -88,6 +88,29 @@ fn app(bin: &Path, epmd: u16, args: &[&str]) -> Command {
     command
 }
 
+/// `bin/app start`, once the app has registered with `dg`: the app and its node.
+fn start_app(bin: &Path, dg: &TestSidecar) -> (Output, distgate::registry::Node) {
+    let mut started = Output::spawn("bin/app start", &mut app(bin, dg.epmd.port(), &["start"]));
+    let node = eventually_blocking(node_deadline(), "the app to register", || {
+        if let Some(status) = started.process.exited() {
+            panic!("bin/app start exited ({status}):\n{}", started.text());
+        }
+        dg.registry.get("app")
+    });
+    (started, node)
+}
+
+/// `bin/app remote`, which needs a terminal: `script` gives it one. Its output and
+/// keyboard.
+fn remote_shell(bin: &Path, epmd: u16) -> (Output, std::process::ChildStdin) {
+    let mut command = Command::new("script");
+    command.args(["-qec", &format!("{} remote", bin.display()), "/dev/null"]);
+    for (key, value) in app(bin, epmd, &[]).get_envs() {
+        command.env(key, value.unwrap());
+    }
+    Output::spawn_interactive("bin/app remote", &mut command)
+}
+
 /// What a watcher saw of the registry, polled every few milliseconds.
 #[derive(Default)]
 struct Seen {
@@ -146,13 +169,7 @@ fn a_mix_release_keeps_its_port_while_its_clients_come_and_go() {
     };
 
     let start_app = || {
-        let mut started = Output::spawn("bin/app start", &mut app(&bin, epmd, &["start"]));
-        let node = eventually_blocking(node_deadline(), "the app to register", || {
-            if let Some(status) = started.process.exited() {
-                panic!("bin/app start exited ({status}):\n{}", started.text());
-            }
-            dg.registry.get("app")
-        });
+        let (started, node) = start_app(&bin, &dg);
         assert_eq!(
             node.public_port,
             Some(public),
@@ -189,14 +206,7 @@ fn a_mix_release_keeps_its_port_while_its_clients_come_and_go() {
         "the peer lost its link"
     );
 
-    // `bin/app remote`, which needs a terminal: `script` gives it one.
-    let remote = format!("{} remote", bin.display());
-    let mut remote_cmd = Command::new("script");
-    remote_cmd.args(["-qec", &remote, "/dev/null"]);
-    for (key, value) in app(&bin, epmd, &[]).get_envs() {
-        remote_cmd.env(key, value.unwrap());
-    }
-    let (mut shell, mut keys) = Output::spawn_interactive("bin/app remote", &mut remote_cmd);
+    let (mut shell, mut keys) = remote_shell(&bin, epmd);
     shell.wait_line("the remote prompt", node_deadline(), |l| {
         l.contains("iex(app@127.0.0.1)1>")
     });
@@ -355,13 +365,7 @@ fn with_dist_listen_false_release_clients_do_not_register_at_all() {
     let rt = runtime();
     let dg = rt.block_on(TestSidecar::start(Options::default()));
     let epmd = dg.epmd.port();
-    let mut started = Output::spawn("bin/app start", &mut app(&bin, epmd, &["start"]));
-    eventually_blocking(node_deadline(), "the app to register", || {
-        if let Some(status) = started.process.exited() {
-            panic!("bin/app start exited ({status}):\n{}", started.text());
-        }
-        dg.registry.get("app")
-    });
+    let (mut started, _) = start_app(&bin, &dg);
 
     // Every name registered while the clients run, polled every few milliseconds.
     let names = Arc::new(Mutex::new(std::collections::BTreeSet::new()));
@@ -383,12 +387,7 @@ fn with_dist_listen_false_release_clients_do_not_register_at_all() {
         &mut app(&bin, epmd, &["rpc", "IO.puts(\"RPC-\" <> \"ok\")"]),
     );
     assert!(out.contains("RPC-ok"), "{out}");
-    let mut remote_cmd = Command::new("script");
-    remote_cmd.args(["-qec", &format!("{} remote", bin.display()), "/dev/null"]);
-    for (key, value) in app(&bin, epmd, &[]).get_envs() {
-        remote_cmd.env(key, value.unwrap());
-    }
-    let (mut shell, mut keys) = Output::spawn_interactive("bin/app remote", &mut remote_cmd);
+    let (mut shell, mut keys) = remote_shell(&bin, epmd);
     keys.write_all(b"IO.puts(\"REMOTE \" <> Atom.to_string(node()))\r")
         .unwrap();
     assert_eq!(shell.wait_for("REMOTE ", node_deadline()), "app@127.0.0.1");
