@@ -153,8 +153,9 @@ impl Ports {
 
     /// Puts `plan` in force (a reload). A holder loses its port when the port left the
     /// pool, is now pinned to another name, its name is now pinned to another port, or
-    /// (a local node) it is now a release client; every other holder keeps its port. Returns the local nodes that lost theirs
-    /// (routed names are placed again by the gateway).
+    /// (a local node) it is now a release client; every other holder keeps its port.
+    /// Returns the local nodes that lost theirs (routed names are placed again by the
+    /// gateway).
     pub fn replan(&self, plan: PortPlan) -> Vec<String> {
         let mut state = self.lock();
         let mut lost = vec![];
