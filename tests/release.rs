@@ -11,6 +11,7 @@
 
 mod common;
 
+use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -111,6 +112,45 @@ fn remote_shell(bin: &Path, epmd: u16) -> (Output, std::process::ChildStdin) {
     Output::spawn_interactive("bin/app remote", &mut command)
 }
 
+/// The registry looked at every 2 ms on a thread of its own, each look folded into `S`.
+struct Watch<S> {
+    state: Arc<Mutex<S>>,
+    done: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl<S: Default + Send + 'static> Watch<S> {
+    fn start(
+        registry: Arc<distgate::registry::Registry>,
+        mut look: impl FnMut(&mut S, &[distgate::registry::Node]) + Send + 'static,
+    ) -> Watch<S> {
+        let state = Arc::new(Mutex::new(S::default()));
+        let done = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (state, done) = (Arc::clone(&state), Arc::clone(&done));
+            std::thread::spawn(move || {
+                while !done.load(Ordering::SeqCst) {
+                    let nodes = registry.nodes();
+                    look(&mut state.lock().unwrap(), &nodes);
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            })
+        };
+        Watch {
+            state,
+            done,
+            thread,
+        }
+    }
+
+    /// Stops watching; what was seen.
+    fn finish(self) -> S {
+        self.done.store(true, Ordering::SeqCst);
+        self.thread.join().unwrap();
+        std::mem::take(&mut *self.state.lock().unwrap())
+    }
+}
+
 /// What a watcher saw of the registry, polled every few milliseconds.
 #[derive(Default)]
 struct Seen {
@@ -141,32 +181,21 @@ fn a_mix_release_keeps_its_port_while_its_clients_come_and_go() {
     let epmd = dg.epmd.port();
 
     // The watcher: every registration of a client, and every port the app had.
-    let seen = Arc::new(Mutex::new(Seen::default()));
-    let done = Arc::new(AtomicBool::new(false));
-    let watcher = {
-        let (seen, done, registry) = (seen.clone(), done.clone(), dg.registry.clone());
-        std::thread::spawn(move || {
-            while !done.load(Ordering::SeqCst) {
-                let nodes = registry.nodes();
-                let app = nodes.iter().find(|n| n.name == "app");
-                let mut seen = seen.lock().unwrap();
-                if let Some(app) = app
-                    && seen.app_ports.last() != Some(&app.public_port)
-                {
-                    seen.app_ports.push(app.public_port);
-                }
-                for n in nodes.iter().filter(|n| n.client) {
-                    let entry = (n.name.clone(), n.public_port);
-                    if !seen.clients.contains(&entry) {
-                        seen.clients.push(entry);
-                        seen.clients_while_app_down += usize::from(app.is_none());
-                    }
-                }
-                drop(seen);
-                std::thread::sleep(Duration::from_millis(2));
+    let watch = Watch::start(dg.registry.clone(), |seen: &mut Seen, nodes| {
+        let app = nodes.iter().find(|n| n.name == "app");
+        if let Some(app) = app
+            && seen.app_ports.last() != Some(&app.public_port)
+        {
+            seen.app_ports.push(app.public_port);
+        }
+        for n in nodes.iter().filter(|n| n.client) {
+            let entry = (n.name.clone(), n.public_port);
+            if !seen.clients.contains(&entry) {
+                seen.clients.push(entry);
+                seen.clients_while_app_down += usize::from(app.is_none());
             }
-        })
-    };
+        }
+    });
 
     let start_app = || {
         let (started, node) = start_app(&bin, &dg);
@@ -307,9 +336,7 @@ fn a_mix_release_keeps_its_port_while_its_clients_come_and_go() {
     );
     assert!(out.contains("AFTER-ok"), "{out}");
 
-    done.store(true, Ordering::SeqCst);
-    watcher.join().unwrap();
-    let seen = seen.lock().unwrap();
+    let seen = watch.finish();
     let held: Vec<_> = (seen.clients.iter())
         .filter(|(_, port)| port.is_some())
         .collect();
@@ -368,19 +395,12 @@ fn with_dist_listen_false_release_clients_do_not_register_at_all() {
     let (mut started, _) = start_app(&bin, &dg);
 
     // Every name registered while the clients run, polled every few milliseconds.
-    let names = Arc::new(Mutex::new(std::collections::BTreeSet::new()));
-    let done = Arc::new(AtomicBool::new(false));
-    let watcher = {
-        let (names, done, registry) = (names.clone(), done.clone(), dg.registry.clone());
-        std::thread::spawn(move || {
-            while !done.load(Ordering::SeqCst) {
-                let mut names = names.lock().unwrap();
-                names.extend(registry.nodes().into_iter().map(|n| n.name));
-                drop(names);
-                std::thread::sleep(Duration::from_millis(2));
-            }
-        })
-    };
+    let watch = Watch::start(
+        dg.registry.clone(),
+        |names: &mut BTreeSet<String>, nodes| {
+            names.extend(nodes.iter().map(|n| n.name.clone()));
+        },
+    );
     let out = run(
         "bin/app rpc",
         &dir.0,
@@ -396,9 +416,7 @@ fn with_dist_listen_false_release_clients_do_not_register_at_all() {
     keys.write_all(b"a\r").unwrap();
     shell.wait_exit(node_deadline());
 
-    done.store(true, Ordering::SeqCst);
-    watcher.join().unwrap();
-    let names = names.lock().unwrap();
+    let names = watch.finish();
     assert_eq!(
         names.iter().collect::<Vec<_>>(),
         ["app"],
