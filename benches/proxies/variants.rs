@@ -127,7 +127,7 @@ pub fn distgate(dir: &TempDir, config: &str) -> Proc {
     distgate_named(dir, "distgate", config, None)
 }
 
-#[path = "../../tests/common/as_user.rs"]
+#[path = "../../tests/it/support/as_user.rs"]
 mod user;
 pub use user::as_user;
 

@@ -1,0 +1,12 @@
+//! Real Erlang/OTP nodes and the real `epmd` on loopback: conformance, admission, a
+//! gateway before real nodes, probes, releases, reloads.
+
+mod admission;
+mod conformance;
+mod faults;
+mod gateway;
+mod openshift;
+mod otp;
+mod probe;
+mod release;
+mod reload;

@@ -1,0 +1,10 @@
+//! The `distgate` binary as a process: the command line, signals, logs, a real
+//! Prometheus, the manifests, an unprivileged UID's pipe quota.
+
+mod cli;
+mod lifecycle;
+mod logging;
+mod manifests;
+mod observability;
+mod pipe_quota;
+mod prometheus;

@@ -1,0 +1,148 @@
+//! Logging never stops distgate: with its log pipe closed (a log shipper that died,
+//! `distgate 2>&1 | head -c 10`), registrations, links, `/readyz` and the drain behave
+//! as with a working log, and the lost lines are counted. Colour codes only at a
+//! terminal, and never with `NO_COLOR`.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+
+use crate::support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A configuration on loopback ports the OS picks, one public port: the directory
+/// that holds it and its path.
+fn config() -> (TempDir, std::path::PathBuf) {
+    let dir = TempDir::new("distgate-logging-");
+    let path = dir.join("distgate.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[epmd]\nlisten = [\"127.0.0.1:0\"]\n[dist]\nlisten = [\"127.0.0.1\"]\nports = [{}]\n\
+             [admin]\nlisten = [\"127.0.0.1:0\"]\n[shutdown]\ngrace = \"5s\"\n",
+            free_port()
+        ),
+    )
+    .unwrap();
+    (dir, path)
+}
+
+fn addr_of(line: &str) -> SocketAddr {
+    let value: serde_json::Value = serde_json::from_str(line).unwrap();
+    value["addr"].as_str().unwrap().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_log_pipe_changes_nothing_but_the_lost_lines_count() {
+    let (_dir, config) = config();
+    let child = Command::new(env!("CARGO_BIN_EXE_distgate"))
+        .args(["--log-format", "json", "--config"])
+        .arg(config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Killed by PID should the test fail before it exits.
+    let mut process = Process {
+        child,
+        label: "distgate".into(),
+    };
+    let pid = process.child.id();
+    // Read the addresses it bound, then close the pipe: every later line fails.
+    let (mut epmd, mut admin, mut public) = (None, None, None);
+    {
+        let mut lines = BufReader::new(process.child.stderr.take().unwrap()).lines();
+        while public.is_none() {
+            let line = lines.next().expect("distgate ended").unwrap();
+            if line.contains("\"EPMD listening\"") {
+                epmd = Some(addr_of(&line));
+            } else if line.contains("\"admin HTTP listening") {
+                admin = Some(addr_of(&line));
+            } else if line.contains("\"public dist port listening\"") {
+                public = Some(addr_of(&line));
+            }
+        }
+    }
+    let (epmd, admin, public) = (epmd.unwrap(), admin.unwrap(), public.unwrap());
+
+    // Work that logs: registrations, a link that opens, carries bytes and closes.
+    let (node, _registration) = fake_node(epmd, "app").await;
+    let (mut client, mut upstream) = dist::link(public, &node, "peer@127.0.0.1").await;
+    client.write_all(b"through").await.unwrap();
+    let mut got = [0u8; 7];
+    upstream.read_exact(&mut got).await.unwrap();
+    assert_eq!(&got, b"through");
+    drop((client, upstream));
+    let (_other, reply) = register(epmd, &alive2("second", 1)).await;
+    assert_eq!(&reply[..2], &[b'v', 0]);
+    let (_, listed) = names(epmd).await;
+    assert!(listed.iter().any(|l| l.contains("second")), "{listed:?}");
+    assert_eq!(http_get(admin, "/readyz").await.0, 200);
+    let text = eventually("the lost lines counted", || async move {
+        let (_, text) = http_get(admin, "/metrics").await;
+        let dropped = sample(&text, "distgate_log_lines_dropped_total", &[])?;
+        (dropped >= 3.0).then_some(text)
+    })
+    .await;
+    assert_eq!(sample(&text, "distgate_registered_nodes", &[]), Some(2.0));
+
+    // The drain and the exit are as with a working log.
+    let status = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exited = eventually_blocking(DEADLINE, "distgate to exit", || {
+        process.child.try_wait().unwrap()
+    });
+    assert_eq!(exited.code(), Some(0), "{exited}");
+}
+
+/// The text log of a distgate that starts and is stopped at once, run as `command`.
+fn text_log(command: &mut Command) -> String {
+    let out = command.output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
+
+#[test]
+fn colour_only_at_a_terminal_and_never_with_no_color() {
+    if !require(&["script", "timeout"]) {
+        return;
+    }
+    let (_dir, config) = config();
+    let run = format!(
+        "timeout -s TERM 1 {} --config {}",
+        env!("CARGO_BIN_EXE_distgate"),
+        config.display()
+    );
+    // A pipe: no escape codes.
+    let piped = text_log(Command::new("sh").args(["-c", &run]).env_remove("NO_COLOR"));
+    assert!(piped.contains("EPMD listening"), "{piped}");
+    assert!(
+        !piped.contains('\u{1b}'),
+        "escape codes in a pipe: {piped:?}"
+    );
+    // A terminal (script gives it one): colour, unless NO_COLOR says not.
+    let at_terminal = |no_color: Option<&str>| {
+        let mut command = Command::new("script");
+        command
+            .args(["-qec", &run, "/dev/null"])
+            .env_remove("NO_COLOR");
+        if let Some(v) = no_color {
+            command.env("NO_COLOR", v);
+        }
+        text_log(&mut command)
+    };
+    let coloured = at_terminal(None);
+    assert!(coloured.contains("EPMD listening"), "{coloured}");
+    assert!(
+        coloured.contains('\u{1b}'),
+        "no colour at a terminal: {coloured:?}"
+    );
+    let plain = at_terminal(Some("1"));
+    assert!(plain.contains("EPMD listening"), "{plain}");
+    assert!(
+        !plain.contains('\u{1b}'),
+        "colour despite NO_COLOR: {plain:?}"
+    );
+}

@@ -1,0 +1,285 @@
+//! Every kustomization under deploy/kubernetes renders with `kubectl kustomize`, and
+//! every rendered object validates offline against the Kubernetes schemas with the
+//! PyPI package `kubernetes-validate` (installed by scripts/test). The native sidecar
+//! needs Kubernetes 1.29; the legacy variant must validate against 1.27.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::support::*;
+
+fn validator() -> Option<PathBuf> {
+    let installed =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("target/tools/venv/bin/kubernetes-validate");
+    std::env::var_os("KUBERNETES_VALIDATE")
+        .map(PathBuf::from)
+        .or_else(|| installed.is_file().then_some(installed))
+        .or_else(|| have("kubernetes-validate").then(|| PathBuf::from("kubernetes-validate")))
+}
+
+fn kustomizations() -> Vec<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes");
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join("kustomization.yaml").is_file())
+        .collect();
+    dirs.sort();
+    dirs
+}
+
+fn render(dir: &Path) -> String {
+    let out = Command::new("kubectl")
+        .arg("kustomize")
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}: {}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn every_manifest_renders_and_validates() {
+    if !require(&["kubectl"]) {
+        return;
+    }
+    let Some(validate) = validator() else {
+        assert!(
+            std::env::var("CI").map_or(true, |v| v != "true"),
+            "CI=true but kubernetes-validate is not installed"
+        );
+        eprintln!("skipped: kubernetes-validate not installed (scripts/test installs it)");
+        return;
+    };
+    let dirs = kustomizations();
+    let names: Vec<_> = dirs
+        .iter()
+        .map(|d| d.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "base",
+            "gateway",
+            "monitoring",
+            "network-policy",
+            "openshift",
+            "sidecar-legacy",
+            "statefulset"
+        ]
+    );
+    let scratch = std::env::temp_dir().join(unique("distgate-manifests-"));
+    std::fs::create_dir_all(&scratch).unwrap();
+    for (dir, name) in dirs.iter().zip(&names) {
+        let rendered = render(dir);
+        let file = scratch.join(format!("{name}.yaml"));
+        std::fs::write(&file, &rendered).unwrap();
+        let version = if name == "sidecar-legacy" {
+            "1.27.0"
+        } else {
+            "1.29.0"
+        };
+        let out = Command::new(&validate)
+            .args(["--strict", "--quiet", "-k", version])
+            .arg(&file)
+            .output()
+            .unwrap();
+        let report = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && !report.contains("ERROR"),
+            "{name}:\n{report}"
+        );
+        // Only the operator's CRDs lack a built-in schema.
+        for line in report.lines().filter(|l| l.contains("WARN")) {
+            assert!(
+                line.contains("kind PodMonitor") || line.contains("kind PrometheusRule"),
+                "{name}: {line}"
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
+}
+
+#[test]
+fn services_declare_only_epmd_and_the_public_dist_port() {
+    if !require(&["kubectl"]) {
+        return;
+    }
+    for dir in ["base", "statefulset"] {
+        let rendered = render(
+            &Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("deploy/kubernetes")
+                .join(dir),
+        );
+        for doc in rendered
+            .split("\n---\n")
+            .filter(|d| d.contains("kind: Service\n"))
+        {
+            let ports: Vec<&str> = doc
+                .lines()
+                .filter(|l| l.trim_start().starts_with("port:"))
+                .collect();
+            assert_eq!(
+                ports,
+                ["    port: 4369", "    port: 43691"],
+                "{dir}:\n{doc}"
+            );
+            for needle in ["name: tcp-epmd", "name: tcp-dist", "appProtocol: tcp"] {
+                assert!(doc.contains(needle), "{dir}: no {needle}:\n{doc}");
+            }
+        }
+        assert!(
+            !rendered.contains("cluster.local"),
+            "{dir} hard-codes the cluster domain"
+        );
+    }
+    let headless =
+        render(&Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes/statefulset"));
+    assert!(
+        headless.contains("clusterIP: None") && headless.contains("publishNotReadyAddresses: true")
+    );
+}
+
+/// The head of deploy/distgate.yaml, above the rendered StatefulSet setup.
+const ONE_FILE_HEADER: &str = "# distgate in one file: `kubectl kustomize deploy/kubernetes/statefulset`, for\n\
+# `kubectl apply -f distgate.yaml`. A StatefulSet `app` of three pods, each a BEAM node\n\
+# with distgate as a native sidecar (Kubernetes 1.29+), its headless Service and the\n\
+# NetworkPolicy. Set the `app` image to your release's (and the distgate image to yours)\n\
+# and create the cookie first:\n\
+#   kubectl create secret generic app-cookie --from-literal=cookie=\"$(openssl rand -hex 32)\"\n\
+# docs/kubernetes.md explains each part. Generated: edit the kustomize bases, then run\n\
+# tests/it/process/manifests.rs with DISTGATE_BLESS=1 to write this file again.\n";
+
+#[test]
+fn the_one_file_install_is_the_rendered_statefulset() {
+    if !require(&["kubectl"]) {
+        return;
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let want = format!(
+        "{ONE_FILE_HEADER}{}",
+        render(&root.join("deploy/kubernetes/statefulset"))
+    );
+    let path = root.join("deploy/distgate.yaml");
+    if std::env::var_os("DISTGATE_BLESS").is_some() {
+        std::fs::write(&path, &want).unwrap();
+    }
+    let have = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        have == want,
+        "deploy/distgate.yaml differs from the rendered bases: run tests/it/process/manifests.rs with DISTGATE_BLESS=1"
+    );
+}
+
+#[test]
+fn the_dashboard_ships_as_a_configmap_for_the_grafana_sidecar() {
+    if !require(&["kubectl"]) {
+        return;
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let rendered = render(&root.join("deploy/kubernetes/monitoring"));
+    let at = rendered.find("kind: ConfigMap").expect("a ConfigMap");
+    let configmap = &rendered[..at];
+    assert!(configmap.contains("distgate.json: |"), "{configmap}");
+    let tail = &rendered[at..];
+    assert!(tail.contains("grafana_dashboard: \"1\""), "{tail}");
+    assert!(tail.contains("name: distgate-dashboard"), "{tail}");
+    // The file people import by hand is the same dashboard.
+    let by_hand = std::fs::read_to_string(root.join("deploy/grafana/distgate.json")).unwrap();
+    let shipped =
+        std::fs::read_to_string(root.join("deploy/kubernetes/monitoring/distgate-dashboard.json"))
+            .unwrap();
+    assert_eq!(by_hand, shipped);
+}
+
+#[test]
+fn the_openshift_overlay_leaves_the_uid_to_the_platform() {
+    if !require(&["kubectl"]) {
+        return;
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes");
+    let openshift = render(&root.join("openshift"));
+    for key in ["runAsUser", "runAsGroup", "fsGroup"] {
+        assert!(
+            !openshift.contains(key),
+            "openshift sets {key}:\n{openshift}"
+        );
+    }
+    // The same StatefulSet otherwise.
+    let statefulset = render(&root.join("statefulset"));
+    let without: String = statefulset
+        .lines()
+        .filter(|l| !l.contains("runAsUser: 65532") && !l.contains("runAsGroup: 65532"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_eq!(openshift, without);
+}
+
+#[test]
+fn pods_meet_the_restricted_profile() {
+    if !require(&["kubectl"]) {
+        return;
+    }
+    for dir in ["base", "statefulset", "sidecar-legacy", "openshift"] {
+        let rendered = render(
+            &Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("deploy/kubernetes")
+                .join(dir),
+        );
+        for needle in [
+            "runAsNonRoot: true",
+            "type: RuntimeDefault",
+            "allowPrivilegeEscalation: false",
+            "readOnlyRootFilesystem: true",
+        ] {
+            assert!(rendered.contains(needle), "{dir}: no {needle}");
+        }
+        // Every container drops every capability and none asks for privileges.
+        assert_eq!(
+            rendered.matches("allowPrivilegeEscalation: false").count(),
+            rendered.matches("- ALL").count(),
+            "{dir}"
+        );
+        assert_eq!(
+            rendered.matches("allowPrivilegeEscalation: false").count(),
+            2,
+            "{dir}"
+        );
+        assert!(!rendered.contains("privileged: true"), "{dir}");
+    }
+}
+
+#[test]
+fn the_gateways_config_is_valid() {
+    let file =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes/gateway/distgate.toml");
+    let config = distgate::config::load(&file).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.routes.len(), 1);
+    assert_eq!(config.dist.ports.len(), 10);
+    assert_eq!(config.routes[0].lease, distgate::route::LeaseRule::Ordinal);
+}
+
+#[test]
+fn the_gateway_runs_replicas_that_are_never_all_down() {
+    if !require(&["kubectl"]) {
+        return;
+    }
+    let rendered = render(&Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes/gateway"));
+    for needle in [
+        "replicas: 2",
+        "maxUnavailable: 0",
+        "kind: PodDisruptionBudget",
+        "minAvailable: 1",
+        "topologyKey: kubernetes.io/hostname",
+        "sessionAffinity: ClientIP",
+        "path: /readyz",
+    ] {
+        assert!(rendered.contains(needle), "no {needle}:\n{rendered}");
+    }
+}
