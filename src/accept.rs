@@ -1,10 +1,11 @@
 //! The one accept loop every listener (EPMD, dist, admin) runs: the connection limit,
 //! a back-off on accept errors that grows (capped) and resets once an accept works,
 //! one tracked task and one tracing span per connection. What a connection is for is
-//! the caller's `handle`; this module only accepts.
+//! the caller's `handle`; this module only accepts. [`is_local`] tells a connection
+//! from the pod itself from one from elsewhere.
 
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -128,10 +129,30 @@ fn next_backoff(backoff: Duration) -> Duration {
     (backoff * 2).min(MAX_BACKOFF)
 }
 
+/// epmd's rule (docs/protocol.md §9): loopback, or the socket's own local address (a
+/// sibling container dialling the pod IP).
+pub(crate) fn is_local(peer: IpAddr, local: IpAddr) -> bool {
+    let peer = peer.to_canonical();
+    peer.is_loopback() || peer == local.to_canonical()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use tokio::io::AsyncReadExt;
+
+    #[test]
+    fn locality_follows_epmd() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(is_local(ip("127.0.0.1"), ip("127.0.0.1")));
+        assert!(is_local(ip("127.9.8.7"), ip("10.0.0.5")));
+        assert!(is_local(ip("::1"), ip("::1")));
+        assert!(is_local(ip("::ffff:127.0.0.1"), ip("::1")));
+        assert!(is_local(ip("10.0.0.5"), ip("10.0.0.5")), "pod IP to itself");
+        assert!(is_local(ip("::ffff:10.0.0.5"), ip("10.0.0.5")));
+        assert!(!is_local(ip("10.0.0.6"), ip("10.0.0.5")));
+        assert!(!is_local(ip("fe80::1"), ip("fe80::2")));
+    }
 
     #[test]
     fn the_backoff_doubles_up_to_its_cap() {

@@ -26,8 +26,6 @@ pub const DEFAULT_PIPE_SIZE: usize = 1024 * 1024;
 /// Smallest pipe size accepted: one page.
 pub const MIN_PIPE_SIZE: usize = 4096;
 
-/// The EPMD port every BEAM node in a cluster dials.
-pub const DEFAULT_EPMD_PORT: u16 = 4369;
 /// The public dist port distgate publishes nodes on.
 pub const DEFAULT_DIST_PORT: u16 = 43691;
 /// Most ports a public dist pool may hold.
@@ -273,8 +271,8 @@ impl Default for EpmdConfig {
     fn default() -> Self {
         EpmdConfig {
             listen: vec![
-                SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), DEFAULT_EPMD_PORT),
-                SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), DEFAULT_EPMD_PORT),
+                SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), crate::epmd::PORT),
+                SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), crate::epmd::PORT),
             ],
             register_from: Peers::LOCAL,
             names_from: Peers::LOCAL,

@@ -24,10 +24,8 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Names answered and forwarded for nodes that are not registered here.
 pub trait Routes: Send + Sync + fmt::Debug {
-    /// Whether a route takes `name`.
-    fn takes(&self, name: &str) -> bool;
-    /// PORT2_RESP for routed name `name` (its public port), or `None` when its
-    /// upstream does not have it or no public port is left.
+    /// PORT2_RESP for routed name `name` (its public port), or `None` when no route
+    /// takes it, its upstream does not have it or no public port is left.
     fn port_please<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Option<Port2Resp>>;
     /// Routed names holding public ports, with those ports, oldest first.
     fn names(&self) -> Vec<(String, u16)>;
@@ -128,8 +126,8 @@ impl Directory {
             return Some(node.port2_resp());
         }
         match self.routes() {
-            Some(routes) if routes.takes(name) => routes.port_please(name).await,
-            _ => None,
+            Some(routes) => routes.port_please(name).await,
+            None => None,
         }
     }
 

@@ -16,10 +16,14 @@
 //!   trigger is logged.
 //! - [`handshake`]: the first frame of a dist connection (who is calling), pure.
 //! - [`metrics`]: every metric name, described once.
-//! - [`admin`]: the HTTP server for `/metrics`, `/livez` and `/readyz`.
+//! - [`admin`]: the HTTP server: `/metrics`, `/livez`, `/readyz`, `/links`, `/nodes`
+//!   and `POST /reload`; [`ready`]: what `/readyz` answers; [`api`]: the JSON shapes of
+//!   `/links` and `/nodes` and the client of `distgate links`, `nodes` and `reload`.
+//! - [`links`]: the table of open links, their bytes and silences.
 //! - [`probe`]: `distgate probe NODE@HOST`, which finds where a node's path breaks.
 //! - [`dns`]: hickory behind a trait, and a cache that owns TTLs (for the gateway).
-//! - [`route`]: gateway routes (node-name glob → upstream host template), pure.
+//! - [`route`]: gateway routes (node-name glob → upstream host template), pure;
+//!   [`glob`]: the globs over node names that routes, pins and allow-lists use.
 //! - [`gateway`]: routed names: confirmed upstream, leased a public port (the same on
 //!   every replica that knows the same names), forwarded; it serves the directory
 //!   through [`directory::Routes`].
@@ -37,12 +41,14 @@
 
 mod accept;
 pub mod admin;
+pub mod api;
 pub mod config;
 pub mod directory;
 pub mod dns;
 pub mod epmd;
 pub mod forward;
 pub mod gateway;
+pub mod glob;
 pub mod handshake;
 mod limit;
 pub mod links;
@@ -52,10 +58,10 @@ mod log_budget;
 pub mod metrics;
 pub mod ports;
 pub mod probe;
+pub mod ready;
 pub mod registry;
 pub mod reload;
 pub mod route;
-pub mod status;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -122,7 +128,7 @@ impl SetupError {
 #[derive(Debug)]
 pub struct Distgate {
     directory: Arc<Directory>,
-    health: Arc<admin::Health>,
+    health: Arc<ready::Health>,
     metrics: Option<metrics::Exporter>,
     epmd: Arc<epmd::Server>,
     links: Arc<links::Links>,
@@ -174,7 +180,7 @@ impl Distgate {
             &config.metrics,
             acceptor("dist", &dist_limit),
         ));
-        let health = Arc::new(admin::Health::new(
+        let health = Arc::new(ready::Health::new(
             config.admin.ready_when.clone(),
             Arc::clone(directory.registry()),
             shutdown.clone(),
@@ -245,7 +251,7 @@ impl Distgate {
     }
 
     /// What `/readyz` reports.
-    pub fn health(&self) -> &Arc<admin::Health> {
+    pub fn health(&self) -> &Arc<ready::Health> {
         &self.health
     }
 

@@ -14,29 +14,18 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
+use crate::api::{self, LinkView};
 use crate::metrics as m;
-
-/// Milliseconds since the process's first look at the clock: what [`Flow`] stores.
-/// The wall-clock time of `instant`, from one anchor taken once: the same instant
-/// always gives the same time (a link's `opened_at` does not wobble between answers).
-fn wall_clock(instant: Instant) -> SystemTime {
-    static ANCHOR: OnceLock<(Instant, SystemTime)> = OnceLock::new();
-    let &(at, wall) = ANCHOR.get_or_init(|| (Instant::now(), SystemTime::now()));
-    match instant.checked_duration_since(at) {
-        Some(after) => wall + after,
-        None => wall - at.duration_since(instant),
-    }
-}
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// Milliseconds since the process's first look at the clock: what [`Flow`] stores.
 fn now_ms() -> u64 {
     static START: OnceLock<Instant> = OnceLock::new();
     let start = *START.get_or_init(Instant::now);
@@ -104,31 +93,6 @@ pub struct Link {
     pub from_peer: Flow,
     /// From the node towards the peer.
     pub to_peer: Flow,
-}
-
-/// What `/links` shows of a link.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct LinkView {
-    /// The local (or routed) node.
-    pub node: String,
-    /// The peer's node name, as its handshake gave it (`tls` for TLS links).
-    pub peer: String,
-    /// `inbound` (to a local node) or `gateway` (to a routed name's upstream).
-    pub direction: String,
-    /// The peer's address as distgate sees it.
-    pub source: String,
-    /// `ok` (the node acknowledged the handshake) or `tls` (not followed).
-    pub handshake: String,
-    /// When the link came up, seconds since the Unix epoch.
-    pub opened_at: f64,
-    /// Bytes from the peer to the node.
-    pub bytes_from_peer: u64,
-    /// Bytes from the node to the peer.
-    pub bytes_to_peer: u64,
-    /// Seconds since the last byte from the peer.
-    pub idle_from_peer: f64,
-    /// Seconds since the last byte to the peer.
-    pub idle_to_peer: f64,
 }
 
 /// The table of open links.
@@ -314,7 +278,7 @@ impl Link {
     }
 
     fn view(&self, now: u64) -> LinkView {
-        let opened_at = crate::status::unix_seconds(wall_clock(self.metrics.started()));
+        let opened_at = api::unix_seconds(api::wall_clock(self.metrics.started()));
         LinkView {
             node: self.metrics.node().to_owned(),
             peer: self.peer().to_owned(),

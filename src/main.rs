@@ -81,7 +81,7 @@ enum Command {
         /// The node, as peers name it: name@host.
         node: String,
         /// The EPMD port to ask (as ERL_EPMD_PORT for nodes).
-        #[arg(long, env = "ERL_EPMD_PORT", default_value_t = config::DEFAULT_EPMD_PORT)]
+        #[arg(long, env = "ERL_EPMD_PORT", default_value_t = distgate::epmd::PORT)]
         epmd_port: u16,
         /// Resolve and connect over IPv6, like `-proto_dist inet6_tcp`.
         #[arg(long)]
@@ -241,7 +241,7 @@ fn on_this_thread<F: std::future::Future>(task: F) -> Result<F::Output, ExitCode
 
 /// `distgate reload`: exit 0 when the new configuration is in force, 1 otherwise.
 fn reload(args: &AdminArgs) -> ExitCode {
-    let answer = match on_this_thread(distgate::status::reload(args.admin, args.timeout)) {
+    let answer = match on_this_thread(distgate::api::client::reload(args.admin, args.timeout)) {
         Ok(answer) => answer,
         Err(code) => return code,
     };
@@ -266,8 +266,8 @@ fn reload(args: &AdminArgs) -> ExitCode {
 fn status(args: &AdminArgs, nodes: bool) -> ExitCode {
     let answer = on_this_thread(async {
         match nodes {
-            true => distgate::status::nodes(args.admin, args.timeout).await,
-            false => distgate::status::links(args.admin, args.timeout).await,
+            true => distgate::api::client::nodes(args.admin, args.timeout).await,
+            false => distgate::api::client::links(args.admin, args.timeout).await,
         }
     });
     let answer = match answer {

@@ -10,7 +10,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use serde::de::{self, Deserialize, Deserializer};
 
-use crate::route::wildcard_match;
+use crate::glob::wildcard_match;
 
 /// At most this many `client_names` patterns.
 pub const MAX_CLIENT_PATTERNS: usize = 64;

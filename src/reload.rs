@@ -21,7 +21,6 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
-use crate::admin::Health;
 use crate::config::{self, Config, ConfigError};
 use crate::directory::{Directory, Routes};
 use crate::dns::DnsSetupError;
@@ -33,6 +32,7 @@ use crate::links::Links;
 use crate::listen::{self, BindError};
 use crate::live::Live;
 use crate::metrics as m;
+use crate::ready::Health;
 use crate::registry::Moved;
 
 /// Why a reload changed nothing.

@@ -10,21 +10,19 @@
 //! The gateway ([`crate::gateway`]) resolves the host, leases a public port and
 //! forwards; this module only decides where a name would go.
 
-use std::fmt;
 use std::time::Duration;
 
 use serde::Deserialize;
 use serde::de::{self, Deserializer};
 
+pub use crate::glob::{Glob, GlobError};
+
 /// A route that cannot be used; the message is what the configuration error says.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RouteError {
-    /// `nodes = ""`.
-    #[error("an empty pattern matches no node name")]
-    EmptyPattern,
-    /// `nodes` with `@host`.
-    #[error("match the name part only, without `@host`")]
-    HostInPattern,
+    /// A `nodes` glob that cannot be used.
+    #[error(transparent)]
+    Glob(#[from] GlobError),
     /// A placeholder other than `{name}`.
     #[error("`{0}`: the only placeholder is {{name}}")]
     Placeholder(String),
@@ -52,8 +50,7 @@ impl RouteError {
     /// A bounded label for logs and metrics.
     pub fn reason(&self) -> &'static str {
         match self {
-            RouteError::EmptyPattern => "empty_pattern",
-            RouteError::HostInPattern => "host_in_pattern",
+            RouteError::Glob(e) => e.reason(),
             RouteError::Placeholder(_) => "placeholder",
             RouteError::NotAHost(_) => "not_a_host",
             RouteError::NotAService(_) => "not_a_service",
@@ -62,73 +59,6 @@ impl RouteError {
             RouteError::Neither => "no_upstream",
             RouteError::ZeroLeaseIdle => "zero_lease_idle",
         }
-    }
-}
-
-/// A glob over node names: `*` matches any run of characters, `?` one character.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "String")]
-pub struct Glob(String);
-
-impl TryFrom<String> for Glob {
-    type Error = RouteError;
-    fn try_from(s: String) -> Result<Glob, RouteError> {
-        Glob::new(&s)
-    }
-}
-
-impl Glob {
-    /// A glob over name parts; refuses the empty pattern and one with `@`.
-    pub fn new(pattern: &str) -> Result<Glob, RouteError> {
-        if pattern.is_empty() {
-            return Err(RouteError::EmptyPattern);
-        }
-        if pattern.contains('@') {
-            return Err(RouteError::HostInPattern);
-        }
-        Ok(Glob(pattern.to_owned()))
-    }
-
-    /// Whether `name` matches.
-    pub fn matches(&self, name: &str) -> bool {
-        wildcard_match(&self.0, name)
-    }
-}
-
-/// Whether `name` matches `pattern`, where `*` matches any run of characters and `?`
-/// one, by the classic two-pointer wildcard walk (linear in practice, no recursion).
-pub fn wildcard_match(pattern: &str, name: &str) -> bool {
-    let (pattern, name): (Vec<char>, Vec<char>) =
-        (pattern.chars().collect(), name.chars().collect());
-    let (mut p, mut n) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while n < name.len() {
-        match pattern.get(p) {
-            Some('*') => {
-                star = Some((p, n));
-                p += 1;
-            }
-            Some(&c) if c == '?' || c == name[n] => {
-                p += 1;
-                n += 1;
-            }
-            _ => match star {
-                // Let the last star swallow one more character.
-                Some((sp, sn)) => {
-                    p = sp + 1;
-                    n = sn + 1;
-                    star = Some((sp, sn + 1));
-                }
-                None => return false,
-            },
-        }
-    }
-    pattern[p..].iter().all(|&c| c == '*')
-}
-
-impl fmt::Display for Glob {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
     }
 }
 
@@ -206,9 +136,6 @@ impl<'de> Deserialize<'de> for UpstreamPort {
         }
     }
 }
-
-/// The port peers and upstream sidecars use for EPMD.
-const EPMD_PORT: u16 = 4369;
 
 /// How a route's names find their home port in the pool (`lease = "hash"` or
 /// `"ordinal"`). Where two names want one port, the gateway's placement decides
@@ -307,7 +234,7 @@ impl Route {
             nodes,
             upstream,
             port: default_dist_port(),
-            epmd_port: EPMD_PORT,
+            epmd_port: crate::epmd::PORT,
             lease: LeaseRule::default(),
             lease_idle: DEFAULT_LEASE_IDLE,
         }
@@ -411,7 +338,7 @@ fn default_dist_port() -> UpstreamPort {
 }
 
 fn default_epmd_port() -> u16 {
-    EPMD_PORT
+    crate::epmd::PORT
 }
 
 /// The route that takes a name, and where it sends it.
@@ -454,35 +381,6 @@ mod tests {
 
     fn glob(p: &str) -> Glob {
         Glob::new(p).unwrap()
-    }
-
-    #[test]
-    fn globs_match_like_shells() {
-        let cases = [
-            ("app-*", "app-0", true),
-            ("app-*", "app-", true),
-            ("app-*", "app", false),
-            ("app-*", "web-0", false),
-            ("*", "anything", true),
-            ("a?c", "abc", true),
-            ("a?c", "ac", false),
-            ("*-worker-*", "eu-worker-7", true),
-            ("*-worker-*", "eu-worker", false),
-            ("a*b*c", "aXbYbZc", true),
-            ("a*b*c", "aXbYbZ", false),
-            ("exact", "exact", true),
-            ("exact", "exactly", false),
-            ("ü*", "über", true),
-        ];
-        for (pattern, name, expected) in cases {
-            assert_eq!(glob(pattern).matches(name), expected, "{pattern} ~ {name}");
-        }
-    }
-
-    #[test]
-    fn globs_refuse_hosts_and_emptiness() {
-        assert!(Glob::new("").is_err());
-        assert!(Glob::new("app@host").is_err());
     }
 
     #[test]

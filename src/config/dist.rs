@@ -9,8 +9,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde::de::{self, Deserializer};
 
+use crate::glob::wildcard_match;
 use crate::ports::{ClientNames, PortPlan};
-use crate::route::wildcard_match;
 
 use super::{DEFAULT_DIST_PORT, Peers};
 

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn};
 
 use super::message::{self, Alive2Req, FrameError, Request, RequestKind};
-use crate::accept::{Acceptor, Admit};
+use crate::accept::{Acceptor, Admit, is_local};
 use crate::config::EpmdConfig;
 use crate::directory::Directory;
 use crate::live::Live;
@@ -348,13 +348,6 @@ fn count_request(kind: &'static str, result: &'static str) {
     metrics::counter!(m::EPMD_REQUESTS, "type" => kind, "result" => result).increment(1);
 }
 
-/// epmd's rule (docs/protocol.md §9): loopback, or the socket's own local address (a
-/// sibling container dialling the pod IP).
-pub(crate) fn is_local(peer: IpAddr, local: IpAddr) -> bool {
-    let peer = peer.to_canonical();
-    peer.is_loopback() || peer == local.to_canonical()
-}
-
 /// The loopback address of the family a node registered from: its real port is
 /// reached there.
 fn loopback_like(peer: IpAddr) -> IpAddr {
@@ -373,19 +366,6 @@ fn unix_now() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn locality_follows_epmd() {
-        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
-        assert!(is_local(ip("127.0.0.1"), ip("127.0.0.1")));
-        assert!(is_local(ip("127.9.8.7"), ip("10.0.0.5")));
-        assert!(is_local(ip("::1"), ip("::1")));
-        assert!(is_local(ip("::ffff:127.0.0.1"), ip("::1")));
-        assert!(is_local(ip("10.0.0.5"), ip("10.0.0.5")), "pod IP to itself");
-        assert!(is_local(ip("::ffff:10.0.0.5"), ip("10.0.0.5")));
-        assert!(!is_local(ip("10.0.0.6"), ip("10.0.0.5")));
-        assert!(!is_local(ip("fe80::1"), ip("fe80::2")));
-    }
 
     #[test]
     fn forwarding_uses_the_registering_family() {

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use tracing::info;
 
+use crate::api::LeaseView;
 use crate::directory::InUse;
 use crate::epmd::message::Port2Resp;
 use crate::metrics as m;
@@ -65,23 +66,6 @@ impl Lease {
             extra: self.extra.clone(),
         }
     }
-}
-
-/// What `/nodes` shows of a lease.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct LeaseView {
-    /// The routed name.
-    pub name: String,
-    /// The public port it holds.
-    pub public_port: u16,
-    /// Where its links go: the upstream host and dist port.
-    pub upstream: String,
-    /// The route (its `nodes`).
-    pub route: String,
-    /// Links open to it now.
-    pub links: usize,
-    /// Seconds since its last lookup or link.
-    pub last_used_s: f64,
 }
 
 /// Which route a lease belongs to and where its name would like to be.

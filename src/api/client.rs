@@ -1,6 +1,6 @@
-//! `distgate links` and `distgate nodes`: the admin port's `/links` and `/nodes`,
-//! fetched and printed as tables, for an operator with `kubectl exec` or a
-//! port-forward; `distgate reload`: its `POST /reload`.
+//! The admin API's client: `distgate links` and `distgate nodes` fetch `/links` and
+//! `/nodes` and print them as tables, for an operator with `kubectl exec` or a
+//! port-forward; `distgate reload` is its `POST /reload`.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -9,15 +9,14 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper::Request;
 use hyper_util::rt::TokioIo;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use tokio::net::TcpStream;
 
-use crate::gateway::LeaseView;
-use crate::links::LinkView;
+use super::{LeaseView, LinkView, NodeView, unix_now};
 
 /// Why the admin port could not be read.
 #[derive(Debug, thiserror::Error)]
-pub enum StatusError {
+pub enum ApiError {
     /// No connection, or no answer in time.
     #[error("cannot reach the admin port at {addr}: {reason}")]
     Unreachable {
@@ -48,9 +47,9 @@ async fn ask(
     method: hyper::Method,
     path: &'static str,
     timeout: Duration,
-) -> Result<(hyper::StatusCode, Bytes), StatusError> {
-    let unreachable = |reason: String| StatusError::Unreachable { addr, reason };
-    let unexpected = |reason: String| StatusError::Unexpected { addr, path, reason };
+) -> Result<(hyper::StatusCode, Bytes), ApiError> {
+    let unreachable = |reason: String| ApiError::Unreachable { addr, reason };
+    let unexpected = |reason: String| ApiError::Unexpected { addr, path, reason };
     let fetch = async {
         let stream = TcpStream::connect(addr)
             .await
@@ -85,8 +84,8 @@ async fn get<T: for<'de> Deserialize<'de>>(
     addr: SocketAddr,
     path: &'static str,
     timeout: Duration,
-) -> Result<T, StatusError> {
-    let unexpected = |reason: String| StatusError::Unexpected { addr, path, reason };
+) -> Result<T, ApiError> {
+    let unexpected = |reason: String| ApiError::Unexpected { addr, path, reason };
     let (status, body) = ask(addr, hyper::Method::GET, path, timeout).await?;
     if !status.is_success() {
         return Err(unexpected(format!("status {status}")));
@@ -107,7 +106,7 @@ struct ReloadAnswer {
 
 /// `distgate reload`: `POST /reload` to the distgate at `admin` (served to loopback
 /// only). Whether the new configuration is in force, and the line that says so.
-pub async fn reload(admin: SocketAddr, timeout: Duration) -> Result<(bool, String), StatusError> {
+pub async fn reload(admin: SocketAddr, timeout: Duration) -> Result<(bool, String), ApiError> {
     let (status, body) = ask(admin, hyper::Method::POST, "/reload", timeout).await?;
     let Ok(answer) = serde_json::from_slice::<ReloadAnswer>(&body) else {
         let text = String::from_utf8_lossy(&body);
@@ -133,26 +132,6 @@ struct LinksAnswer {
     links: Vec<LinkView>,
 }
 
-/// A registered node as `/nodes` shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct NodeView {
-    /// The name part.
-    pub name: String,
-    /// The node's own dist port.
-    pub real_port: u16,
-    /// The port peers are told; `None` when the pool had none.
-    pub public_port: Option<u16>,
-    /// The creation it was given.
-    pub creation: u32,
-    /// Registered as a hidden node.
-    pub hidden: bool,
-    /// A release client (`[dist] client_names`), which takes no public port.
-    #[serde(default)]
-    pub client: bool,
-    /// When it registered, seconds since the Unix epoch.
-    pub registered_at: f64,
-}
-
 #[derive(Debug, Deserialize)]
 struct NodesAnswer {
     nodes: Vec<NodeView>,
@@ -160,7 +139,7 @@ struct NodesAnswer {
 }
 
 /// `/links` of the distgate at `admin`, as a table.
-pub async fn links(admin: SocketAddr, timeout: Duration) -> Result<String, StatusError> {
+pub async fn links(admin: SocketAddr, timeout: Duration) -> Result<String, ApiError> {
     let answer: LinksAnswer = get(admin, "/links", timeout).await?;
     let now = unix_now();
     let rows: Vec<Vec<String>> = (answer.links.iter())
@@ -195,7 +174,7 @@ pub async fn links(admin: SocketAddr, timeout: Duration) -> Result<String, Statu
 }
 
 /// `/nodes` of the distgate at `admin`, as tables: the registered nodes, then leases.
-pub async fn nodes(admin: SocketAddr, timeout: Duration) -> Result<String, StatusError> {
+pub async fn nodes(admin: SocketAddr, timeout: Duration) -> Result<String, ApiError> {
     let answer: NodesAnswer = get(admin, "/nodes", timeout).await?;
     let now = unix_now();
     let rows: Vec<Vec<String>> = (answer.nodes.iter())
@@ -249,16 +228,6 @@ pub async fn nodes(admin: SocketAddr, timeout: Duration) -> Result<String, Statu
         out.push_str(&table(&head, &rows, ""));
     }
     Ok(out)
-}
-
-fn unix_now() -> f64 {
-    unix_seconds(std::time::SystemTime::now())
-}
-
-/// `time` as the admin answers give times: seconds since the Unix epoch.
-pub(crate) fn unix_seconds(time: std::time::SystemTime) -> f64 {
-    time.duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// A duration in seconds as people read it: `4.2s`, `3m07s`, `2h05m`, `3d04h`.

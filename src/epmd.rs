@@ -6,3 +6,7 @@ pub mod message;
 pub(crate) mod server;
 
 pub(crate) use server::Server;
+
+/// The EPMD port every BEAM node in a cluster dials (OTP's default; `ERL_EPMD_PORT`
+/// changes it for a node).
+pub const PORT: u16 = 4369;

@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::api::LeaseView;
 use crate::directory::{BoxFuture, InUse, Routes};
 use crate::dns::{Cache, DnsError, DnsSetupError, Hickory};
 use crate::epmd::client;
@@ -35,7 +36,7 @@ use crate::metrics as m;
 use crate::ports::Ports;
 use crate::route::{self, Route, Upstream, UpstreamPort};
 use discovery::Discovery;
-pub use leases::{Lease, LeaseView};
+pub use leases::Lease;
 use leases::{Leases, Terms};
 pub use report::pool_report;
 
@@ -422,10 +423,6 @@ impl Gateway {
 }
 
 impl Routes for Gateway {
-    fn takes(&self, name: &str) -> bool {
-        self.route_match(name).is_some()
-    }
-
     fn port_please<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Option<Port2Resp>> {
         Box::pin(async move {
             Gateway::port_please(self, name)
