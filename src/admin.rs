@@ -282,11 +282,7 @@ async fn reload(req: &Request<Incoming>, views: &Views, peer: SocketAddr) -> Res
             serde_json::json!({"result": "ok", "hash": done.hash, "changed": done.changed}),
         ),
         Err(e) => {
-            let status = match e.result() {
-                "invalid" => StatusCode::UNPROCESSABLE_ENTITY,
-                "refused" => StatusCode::CONFLICT,
-                _ => StatusCode::INTERNAL_SERVER_ERROR,
-            };
+            let status = e.http_status();
             let body =
                 serde_json::json!({"result": e.result(), "key": e.key(), "error": e.to_string()});
             (status, body)

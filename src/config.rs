@@ -16,9 +16,11 @@ use serde::de::{self, Deserializer};
 
 use crate::route::Route;
 pub use dist::{AllowPeers, BanConfig, DistConfig};
+pub use key::{Key, changed};
 use raw::RawConfig;
 
 mod dist;
+mod key;
 mod raw;
 
 /// Pipe size of the splice path; the benchmark chose it (BENCHMARKS.md).
@@ -462,68 +464,6 @@ pub fn load_hashed(path: &Path) -> Result<(Config, String), ConfigError> {
             other => other,
         })
 }
-
-/// The keys whose values differ between `old` and `new`, by section or key, in the
-/// order of the file's documentation (for the reload log line).
-pub fn changed(old: &Config, new: &Config) -> Vec<&'static str> {
-    let mut keys = vec![];
-    // The key is the field's path, `section.name`.
-    macro_rules! key {
-        ($($path:ident).+) => {
-            if old.$($path).+ != new.$($path).+ {
-                keys.push(stringify!($($path).+));
-            }
-        };
-    }
-    key!(epmd.listen);
-    key!(epmd.register_from);
-    key!(epmd.names_from);
-    key!(epmd.packet_timeout);
-    key!(epmd.allow_kill);
-    key!(epmd.relaxed_command_check);
-    key!(epmd.max_connections);
-    key!(dist.listen);
-    key!(dist.ports);
-    key!(dist.pins);
-    key!(dist.client_names);
-    key!(dist.connect_timeout);
-    key!(dist.first_frame_timeout);
-    key!(dist.handshake_timeout);
-    key!(dist.linger);
-    key!(dist.silent_after);
-    key!(dist.max_connections);
-    key!(dist.max_per_source);
-    key!(dist.allow_peers);
-    key!(dist.trusted);
-    key!(dist.ban);
-    key!(forward);
-    key!(admin.listen);
-    key!(admin.ready_when);
-    key!(admin.header_timeout);
-    key!(admin.max_connections);
-    key!(shutdown.grace);
-    // `[[route]]` tables, the `routes` field.
-    if old.routes != new.routes {
-        keys.push("route");
-    }
-    key!(dns);
-    key!(metrics);
-    key!(log.level);
-    keys
-}
-
-/// Of the keys [`changed`] gives, those a reload cannot apply: the listener addresses
-/// (their sockets are bound once), and what the admin server, the byte engine and the
-/// metric series are built with.
-pub const RESTART_ONLY: &[&str] = &[
-    "epmd.listen",
-    "dist.listen",
-    "admin.listen",
-    "admin.header_timeout",
-    "admin.max_connections",
-    "forward",
-    "metrics",
-];
 
 /// Parses and validates configuration text.
 pub fn parse(text: &str) -> Result<Config, ConfigError> {

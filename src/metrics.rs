@@ -63,6 +63,43 @@ pub const DNS_DURATION: &str = "distgate_dns_lookup_duration_seconds";
 /// Dist handshakes, by `node` and `result` (`ok`, `failed`, `timeout`, `not_allowed`,
 /// `banned`, `withdrawn`).
 pub const DIST_HANDSHAKES: &str = "distgate_dist_handshakes_total";
+
+/// The `result` label of [`DIST_HANDSHAKES`]: how a dist handshake ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandshakeResult {
+    /// The node acknowledged it: the link is up.
+    Ok,
+    /// Something against the caller: bytes no node sends, a wrong cookie, a name the
+    /// node refuses. Counts towards a ban.
+    Failed,
+    /// No first frame, or no ack, in time. Counts towards a ban.
+    Timeout,
+    /// A name outside `[dist] allow_peers`. Counts towards a ban.
+    NotAllowed,
+    /// Called off by the caller, or a race of two nodes dialling each other.
+    Withdrawn,
+    /// Closed at accept: its source is banned.
+    Banned,
+}
+
+impl HandshakeResult {
+    /// The label's value.
+    pub fn label(self) -> &'static str {
+        match self {
+            HandshakeResult::Ok => "ok",
+            HandshakeResult::Failed => "failed",
+            HandshakeResult::Timeout => "timeout",
+            HandshakeResult::NotAllowed => "not_allowed",
+            HandshakeResult::Withdrawn => "withdrawn",
+            HandshakeResult::Banned => "banned",
+        }
+    }
+
+    /// Counts one handshake to `node` that ended so.
+    pub fn count(self, node: String) {
+        ::metrics::counter!(DIST_HANDSHAKES, "node" => node, "result" => self.label()).increment(1);
+    }
+}
 /// Source addresses banned now for failed handshakes.
 pub const DIST_BANNED_SOURCES: &str = "distgate_dist_banned_sources";
 /// Connections closed at accept, by `listener` and `reason` (`max_connections`,

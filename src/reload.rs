@@ -1,7 +1,7 @@
 //! Reloading the configuration (SIGHUP, `POST /reload`) without touching a link.
 //!
 //! The file is read and validated again. If it is unusable, or changes what cannot
-//! change while distgate runs ([`config::RESTART_ONLY`]: the listener addresses, the
+//! change while distgate runs ([`config::Key::restart_only`]: the listener addresses, the
 //! admin server's and the engine's settings, the metric series), nothing changes and
 //! the error says why. Otherwise what it needs is prepared first (public ports added to
 //! the pool are bound, a gateway for new routes is built) and only then put in force,
@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
-use crate::config::{self, Config, ConfigError};
+use crate::config::{self, Config, ConfigError, Key};
 use crate::directory::{Directory, Routes};
 use crate::dns::DnsSetupError;
 use crate::epmd;
@@ -51,7 +51,7 @@ pub enum ReloadError {
     Invalid(#[from] ConfigError),
     /// The file changes keys that only a restart applies.
     #[error("{} cannot change without a restart (the running configuration stays; restart distgate to apply it)", quoted(.0))]
-    RestartNeeded(Vec<&'static str>),
+    RestartNeeded(Vec<Key>),
     /// A public port added to the pool cannot be bound.
     #[error(transparent)]
     Bind(#[from] BindError),
@@ -60,9 +60,15 @@ pub enum ReloadError {
     Dns(#[from] DnsSetupError),
 }
 
-fn quoted(keys: &[&str]) -> String {
+fn quoted(keys: &[Key]) -> String {
     let keys: Vec<String> = keys.iter().map(|k| format!("`{k}`")).collect();
     keys.join(", ")
+}
+
+/// Keys as the log line lists them: `dist.ports,log.level`.
+fn names(keys: &[Key]) -> String {
+    let names: Vec<&str> = keys.iter().map(|k| k.name()).collect();
+    names.join(",")
 }
 
 impl ReloadError {
@@ -77,11 +83,25 @@ impl ReloadError {
         }
     }
 
+    /// The status `POST /reload` answers with: `422` for an invalid file, `409` when
+    /// it needs a restart (or there is no file yet), `500` when a port could not be
+    /// bound or DNS set up.
+    pub fn http_status(&self) -> hyper::StatusCode {
+        use hyper::StatusCode;
+        match self {
+            ReloadError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ReloadError::NoFile | ReloadError::Starting | ReloadError::RestartNeeded(_) => {
+                StatusCode::CONFLICT
+            }
+            ReloadError::Bind(_) | ReloadError::Dns(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
     /// The key the error is about, when one is.
     pub fn key(&self) -> Option<String> {
         match self {
             ReloadError::Invalid(e) if !e.key().is_empty() => Some(e.key().to_owned()),
-            ReloadError::RestartNeeded(keys) => keys.first().map(|k| (*k).to_owned()),
+            ReloadError::RestartNeeded(keys) => keys.first().map(|k| k.name().to_owned()),
             ReloadError::Bind(BindError::InUse { key, .. } | BindError::Other { key, .. }) => {
                 Some(key.clone())
             }
@@ -96,7 +116,7 @@ pub struct Reloaded {
     /// The hash of the configuration now in force ([`config::hash`]).
     pub hash: String,
     /// The keys whose values changed (empty: the same configuration).
-    pub changed: Vec<&'static str>,
+    pub changed: Vec<Key>,
 }
 
 /// What a reload reaches into: the parts of a running distgate that read settings.
@@ -232,7 +252,7 @@ impl Reloader {
                 info!(by, file, hash = %done.hash, "configuration reloaded: nothing changed");
             }
             Ok(done) => info!(
-                by, file, hash = %done.hash, changed = %done.changed.join(","),
+                by, file, hash = %done.hash, changed = %names(&done.changed),
                 "configuration reloaded; open links go on as they are"
             ),
             Err(e) => error!(
@@ -262,8 +282,8 @@ impl Reloader {
     /// Puts `new` in force, or changes nothing and says why.
     fn apply(&self, state: &mut State, new: Config, hash: String) -> Result<Reloaded, ReloadError> {
         let changed = config::changed(&state.config, &new);
-        let refused: Vec<&'static str> = (changed.iter())
-            .filter(|key| config::RESTART_ONLY.contains(key))
+        let refused: Vec<Key> = (changed.iter())
+            .filter(|key| key.restart_only())
             .copied()
             .collect();
         if !refused.is_empty() {
@@ -283,10 +303,11 @@ impl Reloader {
             .filter(|port| !new.dist.ports.contains(port))
             .copied()
             .collect();
-        let plan_changed = ["dist.ports", "dist.pins", "dist.client_names"]
+        let plan_changed = [Key::DistPorts, Key::DistPins, Key::DistClientNames]
             .iter()
             .any(|key| changed.contains(key));
-        let routes_changed = plan_changed || changed.contains(&"route") || changed.contains(&"dns");
+        let routes_changed =
+            plan_changed || changed.contains(&Key::Route) || changed.contains(&Key::Dns);
         let gateway = match routes_changed {
             true => Gateway::from_config(&new, Arc::clone(parts.directory.ports()))?,
             false => None,
@@ -300,7 +321,7 @@ impl Reloader {
         parts.links.set_silent_after(new.dist.silent_after);
         parts.health.set_ready_when(new.admin.ready_when.clone());
         parts.grace.set(new.shutdown.grace);
-        if changed.contains(&"log.level")
+        if changed.contains(&Key::LogLevel)
             && let Some(hook) = self.log_level.get()
         {
             hook(new.log.level.as_deref());

@@ -378,10 +378,20 @@ fn changed_keys_are_named_and_the_restart_only_ones_known() {
     let keys = changed(&old, &new);
     assert_eq!(
         keys,
+        [
+            Key::EpmdNamesFrom,
+            Key::DistPorts,
+            Key::AdminListen,
+            Key::LogLevel
+        ]
+    );
+    let names: Vec<_> = keys.iter().map(|k| k.name()).collect();
+    assert_eq!(
+        names,
         ["epmd.names_from", "dist.ports", "admin.listen", "log.level"]
     );
-    let restart: Vec<_> = keys.iter().filter(|k| RESTART_ONLY.contains(k)).collect();
-    assert_eq!(restart, [&"admin.listen"]);
+    let restart: Vec<_> = keys.iter().filter(|k| k.restart_only()).collect();
+    assert_eq!(restart, [&Key::AdminListen]);
 }
 
 #[test]

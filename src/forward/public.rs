@@ -28,7 +28,7 @@ use crate::handshake::Caller;
 use crate::handshake::follow::Handshake;
 use crate::links::{Links, Listed, NewLink, Way};
 use crate::live::Live;
-use crate::metrics::{self as m, PeerLabels};
+use crate::metrics::{self as m, HandshakeResult, PeerLabels};
 
 /// The `direction` label of connections that come in on a public port for a local node.
 pub(crate) const DIRECTION: &str = "inbound";
@@ -235,7 +235,14 @@ impl Forwarder {
     ) -> Option<(TcpStream, TcpStream, Box<Opened>)> {
         let (attempt, destination, slot) = self.admit(&client, source, public_port)?;
         let caller = match timeout(self.config.get().first_frame_timeout, identify(&client)).await {
-            Err(_) => return self.failed(&attempt, "timeout", "no first frame in time", None),
+            Err(_) => {
+                return self.failed(
+                    &attempt,
+                    HandshakeResult::Timeout,
+                    "no first frame in time",
+                    None,
+                );
+            }
             Ok(FirstFrame::Silent) => {
                 debug!("closed before its first byte");
                 return None;
@@ -243,9 +250,16 @@ impl Forwarder {
             Ok(FirstFrame::Caller(caller)) => caller,
         };
         match &caller {
-            Caller::Unknown => return self.failed(&attempt, "failed", "not_a_handshake", None),
+            Caller::Unknown => {
+                return self.failed(&attempt, HandshakeResult::Failed, "not_a_handshake", None);
+            }
             Caller::Node { name, .. } if !self.config.get().allow_peers.allows(name) => {
-                return self.failed(&attempt, "not_allowed", "not_in_allow_peers", Some(name));
+                return self.failed(
+                    &attempt,
+                    HandshakeResult::NotAllowed,
+                    "not_in_allow_peers",
+                    Some(name),
+                );
             }
             _ => {}
         }
@@ -330,13 +344,17 @@ impl Forwarder {
         let claimed = handshake.caller().and_then(Caller::name);
         let node = attempt.node.clone();
         match followed {
-            Err(_) => self.failed(attempt, "timeout", "handshake_timeout", claimed),
+            Err(_) => self.failed(
+                attempt,
+                HandshakeResult::Timeout,
+                "handshake_timeout",
+                claimed,
+            ),
             Ok(Followed::Failed {
                 reason,
                 against_caller: false,
             }) => {
-                metrics::counter!(m::DIST_HANDSHAKES, "node" => node, "result" => "withdrawn")
-                    .increment(1);
+                HandshakeResult::Withdrawn.count(node);
                 match handshake.awaiting_reply_from() {
                     // The one silent failure of a misnamed node: say it where it shows.
                     Some(node_name) if self.guard.may_log(Instant::now()) => {
@@ -354,10 +372,11 @@ impl Forwarder {
                 }
                 None
             }
-            Ok(Followed::Failed { reason, .. }) => self.failed(attempt, "failed", reason, claimed),
+            Ok(Followed::Failed { reason, .. }) => {
+                self.failed(attempt, HandshakeResult::Failed, reason, claimed)
+            }
             Ok(Followed::Authenticated) => {
-                metrics::counter!(m::DIST_HANDSHAKES, "node" => node, "result" => "ok")
-                    .increment(1);
+                HandshakeResult::Ok.count(node);
                 opened.caller = claimed.map(str::to_owned);
                 Some(())
             }
@@ -464,8 +483,7 @@ impl Forwarder {
         metrics::counter!(m::CONNECTIONS_REFUSED, "listener" => "dist", "reason" => reason)
             .increment(1);
         if refusal == Refusal::Banned {
-            metrics::counter!(m::DIST_HANDSHAKES, "node" => node.to_owned(), "result" => "banned")
-                .increment(1);
+            HandshakeResult::Banned.count(node.to_owned());
         }
         debug!(reason, "dist connection closed at accept");
     }
@@ -476,17 +494,17 @@ impl Forwarder {
     fn failed<T>(
         &self,
         attempt: &Attempt,
-        result: &'static str,
+        result: HandshakeResult,
         reason: &'static str,
         claimed: Option<&str>,
     ) -> Option<T> {
         let (node, source) = (&attempt.node, attempt.source);
-        metrics::counter!(m::DIST_HANDSHAKES, "node" => node.clone(), "result" => result)
-            .increment(1);
+        result.count(node.clone());
         let now = Instant::now();
         if self.guard.may_log(now) {
             let claimed =
                 claimed.map(|name| name.chars().take(MAX_LOGGED_NAME).collect::<String>());
+            let result = result.label();
             warn!(%node, %source, claimed, result, reason, "dist handshake failed; connection closed");
         }
         if !attempt.trusted {
