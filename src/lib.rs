@@ -62,24 +62,20 @@ pub mod ready;
 pub mod registry;
 pub mod reload;
 pub mod route;
+mod system;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
 
-use accept::Acceptor;
 pub use config::Config;
-use directory::{Directory, Routes};
-use forward::public::Forwarder;
+use directory::Directory;
 use gateway::Gateway;
-use limit::Limit;
-use ports::{PortPlan, Ports};
+use ports::PortPlan;
 use registry::Registry;
 use reload::Reloader;
+use system::System;
 
 /// Listeners bound by the caller.
 #[derive(Debug, Default)]
@@ -124,20 +120,13 @@ impl SetupError {
 
 /// A running distgate: the EPMD server and the public dist ports of a pod (a
 /// sidecar), and, when the configuration has routes, the gateway that answers and
-/// forwards names living elsewhere.
+/// forwards names living elsewhere. A handle on the running system
+/// ([`system::System`], which owns every part) and its reloader.
 #[derive(Debug)]
 pub struct Distgate {
-    directory: Arc<Directory>,
-    health: Arc<ready::Health>,
-    metrics: Option<metrics::Exporter>,
-    epmd: Arc<epmd::Server>,
-    links: Arc<links::Links>,
+    system: Arc<System>,
     reloader: Arc<Reloader>,
-    admin_slots: Arc<admin::Slots>,
-    admin_header_timeout: Duration,
-    touch_every: Duration,
-    shutdown: CancellationToken,
-    tracker: TaskTracker,
+    metrics: Option<metrics::Exporter>,
 }
 
 impl Distgate {
@@ -149,89 +138,33 @@ impl Distgate {
         plan: PortPlan,
         shutdown: CancellationToken,
     ) -> Result<Distgate, SetupError> {
-        let ports = Arc::new(Ports::new(plan));
-        let gateway = Gateway::from_config(config, Arc::clone(&ports))?.map(Arc::new);
-        let routes = gateway.clone().map(|g| g as Arc<dyn Routes>);
-        let directory = Arc::new(Directory::new(ports, routes));
-        let tracker = TaskTracker::new();
-        let epmd_limit = Arc::new(Limit::new("epmd", config.epmd.max_connections.get()));
-        let dist_limit = Arc::new(Limit::new("dist", config.dist.max_connections.get()));
-        let acceptor = |listener, limit: &Arc<Limit>| Acceptor {
-            listener,
-            limit: Some(Arc::clone(limit)),
-            shutdown: shutdown.clone(),
-            tracker: tracker.clone(),
-        };
-        let epmd = Arc::new(epmd::Server::new(
-            config.epmd.clone(),
-            Arc::clone(&directory),
-            acceptor("epmd", &epmd_limit),
-        ));
-        let engine = Arc::new(forward::Engine::new(
-            config.forward.mode,
-            config.forward.pipe_size,
-        ));
-        let links = links::Links::new(config.dist.silent_after);
-        let forwarder = Arc::new(Forwarder::new(
-            Arc::clone(&directory),
-            engine,
-            Arc::clone(&links),
-            &config.dist,
-            &config.metrics,
-            acceptor("dist", &dist_limit),
-        ));
-        let health = Arc::new(ready::Health::new(
-            config.admin.ready_when.clone(),
-            Arc::clone(directory.registry()),
-            shutdown.clone(),
-        ));
-        let parts = reload::Parts {
-            epmd: Arc::clone(&epmd),
-            epmd_limit,
-            forwarder,
-            dist_limit,
-            links: Arc::clone(&links),
-            health: Arc::clone(&health),
-            directory: Arc::clone(&directory),
-            gateway: live::Live::new(gateway),
-            grace: live::Live::new(config.shutdown.grace),
-            shutdown: shutdown.clone(),
-            accept_loops: TaskTracker::new(),
-        };
-        let reloader = Arc::new(Reloader::new(parts, config.clone()));
+        let system = Arc::new(System::build(config, plan, shutdown)?);
+        let reloader = Arc::new(Reloader::new(Arc::clone(&system), config.clone()));
         Ok(Distgate {
-            directory,
-            health,
-            metrics: None,
-            epmd,
-            links,
+            system,
             reloader,
-            admin_slots: admin::Slots::new(config.admin.max_connections.get()),
-            admin_header_timeout: config.admin.header_timeout,
-            touch_every: (config.metrics.idle_timeout / 4).max(Duration::from_millis(100)),
-            shutdown,
-            tracker,
+            metrics: None,
         })
     }
 
     /// Which port each name has and where each public port goes.
     pub fn directory(&self) -> &Arc<Directory> {
-        &self.directory
+        &self.system.directory
     }
 
     /// The registry of local nodes.
     pub fn registry(&self) -> &Arc<Registry> {
-        self.directory.registry()
+        self.system.directory.registry()
     }
 
     /// The open links.
     pub fn links(&self) -> &Arc<links::Links> {
-        &self.links
+        &self.system.links
     }
 
     /// The gateway in force, when the configuration has routes.
     pub fn gateway(&self) -> Option<Arc<Gateway>> {
-        self.reloader.gateway()
+        self.system.gateway()
     }
 
     /// What reloads the configuration: SIGHUP and `POST /reload` go through it.
@@ -252,7 +185,7 @@ impl Distgate {
 
     /// What `/readyz` reports.
     pub fn health(&self) -> &Arc<ready::Health> {
-        &self.health
+        &self.system.health
     }
 
     /// Serves `/metrics` from this Prometheus recorder (see [`metrics::install`]).
@@ -264,82 +197,8 @@ impl Distgate {
     /// in force then) for open connections to end. The admin endpoints serve until
     /// the drain is over, with `/readyz` failing from the moment shutdown begins.
     pub async fn run(self, listeners: Listeners) -> Drain {
-        let parts = &self.reloader.parts;
-        let accept_loops = parts.accept_loops.clone();
-        for listener in listeners.epmd {
-            accept_loops.spawn(Arc::clone(&self.epmd).serve(listener));
-        }
-        self.reloader.start(listeners.dist).await;
-        accept_loops.spawn(Arc::clone(&parts.forwarder).sweep_bans(self.shutdown.clone()));
-        accept_loops.spawn(Arc::clone(&parts.forwarder).trim_pipes(self.shutdown.clone()));
-        accept_loops.spawn(touch_live_links(self.touch_every, self.shutdown.clone()));
-        accept_loops.spawn(Arc::clone(&self.links).watch(self.shutdown.clone()));
-        accept_loops.close();
-        let admin_stop = CancellationToken::new();
-        let admin_loops = TaskTracker::new();
-        let admin = Acceptor {
-            listener: "admin",
-            limit: None,
-            shutdown: admin_stop.clone(),
-            tracker: admin_loops.clone(),
-        };
-        let answering = Arc::new(tokio::sync::Semaphore::new(admin::Views::AT_ONCE));
-        if !listeners.admin.is_empty() {
-            let handle = self
-                .metrics
-                .clone()
-                .unwrap_or_else(metrics::Exporter::detached);
-            for listener in listeners.admin {
-                admin_loops.spawn(admin::serve(
-                    listener,
-                    handle.clone(),
-                    Arc::clone(&self.health),
-                    admin::Views {
-                        links: Arc::clone(&self.links),
-                        registry: Arc::clone(self.directory.registry()),
-                        reloader: Arc::clone(&self.reloader),
-                        answering: Arc::clone(&answering),
-                    },
-                    admin.clone(),
-                    Arc::clone(&self.admin_slots),
-                    self.admin_header_timeout,
-                ));
-            }
-        }
-        admin_loops.close();
-        self.health.set_listening();
-        self.shutdown.cancelled().await;
-        accept_loops.wait().await;
-        self.tracker.close();
-        info!(
-            open = self.tracker.len(),
-            "stopped accepting; draining connections"
-        );
-        let grace = *parts.grace.get();
-        let drain = if tokio::time::timeout(grace, self.tracker.wait())
+        self.system
+            .run(listeners, self.metrics, self.reloader)
             .await
-            .is_ok()
-        {
-            info!("drain complete");
-            Drain::Complete
-        } else {
-            let open = self.tracker.len();
-            warn!(open, "grace period over; dropping open connections");
-            Drain::TimedOut { open }
-        };
-        admin_stop.cancel();
-        admin_loops.wait().await;
-        drain
-    }
-}
-
-/// Keeps the series of open links from ageing out, every `every`, until `shutdown`.
-async fn touch_live_links(every: Duration, shutdown: CancellationToken) {
-    let mut ticks = tokio::time::interval(every);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = ticks.tick() => metrics::touch_live_links(),
-        }
     }
 }

@@ -1,39 +1,25 @@
 //! Reloading the configuration (SIGHUP, `POST /reload`) without touching a link.
 //!
 //! The file is read and validated again. If it is unusable, or changes what cannot
-//! change while distgate runs ([`config::Key::restart_only`]: the listener addresses, the
+//! change while distgate runs ([`Key::restart_only`]: the listener addresses, the
 //! admin server's and the engine's settings, the metric series), nothing changes and
-//! the error says why. Otherwise what it needs is prepared first (public ports added to
-//! the pool are bound, a gateway for new routes is built) and only then put in force,
-//! in one step under the reload lock: limits, admission, timeouts and `ready_when` for
-//! what comes next; the pool and pins (nodes whose port no longer fits move, ports
-//! taken out stop accepting); routes (the new gateway takes over the leases and
-//! discovered names of the old one). A link already forwarded needs nothing of the
-//! configuration and goes on as it was.
+//! the error says why. Otherwise what it needs is prepared first (public ports added
+//! to the pool are bound, a gateway for new routes is built) into a
+//! [`crate::system::Change`], which the running system puts in force in one step
+//! under the reload lock ([`crate::system::System::apply`]). A link already forwarded
+//! needs nothing of the configuration and goes on as it was.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
 
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-use tracing::{error, info, warn};
+use tracing::{error, info};
 
 use crate::config::{self, Config, ConfigError, Key};
-use crate::directory::{Directory, Routes};
 use crate::dns::DnsSetupError;
-use crate::epmd;
-use crate::forward::public::Forwarder;
 use crate::gateway::Gateway;
-use crate::limit::Limit;
-use crate::links::Links;
 use crate::listen::{self, BindError};
-use crate::live::Live;
 use crate::metrics as m;
-use crate::ready::Health;
-use crate::registry::Moved;
+use crate::system::{Change, System};
 
 /// Why a reload changed nothing.
 #[derive(Debug, thiserror::Error)]
@@ -119,35 +105,11 @@ pub struct Reloaded {
     pub changed: Vec<Key>,
 }
 
-/// What a reload reaches into: the parts of a running distgate that read settings.
-#[derive(Debug)]
-pub(crate) struct Parts {
-    pub(crate) epmd: Arc<epmd::Server>,
-    pub(crate) epmd_limit: Arc<Limit>,
-    pub(crate) forwarder: Arc<Forwarder>,
-    pub(crate) dist_limit: Arc<Limit>,
-    pub(crate) links: Arc<Links>,
-    pub(crate) health: Arc<Health>,
-    pub(crate) directory: Arc<Directory>,
-    /// The gateway in force (the admin's `/nodes` reads it too).
-    pub(crate) gateway: Live<Option<Arc<Gateway>>>,
-    /// `[shutdown] grace` in force, read when the drain begins.
-    pub(crate) grace: Live<Duration>,
-    pub(crate) shutdown: CancellationToken,
-    /// The accept loops the drain waits for; public ports a reload adds join them.
-    pub(crate) accept_loops: TaskTracker,
-}
-
 /// What the last reload (or the start) put in force.
 #[derive(Debug)]
 struct State {
     config: Config,
     hash: String,
-    /// Each public port served, with the token that stops its accept loops; `None`
-    /// until distgate serves.
-    ports: Option<BTreeMap<u16, CancellationToken>>,
-    /// Stops the maintenance loops of the gateway in force.
-    maintain: Option<CancellationToken>,
 }
 
 /// Applies `log.level`: given the level (`None`: unset) by the binary, which owns the
@@ -156,9 +118,9 @@ pub type LogLevelHook = Box<dyn Fn(Option<&str>) + Send + Sync>;
 
 /// Reloads the configuration of one running distgate; one reload at a time.
 pub struct Reloader {
+    system: Arc<System>,
     file: OnceLock<PathBuf>,
     log_level: OnceLock<LogLevelHook>,
-    pub(crate) parts: Parts,
     state: tokio::sync::Mutex<State>,
 }
 
@@ -166,25 +128,20 @@ impl std::fmt::Debug for Reloader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Reloader")
             .field("file", &self.file)
-            .field("parts", &self.parts)
             .finish_non_exhaustive()
     }
 }
 
 impl Reloader {
-    pub(crate) fn new(parts: Parts, config: Config) -> Reloader {
-        if let Some(gateway) = parts.gateway.get().as_ref() {
-            parts.health.set_discovery(Some(gateway.discovering()));
-        }
+    /// Reloads of `system`, which runs `config` now.
+    pub(crate) fn new(system: Arc<System>, config: Config) -> Reloader {
         Reloader {
+            system,
             file: OnceLock::new(),
             log_level: OnceLock::new(),
-            parts,
             state: tokio::sync::Mutex::new(State {
                 config,
                 hash: config::DEFAULTS_HASH.to_owned(),
-                ports: None,
-                maintain: None,
             }),
         }
     }
@@ -204,41 +161,17 @@ impl Reloader {
 
     /// The gateway in force.
     pub(crate) fn gateway(&self) -> Option<Arc<Gateway>> {
-        (*self.parts.gateway.get()).clone()
+        self.system.gateway()
     }
 
-    /// Starts serving `ports` (public port, listener) and the gateway's maintenance:
-    /// called once, by `Distgate::run`.
-    pub(crate) async fn start(&self, ports: Vec<(u16, TcpListener)>) {
-        let mut state = self.state.lock().await;
-        let mut served = BTreeMap::new();
-        for (port, listener) in ports {
-            let stop = served
-                .entry(port)
-                .or_insert_with(|| self.parts.shutdown.child_token())
-                .clone();
-            self.serve_port(port, listener, stop);
-        }
-        state.ports = Some(served);
-        state.maintain = self.gateway().map(|gateway| self.maintain(gateway));
+    /// Publishes the configuration in force and starts the reload counters at 0:
+    /// called once, when distgate serves.
+    pub(crate) async fn publish(&self) {
+        let state = self.state.lock().await;
         ::metrics::gauge!(m::CONFIG_INFO, "hash" => state.hash.clone()).set(1.0);
         for result in ["ok", "invalid", "refused", "failed"] {
             ::metrics::counter!(m::CONFIG_RELOADS, "result" => result).increment(0);
         }
-    }
-
-    fn serve_port(&self, port: u16, listener: TcpListener, stop: CancellationToken) {
-        let forwarder = Arc::clone(&self.parts.forwarder);
-        (self.parts.accept_loops).spawn(forwarder.serve(listener, port, stop));
-    }
-
-    /// Runs `gateway`'s maintenance until the returned token (a child of shutdown) is
-    /// cancelled. Not among the loops the drain waits for: it stops the moment
-    /// shutdown begins, whatever the upstreams do.
-    fn maintain(&self, gateway: Arc<Gateway>) -> CancellationToken {
-        let stop = self.parts.shutdown.child_token();
-        tokio::spawn(gateway.maintain(stop.clone()));
-        stop
     }
 
     /// Reads the configuration file again and puts it in force, or changes nothing;
@@ -270,17 +203,12 @@ impl Reloader {
 
     async fn reload_locked(&self, state: &mut State) -> Result<Reloaded, ReloadError> {
         let file = self.file.get().ok_or(ReloadError::NoFile)?;
-        if state.ports.is_none() {
+        if self.system.public.ports().is_none() {
             return Err(ReloadError::Starting);
         }
         let path = file.clone();
         let loaded = tokio::task::spawn_blocking(move || config::load_hashed(&path)).await;
         let (new, hash) = loaded.map_err(|_| ReloadError::Starting)??;
-        self.apply(state, new, hash)
-    }
-
-    /// Puts `new` in force, or changes nothing and says why.
-    fn apply(&self, state: &mut State, new: Config, hash: String) -> Result<Reloaded, ReloadError> {
         let changed = config::changed(&state.config, &new);
         let refused: Vec<Key> = (changed.iter())
             .filter(|key| key.restart_only())
@@ -289,19 +217,31 @@ impl Reloader {
         if !refused.is_empty() {
             return Err(ReloadError::RestartNeeded(refused));
         }
-        let parts = &self.parts;
-        let served = state.ports.as_ref().ok_or(ReloadError::Starting)?;
+        let change = self.prepare(new, &changed)?;
+        state.config = self.system.apply(change);
+        if changed.contains(&Key::LogLevel)
+            && let Some(hook) = self.log_level.get()
+        {
+            hook(state.config.log.level.as_deref());
+        }
+        ::metrics::gauge!(m::CONFIG_INFO, "hash" => state.hash.clone()).set(0.0);
+        ::metrics::gauge!(m::CONFIG_INFO, "hash" => hash.clone()).set(1.0);
+        state.hash = hash.clone();
+        Ok(Reloaded { hash, changed })
+    }
 
-        // Prepared first: if any of it fails, nothing has changed.
+    /// What putting `new` in force takes, done first: if any of it fails, nothing
+    /// has changed.
+    fn prepare(&self, new: Config, changed: &[Key]) -> Result<Change, ReloadError> {
+        let served = self.system.public.ports().ok_or(ReloadError::Starting)?;
         let mut added = vec![];
         for &port in &new.dist.ports {
-            if !served.contains_key(&port) {
+            if !served.contains(&port) {
                 added.push((port, listen::bind_public_port(&new.dist.listen, port)?));
             }
         }
-        let removed: Vec<u16> = (served.keys())
+        let removed: Vec<u16> = (served.into_iter())
             .filter(|port| !new.dist.ports.contains(port))
-            .copied()
             .collect();
         let plan_changed = [Key::DistPorts, Key::DistPins, Key::DistClientNames]
             .iter()
@@ -309,107 +249,18 @@ impl Reloader {
         let routes_changed =
             plan_changed || changed.contains(&Key::Route) || changed.contains(&Key::Dns);
         let gateway = match routes_changed {
-            true => Gateway::from_config(&new, Arc::clone(parts.directory.ports()))?,
+            true => Some(Gateway::from_config(
+                &new,
+                Arc::clone(self.system.directory.ports()),
+            )?),
             false => None,
         };
-
-        // Then in force, in one step.
-        parts.epmd.set_config(new.epmd.clone());
-        parts.epmd_limit.set_max(new.epmd.max_connections.get());
-        parts.forwarder.set_config(&new.dist);
-        parts.dist_limit.set_max(new.dist.max_connections.get());
-        parts.links.set_silent_after(new.dist.silent_after);
-        parts.health.set_ready_when(new.admin.ready_when.clone());
-        parts.grace.set(new.shutdown.grace);
-        if changed.contains(&Key::LogLevel)
-            && let Some(hook) = self.log_level.get()
-        {
-            hook(new.log.level.as_deref());
-        }
-        if plan_changed {
-            let registry = parts.directory.registry();
-            for moved in registry.replan(new.dist.port_plan()) {
-                let Moved {
-                    name: node,
-                    from,
-                    to,
-                    client,
-                } = moved;
-                match to {
-                    Some(to) => {
-                        info!(node, from, to, "node's public port changed by the reload")
-                    }
-                    None if client => info!(
-                        node,
-                        from,
-                        "node is a release client by `dist.client_names` after the reload: its public port is given back"
-                    ),
-                    None => warn!(
-                        node,
-                        from,
-                        "node without a public port after the reload: the pool `dist.ports` has none left for it"
-                    ),
-                }
-            }
-        }
-        if routes_changed {
-            self.replace_gateway(state, gateway);
-        }
-        let served = state.ports.get_or_insert_default();
-        for (port, listeners) in added {
-            let stop = parts.shutdown.child_token();
-            for listener in listeners {
-                let addr = listener
-                    .local_addr()
-                    .map_or_else(|_| "?".into(), |a| a.to_string());
-                info!(addr, "public dist port listening");
-                self.serve_port(port, listener, stop.clone());
-            }
-            served.insert(port, stop);
-        }
-        for port in removed {
-            if let Some(stop) = served.remove(&port) {
-                stop.cancel();
-                info!(
-                    port,
-                    "public dist port closed by the reload; its open links go on"
-                );
-            }
-        }
-        ::metrics::gauge!(m::CONFIG_INFO, "hash" => state.hash.clone()).set(0.0);
-        ::metrics::gauge!(m::CONFIG_INFO, "hash" => hash.clone()).set(1.0);
-        state.config = new;
-        state.hash = hash.clone();
-        Ok(Reloaded { hash, changed })
-    }
-
-    /// Puts `new` (built from the new routes) in place of the gateway in force: it
-    /// takes over the old one's leases and discovered names; the old one's
-    /// maintenance stops. Without routes the routed names' ports go back to the pool.
-    fn replace_gateway(&self, state: &mut State, new: Option<Gateway>) {
-        let parts = &self.parts;
-        let old = self.gateway();
-        if let Some(stop) = state.maintain.take() {
-            stop.cancel();
-        }
-        let new = new.map(|mut gateway| {
-            if let Some(old) = &old {
-                gateway.succeed(old);
-            }
-            Arc::new(gateway)
-        });
-        if new.is_none()
-            && let Some(old) = &old
-        {
-            old.retire();
-        }
-        parts
-            .health
-            .set_discovery(new.as_ref().map(|g| g.discovering()));
-        parts
-            .directory
-            .set_routes(new.clone().map(|g| g as Arc<dyn Routes>));
-        parts.gateway.set(new.clone());
-        state.maintain = new.map(|gateway| self.maintain(gateway));
+        Ok(Change {
+            config: new,
+            added,
+            removed,
+            plan_changed,
+            gateway,
+        })
     }
 }
