@@ -7,6 +7,7 @@
 //! ([`copy`]) as `[forward] mode` says, falling back to the copy when no pipe can be
 //! made.
 
+mod admission;
 mod copy;
 mod follow;
 mod guard;

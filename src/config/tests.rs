@@ -2,6 +2,7 @@
 //! names its key and line.
 
 use super::*;
+use std::path::Path;
 
 fn example_dir() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf()

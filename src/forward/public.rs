@@ -2,12 +2,10 @@
 //! port goes (a local node's real port over loopback, or a routed name's upstream). A
 //! port nobody holds closes the connection at once.
 //!
-//! Nothing unauthenticated reaches a node unchecked: a caller must not be banned or
-//! over `max_per_source`, must send its first frame within `first_frame_timeout`, be
-//! allowed by `allow_peers` (before the node is even connected to), and finish the
-//! handshake within `handshake_timeout`, the bytes following it by copy. Only then is
-//! the link labelled with the caller's name and moved to the engine (splice). TLS
-//! links pass untouched after their ClientHello.
+//! Nothing unauthenticated reaches a node unchecked: [`super::admission`] admits the
+//! caller and follows its handshake; only then is the link labelled with the caller's
+//! name, listed, and moved to the engine (splice). TLS links pass untouched after
+//! their ClientHello.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -16,26 +14,21 @@ use std::time::{Duration, Instant};
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::timeout;
-use tracing::{debug, info, info_span, warn};
+use tracing::{info, info_span, warn};
 
-use super::follow::{Followed, Moved, follow};
-use super::guard::{Guard, Refusal, SourceSlot};
-use super::identify::{FirstFrame, identify};
-use crate::accept::{Acceptor, Admit, is_local};
+use super::follow::Moved;
+use super::guard::{Guard, SourceSlot};
+use crate::accept::{Acceptor, Admit};
 use crate::config::{DistConfig, MetricsConfig};
 use crate::directory::{Destination, Directory, InUse};
-use crate::handshake::Caller;
-use crate::handshake::follow::Handshake;
 use crate::links::{Links, Listed, NewLink, Way};
 use crate::live::Live;
-use crate::metrics::{self as m, HandshakeResult, PeerLabels};
+use crate::metrics::{self as m, PeerLabels};
 
 /// The `direction` label of connections that come in on a public port for a local node.
 pub(crate) const DIRECTION: &str = "inbound";
 /// The `direction` label of connections forwarded to a routed name's upstream.
 pub(crate) const GATEWAY_DIRECTION: &str = "gateway";
-/// Longest claimed name written to a log line.
-const MAX_LOGGED_NAME: usize = 255;
 
 /// A bounded label for how a forwarded stream ended.
 pub(crate) fn close_reason(result: &std::io::Result<()>) -> &'static str {
@@ -59,29 +52,29 @@ pub(crate) fn close_reason(result: &std::io::Result<()>) -> &'static str {
 /// Accepts on the public dist ports and forwards to where each port goes.
 #[derive(Debug)]
 pub(crate) struct Forwarder {
-    directory: Arc<Directory>,
-    engine: Arc<super::Engine>,
-    links: Arc<Links>,
+    pub(super) directory: Arc<Directory>,
+    pub(super) engine: Arc<super::Engine>,
+    pub(super) links: Arc<Links>,
     /// `[dist]` as in force now (a reload replaces it; `listen`, `ports` and `pins`
     /// are not read here).
-    config: Live<DistConfig>,
-    guard: Arc<Guard>,
-    peers: Arc<PeerLabels>,
-    acceptor: Acceptor,
+    pub(super) config: Live<DistConfig>,
+    pub(super) guard: Arc<Guard>,
+    pub(super) peers: Arc<PeerLabels>,
+    pub(super) acceptor: Acceptor,
 }
 
 /// A link whose caller has proved itself (or speaks TLS), ready for the engine.
 #[derive(Debug)]
-struct Opened {
-    node: String,
+pub(super) struct Opened {
+    pub(super) node: String,
     /// The caller's address.
-    source: SocketAddr,
+    pub(super) source: SocketAddr,
     /// The authenticated caller's name; `None` for TLS.
-    caller: Option<String>,
-    tls_sni: Option<String>,
-    direction: &'static str,
-    moved: Moved,
-    _slot: Option<SourceSlot>,
+    pub(super) caller: Option<String>,
+    pub(super) tls_sni: Option<String>,
+    pub(super) direction: &'static str,
+    pub(super) moved: Moved,
+    pub(super) _slot: Option<SourceSlot>,
 }
 
 /// The link is down: its close counted and logged. The log line is the access log:
@@ -120,16 +113,6 @@ struct Carried {
     _in_use: Option<InUse>,
     /// The link's place in the table of open links.
     listed: Listed,
-}
-
-/// One connection on its way in: where it goes, where it came from.
-#[derive(Debug)]
-struct Attempt {
-    node: String,
-    source: SocketAddr,
-    /// A `[dist] trusted` source: never banned nor limited per source.
-    trusted: bool,
-    started: Instant,
 }
 
 impl Forwarder {
@@ -225,166 +208,8 @@ impl Forwarder {
         }
     }
 
-    /// Everything before the link is up: admission, the first frame, the allow-list,
-    /// the connection to the node and the handshake. `None`: closed, counted, logged.
-    async fn open(
-        &self,
-        client: TcpStream,
-        source: SocketAddr,
-        public_port: u16,
-    ) -> Option<(TcpStream, TcpStream, Box<Opened>)> {
-        let (attempt, destination, slot) = self.admit(&client, source, public_port)?;
-        let caller = match timeout(self.config.get().first_frame_timeout, identify(&client)).await {
-            Err(_) => {
-                return self.failed(
-                    &attempt,
-                    HandshakeResult::Timeout,
-                    "no first frame in time",
-                    None,
-                );
-            }
-            Ok(FirstFrame::Silent) => {
-                debug!("closed before its first byte");
-                return None;
-            }
-            Ok(FirstFrame::Caller(caller)) => caller,
-        };
-        match &caller {
-            Caller::Unknown => {
-                return self.failed(&attempt, HandshakeResult::Failed, "not_a_handshake", None);
-            }
-            Caller::Node { name, .. } if !self.config.get().allow_peers.allows(name) => {
-                return self.failed(
-                    &attempt,
-                    HandshakeResult::NotAllowed,
-                    "not_in_allow_peers",
-                    Some(name),
-                );
-            }
-            _ => {}
-        }
-        let (upstream, direction) = self.connect_to(&attempt.node, destination).await?;
-        // Dist traffic is small frames and ticks; OTP sets nodelay on its own sockets.
-        if let Err(e) = client.set_nodelay(true) {
-            debug!("TCP_NODELAY on the client socket: {e}");
-        }
-        let mut opened = Box::new(Opened {
-            node: attempt.node.clone(),
-            source: attempt.source,
-            caller: None,
-            tls_sni: None,
-            direction,
-            moved: Moved::default(),
-            _slot: slot,
-        });
-        match caller {
-            Caller::Tls { sni } => opened.tls_sni = sni,
-            _ => {
-                self.authenticate(&attempt, &client, &upstream, &mut opened)
-                    .await?
-            }
-        }
-        Some((client, upstream, opened))
-    }
-
-    /// Where `public_port` goes, and whether its source may connect now.
-    fn admit(
-        &self,
-        client: &TcpStream,
-        source: SocketAddr,
-        public_port: u16,
-    ) -> Option<(Attempt, Destination, Option<SourceSlot>)> {
-        let started = Instant::now();
-        let Some(destination) = self.directory.destination(public_port) else {
-            debug!("no node holds this public port; connection closed");
-            metrics::counter!(m::DIST_NO_NODE).increment(1);
-            return None;
-        };
-        let node = match &destination {
-            Destination::Local { name, .. } | Destination::Routed { name, .. } => name.clone(),
-        };
-        let trusted = client.local_addr().is_ok_and(|local| {
-            (self.config.get().trusted).allows(source.ip(), is_local(source.ip(), local.ip()))
-        });
-        let slot = match trusted {
-            true => None,
-            false => match self.guard.admit(source.ip(), started) {
-                Ok(slot) => Some(slot),
-                Err(refusal) => {
-                    self.refused(&node, refusal);
-                    return None;
-                }
-            },
-        };
-        let attempt = Attempt {
-            node,
-            source,
-            trusted,
-            started,
-        };
-        Some((attempt, destination, slot))
-    }
-
-    /// Follows the handshake until the node's ack (`Some`, counted `ok`, the caller's
-    /// name in `opened`) or its end without one (`None`, counted and judged).
-    async fn authenticate(
-        &self,
-        attempt: &Attempt,
-        client: &TcpStream,
-        upstream: &TcpStream,
-        opened: &mut Opened,
-    ) -> Option<()> {
-        let mut handshake = Handshake::new();
-        let left = (self.config.get().handshake_timeout).saturating_sub(attempt.started.elapsed());
-        let followed = timeout(
-            left,
-            follow(client, upstream, &mut handshake, &mut opened.moved),
-        )
-        .await;
-        let claimed = handshake.caller().and_then(Caller::name);
-        let node = attempt.node.clone();
-        match followed {
-            Err(_) => self.failed(
-                attempt,
-                HandshakeResult::Timeout,
-                "handshake_timeout",
-                claimed,
-            ),
-            Ok(Followed::Failed {
-                reason,
-                against_caller: false,
-            }) => {
-                HandshakeResult::Withdrawn.count(node);
-                match handshake.awaiting_reply_from() {
-                    // The one silent failure of a misnamed node: say it where it shows.
-                    Some(node_name) if self.guard.may_log(Instant::now()) => {
-                        let claimed = claimed
-                            .map(|name| name.chars().take(MAX_LOGGED_NAME).collect::<String>());
-                        warn!(
-                            node = %attempt.node, source = %attempt.source, claimed, node_name,
-                            "the caller hung up on the node's challenge: it most likely dialled \
-                             the node by another host part than `node_name`, the node's own \
-                             name; peers must use that name exactly (`distgate probe NAME` from \
-                             a peer shows the mismatch)"
-                        );
-                    }
-                    _ => debug!(claimed, reason, "dist handshake called off before the ack"),
-                }
-                None
-            }
-            Ok(Followed::Failed { reason, .. }) => {
-                self.failed(attempt, HandshakeResult::Failed, reason, claimed)
-            }
-            Ok(Followed::Authenticated) => {
-                HandshakeResult::Ok.count(node);
-                opened.caller = claimed.map(str::to_owned);
-                Some(())
-            }
-        }
-    }
-
     /// Where the link goes, connected.
-    async fn connect_to(
+    pub(super) async fn connect_to(
         &self,
         node: &str,
         destination: Destination,
@@ -475,42 +300,6 @@ impl Forwarder {
             _in_use,
             listed,
         })
-    }
-
-    /// A connection closed at accept by the source guard.
-    fn refused(&self, node: &str, refusal: Refusal) {
-        let reason = refusal.reason();
-        metrics::counter!(m::CONNECTIONS_REFUSED, "listener" => "dist", "reason" => reason)
-            .increment(1);
-        if refusal == Refusal::Banned {
-            HandshakeResult::Banned.count(node.to_owned());
-        }
-        debug!(reason, "dist connection closed at accept");
-    }
-
-    /// A handshake that did not authenticate, for a reason against the caller:
-    /// counted, logged (rate-limited), and counted towards a ban of its source unless
-    /// the source is trusted.
-    fn failed<T>(
-        &self,
-        attempt: &Attempt,
-        result: HandshakeResult,
-        reason: &'static str,
-        claimed: Option<&str>,
-    ) -> Option<T> {
-        let (node, source) = (&attempt.node, attempt.source);
-        result.count(node.clone());
-        let now = Instant::now();
-        if self.guard.may_log(now) {
-            let claimed =
-                claimed.map(|name| name.chars().take(MAX_LOGGED_NAME).collect::<String>());
-            let result = result.label();
-            warn!(%node, %source, claimed, result, reason, "dist handshake failed; connection closed");
-        }
-        if !attempt.trusted {
-            self.guard.failed(source.ip(), now);
-        }
-        None
     }
 
     async fn connect(&self, target: SocketAddr) -> std::io::Result<TcpStream> {
