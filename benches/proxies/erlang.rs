@@ -15,7 +15,8 @@ use distgate::{Distgate, Listeners};
 use tokio_util::sync::CancellationToken;
 
 use crate::measure::Proc;
-use crate::variants::{TempDir, distgate, free_ports, haproxy};
+use crate::paths::{BASELINE, Paths};
+use crate::variants::{TempDir, distgate, distgate_binary, free_ports, haproxy};
 use crate::{Plan, Results, record};
 
 const COOKIE: &str = "distgate-bench";
@@ -101,7 +102,13 @@ fn library_epmd(
 }
 
 /// One measurement on path `kind`: (p50 µs, p99 µs, MiB/s).
-fn once(kind: &str, round: usize, plan: &Plan, rt: &tokio::runtime::Runtime) -> (f64, f64, f64) {
+fn once(
+    kind: &str,
+    round: usize,
+    plan: &Plan,
+    paths: &Paths,
+    rt: &tokio::runtime::Runtime,
+) -> (f64, f64, f64) {
     let dir = TempDir::new(&format!("erl-{kind}-{round}"));
     let b = format!("b{round}{}", kind.replace('-', ""));
     let a = format!("a{round}{}", kind.replace('-', ""));
@@ -113,15 +120,21 @@ fn once(kind: &str, round: usize, plan: &Plan, rt: &tokio::runtime::Runtime) -> 
             token = Some(stop);
             port
         }
-        "distgate-auto" | "distgate-splice" => {
+        "distgate-auto" | "distgate-splice" | BASELINE => {
             let [epmd, public, public_a] = free_ports();
-            let mut proc = distgate(
-                &dir,
-                &format!(
-                    "[epmd]\nlisten = [\"127.0.0.1:{epmd}\"]\n[dist]\nlisten = [\"127.0.0.1\"]\nports = [{public}, {public_a}]\n[forward]\nmode = \"{mode}\"\n",
-                    mode = kind.trim_start_matches("distgate-")
-                ),
+            let config = format!(
+                "[epmd]\nlisten = [\"127.0.0.1:{epmd}\"]\n[dist]\nlisten = [\"127.0.0.1\"]\nports = [{public}, {public_a}]\n[forward]\nmode = \"{mode}\"\n",
+                mode = if kind == "distgate-splice" {
+                    "splice"
+                } else {
+                    "auto"
+                }
             );
+            let mut proc = if kind == BASELINE {
+                distgate_binary(paths.baseline(), &dir, "distgate", &config, None)
+            } else {
+                distgate(&dir, &config)
+            };
             proc.wait_listening(epmd);
             keep.push(proc);
             epmd
@@ -166,7 +179,20 @@ fn once(kind: &str, round: usize, plan: &Plan, rt: &tokio::runtime::Runtime) -> 
     (v[0] / 1e3, v[1] / 1e3, mib_s)
 }
 
-pub fn run(plan: &Plan, results: &mut Results) {
+pub fn run(plan: &Plan, paths: &Paths, results: &mut Results) {
+    let kinds: Vec<&str> = [
+        "direct",
+        "distgate-auto",
+        BASELINE,
+        "distgate-splice",
+        "haproxy-splice",
+    ]
+    .into_iter()
+    .filter(|kind| paths.wants(kind))
+    .collect();
+    if kinds.len() < 2 {
+        return; // direct alone: no proxy of this part was asked for
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -174,13 +200,8 @@ pub fn run(plan: &Plan, results: &mut Results) {
         .unwrap();
     for round in 0..plan.rounds {
         eprintln!("erlang round {} of {}", round + 1, plan.rounds);
-        for kind in [
-            "direct",
-            "distgate-auto",
-            "distgate-splice",
-            "haproxy-splice",
-        ] {
-            let (p50, p99, rate) = once(kind, round, plan, &rt);
+        for &kind in &kinds {
+            let (p50, p99, rate) = once(kind, round, plan, paths, &rt);
             record(results, "o_erl_rt_p50", kind, p50);
             record(results, "p_erl_rt_p99", kind, p99);
             record(results, "q_erl_mib_per_s", kind, rate);

@@ -4,6 +4,9 @@
 //! ```sh
 //! cargo bench --bench proxies             # the full run recorded in BENCHMARKS.md
 //! cargo bench --bench proxies -- --quick  # smaller sizes, for a first look
+//! # before and after a change, in one run: another commit's release binary beside this one
+//! DISTGATE_BENCH_BASELINE=/tmp/distgate-before cargo bench --bench proxies -- \
+//!     --paths direct,distgate-auto,distgate-baseline,haproxy
 //! ```
 //!
 //! Needs `haproxy` (Debian package), optionally `socat`, `taskset`, and `erl` for the
@@ -22,6 +25,7 @@
 
 mod erlang;
 mod measure;
+mod paths;
 mod quota;
 mod roles;
 mod variants;
@@ -30,6 +34,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use measure::Stats;
+use paths::Paths;
 use variants::{Kind, Setup, Variant};
 
 /// Sizes of one run.
@@ -102,22 +107,27 @@ fn main() {
     } else {
         FULL
     };
+    let paths = Paths::from_args(&args).unwrap_or_else(|message| {
+        eprintln!("proxies benchmark: {message}");
+        std::process::exit(2);
+    });
     measure::raise_fd_limit(1 << 18);
     let mut results = Results::new();
     if args.iter().any(|a| a == "--erlang-only") {
-        erlang::run(&ERLANG, &mut results);
-        println!("{}", report(&plan, &results));
+        erlang::run(&ERLANG, &paths, &mut results);
+        println!("{}", report(&plan, &paths, &results));
         return;
     }
-    let setup = Setup::start();
+    let setup = Setup::start(paths.baseline.clone());
     if args.iter().any(|a| a == "--uid-only") {
-        quota::run(&setup, &plan, &mut results);
-        println!("{}", report(&plan, &results));
+        quota::run(&setup, &plan, &paths, &mut results);
+        println!("{}", report(&plan, &paths, &results));
         return;
     }
     let mut kinds = vec![
         Kind::Direct,
         Kind::DistgateAuto,
+        Kind::DistgateBaseline,
         Kind::DistgateSplice,
         Kind::DistgateCopy,
         Kind::Haproxy,
@@ -125,9 +135,12 @@ fn main() {
     ];
     if measure::have("socat") {
         kinds.push(Kind::Socat);
+    } else if paths.wants(Kind::Socat.name()) && paths.flag().is_some() {
+        eprintln!("socat not installed: its path is skipped");
     }
     let variants: Vec<Variant> = kinds
         .into_iter()
+        .filter(|k| paths.wants(k.name()))
         .map(|k| Variant::start(k, &setup))
         .collect();
     let bulk_only = args.iter().any(|a| a == "--bulk-only");
@@ -150,17 +163,17 @@ fn main() {
         }
     }
     drop(variants);
-    quota::run(&setup, &plan, &mut results);
+    quota::run(&setup, &plan, &paths, &mut results);
     if bulk_only {
-        println!("{}", report(&plan, &results));
+        println!("{}", report(&plan, &paths, &results));
         return;
     }
     if measure::have("erl") {
-        erlang::run(&plan, &mut results);
+        erlang::run(&plan, &paths, &mut results);
     } else {
         eprintln!("erl not installed: the Erlang part is skipped");
     }
-    let report = report(&plan, &results);
+    let report = report(&plan, &paths, &results);
     println!("{report}");
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");
     std::fs::create_dir_all(&dir).unwrap();
@@ -168,37 +181,40 @@ fn main() {
 }
 
 /// The report: machine, then each metric as median (min–max) per variant with ratios.
-fn report(plan: &Plan, results: &Results) -> String {
+fn report(plan: &Plan, paths: &Paths, results: &Results) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "## Run of {}\n", measure::now());
     let _ = writeln!(out, "{}\n", measure::machine());
+    let mut flags = vec![];
+    if plan.bulk_bytes != FULL.bulk_bytes {
+        flags.push("--quick".to_owned());
+    }
+    flags.extend(paths.flag());
     let _ = writeln!(
         out,
-        "Command: `cargo bench --bench proxies{}`; {} rounds, variants interleaved in each \
+        "Command: `{}cargo bench --bench proxies{}`; {} rounds, variants interleaved in each \
          round; median (min–max).\n",
-        if plan.bulk_bytes == FULL.bulk_bytes {
-            ""
+        paths.baseline.as_ref().map_or(String::new(), |b| format!(
+            "{}={} ",
+            paths::BASELINE_VAR,
+            b.display()
+        )),
+        if flags.is_empty() {
+            String::new()
         } else {
-            " -- --quick"
+            format!(" -- {}", flags.join(" "))
         },
         plan.rounds
     );
-    let order = [
-        "direct",
-        "distgate-auto",
-        "distgate-splice",
-        "distgate-copy",
-        "haproxy-splice",
-        "socat",
-        "gateway+sidecar",
-        "distgate-root",
-        "distgate-uid",
-        "distgate-uid-held",
-        "haproxy-uid",
-        "haproxy-uid-held",
-        "distgate-x8-root",
-        "distgate-x8-uid",
-    ];
+    if paths.baseline.is_some() {
+        let _ = writeln!(
+            out,
+            "{} is the binary {} names, started as distgate-auto is (same configuration, \
+             `auto`).\n",
+            paths::BASELINE,
+            paths::BASELINE_VAR
+        );
+    }
     if let Some(summary) = quota::summary(results) {
         let _ = writeln!(out, "{summary}");
     }
@@ -211,7 +227,7 @@ fn report(plan: &Plan, results: &Results) -> String {
         );
         let _ = writeln!(out, "| --- | ---: | ---: | ---: | ---: | ---: |");
         let median_of = |v: &str| by_variant.get(v).map(|x| Stats::of(x).median);
-        for name in order {
+        for name in paths::NAMES {
             let Some(values) = by_variant.get(name) else {
                 continue;
             };

@@ -15,6 +15,7 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use crate::measure::{self, Proc};
+use crate::paths::Paths;
 use crate::variants::{Setup, TempDir, distgate_named, free_ports, haproxy_as, register};
 use crate::{Plan, Results, record};
 
@@ -152,50 +153,61 @@ pub fn available() -> bool {
     root && measure::have("setpriv")
 }
 
+/// This part's paths with one stream, the quota free, then held.
+const FREE: [&str; 3] = ["distgate-root", "distgate-uid", "haproxy-uid"];
+const HELD: [&str; 2] = ["distgate-uid-held", "haproxy-uid-held"];
+
 /// Every round: one stream as the UID (quota free, quota held; distgate and haproxy;
-/// direct as the baseline), then eight distgates as root and as the UID.
-pub fn run(setup: &Setup, plan: &Plan, results: &mut Results) {
+/// direct as the baseline), then eight distgates as root and as the UID; only the
+/// paths `paths` wants, and nothing when it wants none of them.
+pub fn run(setup: &Setup, plan: &Plan, paths: &Paths, results: &mut Results) {
+    let eights = [("distgate-x8-root", None), ("distgate-x8-uid", Some(UID))];
+    let mut mine = FREE
+        .iter()
+        .chain(&HELD)
+        .chain(eights.iter().map(|(n, _)| n));
+    if !mine.any(|name| paths.wants(name)) {
+        return;
+    }
     if !available() {
         eprintln!("not root or no setpriv: the unprivileged-UID part is skipped");
         return;
     }
+    let start = |variant: &str| match variant {
+        "distgate-root" => distgate(setup, None, "root"),
+        "distgate-uid" => distgate(setup, Some(UID), "uid"),
+        "haproxy-uid" => haproxy(setup, Some(UID), "haproxy-uid"),
+        "distgate-uid-held" => distgate(setup, Some(UID), "uid-held"),
+        "haproxy-uid-held" => haproxy(setup, Some(UID), "haproxy-held"),
+        other => unreachable!("{other}"),
+    };
+    let started = |names: &[&'static str]| -> Vec<(&'static str, Front)> {
+        names
+            .iter()
+            .filter(|name| paths.wants(name))
+            .map(|&name| (name, start(name)))
+            .collect()
+    };
     let one = "o_uid_bulk_1_stream";
     for round in 0..plan.rounds {
         eprintln!("unprivileged UID, round {} of {}", round + 1, plan.rounds);
         let direct = SocketAddr::from(([127, 0, 0, 1], setup.sink));
         record(results, one, "direct", bulk(direct, 1, plan.bulk_bytes));
-        for (variant, front) in [
-            ("distgate-root", distgate(setup, None, "root")),
-            ("distgate-uid", distgate(setup, Some(UID), "uid")),
-            ("haproxy-uid", haproxy(setup, Some(UID), "haproxy-uid")),
-        ] {
+        for (variant, front) in started(&FREE) {
             measured(results, variant, &front, plan.bulk_bytes);
         }
-        {
+        if HELD.iter().any(|name| paths.wants(name)) {
             let _hog = hog();
-            for (variant, front) in [
-                ("distgate-uid-held", distgate(setup, Some(UID), "uid-held")),
-                (
-                    "haproxy-uid-held",
-                    haproxy(setup, Some(UID), "haproxy-held"),
-                ),
-            ] {
+            for (variant, front) in started(&HELD) {
                 measured(results, variant, &front, plan.bulk_bytes);
             }
         }
-        let eights = "p_bulk_8x8_streams";
-        record(
-            results,
-            eights,
-            "distgate-x8-root",
-            eight(setup, None, plan.bulk_bytes),
-        );
-        record(
-            results,
-            eights,
-            "distgate-x8-uid",
-            eight(setup, Some(UID), plan.bulk_bytes),
-        );
+        for (variant, uid) in eights {
+            if paths.wants(variant) {
+                let rate = eight(setup, uid, plan.bulk_bytes);
+                record(results, "p_bulk_8x8_streams", variant, rate);
+            }
+        }
     }
 }
 

@@ -1,9 +1,10 @@
 //! The paths measured (direct, distgate with splice, distgate with copy, haproxy with
-//! splice, socat) and the measurements taken on each.
+//! splice, socat; another commit's distgate when asked) and the measurements taken on
+//! each.
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -15,6 +16,8 @@ use crate::{Plan, Results, record};
 pub enum Kind {
     Direct,
     DistgateAuto,
+    /// Another commit's distgate binary (`DISTGATE_BENCH_BASELINE`), as `DistgateAuto`.
+    DistgateBaseline,
     DistgateSplice,
     DistgateCopy,
     Haproxy,
@@ -28,6 +31,7 @@ impl Kind {
         match self {
             Kind::Direct => "direct",
             Kind::DistgateAuto => "distgate-auto",
+            Kind::DistgateBaseline => crate::paths::BASELINE,
             Kind::DistgateSplice => "distgate-splice",
             Kind::DistgateCopy => "distgate-copy",
             Kind::Haproxy => "haproxy-splice",
@@ -42,13 +46,15 @@ pub struct Setup {
     pub sink: u16,
     pub echo: u16,
     pub hold: u16,
+    /// The binary of `distgate-baseline`, when this run measures it.
+    pub baseline: Option<PathBuf>,
     echo_proc: Proc,
     hold_proc: Mutex<Proc>,
     _sink_proc: Proc,
 }
 
 impl Setup {
-    pub fn start() -> Setup {
+    pub fn start(baseline: Option<PathBuf>) -> Setup {
         let sink_proc = Proc::role(&["sink"], None);
         let echo_proc = Proc::role(&["echo"], None);
         let hold_proc = Proc::role(&["hold"], None);
@@ -57,6 +63,7 @@ impl Setup {
             sink: port(&sink_proc),
             echo: port(&echo_proc),
             hold: port(&hold_proc),
+            baseline,
             echo_proc,
             hold_proc: Mutex::new(hold_proc),
             _sink_proc: sink_proc,
@@ -134,6 +141,19 @@ pub use user::as_user;
 /// [`distgate`] with its config file called `name`.toml (several in one directory),
 /// as `uid` when given.
 pub fn distgate_named(dir: &TempDir, name: &str, config: &str, uid: Option<u32>) -> Proc {
+    let binary = Path::new(env!("CARGO_BIN_EXE_distgate"));
+    distgate_binary(binary, dir, name, config, uid)
+}
+
+/// [`distgate_named`] from `binary`: this build's or, for `distgate-baseline`, another
+/// commit's.
+pub fn distgate_binary(
+    binary: &Path,
+    dir: &TempDir,
+    name: &str,
+    config: &str,
+    uid: Option<u32>,
+) -> Proc {
     let path = dir.0.join(format!("{name}.toml"));
     // No admin server: several distgates run side by side. The idle-memory step holds
     // 9,000 connections, past the default dist limit of 8,192.
@@ -147,7 +167,6 @@ pub fn distgate_named(dir: &TempDir, name: &str, config: &str, uid: Option<u32>)
         }
     }
     std::fs::write(&path, config).unwrap();
-    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_distgate"));
     Proc::spawn(as_user(uid, binary).args([
         "--config",
         path.to_str().unwrap(),
@@ -212,10 +231,17 @@ impl Variant {
         let mut registrations = vec![];
         let ports: [u16; 3] = match kind {
             Kind::Direct => servers,
-            Kind::DistgateAuto | Kind::DistgateSplice | Kind::DistgateCopy => {
+            Kind::DistgateAuto
+            | Kind::DistgateBaseline
+            | Kind::DistgateSplice
+            | Kind::DistgateCopy => {
                 let [epmd, p0, p1, p2] = free_ports();
                 let public = [p0, p1, p2];
-                let mode = kind.name().trim_start_matches("distgate-");
+                let mode = match kind {
+                    Kind::DistgateSplice => "splice",
+                    Kind::DistgateCopy => "copy",
+                    _ => "auto",
+                };
                 let config = format!(
                     "[epmd]\nlisten = [\"127.0.0.1:{epmd}\"]\n\
                      [dist]\nlisten = [\"127.0.0.1\"]\nports = [{}, {}, {}]\n\
@@ -223,7 +249,12 @@ impl Variant {
                      [forward]\nmode = \"{mode}\"\n",
                     public[0], public[1], public[2], public[0], public[1], public[2]
                 );
-                let mut proc = distgate(&dir, &config);
+                let mut proc = if kind == Kind::DistgateBaseline {
+                    let binary = setup.baseline.as_deref().expect("checked in main");
+                    distgate_binary(binary, &dir, "distgate", &config, None)
+                } else {
+                    distgate(&dir, &config)
+                };
                 proc.wait_listening(epmd);
                 procs.push(proc);
                 for (name, port) in ["sink", "echo", "hold"].iter().zip(servers) {
