@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info_span, warn};
 
 use crate::accept::{Acceptor, Admit};
+use crate::epmd::NodeType;
 use crate::metrics as m;
 use crate::ready::Health;
 
@@ -140,7 +141,7 @@ impl Views {
     fn nodes(&self) -> serde_json::Value {
         let nodes: Vec<crate::api::NodeView> = (self.registry.nodes().into_iter())
             .map(|n| crate::api::NodeView {
-                hidden: n.node_type == b'H',
+                hidden: n.info.node_type == NodeType::Hidden,
                 client: n.client,
                 registered_at: crate::api::unix_seconds(n.registered_at),
                 name: n.name,

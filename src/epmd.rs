@@ -3,8 +3,10 @@
 
 pub mod client;
 pub mod message;
+pub mod node_info;
 pub(crate) mod server;
 
+pub use node_info::{NodeInfo, NodeType};
 pub(crate) use server::Server;
 
 /// The EPMD port every BEAM node in a cluster dials (OTP's default; `ERL_EPMD_PORT`

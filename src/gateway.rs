@@ -36,7 +36,7 @@ use crate::metrics as m;
 use crate::ports::Ports;
 use crate::route::{self, Route, Upstream, UpstreamPort};
 use discovery::Discovery;
-pub use leases::Lease;
+pub use leases::{Lease, Routed};
 use leases::{Leases, Terms};
 pub use report::pool_report;
 
@@ -159,14 +159,14 @@ impl Gateway {
                 self.discovering.fetch_sub(1, Ordering::Relaxed);
             }
         }
-        self.leases.adopt(&old.leases, |lease| {
-            let target = self.route_match(&lease.name)?;
-            let terms = self.terms(target.route, &lease.name);
-            let lease = Lease {
-                host: target.host.unwrap_or_else(|| lease.host.clone()),
-                ..lease.clone()
+        self.leases.adopt(&old.leases, |routed| {
+            let target = self.route_match(&routed.name)?;
+            let terms = self.terms(target.route, &routed.name);
+            let routed = Routed {
+                host: target.host.unwrap_or_else(|| routed.host.clone()),
+                ..routed.clone()
             };
-            Some((lease, terms))
+            Some((routed, terms))
         });
     }
 
@@ -252,18 +252,19 @@ impl Gateway {
     /// Confirms every template route's lease upstream; those gone are given back.
     async fn recheck(&self) {
         for lease in self.leases.all() {
-            let Some(target) = self.route_match(&lease.name) else {
+            let Some(target) = self.route_match(&lease.routed.name) else {
                 continue;
             };
             if target.host.is_none() {
                 continue;
             }
-            let confirmed = tokio::time::timeout(self.timeout, self.confirm(&lease.name, &target));
+            let confirmed =
+                tokio::time::timeout(self.timeout, self.confirm(&lease.routed.name, &target));
             match confirmed.await {
-                Ok(Ok(found)) => self.leases.refresh(&lease.name, |held| *held = found),
+                Ok(Ok(found)) => self.leases.refresh(lease.name(), found),
                 Ok(Err(Miss::Unknown)) => {
-                    if self.leases.give_back(&lease.name) {
-                        info!(node = %lease.name, "lease given back: the name left its upstream");
+                    if self.leases.give_back(&lease.routed.name) {
+                        info!(node = %lease.routed.name, "lease given back: the name left its upstream");
                     }
                 }
                 Ok(Err(_)) | Err(_) => {}
@@ -366,7 +367,7 @@ impl Gateway {
 
     /// Where `name` lives upstream and what it registered there (the lease's public
     /// port left 0), or why not.
-    async fn confirm(&self, name: &str, target: &route::Match) -> Result<Lease, Miss> {
+    async fn confirm(&self, name: &str, target: &route::Match) -> Result<Routed, Miss> {
         let (host, epmd) = match &target.host {
             Some(host) => match self.resolve(host).await {
                 Ok(ip) => (host.clone(), SocketAddr::new(ip, target.epmd_port)),
@@ -408,16 +409,11 @@ impl Gateway {
             UpstreamPort::Fixed(port) => port,
             UpstreamPort::Epmd => found.port,
         };
-        Ok(Lease {
+        Ok(Routed {
             name: name.to_owned(),
-            public_port: 0,
             host,
             dist_port,
-            node_type: found.node_type,
-            protocol: found.protocol,
-            highest_version: found.highest_version,
-            lowest_version: found.lowest_version,
-            extra: found.extra,
+            info: found.info,
         })
     }
 }
@@ -433,11 +429,11 @@ impl Routes for Gateway {
 
     fn names(&self) -> Vec<(String, u16)> {
         let leases = self.leases.all().into_iter();
-        leases.map(|l| (l.name, l.public_port)).collect()
+        leases.map(|l| (l.routed.name, l.public_port)).collect()
     }
 
     fn upstream(&self, name: &str) -> Option<(String, u16)> {
-        self.leases.get(name).map(|l| (l.host, l.dist_port))
+        (self.leases.get(name)).map(|l| (l.routed.host, l.routed.dist_port))
     }
 
     fn resolve<'a>(&'a self, host: &'a str) -> BoxFuture<'a, Result<IpAddr, DnsError>> {

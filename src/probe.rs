@@ -238,7 +238,11 @@ async fn walk(target: &Probe, report: &mut Report) -> Result<(), Failure> {
             .map(|r| names_of(&r[4..]));
         return Err(Failure::NotRegistered { names });
     };
-    let (port, high, low) = (found.port, found.highest_version, found.lowest_version);
+    let (port, high, low) = (
+        found.port,
+        found.info.highest_version,
+        found.info.lowest_version,
+    );
     report.steps.push(Step {
         what: format!("epmd {epmd}"),
         found: format!("{} on port {port}, versions {low}-{high}", target.name),

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio_util::sync::CancellationToken;
 
+use crate::epmd::NodeInfo;
 use crate::epmd::message::{Alive2Req, NameError, Port2Resp};
 use crate::ports::{Holder, PortPlan, Ports};
 
@@ -37,16 +38,8 @@ pub struct Node {
     pub public_port: Option<u16>,
     /// A release client (`[dist] client_names`): it never has a public port.
     pub client: bool,
-    /// `M` (77) for a normal node, `H` (72) for a hidden one, as registered.
-    pub node_type: u8,
-    /// 0: TCP/IPv4.
-    pub protocol: u8,
-    /// Highest distribution version the node speaks.
-    pub highest_version: u16,
-    /// Lowest distribution version the node speaks.
-    pub lowest_version: u16,
-    /// The extra field, echoed in PORT2_RESP.
-    pub extra: Vec<u8>,
+    /// What it registered about itself, echoed in PORT2_RESP.
+    pub info: NodeInfo,
     /// The creation it was given.
     pub creation: u32,
     /// The registration socket's descriptor, shown by DUMP as `epmd` does.
@@ -69,12 +62,8 @@ impl Node {
     pub fn port2_resp(&self) -> Port2Resp {
         Port2Resp {
             port: self.advertised_port(),
-            node_type: self.node_type,
-            protocol: self.protocol,
-            highest_version: self.highest_version,
-            lowest_version: self.lowest_version,
             name: self.name.clone(),
-            extra: self.extra.clone(),
+            info: self.info.clone(),
         }
     }
 }
@@ -205,11 +194,7 @@ impl Registry {
             real_port: req.port,
             public_port,
             client,
-            node_type: req.node_type,
-            protocol: req.protocol,
-            highest_version: req.highest_version,
-            lowest_version: req.lowest_version,
-            extra: req.extra.clone(),
+            info: req.info.clone(),
             creation,
             fd,
             upstream_ip,

@@ -7,7 +7,7 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(Some(found)) = message::decode_port2_resp(data) {
-        assert!(found.extra.len() <= data.len());
+        assert!(found.info.extra.len() <= data.len());
     }
     if let Ok(names) = message::decode_names_resp(data) {
         assert!(names.len() <= data.len());

@@ -13,7 +13,7 @@ fuzz_target!(|data: &[u8]| {
         // What decodes re-encodes to a frame that decodes the same: bytes after
         // `extra` are accepted and dropped, as epmd does. (Without them, an empty name
         // with no extra is "too short" for epmd, so that one does not come back.)
-        if !(req.name.is_empty() && req.extra.is_empty()) {
+        if !(req.name.is_empty() && req.info.extra.is_empty()) {
             let again = message::decode_request(&message::encode_alive2_req(&req));
             assert_eq!(again, Ok(Some(message::Request::Alive2(req.clone()))));
         }

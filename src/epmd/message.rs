@@ -8,6 +8,8 @@
 
 use std::fmt;
 
+pub use super::node_info::{NodeInfo, NodeType};
+
 /// Largest request payload `epmd` accepts (its 3060-byte buffer minus the length and
 /// one spare byte).
 pub const MAX_REQUEST_LEN: usize = 3057;
@@ -117,18 +119,10 @@ impl RequestKind {
 pub struct Alive2Req {
     /// The node's real dist port.
     pub port: u16,
-    /// `M` (77) for a normal node, `H` (72) for a hidden one.
-    pub node_type: u8,
-    /// 0: TCP/IPv4.
-    pub protocol: u8,
-    /// Highest distribution version the node speaks.
-    pub highest_version: u16,
-    /// Lowest distribution version the node speaks.
-    pub lowest_version: u16,
     /// The name part before `@`, as sent; see [`Alive2Req::validate`].
     pub name: Vec<u8>,
-    /// The extra field, echoed in PORT2_RESP.
-    pub extra: Vec<u8>,
+    /// Its type, protocol, versions and extra field, echoed in PORT2_RESP.
+    pub info: NodeInfo,
 }
 
 /// Why an ALIVE2_REQ is refused with an error reply (the socket stays open).
@@ -154,12 +148,8 @@ impl Alive2Req {
     pub fn otp23(name: &str, port: u16) -> Alive2Req {
         Alive2Req {
             port,
-            node_type: 77,
-            protocol: 0,
-            highest_version: 6,
-            lowest_version: 5,
             name: name.as_bytes().to_vec(),
-            extra: vec![],
+            info: NodeInfo::OTP23,
         }
     }
 
@@ -169,7 +159,7 @@ impl Alive2Req {
         if self.name.len() > MAX_SYMLEN {
             return Err(NameError::TooLong);
         }
-        if self.extra.len() > MAX_SYMLEN {
+        if self.info.extra.len() > MAX_SYMLEN {
             return Err(NameError::ExtraTooLong);
         }
         let name = std::str::from_utf8(&self.name).map_err(|_| NameError::NotUtf8)?;
@@ -181,7 +171,7 @@ impl Alive2Req {
 
     /// Whether the node understands the 32-bit creation of ALIVE2_X_RESP.
     pub fn wants_x_resp(&self) -> bool {
-        self.highest_version >= 6
+        self.info.highest_version >= 6
     }
 }
 
@@ -294,12 +284,14 @@ fn decode_alive2(payload: &[u8]) -> Result<Alive2Req, FrameError> {
     let extra_at = 13 + name_len;
     Ok(Alive2Req {
         port: u16_at(payload, 1),
-        node_type: payload[3],
-        protocol: payload[4],
-        highest_version: u16_at(payload, 5),
-        lowest_version: u16_at(payload, 7),
         name: name.to_vec(),
-        extra: payload[extra_at..extra_at + extra_len].to_vec(),
+        info: NodeInfo {
+            node_type: payload[3].into(),
+            protocol: payload[4],
+            highest_version: u16_at(payload, 5),
+            lowest_version: u16_at(payload, 7),
+            extra: payload[extra_at..extra_at + extra_len].to_vec(),
+        },
     })
 }
 
@@ -360,18 +352,10 @@ pub fn encode_alive2_resp(x_resp: bool, creation: Option<u32>) -> Vec<u8> {
 pub struct Port2Resp {
     /// The port to dial.
     pub port: u16,
-    /// `M` (77) for a normal node, `H` (72) for a hidden one.
-    pub node_type: u8,
-    /// 0: TCP/IPv4.
-    pub protocol: u8,
-    /// Highest distribution version the node speaks.
-    pub highest_version: u16,
-    /// Lowest distribution version the node speaks.
-    pub lowest_version: u16,
     /// The name part, as registered.
     pub name: String,
-    /// The extra field, as registered.
-    pub extra: Vec<u8>,
+    /// What the node registered about itself.
+    pub info: NodeInfo,
 }
 
 /// PORT2_RESP: the node's fields, or exactly `77 01` when it is unknown.
@@ -379,13 +363,14 @@ pub fn encode_port2_resp(info: Option<&Port2Resp>) -> Vec<u8> {
     let Some(info) = info else {
         return vec![PORT2_RESP, 1];
     };
-    let mut out = Vec::with_capacity(14 + info.name.len() + info.extra.len());
+    let Port2Resp { port, name, info } = info;
+    let mut out = Vec::with_capacity(14 + name.len() + info.extra.len());
     out.extend_from_slice(&[PORT2_RESP, 0]);
-    out.extend_from_slice(&info.port.to_be_bytes());
-    out.extend_from_slice(&[info.node_type, info.protocol]);
+    out.extend_from_slice(&port.to_be_bytes());
+    out.extend_from_slice(&[info.node_type.byte(), info.protocol]);
     out.extend_from_slice(&info.highest_version.to_be_bytes());
     out.extend_from_slice(&info.lowest_version.to_be_bytes());
-    push_u16_len(&mut out, info.name.as_bytes());
+    push_u16_len(&mut out, name.as_bytes());
     push_u16_len(&mut out, &info.extra);
     out
 }

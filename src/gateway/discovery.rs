@@ -15,15 +15,12 @@ use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
-use super::{Gateway, Lease};
+use super::{Gateway, Routed};
 use crate::dns::DnsError;
+use crate::epmd::NodeInfo;
 use crate::epmd::client;
 use crate::metrics as m;
 use crate::route::{Records, UpstreamPort};
-
-/// Fields a discovered name's lease carries until a PORT_PLEASE2 confirms it upstream
-/// and fills in what the node registered (NAMES does not tell them).
-const UNCONFIRMED: (u8, u8, u16, u16) = (77, 0, 6, 5);
 
 #[derive(Debug)]
 pub(super) struct Discovery {
@@ -231,25 +228,24 @@ impl Discovery {
                 }
                 Some(_) => debug!(node = %name, "discovered name unchanged"),
             }
-            let known = gateway.leases.get(&name).filter(|l| l.host == host);
-            let (node_type, protocol, highest_version, lowest_version) = UNCONFIRMED;
-            let lease = match known {
+            let known = (gateway.leases.get(&name)).filter(|l| l.routed.host == host);
+            let routed = match known {
                 // What a lookup confirmed upstream stays while the node stays.
-                Some(known) => Lease { dist_port, ..known },
-                None => Lease {
+                Some(known) => Routed {
+                    dist_port,
+                    ..known.routed
+                },
+                // Until a PORT_PLEASE2 confirms it upstream and fills in what the node
+                // registered (NAMES does not tell it), what an OTP 23+ node sends.
+                None => Routed {
                     name: name.clone(),
-                    public_port: 0,
                     host,
                     dist_port,
-                    node_type,
-                    protocol,
-                    highest_version,
-                    lowest_version,
-                    extra: vec![],
+                    info: NodeInfo::OTP23,
                 },
             };
             let terms = gateway.terms(self.route, &name);
-            leases.push((lease, terms));
+            leases.push((routed, terms));
         }
         gateway
             .leases

@@ -25,45 +25,47 @@ use tracing::info;
 
 use crate::api::LeaseView;
 use crate::directory::InUse;
+use crate::epmd::NodeInfo;
 use crate::epmd::message::Port2Resp;
 use crate::metrics as m;
 use crate::ports::Ports;
 use crate::route::Home;
 
-/// A name routed to an upstream, holding a public port while it lives upstream.
+/// A routed name and where it lives, as its upstream confirmed it (or discovery
+/// found it): what a lease is taken for.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Lease {
+pub struct Routed {
     /// The routed name part.
     pub name: String,
-    /// The public port it holds.
-    pub public_port: u16,
     /// The upstream host (resolved at each connect).
     pub host: String,
     /// The upstream's dist port.
     pub dist_port: u16,
-    /// The fields the upstream registered, echoed in PORT2_RESP.
-    pub node_type: u8,
-    /// As registered upstream.
-    pub protocol: u8,
-    /// As registered upstream.
-    pub highest_version: u16,
-    /// As registered upstream.
-    pub lowest_version: u16,
-    /// As registered upstream.
-    pub extra: Vec<u8>,
+    /// What the node registered upstream, echoed in PORT2_RESP.
+    pub info: NodeInfo,
+}
+
+/// A routed name holding a public port while it lives upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// The name and its upstream.
+    pub routed: Routed,
+    /// The public port it holds.
+    pub public_port: u16,
 }
 
 impl Lease {
+    /// The routed name part.
+    pub fn name(&self) -> &str {
+        &self.routed.name
+    }
+
     /// PORT2_RESP for the lease: its public port and the upstream's fields.
     pub fn port2_resp(&self) -> Port2Resp {
         Port2Resp {
             port: self.public_port,
-            node_type: self.node_type,
-            protocol: self.protocol,
-            highest_version: self.highest_version,
-            lowest_version: self.lowest_version,
-            name: self.name.clone(),
-            extra: self.extra.clone(),
+            name: self.routed.name.clone(),
+            info: self.routed.info.clone(),
         }
     }
 }
@@ -120,11 +122,23 @@ impl Drop for Link {
 
 #[derive(Debug)]
 struct Held {
-    lease: Lease,
+    routed: Routed,
+    /// The public port placed for it; `None` only while it is being placed.
+    public_port: Option<u16>,
     terms: Terms,
     usage: Arc<Usage>,
     /// When it was leased, as a sequence number: NAMES lists the oldest first.
     since: u64,
+}
+
+impl Held {
+    /// The lease, once placed.
+    fn lease(&self) -> Option<Lease> {
+        Some(Lease {
+            routed: self.routed.clone(),
+            public_port: self.public_port?,
+        })
+    }
 }
 
 #[derive(Debug, Default)]
@@ -172,12 +186,12 @@ impl Leases {
         self.ports.pool_len()
     }
 
-    /// Leases `lease.name` a public port under `terms` (the port in `lease` is
-    /// ignored), or refreshes the lease it holds, and counts it as used now. Makes
-    /// room by giving back an unused lease when the pool is short.
+    /// Leases `routed.name` a public port under `terms`, or refreshes the lease it
+    /// holds, and counts it as used now. Makes room by giving back an unused lease
+    /// when the pool is short.
     pub(super) fn take(
         &self,
-        lease: Lease,
+        routed: Routed,
         terms: Terms,
         now: Instant,
     ) -> Result<Lease, PoolExhausted> {
@@ -185,28 +199,26 @@ impl Leases {
         if table.retired {
             return Err(PoolExhausted);
         }
-        if let Some(held) = table.held.get_mut(&lease.name) {
+        let name = routed.name.clone();
+        if let Some(held) = table.held.get_mut(&name) {
             held.usage.touch(now);
-            held.lease = Lease {
-                public_port: held.lease.public_port,
-                ..lease
-            };
-            return Ok(held.lease.clone());
+            held.routed = routed;
+        } else {
+            self.add(&mut table, vec![(routed, terms)], now)?;
+            self.count(&table);
         }
-        let name = lease.name.clone();
-        self.add(&mut table, vec![(lease, terms)], now)?;
-        self.count(&table);
-        let held = table.held.get(&name).ok_or(PoolExhausted)?;
-        Ok(held.lease.clone())
+        table
+            .held
+            .get(&name)
+            .and_then(Held::lease)
+            .ok_or(PoolExhausted)
     }
 
     /// Refreshes the upstream details of `name`'s lease, if it holds one, without
     /// counting it as used.
-    pub(super) fn refresh(&self, name: &str, update: impl FnOnce(&mut Lease)) {
+    pub(super) fn refresh(&self, name: &str, routed: Routed) {
         if let Some(held) = self.lock().held.get_mut(name) {
-            let port = held.lease.public_port;
-            update(&mut held.lease);
-            held.lease.public_port = port;
+            held.routed = routed;
         }
     }
 
@@ -214,29 +226,26 @@ impl Leases {
     /// refresh): names gone are given back, names new are leased (ports permitting,
     /// in name order), names kept keep their use and get the new details. The others'
     /// ports change at most once, to where the new set places them.
-    pub(super) fn replace_route(&self, route: usize, leases: Vec<(Lease, Terms)>, now: Instant) {
+    pub(super) fn replace_route(&self, route: usize, leases: Vec<(Routed, Terms)>, now: Instant) {
         let mut table = self.lock();
         if table.retired {
             return;
         }
-        let mut wanted: BTreeMap<String, (Lease, Terms)> = leases
+        let mut wanted: BTreeMap<String, (Routed, Terms)> = leases
             .into_iter()
-            .map(|(lease, terms)| (lease.name.clone(), (lease, terms)))
+            .map(|(routed, terms)| (routed.name.clone(), (routed, terms)))
             .collect();
         table.held.retain(|name, held| {
             held.terms.route != route || wanted.contains_key(name) || held.usage.links() > 0
         });
         let mut new = vec![];
-        for (name, (lease, terms)) in std::mem::take(&mut wanted) {
+        for (name, (routed, terms)) in std::mem::take(&mut wanted) {
             match table.held.get_mut(&name) {
                 Some(held) => {
-                    held.lease = Lease {
-                        public_port: held.lease.public_port,
-                        ..lease
-                    };
+                    held.routed = routed;
                     held.terms = terms;
                 }
-                None => new.push((lease, terms)),
+                None => new.push((routed, terms)),
             }
         }
         // Gone names first: what they leave is room for the new ones.
@@ -261,7 +270,11 @@ impl Leases {
     /// upstream `retarget` gives, and every name is placed again under the pool in
     /// force. Where the pool is now too small, the least recently used leases go,
     /// those without open links first (links already forwarded go on regardless).
-    pub(super) fn adopt(&self, old: &Leases, retarget: impl Fn(&Lease) -> Option<(Lease, Terms)>) {
+    pub(super) fn adopt(
+        &self,
+        old: &Leases,
+        retarget: impl Fn(&Routed) -> Option<(Routed, Terms)>,
+    ) {
         let taken = {
             let mut table = old.lock();
             table.retired = true;
@@ -272,16 +285,13 @@ impl Leases {
         };
         let mut table = self.lock();
         for (name, held) in taken {
-            let Some((lease, terms)) = retarget(&held.lease) else {
+            let Some((routed, terms)) = retarget(&held.routed) else {
                 info!(node = %name, "lease given back: no route takes the name after the reload");
                 continue;
             };
             table.next = table.next.max(held.since + 1);
             let held = Held {
-                lease: Lease {
-                    public_port: held.lease.public_port,
-                    ..lease
-                },
+                routed,
                 terms,
                 ..held
             };
@@ -309,7 +319,7 @@ impl Leases {
 
     /// The lease of `name`.
     pub(super) fn get(&self, name: &str) -> Option<Lease> {
-        self.lock().held.get(name).map(|h| h.lease.clone())
+        self.lock().held.get(name).and_then(Held::lease)
     }
 
     /// A hold on `name`'s lease for one connection: while it lives, the lease is in use.
@@ -328,15 +338,17 @@ impl Leases {
         held.sort_by_key(|h| h.since);
         let now = Instant::now();
         (held.into_iter())
-            .map(|h| LeaseView {
-                name: h.lease.name.clone(),
-                public_port: h.lease.public_port,
-                upstream: format!("{}:{}", h.lease.host, h.lease.dist_port),
-                route: self.label(h.terms.route),
-                links: h.usage.links(),
-                last_used_s: now
-                    .saturating_duration_since(h.usage.last_used())
-                    .as_secs_f64(),
+            .filter_map(|h| {
+                Some(LeaseView {
+                    name: h.routed.name.clone(),
+                    public_port: h.public_port?,
+                    upstream: format!("{}:{}", h.routed.host, h.routed.dist_port),
+                    route: self.label(h.terms.route),
+                    links: h.usage.links(),
+                    last_used_s: now
+                        .saturating_duration_since(h.usage.last_used())
+                        .as_secs_f64(),
+                })
             })
             .collect()
     }
@@ -346,7 +358,7 @@ impl Leases {
         let table = self.lock();
         let mut held: Vec<&Held> = table.held.values().collect();
         held.sort_by_key(|h| h.since);
-        held.into_iter().map(|h| h.lease.clone()).collect()
+        held.into_iter().filter_map(Held::lease).collect()
     }
 
     /// Adds `new` (in name order) to the table and places every name, giving back
@@ -355,20 +367,21 @@ impl Leases {
     fn add(
         &self,
         table: &mut Table,
-        mut new: Vec<(Lease, Terms)>,
+        mut new: Vec<(Routed, Terms)>,
         now: Instant,
     ) -> Result<(), PoolExhausted> {
         new.sort_by(|a, b| a.0.name.cmp(&b.0.name));
         let mut result = Ok(());
-        for (lease, terms) in new {
-            let name = lease.name.clone();
+        for (routed, terms) in new {
+            let name = routed.name.clone();
             let since = table.next;
             table.next += 1;
             let usage = Usage::new(now);
             table.held.insert(
                 name.clone(),
                 Held {
-                    lease,
+                    routed,
+                    public_port: None,
                     terms,
                     usage,
                     since,
@@ -429,11 +442,12 @@ impl Leases {
             .collect();
         for (name, port) in placed {
             if let Some(held) = table.held.get_mut(&name) {
-                let was = held.lease.public_port;
-                if was != 0 && was != port {
+                if let Some(was) = held.public_port
+                    && was != port
+                {
                     info!(node = %name, from = was, to = port, "lease moved: a name placed before it wants its port");
                 }
-                held.lease.public_port = port;
+                held.public_port = Some(port);
             }
         }
         true

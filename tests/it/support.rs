@@ -359,7 +359,7 @@ pub async fn register(addr: SocketAddr, req: &Alive2Req) -> (TcpStream, Vec<u8>)
         .write_all(&message::encode_alive2_req(req))
         .await
         .unwrap();
-    let want = if req.highest_version >= 6 { 6 } else { 4 };
+    let want = if req.info.highest_version >= 6 { 6 } else { 4 };
     let mut reply = vec![0u8; want];
     tokio::time::timeout(DEADLINE, stream.read_exact(&mut reply))
         .await

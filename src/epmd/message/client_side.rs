@@ -1,7 +1,7 @@
 //! The client's half of the EPMD wire format: the request frames a client sends and
 //! the replies it reads back (PORT2_RESP, NAMES). Pure, like the server's half.
 
-use super::{ALIVE2_REQ, Alive2Req, PORT2_RESP, Port2Resp};
+use super::{ALIVE2_REQ, Alive2Req, NodeInfo, PORT2_RESP, Port2Resp};
 
 /// Bytes from an EPMD server that are not the reply asked for.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -26,13 +26,13 @@ pub fn frame(payload: &[u8]) -> Vec<u8> {
 pub fn encode_alive2_req(req: &Alive2Req) -> Vec<u8> {
     let mut payload = vec![ALIVE2_REQ];
     payload.extend_from_slice(&req.port.to_be_bytes());
-    payload.extend_from_slice(&[req.node_type, req.protocol]);
-    payload.extend_from_slice(&req.highest_version.to_be_bytes());
-    payload.extend_from_slice(&req.lowest_version.to_be_bytes());
+    payload.extend_from_slice(&[req.info.node_type.byte(), req.info.protocol]);
+    payload.extend_from_slice(&req.info.highest_version.to_be_bytes());
+    payload.extend_from_slice(&req.info.lowest_version.to_be_bytes());
     payload.extend_from_slice(&(req.name.len() as u16).to_be_bytes());
     payload.extend_from_slice(&req.name);
-    payload.extend_from_slice(&(req.extra.len() as u16).to_be_bytes());
-    payload.extend_from_slice(&req.extra);
+    payload.extend_from_slice(&(req.info.extra.len() as u16).to_be_bytes());
+    payload.extend_from_slice(&req.info.extra);
     frame(&payload)
 }
 
@@ -61,12 +61,14 @@ pub fn decode_port2_resp(reply: &[u8]) -> Result<Option<Port2Resp>, ReplyError> 
                 .ok_or_else(|| bad("extra cut short"))?;
             Ok(Some(Port2Resp {
                 port: be_u16(fixed, 0),
-                node_type: fixed[2],
-                protocol: fixed[3],
-                highest_version: be_u16(fixed, 4),
-                lowest_version: be_u16(fixed, 6),
                 name: String::from_utf8_lossy(name).into_owned(),
-                extra: extra.to_vec(),
+                info: NodeInfo {
+                    node_type: fixed[2].into(),
+                    protocol: fixed[3],
+                    highest_version: be_u16(fixed, 4),
+                    lowest_version: be_u16(fixed, 6),
+                    extra: extra.to_vec(),
+                },
             }))
         }
         [PORT2_RESP, _, ..] => Ok(None),

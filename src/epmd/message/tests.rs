@@ -5,9 +5,12 @@ use super::*;
 
 fn alive2(name: &[u8], extra: &[u8], highest: u16) -> Alive2Req {
     Alive2Req {
-        highest_version: highest,
         name: name.to_vec(),
-        extra: extra.to_vec(),
+        info: NodeInfo {
+            highest_version: highest,
+            extra: extra.to_vec(),
+            ..NodeInfo::OTP23
+        },
         ..Alive2Req::otp23("", 43783)
     }
 }
@@ -28,12 +31,14 @@ fn alive2_req_from_a_real_otp25_node_decodes() {
     ];
     let expected = Alive2Req {
         port: 43783,
-        node_type: 77,
-        protocol: 0,
-        highest_version: 6,
-        lowest_version: 5,
         name: b"b".to_vec(),
-        extra: vec![],
+        info: NodeInfo {
+            node_type: NodeType::Normal,
+            protocol: 0,
+            highest_version: 6,
+            lowest_version: 5,
+            extra: vec![],
+        },
     };
     assert_eq!(
         decode_request(&wire),
@@ -270,12 +275,14 @@ fn port2_replies_match_epmd() {
     // docs/protocol.md §5: "alpha", port 50001, hv6/lv6, no extra.
     let info = Port2Resp {
         port: 50001,
-        node_type: 77,
-        protocol: 0,
-        highest_version: 6,
-        lowest_version: 6,
         name: "alpha".into(),
-        extra: vec![],
+        info: NodeInfo {
+            node_type: NodeType::Normal,
+            protocol: 0,
+            highest_version: 6,
+            lowest_version: 6,
+            extra: vec![],
+        },
     };
     assert_eq!(
         encode_port2_resp(Some(&info)),
@@ -285,7 +292,10 @@ fn port2_replies_match_epmd() {
         ]
     );
     let with_extra = Port2Resp {
-        extra: b"EXT\0\x01".to_vec(),
+        info: NodeInfo {
+            extra: b"EXT\0\x01".to_vec(),
+            ..info.info.clone()
+        },
         ..info
     };
     assert!(encode_port2_resp(Some(&with_extra)).ends_with(&[0, 5, b'E', b'X', b'T', 0, 1]));
@@ -332,17 +342,16 @@ fn frame_errors_have_bounded_reasons() {
 fn port2_replies_decode_back() {
     let info = Port2Resp {
         port: 50001,
-        node_type: 77,
-        protocol: 0,
-        highest_version: 6,
-        lowest_version: 5,
         name: "alpha".into(),
-        extra: b"EXT\0\x01".to_vec(),
+        info: NodeInfo {
+            extra: b"EXT\0\x01".to_vec(),
+            ..NodeInfo::OTP23
+        },
     };
     let wire = encode_port2_resp(Some(&info));
     let back = decode_port2_resp(&wire).unwrap().unwrap();
     assert_eq!(
-        (back.port, back.name.as_str(), back.extra.as_slice()),
+        (back.port, back.name.as_str(), back.info.extra.as_slice()),
         (50001, "alpha", &b"EXT\0\x01"[..])
     );
     assert_eq!(decode_port2_resp(&[0x77, 0x01]), Ok(None));

@@ -8,17 +8,12 @@ use crate::route::LeaseRule;
 
 const IDLE: Duration = Duration::from_secs(60);
 
-fn lease(name: &str) -> Lease {
-    Lease {
+fn lease(name: &str) -> Routed {
+    Routed {
         name: name.into(),
-        public_port: 0,
         host: format!("{name}.svc"),
         dist_port: 43691,
-        node_type: 77,
-        protocol: 0,
-        highest_version: 6,
-        lowest_version: 5,
-        extra: vec![],
+        info: NodeInfo::OTP23,
     }
 }
 
@@ -64,7 +59,7 @@ fn take(leases: &Leases, name: &str, terms: Terms, now: Instant) -> Option<u16> 
 
 fn map(leases: &Leases) -> BTreeMap<String, u16> {
     (leases.all().into_iter())
-        .map(|l| (l.name, l.public_port))
+        .map(|l| (l.routed.name, l.public_port))
         .collect()
 }
 
@@ -85,7 +80,7 @@ fn a_name_takes_its_home_and_keeps_it_while_leased() {
     assert!(leases.give_back("app-1"));
     assert!(!leases.give_back("app-1"));
     assert_eq!(ports.holder(102), None);
-    let names: Vec<_> = leases.all().into_iter().map(|l| l.name).collect();
+    let names: Vec<_> = leases.all().into_iter().map(|l| l.routed.name).collect();
     assert_eq!(names, ["app-0"]);
 }
 
@@ -177,7 +172,7 @@ fn a_route_refresh_keeps_the_names_found_before_and_after() {
     let ports = pool(100..110);
     let leases = leases(&ports);
     let now = Instant::now();
-    let found = |names: &[(&str, usize)]| -> Vec<(Lease, Terms)> {
+    let found = |names: &[(&str, usize)]| -> Vec<(Routed, Terms)> {
         names.iter().map(|&(n, h)| (lease(n), at(h))).collect()
     };
     leases.replace_route(0, found(&[("a", 1), ("b", 2)]), now);

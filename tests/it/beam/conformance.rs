@@ -12,6 +12,7 @@ use std::process::{Command, Stdio};
 
 use crate::support::*;
 use distgate::epmd::message::{self, Alive2Req, encode_alive2_req, frame};
+use distgate::epmd::{NodeInfo, NodeType};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
@@ -307,8 +308,11 @@ async fn alive2_v5_reply(addr: SocketAddr) -> Vec<String> {
     // Connections that must stay open until the case ends.
     let mut keep = vec![];
     let old = Alive2Req {
-        highest_version: 5,
-        lowest_version: 5,
+        info: NodeInfo {
+            highest_version: 5,
+            lowest_version: 5,
+            ..NodeInfo::OTP23
+        },
         ..req(b"five", 50001)
     };
     let (stream, reply) = exchange(addr, &[&encode_alive2_req(&old)], false).await;
@@ -338,10 +342,13 @@ async fn alive2_port_zero_type_protocol_echoed(addr: SocketAddr) -> Vec<String> 
     let mut keep = vec![];
     let odd = Alive2Req {
         port: 0,
-        node_type: 72,
-        protocol: 7,
-        highest_version: 9,
-        lowest_version: 1,
+        info: NodeInfo {
+            node_type: NodeType::Hidden,
+            protocol: 7,
+            highest_version: 9,
+            lowest_version: 1,
+            ..NodeInfo::OTP23
+        },
         ..req(b"odd", 0)
     };
     let (stream, reply) = exchange(addr, &[&encode_alive2_req(&odd)], false).await;
@@ -416,7 +423,10 @@ async fn alive2_1021_byte_name(addr: SocketAddr) -> Vec<String> {
 async fn alive2_extra_too_long(addr: SocketAddr) -> Vec<String> {
     let mut seen = vec![];
     let long = Alive2Req {
-        extra: vec![7; 1021],
+        info: NodeInfo {
+            extra: vec![7; 1021],
+            ..NodeInfo::OTP23
+        },
         ..req(b"extra", 50001)
     };
     seen.push(send(addr, &encode_alive2_req(&long)).await);
@@ -432,7 +442,10 @@ async fn alive2_empty_name_with_extra(addr: SocketAddr) -> Vec<String> {
     // Connections that must stay open until the case ends.
     let mut keep = vec![];
     let empty = Alive2Req {
-        extra: vec![1],
+        info: NodeInfo {
+            extra: vec![1],
+            ..NodeInfo::OTP23
+        },
         ..req(b"", 50001)
     };
     let (stream, reply) = exchange(addr, &[&encode_alive2_req(&empty)], false).await;
@@ -534,7 +547,10 @@ async fn port_please_found_with_extra(addr: SocketAddr) -> Vec<String> {
     // Connections that must stay open until the case ends.
     let mut keep = vec![];
     let with_extra = Alive2Req {
-        extra: b"EXT\0\x01".to_vec(),
+        info: NodeInfo {
+            extra: b"EXT\0\x01".to_vec(),
+            ..NodeInfo::OTP23
+        },
         ..req(b"alpha", 50001)
     };
     let (stream, _) = exchange(addr, &[&encode_alive2_req(&with_extra)], false).await;
@@ -549,8 +565,11 @@ async fn port_please_v5_node(addr: SocketAddr) -> Vec<String> {
     // Connections that must stay open until the case ends.
     let mut keep = vec![];
     let old = Alive2Req {
-        highest_version: 5,
-        lowest_version: 5,
+        info: NodeInfo {
+            highest_version: 5,
+            lowest_version: 5,
+            ..NodeInfo::OTP23
+        },
         ..req(b"old", 50009)
     };
     let (stream, _) = exchange(addr, &[&encode_alive2_req(&old)], false).await;

@@ -185,7 +185,7 @@ async fn a_srv_discovery_route_lists_follows_and_forgets_names() {
         gateway
             .leases()
             .into_iter()
-            .find(|l| l.name == name)
+            .find(|l| l.routed.name == name)
             .map(|l| l.public_port)
     };
     let (p0, p1) = (lease_of("app-0").unwrap(), lease_of("app-1").unwrap());
@@ -288,10 +288,10 @@ fn a_real_node_reaches_a_routed_node_through_the_gateway() {
     let leases = gateway.leases();
     assert_eq!(leases.len(), 1);
     // Node a registered with the gateway too: the pool serves both.
-    assert_eq!(leases[0].name, b_short);
+    assert_eq!(leases[0].routed.name, b_short);
     assert!(gateway.public_ports.contains(&leases[0].public_port));
     assert_eq!(
-        leases[0].dist_port, upstream.public_ports[0],
+        leases[0].routed.dist_port, upstream.public_ports[0],
         "not the upstream's public port"
     );
 

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::support::*;
+use distgate::epmd::NodeInfo;
 use distgate::epmd::message::{Port2Resp, encode_port2_resp};
 use distgate::route::{Glob, Route, Template, Upstream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -158,12 +159,8 @@ fn switchable_epmd(
                 let name = String::from_utf8_lossy(body.get(1..).unwrap_or_default()).into_owned();
                 let reply = encode_port2_resp(Some(&Port2Resp {
                     port: 1,
-                    node_type: 77,
-                    protocol: 0,
-                    highest_version: 6,
-                    lowest_version: 5,
                     name,
-                    extra: vec![],
+                    info: NodeInfo::OTP23,
                 }));
                 stream.write_all(&reply)
             });
@@ -476,7 +473,7 @@ async fn two_replicas_asked_in_opposite_orders_lease_the_same_ports() {
                     .public_ports
                     .iter()
                     .position(|&p| p == l.public_port);
-                (l.name, index.unwrap())
+                (l.routed.name, index.unwrap())
             })
             .collect();
         place.sort();

@@ -5,6 +5,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::support::*;
+use distgate::epmd::NodeInfo;
 use distgate::epmd::message::{Alive2Req, encode_alive2_req, frame};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -42,7 +43,10 @@ async fn creation_is_time_based_and_grows_with_each_registration() {
 async fn old_nodes_get_a_small_creation() {
     let dg = InProcess::start(Options::default()).await;
     let v5 = Alive2Req {
-        highest_version: 5,
+        info: NodeInfo {
+            highest_version: 5,
+            ..NodeInfo::OTP23
+        },
         ..alive2("old", 40001)
     };
     let (_conn, reply) = register(dg.epmd, &v5).await;

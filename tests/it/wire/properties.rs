@@ -2,6 +2,7 @@
 //! value, and no input at all makes a decoder panic. (The fuzz targets in `fuzz/`
 //! search the same decoders for longer, guided by coverage.)
 
+use distgate::epmd::NodeInfo;
 use distgate::epmd::message::{self, Alive2Req, Port2Resp, Request};
 use distgate::handshake::{self, Caller, Peek};
 use proptest::prelude::*;
@@ -19,17 +20,19 @@ fn alive2() -> impl Strategy<Value = Alive2Req> {
         .prop_map(
             |(port, node_type, protocol, highest_version, lowest_version, name, extra)| Alive2Req {
                 port,
-                node_type,
-                protocol,
-                highest_version,
-                lowest_version,
                 name,
-                extra,
+                info: NodeInfo {
+                    node_type: node_type.into(),
+                    protocol,
+                    highest_version,
+                    lowest_version,
+                    extra,
+                },
             },
         )
         // Frames longer than epmd's limit are refused by design, not decoded.
         .prop_filter("fits in one request", |req| {
-            13 + req.name.len() + req.extra.len() <= message::MAX_REQUEST_LEN
+            13 + req.name.len() + req.info.extra.len() <= message::MAX_REQUEST_LEN
         })
 }
 
@@ -37,7 +40,7 @@ fn alive2() -> impl Strategy<Value = Alive2Req> {
 /// not both name and extra empty (epmd's "too short").
 fn decodable(req: &Alive2Req) -> bool {
     let nul_in_name = req.name.contains(&0);
-    let nothing = req.name.is_empty() && req.extra.is_empty();
+    let nothing = req.name.is_empty() && req.info.extra.is_empty();
     !nul_in_name && !nothing
 }
 
@@ -70,16 +73,20 @@ proptest! {
         name in "[a-z0-9_-]{1,200}",
         extra in proptest::collection::vec(any::<u8>(), 0..512),
     ) {
-        let info = Port2Resp { port, node_type, protocol, highest_version, lowest_version, name: name.clone(), extra: extra.clone() };
+        let info = Port2Resp {
+            port,
+            name: name.clone(),
+            info: NodeInfo { node_type: node_type.into(), protocol, highest_version, lowest_version, extra: extra.clone() },
+        };
         let found = message::decode_port2_resp(&message::encode_port2_resp(Some(&info)))
             .unwrap()
             .unwrap();
         prop_assert_eq!(
-            (found.port, found.node_type, found.protocol, found.highest_version, found.lowest_version),
+            (found.port, found.info.node_type.byte(), found.info.protocol, found.info.highest_version, found.info.lowest_version),
             (port, node_type, protocol, highest_version, lowest_version)
         );
         prop_assert_eq!(found.name, name);
-        prop_assert_eq!(found.extra, extra);
+        prop_assert_eq!(found.info.extra, extra);
         prop_assert_eq!(message::decode_port2_resp(&message::encode_port2_resp(None)), Ok(None));
     }
 
