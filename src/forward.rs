@@ -1,4 +1,4 @@
-//! Dist forwarding: accepting on public ports ([`public`]), admitting callers by
+//! Dist forwarding: accepting on public ports ([`public`]), admitting peers by
 //! source (`guard`) and by handshake (`identify` for the first frame, `follow` for the
 //! rest, by copy), and moving the bytes of an authenticated link between the peer and
 //! the node ([`Engine::proxy_link`], with `linger`; [`Engine::proxy`] without).
@@ -29,13 +29,31 @@ use std::time::Duration;
 
 use tokio::net::TcpStream;
 
+/// Bytes a link carried each way: from the peer (the side that connected) to the
+/// node, and from the node to the peer.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ByteCounts {
+    /// From the peer to the node.
+    pub from_peer: u64,
+    /// From the node to the peer.
+    pub to_peer: u64,
+}
+
+impl std::ops::Add for ByteCounts {
+    type Output = ByteCounts;
+    fn add(self, other: ByteCounts) -> ByteCounts {
+        ByteCounts {
+            from_peer: self.from_peer + other.from_peer,
+            to_peer: self.to_peer + other.to_peer,
+        }
+    }
+}
+
 /// What a forwarded stream carried and how it ended.
 #[derive(Debug)]
 pub struct Outcome {
-    /// Bytes moved from the client (the peer that connected) to the upstream (the node).
-    pub to_upstream: u64,
-    /// Bytes moved from the upstream to the client.
-    pub to_client: u64,
+    /// Bytes moved each way.
+    pub bytes: ByteCounts,
     /// `Ok` when both directions ended with EOF; the first error otherwise.
     pub result: io::Result<()>,
     /// Who ended the link.
@@ -160,21 +178,20 @@ impl Engine {
     /// a half-close of the other (the other direction keeps flowing); an error on either
     /// side ends both, and both sockets close when this returns. No idle timeout: dist
     /// links are quiet but for ticks and live for days.
-    pub async fn proxy(&self, client: TcpStream, upstream: TcpStream) -> Outcome {
+    pub async fn proxy(&self, peer: TcpStream, node: TcpStream) -> Outcome {
         let noop = || Meter::new(metrics::Counter::noop());
-        self.proxy_metered(client, upstream, noop(), noop()).await
+        self.proxy_metered(peer, node, noop(), noop()).await
     }
 
     /// [`Engine::proxy`], counting each direction's bytes live as they pass.
     pub async fn proxy_metered(
         &self,
-        client: TcpStream,
-        upstream: TcpStream,
-        to_upstream: Meter,
-        to_client: Meter,
+        peer: TcpStream,
+        node: TcpStream,
+        from_peer: Meter,
+        to_peer: Meter,
     ) -> Outcome {
-        self.proxy_link(client, upstream, to_upstream, to_client, None)
-            .await
+        self.proxy_link(peer, node, from_peer, to_peer, None).await
     }
 
     /// [`Engine::proxy_metered`] for a dist link: once one side has closed, the other
@@ -183,16 +200,16 @@ impl Engine {
     /// both with a reset, so a reset on one side reaches the other as a reset.
     pub async fn proxy_link(
         &self,
-        client: TcpStream,
-        upstream: TcpStream,
-        mut to_upstream: Meter,
-        mut to_client: Meter,
+        peer: TcpStream,
+        node: TcpStream,
+        mut from_peer: Meter,
+        mut to_peer: Meter,
         linger: Option<Duration>,
     ) -> Outcome {
         let mut first: Option<ClosedBy> = None;
         let result = {
-            let a = self.direction(&client, &upstream, &mut to_upstream);
-            let b = self.direction(&upstream, &client, &mut to_client);
+            let a = self.direction(&peer, &node, &mut from_peer);
+            let b = self.direction(&node, &peer, &mut to_peer);
             tokio::pin!(a, b);
             // Polled by hand, in this one future: it lives as long as the link, and the
             // states of `select!`, `try_join!` or another `async fn` around it would add
@@ -233,14 +250,16 @@ impl Engine {
             .await
         };
         if result.is_err() {
-            for stream in [&client, &upstream] {
+            for stream in [&peer, &node] {
                 // Best effort: the socket may be gone already.
                 let _ = socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO));
             }
         }
         Outcome {
-            to_upstream: to_upstream.total(),
-            to_client: to_client.total(),
+            bytes: ByteCounts {
+                from_peer: from_peer.total(),
+                to_peer: to_peer.total(),
+            },
             result,
             closed_by: first.unwrap_or(ClosedBy::Distgate),
         }

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
 use crate::api::{self, LinkView};
+use crate::forward::ByteCounts;
 use crate::metrics as m;
 
 fn millis(d: Duration) -> u64 {
@@ -80,12 +81,12 @@ impl Flow {
 }
 
 /// One open link: its metrics (which hold its node, peer label and direction), the
-/// caller's name where the label is not it, its source, and its two flows.
+/// peer's name where the label is not it, its source, and its two flows.
 #[derive(Debug)]
 pub struct Link {
     id: u64,
-    metrics: m::Link,
-    /// The caller's name where its `peer` label is not it (past `max_peers`).
+    metrics: m::LinkMeters,
+    /// The peer's name where its `peer` label is not it (past `max_peers`).
     unlabelled: Option<String>,
     source: SocketAddr,
     tls: bool,
@@ -133,15 +134,15 @@ impl Drop for Listed {
 #[derive(Debug)]
 pub(crate) struct NewLink {
     /// Its metrics, opened.
-    pub(crate) metrics: m::Link,
-    /// The caller's name where its `peer` label is not it.
+    pub(crate) metrics: m::LinkMeters,
+    /// The peer's name where its `peer` label is not it.
     pub(crate) unlabelled: Option<String>,
     /// The peer's address.
     pub(crate) source: SocketAddr,
     /// A TLS link (its handshake not followed).
     pub(crate) tls: bool,
-    /// Bytes already moved during the handshake: from the peer, to the peer.
-    pub(crate) moved: (u64, u64),
+    /// Bytes already passed on during the handshake.
+    pub(crate) bytes: ByteCounts,
 }
 
 impl Links {
@@ -177,8 +178,8 @@ impl Links {
             unlabelled: new.unlabelled,
             source: new.source,
             tls: new.tls,
-            from_peer: Flow::new(new.moved.0),
-            to_peer: Flow::new(new.moved.1),
+            from_peer: Flow::new(new.bytes.from_peer),
+            to_peer: Flow::new(new.bytes.to_peer),
         });
         table.1.insert(id, Arc::clone(&link));
         Listed {
@@ -254,11 +255,11 @@ impl Link {
     }
 
     /// The link's metrics.
-    pub(crate) fn metrics(&self) -> &m::Link {
+    pub(crate) fn metrics(&self) -> &m::LinkMeters {
         &self.metrics
     }
 
-    /// The caller's node name (`tls` for TLS links).
+    /// The peer's node name (`tls` for TLS links).
     pub fn peer(&self) -> &str {
         self.unlabelled.as_deref().unwrap_or(self.metrics.peer())
     }
@@ -267,11 +268,11 @@ impl Link {
     pub(crate) fn carried(&self, way: Way, n: u64) {
         match way {
             Way::FromPeer => {
-                self.metrics.received.increment(n);
+                self.metrics.from_peer.increment(n);
                 self.from_peer.add(n);
             }
             Way::ToPeer => {
-                self.metrics.sent.increment(n);
+                self.metrics.to_peer.increment(n);
                 self.to_peer.add(n);
             }
         }
@@ -311,11 +312,14 @@ mod tests {
     fn new_link() -> NewLink {
         let peer = PeerLabels::fixed(crate::metrics::PEER_TLS);
         NewLink {
-            metrics: m::Link::open("app".into(), peer, "inbound"),
+            metrics: m::LinkMeters::open("app".into(), peer, "inbound"),
             unlabelled: Some("peer@host".into()),
             source: "127.0.0.1:5000".parse().unwrap(),
             tls: false,
-            moved: (10, 20),
+            bytes: ByteCounts {
+                from_peer: 10,
+                to_peer: 20,
+            },
         }
     }
 

@@ -69,14 +69,14 @@ pub const DIST_HANDSHAKES: &str = "distgate_dist_handshakes_total";
 pub enum HandshakeResult {
     /// The node acknowledged it: the link is up.
     Ok,
-    /// Something against the caller: bytes no node sends, a wrong cookie, a name the
+    /// Something against the peer: bytes no node sends, a wrong cookie, a name the
     /// node refuses. Counts towards a ban.
     Failed,
     /// No first frame, or no ack, in time. Counts towards a ban.
     Timeout,
     /// A name outside `[dist] allow_peers`. Counts towards a ban.
     NotAllowed,
-    /// Called off by the caller, or a race of two nodes dialling each other.
+    /// Called off by the peer, or a race of two nodes dialling each other.
     Withdrawn,
     /// Closed at accept: its source is banned.
     Banned,
@@ -311,44 +311,44 @@ fn describe() {
 
 /// The metrics of one dist connection: opened on creation, closed by [`Link::close`].
 #[derive(Debug)]
-pub(crate) struct Link {
+pub(crate) struct LinkMeters {
     node: String,
     /// The `peer` label, holding the peer's place among the labelled names.
     peer: PeerLabel,
     direction: &'static str,
     /// Bytes from the peer (towards the node).
-    pub(crate) received: Counter,
+    pub(crate) from_peer: Counter,
     /// Bytes to the peer.
-    pub(crate) sent: Counter,
+    pub(crate) to_peer: Counter,
     started: Instant,
 }
 
-impl Link {
+impl LinkMeters {
     /// Counts the link open, labelled with its node, peer and direction.
-    pub(crate) fn open(node: String, peer: PeerLabel, direction: &'static str) -> Link {
+    pub(crate) fn open(node: String, peer: PeerLabel, direction: &'static str) -> LinkMeters {
         let labels = link_labels(&node, &peer, direction);
         let opened = counter!(DIST_OPENED, &labels);
         let active = gauge!(DIST_ACTIVE, &labels);
         opened.increment(1);
         active.increment(1.0);
-        let (received, sent) = (
+        let (from_peer, to_peer) = (
             counter!(DIST_RECEIVED, &labels),
             counter!(DIST_SENT, &labels),
         );
         export::remember(labels, || export::Live {
             opened,
             active,
-            received: received.clone(),
-            sent: sent.clone(),
+            received: from_peer.clone(),
+            sent: to_peer.clone(),
         });
         // The labels are made again at close rather than kept: an idle link holds as
         // little as it can.
-        Link {
+        LinkMeters {
             node,
             peer,
             direction,
-            received,
-            sent,
+            from_peer,
+            to_peer,
             started: Instant::now(),
         }
     }

@@ -99,7 +99,7 @@ pub struct Registration {
 
 /// A node whose public port a reload changed.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Moved {
+pub struct PortMove {
     /// The name part.
     pub name: String,
     /// The public port it had.
@@ -215,7 +215,7 @@ impl Registry {
     /// pinned to another port, or now a release client), and each node without one, is
     /// given a port again, oldest registration first. Returns each node whose public
     /// port changed.
-    pub fn replan(&self, plan: PortPlan) -> Vec<Moved> {
+    pub fn replan(&self, plan: PortPlan) -> Vec<PortMove> {
         let mut inner = self.lock();
         let lost = self.ports.replan(plan);
         let mut moved = vec![];
@@ -229,7 +229,7 @@ impl Registry {
                 .ports
                 .claim(&node.name, Holder::Local(node.name.clone()));
             if node.public_port != before {
-                moved.push(Moved {
+                moved.push(PortMove {
                     name: node.name.clone(),
                     from: before,
                     to: node.public_port,
@@ -430,7 +430,7 @@ mod tests {
             pins: [("c".to_owned(), 103)].into(),
             clients: Default::default(),
         };
-        let moved = |name: &str, from, to| Moved {
+        let moved = |name: &str, from, to| PortMove {
             name: name.into(),
             from,
             to,

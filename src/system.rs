@@ -26,7 +26,7 @@ use crate::links::Links;
 use crate::live::Live;
 use crate::ports::{PortPlan, Ports};
 use crate::ready::Health;
-use crate::registry::Moved;
+use crate::registry::PortMove;
 use crate::reload::Reloader;
 use crate::{Drain, Listeners, SetupError, admin, epmd, forward, metrics};
 pub(crate) use public_ports::PublicPorts;
@@ -287,7 +287,7 @@ impl System {
     fn replan(&self, new: &Config) {
         let registry = self.directory.registry();
         for moved in registry.replan(new.dist.port_plan()) {
-            let Moved {
+            let PortMove {
                 name: node,
                 from,
                 to,

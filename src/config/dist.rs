@@ -1,4 +1,4 @@
-//! `[dist]` and `[dist.ban]`: the public dist ports and what a caller must do to be
+//! `[dist]` and `[dist.ban]`: the public dist ports and what a peer must do to be
 //! forwarded (speak in time, be allowed, finish the handshake, not be banned).
 
 use std::collections::{BTreeMap, HashMap};
@@ -27,7 +27,7 @@ pub struct DistConfig {
     pub client_names: ClientNames,
     /// How long to wait for a node's real port to accept a forwarded connection.
     pub connect_timeout: Duration,
-    /// A caller that has not sent its whole first frame (its `send_name`, or a TLS
+    /// A peer that has not sent its whole first frame (its `send_name`, or a TLS
     /// ClientHello) within this long is closed.
     pub first_frame_timeout: Duration,
     /// A plain-TCP dist connection not authenticated (the node's challenge ack) within
@@ -45,7 +45,7 @@ pub struct DistConfig {
     /// Dist connections open at once from one address (the pod's own and loopback
     /// are not counted); more are closed at accept.
     pub max_per_source: NonZeroUsize,
-    /// Which callers (their full node names) may reach a node.
+    /// Which peers (their full node names) may reach a node.
     pub allow_peers: AllowPeers,
     /// Sources never banned nor counted against `max_per_source`: `"local"` (the
     /// default: loopback and the pod's own address), addresses and CIDRs (the
@@ -89,9 +89,9 @@ impl DistConfig {
     }
 }
 
-/// `[dist] allow_peers`: globs over a caller's full node name (`*` any run of
+/// `[dist] allow_peers`: globs over a peer's full node name (`*` any run of
 /// characters, `?` one), e.g. `"*@*.billing.svc.cluster.local"`. The default `["*"]`
-/// allows every caller.
+/// allows every peer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AllowPeers(Vec<String>);
 
@@ -102,7 +102,7 @@ impl Default for AllowPeers {
 }
 
 impl AllowPeers {
-    /// Whether a caller that names itself `name` may reach a node.
+    /// Whether a peer that names itself `name` may reach a node.
     pub fn allows(&self, name: &str) -> bool {
         self.0.iter().any(|pattern| wildcard_match(pattern, name))
     }

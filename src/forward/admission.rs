@@ -13,7 +13,8 @@ use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tracing::{debug, warn};
 
-use super::follow::{Followed, Moved, follow};
+use super::ByteCounts;
+use super::follow::{Followed, follow};
 use super::guard::{Refusal, SourceSlot};
 use super::identify::{FirstFrame, identify};
 use super::public::{Forwarder, Opened};
@@ -41,12 +42,12 @@ impl Forwarder {
     /// the connection to the node and the handshake. `None`: closed, counted, logged.
     pub(super) async fn open(
         &self,
-        client: TcpStream,
+        peer: TcpStream,
         source: SocketAddr,
         public_port: u16,
     ) -> Option<(TcpStream, TcpStream, Box<Opened>)> {
-        let (attempt, destination, slot) = self.admit(&client, source, public_port)?;
-        let caller = match timeout(self.config.get().first_frame_timeout, identify(&client)).await {
+        let (attempt, destination, slot) = self.admit(&peer, source, public_port)?;
+        let caller = match timeout(self.config.get().first_frame_timeout, identify(&peer)).await {
             Err(_) => {
                 return self.failed(
                     &attempt,
@@ -75,34 +76,34 @@ impl Forwarder {
             }
             _ => {}
         }
-        let (upstream, direction) = self.connect_to(&attempt.node, destination).await?;
+        let (node, direction) = self.connect_to(&attempt.node, destination).await?;
         // Dist traffic is small frames and ticks; OTP sets nodelay on its own sockets.
-        if let Err(e) = client.set_nodelay(true) {
-            debug!("TCP_NODELAY on the client socket: {e}");
+        if let Err(e) = peer.set_nodelay(true) {
+            debug!("TCP_NODELAY on the peer's socket: {e}");
         }
         let mut opened = Box::new(Opened {
             node: attempt.node.clone(),
             source: attempt.source,
-            caller: None,
+            peer_name: None,
             tls_sni: None,
             direction,
-            moved: Moved::default(),
+            handshake_bytes: ByteCounts::default(),
             _slot: slot,
         });
         match caller {
             Caller::Tls { sni } => opened.tls_sni = sni,
             _ => {
-                self.authenticate(&attempt, &client, &upstream, &mut opened)
+                self.authenticate(&attempt, &peer, &node, &mut opened)
                     .await?
             }
         }
-        Some((client, upstream, opened))
+        Some((peer, node, opened))
     }
 
     /// Where `public_port` goes, and whether its source may connect now.
     fn admit(
         &self,
-        client: &TcpStream,
+        peer: &TcpStream,
         source: SocketAddr,
         public_port: u16,
     ) -> Option<(Attempt, Destination, Option<SourceSlot>)> {
@@ -115,7 +116,7 @@ impl Forwarder {
         let node = match &destination {
             Destination::Local { name, .. } | Destination::Routed { name, .. } => name.clone(),
         };
-        let trusted = client.local_addr().is_ok_and(|local| {
+        let trusted = peer.local_addr().is_ok_and(|local| {
             (self.config.get().trusted).allows(source.ip(), is_local(source.ip(), local.ip()))
         });
         let slot = match trusted {
@@ -142,19 +143,19 @@ impl Forwarder {
     async fn authenticate(
         &self,
         attempt: &Attempt,
-        client: &TcpStream,
-        upstream: &TcpStream,
+        peer: &TcpStream,
+        node: &TcpStream,
         opened: &mut Opened,
     ) -> Option<()> {
         let mut handshake = Handshake::new();
         let left = (self.config.get().handshake_timeout).saturating_sub(attempt.started.elapsed());
         let followed = timeout(
             left,
-            follow(client, upstream, &mut handshake, &mut opened.moved),
+            follow(peer, node, &mut handshake, &mut opened.handshake_bytes),
         )
         .await;
         let claimed = handshake.caller().and_then(Caller::name);
-        let node = attempt.node.clone();
+        let name = attempt.node.clone();
         match followed {
             Err(_) => self.failed(
                 attempt,
@@ -166,7 +167,7 @@ impl Forwarder {
                 reason,
                 against_caller: false,
             }) => {
-                HandshakeResult::Withdrawn.count(node);
+                HandshakeResult::Withdrawn.count(name);
                 match handshake.awaiting_reply_from() {
                     // The one silent failure of a misnamed node: say it where it shows.
                     Some(node_name) if self.guard.may_log(Instant::now()) => {
@@ -188,8 +189,8 @@ impl Forwarder {
                 self.failed(attempt, HandshakeResult::Failed, reason, claimed)
             }
             Ok(Followed::Authenticated) => {
-                HandshakeResult::Ok.count(node);
-                opened.caller = claimed.map(str::to_owned);
+                HandshakeResult::Ok.count(name);
+                opened.peer_name = claimed.map(str::to_owned);
                 Some(())
             }
         }

@@ -11,6 +11,7 @@ use std::io;
 
 use tokio::net::TcpStream;
 
+use super::ByteCounts;
 use crate::handshake::follow::{Handshake, Progress, Side};
 
 /// Read size while following; handshake frames are at most 1,102 bytes.
@@ -40,37 +41,29 @@ fn failed(reason: &'static str, against_caller: bool) -> Followed {
     }
 }
 
-/// Bytes passed on during the phase.
-#[derive(Debug, Default, Clone, Copy)]
-pub(super) struct Moved {
-    /// From the caller to the node.
-    pub(super) to_node: u64,
-    /// From the node to the caller.
-    pub(super) to_caller: u64,
-}
-
-/// Copies between `client` and `node` while following the handshake, until it is
-/// authenticated or fails. A caller's frame that breaks the handshake is not passed on.
+/// Copies between `peer` and `node` while following the handshake, until it is
+/// authenticated or fails, counting the bytes passed on into `passed`. A peer's frame
+/// that breaks the handshake is not passed on.
 pub(super) async fn follow(
-    client: &TcpStream,
+    peer: &TcpStream,
     node: &TcpStream,
     handshake: &mut Handshake,
-    moved: &mut Moved,
+    passed: &mut ByteCounts,
 ) -> Followed {
     let mut buffer = vec![0u8; BUFFER];
     // The node's refusal, when it sent one: `nok` is a race, `not_allowed` is not.
     let mut refused: Option<bool> = None;
     loop {
         let (side, ready) = tokio::select! {
-            ready = client.readable() => (Side::Caller, ready),
+            ready = peer.readable() => (Side::Caller, ready),
             ready = node.readable() => (Side::Node, ready),
         };
         if ready.is_err() {
             return failed("io_error", false);
         }
         let (src, dst) = match side {
-            Side::Caller => (client, node),
-            Side::Node => (node, client),
+            Side::Caller => (peer, node),
+            Side::Node => (node, peer),
         };
         let n = match src.try_read(&mut buffer) {
             Ok(0) => {
@@ -109,8 +102,8 @@ pub(super) async fn follow(
             };
         }
         match side {
-            Side::Caller => moved.to_node += n as u64,
-            Side::Node => moved.to_caller += n as u64,
+            Side::Caller => passed.from_peer += n as u64,
+            Side::Node => passed.to_peer += n as u64,
         }
         match progress {
             Progress::Authenticated => return Followed::Authenticated,

@@ -3,7 +3,7 @@
 //! port nobody holds closes the connection at once.
 //!
 //! Nothing unauthenticated reaches a node unchecked: [`super::admission`] admits the
-//! caller and follows its handshake; only then is the link labelled with the caller's
+//! peer and follows its handshake; only then is the link labelled with the peer's
 //! name, listed, and moved to the engine (splice). TLS links pass untouched after
 //! their ClientHello.
 
@@ -16,7 +16,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::time::timeout;
 use tracing::{info, info_span, warn};
 
-use super::follow::Moved;
+use super::ByteCounts;
 use super::guard::{Guard, SourceSlot};
 use crate::accept::{Acceptor, Admit};
 use crate::config::{DistConfig, MetricsConfig};
@@ -63,17 +63,18 @@ pub(crate) struct Forwarder {
     pub(super) acceptor: Acceptor,
 }
 
-/// A link whose caller has proved itself (or speaks TLS), ready for the engine.
+/// A link whose peer has proved itself (or speaks TLS), ready for the engine.
 #[derive(Debug)]
 pub(super) struct Opened {
     pub(super) node: String,
-    /// The caller's address.
+    /// The peer's address.
     pub(super) source: SocketAddr,
-    /// The authenticated caller's name; `None` for TLS.
-    pub(super) caller: Option<String>,
+    /// The authenticated peer's node name; `None` for TLS.
+    pub(super) peer_name: Option<String>,
     pub(super) tls_sni: Option<String>,
     pub(super) direction: &'static str,
-    pub(super) moved: Moved,
+    /// Bytes passed on during the handshake.
+    pub(super) handshake_bytes: ByteCounts,
     pub(super) _slot: Option<SourceSlot>,
 }
 
@@ -81,7 +82,7 @@ pub(super) struct Opened {
 /// node, peer, source, bytes each way, duration, who closed it and why.
 fn link_down(carried: Carried, outcome: &super::Outcome) {
     let Carried {
-        moved,
+        handshake_bytes,
         _slot,
         _in_use,
         listed,
@@ -89,12 +90,13 @@ fn link_down(carried: Carried, outcome: &super::Outcome) {
     let link = listed.link.metrics();
     let reason = close_reason(&outcome.result);
     let closed_by = outcome.closed_by.as_str();
+    let bytes = handshake_bytes + outcome.bytes;
     info!(
         node = link.node(),
         peer = listed.link.peer(),
         source = %listed.source(),
-        bytes_from_peer = outcome.to_upstream + moved.to_node,
-        bytes_to_peer = outcome.to_client + moved.to_caller,
+        bytes_from_peer = bytes.from_peer,
+        bytes_to_peer = bytes.to_peer,
         duration_ms = link.age().as_millis() as u64,
         closed_by,
         reason,
@@ -107,7 +109,8 @@ fn link_down(carried: Carried, outcome: &super::Outcome) {
 /// What a link's task keeps while the link runs, in one box.
 #[derive(Debug)]
 struct Carried {
-    moved: Moved,
+    /// Bytes passed on during the handshake.
+    handshake_bytes: ByteCounts,
     _slot: Option<SourceSlot>,
     /// A routed name's lease, in use while the link is open.
     _in_use: Option<InUse>,
@@ -190,28 +193,26 @@ impl Forwarder {
     /// The task of one connection to `public_port`.
     fn connection(
         self: &Arc<Self>,
-        client: TcpStream,
+        peer: TcpStream,
         source: SocketAddr,
         public_port: u16,
     ) -> impl Future<Output = ()> + Send + 'static {
         let forwarder = Arc::clone(self);
-        async move { forwarder.handle(client, source, public_port).await }
+        async move { forwarder.handle(peer, source, public_port).await }
     }
 
-    async fn handle(&self, client: TcpStream, source: SocketAddr, public_port: u16) {
+    async fn handle(&self, peer: TcpStream, source: SocketAddr, public_port: u16) {
         // Boxed: the handshake phase is over once the link is up, and every open
         // link's task would otherwise carry its size for the link's whole life.
-        if let Some((client, upstream, opened)) =
-            Box::pin(self.open(client, source, public_port)).await
-        {
-            self.carry(client, upstream, opened).await;
+        if let Some((peer, node, opened)) = Box::pin(self.open(peer, source, public_port)).await {
+            self.carry(peer, node, opened).await;
         }
     }
 
-    /// Where the link goes, connected.
+    /// Where the link goes (to node `name`), connected.
     pub(super) async fn connect_to(
         &self,
-        node: &str,
+        name: &str,
         destination: Destination,
     ) -> Option<(TcpStream, &'static str)> {
         let (target, direction) = match destination {
@@ -221,8 +222,8 @@ impl Forwarder {
                 match Box::pin(self.directory.resolve(&host)).await {
                     Ok(ip) => (SocketAddr::new(ip, port), GATEWAY_DIRECTION),
                     Err(e) => {
-                        warn!(%node, %host, "upstream does not resolve: {e}");
-                        metrics::counter!(m::DIST_UPSTREAM_FAILURES, "node" => node.to_owned())
+                        warn!(node = %name, %host, "upstream does not resolve: {e}");
+                        metrics::counter!(m::DIST_UPSTREAM_FAILURES, "node" => name.to_owned())
                             .increment(1);
                         return None;
                     }
@@ -230,10 +231,10 @@ impl Forwarder {
             }
         };
         match self.connect(target).await {
-            Ok(upstream) => Some((upstream, direction)),
+            Ok(node) => Some((node, direction)),
             Err(e) => {
-                warn!(%node, real_port = target.port(), "node's real port did not accept: {e}");
-                metrics::counter!(m::DIST_UPSTREAM_FAILURES, "node" => node.to_owned())
+                warn!(node = %name, real_port = target.port(), "node's real port did not accept: {e}");
+                metrics::counter!(m::DIST_UPSTREAM_FAILURES, "node" => name.to_owned())
                     .increment(1);
                 None
             }
@@ -241,7 +242,7 @@ impl Forwarder {
     }
 
     /// The link, from authentication to close.
-    async fn carry(&self, client: TcpStream, upstream: TcpStream, opened: Box<Opened>) {
+    async fn carry(&self, peer: TcpStream, node: TcpStream, opened: Box<Opened>) {
         // Every byte a link's task keeps for the link's life counts once per idle link
         // (BENCHMARKS.md): what the link needs sits in one box, its names held once,
         // and the logs are written outside the task's state.
@@ -249,8 +250,8 @@ impl Forwarder {
         let outcome = self
             .engine
             .proxy_link(
-                client,
-                upstream,
+                peer,
+                node,
                 super::Meter::listed(Arc::clone(&carried.listed.link), Way::FromPeer),
                 super::Meter::listed(Arc::clone(&carried.listed.link), Way::ToPeer),
                 Some(self.config.get().linger),
@@ -264,13 +265,13 @@ impl Forwarder {
         let Opened {
             node,
             source,
-            caller,
+            peer_name,
             tls_sni,
             direction,
-            moved,
+            handshake_bytes,
             _slot,
         } = opened;
-        let peer = match &caller {
+        let peer = match &peer_name {
             // Release clients come and go under new random names: one label for all.
             Some(name) if self.config.get().client_names.matches(name) => {
                 PeerLabels::fixed(m::PEER_CLIENT)
@@ -278,24 +279,24 @@ impl Forwarder {
             Some(name) => self.peers.label(name),
             None => PeerLabels::fixed(m::PEER_TLS),
         };
-        let peer_name = caller.as_deref().unwrap_or(m::PEER_TLS);
-        info!(%node, peer = peer_name, direction, tls_sni, "dist connection opened");
-        let link = m::Link::open(node, peer, direction);
-        link.received.increment(moved.to_node);
-        link.sent.increment(moved.to_caller);
+        let logged = peer_name.as_deref().unwrap_or(m::PEER_TLS);
+        info!(%node, peer = logged, direction, tls_sni, "dist connection opened");
+        let link = m::LinkMeters::open(node, peer, direction);
+        link.from_peer.increment(handshake_bytes.from_peer);
+        link.to_peer.increment(handshake_bytes.to_peer);
         let _in_use = self.directory.hold(link.node());
-        let tls = caller.is_none();
-        // The caller's name, kept only where its label is not it (past max_peers).
-        let unlabelled = caller.filter(|name| name != link.peer());
+        let tls = peer_name.is_none();
+        // The peer's name, kept only where its label is not it (past max_peers).
+        let unlabelled = peer_name.filter(|name| name != link.peer());
         let listed = self.links.open(NewLink {
             metrics: link,
             unlabelled,
             source,
             tls,
-            moved: (moved.to_node, moved.to_caller),
+            bytes: handshake_bytes,
         });
         Box::new(Carried {
-            moved,
+            handshake_bytes,
             _slot,
             _in_use,
             listed,

@@ -111,9 +111,9 @@ impl Usage {
 
 /// One open connection to a leased name; the lease counts it until it is dropped.
 #[derive(Debug)]
-struct Link(Arc<Usage>);
+struct LeaseHold(Arc<Usage>);
 
-impl Drop for Link {
+impl Drop for LeaseHold {
     fn drop(&mut self) {
         self.0.links.fetch_sub(1, Ordering::Relaxed);
         self.0.touch(Instant::now());
@@ -328,7 +328,7 @@ impl Leases {
         let usage = &table.held.get(name)?.usage;
         usage.links.fetch_add(1, Ordering::Relaxed);
         usage.touch(Instant::now());
-        Some(InUse::new(Box::new(Link(Arc::clone(usage)))))
+        Some(InUse::new(Box::new(LeaseHold(Arc::clone(usage)))))
     }
 
     /// Every lease with how it is used, oldest first.

@@ -5,12 +5,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-/// The `peer` label of links whose caller did not authenticate by name (TLS).
+/// The `peer` label of links whose peer did not authenticate by name (TLS).
 pub const PEER_TLS: &str = "tls";
 /// The `peer` label of release clients (`[dist] client_names`): `bin/app rpc` and
 /// `bin/app remote` name each call anew.
 pub const PEER_CLIENT: &str = "client";
-/// The `peer` label of authenticated callers past `[metrics] max_peers`.
+/// The `peer` label of authenticated peers past `[metrics] max_peers`.
 pub const PEER_OTHER: &str = "other";
 
 /// The authenticated peer names that have a `peer` label of their own: at most
@@ -70,7 +70,7 @@ impl PeerLabels {
         self.names.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The label for a link of the authenticated caller `name`.
+    /// The label for a link of the authenticated peer `name`.
     pub(crate) fn label(self: &Arc<Self>, name: &str) -> PeerLabel {
         let now = Instant::now();
         let mut names = self.lock();

@@ -141,7 +141,7 @@ async fn sizes_from_nothing_to_a_mebibyte_arrive_intact_and_counted() {
                 outcome.result
             );
             assert_eq!(
-                (outcome.to_upstream, outcome.to_client),
+                (outcome.bytes.from_peer, outcome.bytes.to_peer),
                 (size, size / 2 / 8 * 8),
                 "{mode:?}"
             );
@@ -156,7 +156,7 @@ async fn one_gibibyte_arrives_intact_and_counted() {
         let outcome = both_ways(&engine(mode), GIB, 8).await;
         assert!(outcome.result.is_ok(), "{mode:?}");
         assert_eq!(
-            (outcome.to_upstream, outcome.to_client),
+            (outcome.bytes.from_peer, outcome.bytes.to_peer),
             (GIB, 8),
             "{mode:?}"
         );
@@ -183,7 +183,10 @@ async fn many_concurrent_streams_stay_apart() {
                 );
                 let outcome = task.await.unwrap();
                 assert_eq!((up, down), (size, size / 2));
-                assert_eq!((outcome.to_upstream, outcome.to_client), (size, size / 2));
+                assert_eq!(
+                    (outcome.bytes.from_peer, outcome.bytes.to_peer),
+                    (size, size / 2)
+                );
             });
         }
         while let Some(done) = streams.join_next().await {
@@ -225,7 +228,7 @@ async fn random_chunk_sizes_arrive_intact() {
         assert_eq!((at_server, at_client), (up, down));
         let outcome = task.await.unwrap();
         assert_eq!(
-            (outcome.to_upstream, outcome.to_client),
+            (outcome.bytes.from_peer, outcome.bytes.to_peer),
             (up, down),
             "{mode:?}"
         );
@@ -247,7 +250,7 @@ async fn client_half_close_while_the_server_keeps_sending() {
         assert_eq!(got, 8 << 20);
         let outcome = task.await.unwrap();
         assert_eq!(
-            (outcome.to_upstream, outcome.to_client),
+            (outcome.bytes.from_peer, outcome.bytes.to_peer),
             (4096, 8 << 20),
             "{mode:?}"
         );
@@ -268,7 +271,7 @@ async fn server_half_close_while_the_client_keeps_sending() {
         assert_eq!(got, 8 << 20);
         let outcome = task.await.unwrap();
         assert_eq!(
-            (outcome.to_upstream, outcome.to_client),
+            (outcome.bytes.from_peer, outcome.bytes.to_peer),
             (8 << 20, 8),
             "{mode:?}"
         );
@@ -332,7 +335,7 @@ async fn a_slow_reader_holds_the_writer_back() {
         let mut rest = vec![];
         client_r.read_to_end(&mut rest).await.unwrap();
         let outcome = task.await.unwrap();
-        assert_eq!(outcome.to_upstream, accepted as u64, "{mode:?}");
+        assert_eq!(outcome.bytes.from_peer, accepted as u64, "{mode:?}");
         eprintln!(
             "{mode:?}: {} KiB in flight with a stalled reader",
             accepted / 1024
@@ -364,7 +367,7 @@ async fn auto_copies_small_messages_and_splices_bulk() {
     assert_eq!((up, down), (32 << 20, 8));
     assert!(engine.pipes().created() >= 1, "bulk never used splice");
     let outcome = task.await.unwrap();
-    assert_eq!(outcome.to_upstream, 200 * 64 + (32 << 20));
+    assert_eq!(outcome.bytes.from_peer, 200 * 64 + (32 << 20));
     // Every pipe is back in the pool, empty.
     assert_eq!(engine.pipes().idle(), engine.pipes().created());
 }
