@@ -6,7 +6,9 @@
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -115,13 +117,27 @@ impl Drop for SlotGuard {
     }
 }
 
+/// What the admin server asks of the running system beyond what it reads itself: a
+/// reload (`POST /reload`) and the leases of the gateway in force (`/nodes`). The
+/// reloader answers it; the admin server knows nothing of how.
+pub(crate) trait Control: Send + Sync + std::fmt::Debug {
+    /// Reads the configuration file again and puts it in force, or changes nothing
+    /// (`by` says who asked): the HTTP status and the JSON answer.
+    fn reload<'a>(
+        &'a self,
+        by: &'a str,
+    ) -> Pin<Box<dyn Future<Output = (StatusCode, serde_json::Value)> + Send + 'a>>;
+    /// The leases of the gateway in force (none without routes).
+    fn leases(&self) -> Vec<crate::api::LeaseView>;
+}
+
 /// What the JSON endpoints read: the open links, the registered nodes, the leases.
 #[derive(Debug, Clone)]
 pub(crate) struct Views {
     pub(crate) links: Arc<crate::links::Links>,
     pub(crate) registry: Arc<crate::registry::Registry>,
-    /// Reloads (`POST /reload`), and the gateway in force (`/nodes`).
-    pub(crate) reloader: Arc<crate::reload::Reloader>,
+    /// Reloads (`POST /reload`), and the leases of the gateway in force (`/nodes`).
+    pub(crate) control: Arc<dyn Control>,
     /// `/links` and `/nodes` answered at once: each answer is built whole in memory
     /// (about 300 bytes a link), so a few at a time, not one per admin slot.
     pub(crate) answering: Arc<tokio::sync::Semaphore>,
@@ -150,7 +166,7 @@ impl Views {
                 creation: n.creation,
             })
             .collect();
-        let leases = (self.reloader.gateway()).map_or_else(Vec::new, |g| g.lease_views());
+        let leases = self.control.leases();
         serde_json::json!({ "nodes": nodes, "leases": leases })
     }
 
@@ -277,18 +293,7 @@ async fn reload(req: &Request<Incoming>, views: &Views, peer: SocketAddr) -> Res
             "forbidden: POST /reload is served to loopback only (run `distgate reload` inside the pod)\n".into(),
         );
     }
-    let (status, body) = match views.reloader.reload("POST /reload").await {
-        Ok(done) => (
-            StatusCode::OK,
-            serde_json::json!({"result": "ok", "hash": done.hash, "changed": done.changed}),
-        ),
-        Err(e) => {
-            let status = e.http_status();
-            let body =
-                serde_json::json!({"result": e.result(), "key": e.key(), "error": e.to_string()});
-            (status, body)
-        }
-    };
+    let (status, body) = views.control.reload("POST /reload").await;
     let mut response = text(status, format!("{body}\n"));
     response.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
@@ -353,7 +358,7 @@ mod tests {
         let views = Views {
             links: crate::links::Links::new(Duration::from_secs(30)),
             registry: Arc::clone(distgate.registry()),
-            reloader: Arc::clone(distgate.reloader()),
+            control: Arc::clone(distgate.reloader()) as Arc<dyn Control>,
             answering: Arc::new(tokio::sync::Semaphore::new(Views::AT_ONCE)),
         };
         assert_eq!(views.answer(false).as_deref(), Some("{\"links\":[]}\n"));

@@ -17,6 +17,7 @@ pub(crate) mod public;
 mod splice;
 
 pub use crate::config::Mode;
+pub use crate::links::ByteCounts;
 pub use splice::{MAX_IDLE_PIPES, NoPipe, PIPE_IDLE_FOR, PipePool};
 
 use std::future::Future;
@@ -28,26 +29,6 @@ use std::task::Poll;
 use std::time::Duration;
 
 use tokio::net::TcpStream;
-
-/// Bytes a link carried each way: from the peer (the side that connected) to the
-/// node, and from the node to the peer.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct ByteCounts {
-    /// From the peer to the node.
-    pub from_peer: u64,
-    /// From the node to the peer.
-    pub to_peer: u64,
-}
-
-impl std::ops::Add for ByteCounts {
-    type Output = ByteCounts;
-    fn add(self, other: ByteCounts) -> ByteCounts {
-        ByteCounts {
-            from_peer: self.from_peer + other.from_peer,
-            to_peer: self.to_peer + other.to_peer,
-        }
-    }
-}
 
 /// What a forwarded stream carried and how it ended.
 #[derive(Debug)]

@@ -197,8 +197,10 @@ impl Distgate {
     /// in force then) for open connections to end. The admin endpoints serve until
     /// the drain is over, with `/readyz` failing from the moment shutdown begins.
     pub async fn run(self, listeners: Listeners) -> Drain {
-        self.system
-            .run(listeners, self.metrics, self.reloader)
-            .await
+        let Listeners { epmd, dist, admin } = listeners;
+        let system = Arc::clone(&self.system);
+        self.reloader.start(|| system.start(epmd, dist)).await;
+        let control = self.reloader as Arc<dyn admin::Control>;
+        self.system.serve(admin, self.metrics, control).await
     }
 }

@@ -19,7 +19,6 @@ use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
 use crate::api::{self, LinkView};
-use crate::forward::ByteCounts;
 use crate::metrics as m;
 
 fn millis(d: Duration) -> u64 {
@@ -31,6 +30,26 @@ fn now_ms() -> u64 {
     static START: OnceLock<Instant> = OnceLock::new();
     let start = *START.get_or_init(Instant::now);
     start.elapsed().as_millis() as u64
+}
+
+/// Bytes a link carried each way: from the peer (the side that connected) to the
+/// node, and from the node to the peer.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ByteCounts {
+    /// From the peer to the node.
+    pub from_peer: u64,
+    /// From the node to the peer.
+    pub to_peer: u64,
+}
+
+impl std::ops::Add for ByteCounts {
+    type Output = ByteCounts;
+    fn add(self, other: ByteCounts) -> ByteCounts {
+        ByteCounts {
+            from_peer: self.from_peer + other.from_peer,
+            to_peer: self.to_peer + other.to_peer,
+        }
+    }
 }
 
 /// One direction of a link: bytes carried, and when the sweep last saw them change.

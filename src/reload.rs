@@ -9,9 +9,12 @@
 //! under the reload lock ([`crate::system::System::apply`]). A link already forwarded
 //! needs nothing of the configuration and goes on as it was.
 
+use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 
+use hyper::StatusCode;
 use tracing::{error, info};
 
 use crate::config::{self, Config, ConfigError, Key};
@@ -51,6 +54,30 @@ fn quoted(keys: &[Key]) -> String {
     keys.join(", ")
 }
 
+impl crate::admin::Control for Reloader {
+    fn reload<'a>(
+        &'a self,
+        by: &'a str,
+    ) -> Pin<Box<dyn Future<Output = (StatusCode, serde_json::Value)> + Send + 'a>> {
+        Box::pin(async move {
+            match Reloader::reload(self, by).await {
+                Ok(done) => (
+                    StatusCode::OK,
+                    serde_json::json!({"result": "ok", "hash": done.hash, "changed": done.changed}),
+                ),
+                Err(e) => (
+                    e.http_status(),
+                    serde_json::json!({"result": e.result(), "key": e.key(), "error": e.to_string()}),
+                ),
+            }
+        })
+    }
+
+    fn leases(&self) -> Vec<crate::api::LeaseView> {
+        (self.gateway()).map_or_else(Vec::new, |g| g.lease_views())
+    }
+}
+
 /// Keys as the log line lists them: `dist.ports,log.level`.
 fn names(keys: &[Key]) -> String {
     let names: Vec<&str> = keys.iter().map(|k| k.name()).collect();
@@ -72,8 +99,7 @@ impl ReloadError {
     /// The status `POST /reload` answers with: `422` for an invalid file, `409` when
     /// it needs a restart (or there is no file yet), `500` when a port could not be
     /// bound or DNS set up.
-    pub fn http_status(&self) -> hyper::StatusCode {
-        use hyper::StatusCode;
+    pub fn http_status(&self) -> StatusCode {
         match self {
             ReloadError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ReloadError::NoFile | ReloadError::Starting | ReloadError::RestartNeeded(_) => {
@@ -164,10 +190,12 @@ impl Reloader {
         self.system.gateway()
     }
 
-    /// Publishes the configuration in force and starts the reload counters at 0:
+    /// Runs `start` (the system starting to serve) under the reload lock, then
+    /// publishes the configuration in force and starts the reload counters at 0:
     /// called once, when distgate serves.
-    pub(crate) async fn publish(&self) {
+    pub(crate) async fn start(&self, start: impl FnOnce()) {
         let state = self.state.lock().await;
+        start();
         ::metrics::gauge!(m::CONFIG_INFO, "hash" => state.hash.clone()).set(1.0);
         for result in ["ok", "invalid", "refused", "failed"] {
             ::metrics::counter!(m::CONFIG_RELOADS, "result" => result).increment(0);
@@ -218,12 +246,13 @@ impl Reloader {
             return Err(ReloadError::RestartNeeded(refused));
         }
         let change = self.prepare(new, &changed)?;
-        state.config = self.system.apply(change);
+        // The new level first, so that what the change logs is filtered by it.
         if changed.contains(&Key::LogLevel)
             && let Some(hook) = self.log_level.get()
         {
-            hook(state.config.log.level.as_deref());
+            hook(change.config.log.level.as_deref());
         }
+        state.config = self.system.apply(change);
         ::metrics::gauge!(m::CONFIG_INFO, "hash" => state.hash.clone()).set(0.0);
         ::metrics::gauge!(m::CONFIG_INFO, "hash" => hash.clone()).set(1.0);
         state.hash = hash.clone();

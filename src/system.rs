@@ -27,8 +27,7 @@ use crate::live::Live;
 use crate::ports::{PortPlan, Ports};
 use crate::ready::Health;
 use crate::registry::PortMove;
-use crate::reload::Reloader;
-use crate::{Drain, Listeners, SetupError, admin, epmd, forward, metrics};
+use crate::{Drain, SetupError, admin, epmd, forward, metrics};
 pub(crate) use public_ports::PublicPorts;
 
 /// A running distgate's parts.
@@ -150,22 +149,28 @@ impl System {
         (*self.gateway.get()).clone()
     }
 
-    /// Serves on `listeners` until shutdown, then waits up to `[shutdown] grace` (as
-    /// in force then) for open connections to end. The admin endpoints (with
-    /// `/metrics` from `metrics`, and `POST /reload` through `reloader`) serve until
-    /// the drain is over, with `/readyz` failing from the moment shutdown begins.
-    pub(crate) async fn run(
-        self: Arc<Self>,
-        listeners: Listeners,
-        metrics: Option<metrics::Exporter>,
-        reloader: Arc<Reloader>,
-    ) -> Drain {
-        for listener in listeners.epmd {
+    /// Starts serving EPMD on `epmd` and the public dist ports on `dist`, and the
+    /// gateway's maintenance: called once, under the reload lock (a reload waits for
+    /// it, and one before it is refused as `Starting`).
+    pub(crate) fn start(&self, epmd: Vec<TcpListener>, dist: Vec<(u16, TcpListener)>) {
+        for listener in epmd {
             self.loops.spawn(Arc::clone(&self.epmd).serve(listener));
         }
-        self.public.start(listeners.dist);
+        self.public.start(dist);
         self.start_maintenance(self.gateway());
-        reloader.publish().await;
+    }
+
+    /// Once [`System::start`]ed, serves until shutdown, then waits up to `[shutdown]
+    /// grace` (as in force then) for open connections to end. The admin endpoints on
+    /// `admin` (with `/metrics` from `metrics`, and `POST /reload` through `control`)
+    /// serve until the drain is over, with `/readyz` failing from the moment shutdown
+    /// begins.
+    pub(crate) async fn serve(
+        self: Arc<Self>,
+        admin: Vec<TcpListener>,
+        metrics: Option<metrics::Exporter>,
+        control: Arc<dyn admin::Control>,
+    ) -> Drain {
         let stop = || self.shutdown.clone();
         self.loops
             .spawn(Arc::clone(&self.forwarder).sweep_bans(stop()));
@@ -176,13 +181,7 @@ impl System {
         self.loops.close();
         let admin_stop = CancellationToken::new();
         let admin_loops = TaskTracker::new();
-        self.serve_admin(
-            listeners.admin,
-            metrics,
-            reloader,
-            &admin_stop,
-            &admin_loops,
-        );
+        self.serve_admin(admin, metrics, control, &admin_stop, &admin_loops);
         self.health.set_listening();
         self.shutdown.cancelled().await;
         self.loops.wait().await;
@@ -196,7 +195,7 @@ impl System {
         &self,
         listeners: Vec<TcpListener>,
         metrics: Option<metrics::Exporter>,
-        reloader: Arc<Reloader>,
+        control: Arc<dyn admin::Control>,
         stop: &CancellationToken,
         loops: &TaskTracker,
     ) {
@@ -209,7 +208,7 @@ impl System {
         let views = admin::Views {
             links: Arc::clone(&self.links),
             registry: Arc::clone(self.directory.registry()),
-            reloader,
+            control,
             answering: Arc::new(tokio::sync::Semaphore::new(admin::Views::AT_ONCE)),
         };
         if !listeners.is_empty() {
@@ -313,6 +312,7 @@ impl System {
     /// takes over the old one's leases and discovered names; the old one's
     /// maintenance stops. Without routes the routed names' ports go back to the pool.
     fn replace_gateway(&self, new: Option<Gateway>) {
+        self.stop_maintenance();
         let old = self.gateway();
         let new = new.map(|mut gateway| {
             if let Some(old) = &old {
@@ -331,14 +331,20 @@ impl System {
         self.start_maintenance(new);
     }
 
-    /// Runs `gateway`'s maintenance (stopping the previous gateway's) until shutdown.
-    /// Not among the loops the drain waits for: it stops the moment shutdown begins,
-    /// whatever the upstreams do.
-    fn start_maintenance(&self, gateway: Option<Arc<Gateway>>) {
-        let mut maintain = self.maintain.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(stop) = maintain.take() {
+    /// Stops the maintenance of the gateway in force.
+    fn stop_maintenance(&self) {
+        let stop = (self.maintain.lock().unwrap_or_else(|p| p.into_inner())).take();
+        if let Some(stop) = stop {
             stop.cancel();
         }
+    }
+
+    /// Runs `gateway`'s maintenance (stopping any still running) until shutdown. Not
+    /// among the loops the drain waits for: it stops the moment shutdown begins,
+    /// whatever the upstreams do.
+    fn start_maintenance(&self, gateway: Option<Arc<Gateway>>) {
+        self.stop_maintenance();
+        let mut maintain = self.maintain.lock().unwrap_or_else(|p| p.into_inner());
         *maintain = gateway.map(|gateway| {
             let stop = self.shutdown.child_token();
             tokio::spawn(gateway.maintain(stop.clone()));

@@ -8,7 +8,7 @@
 //! CI runs rounds for 2 s per mode. By hand, for as long as you like:
 //!
 //! ```sh
-//! SOAK_SECONDS=600 SOAK_STREAMS=256 cargo nextest run --test soak --no-capture
+//! SOAK_SECONDS=600 SOAK_STREAMS=256 cargo nextest run -E 'test(/^wire::soak::/)' --no-capture
 //! ```
 
 use crate::support;
