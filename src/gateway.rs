@@ -15,6 +15,7 @@
 //! server and the forwarder through [`Routes`]; it knows neither.
 
 mod discovery;
+mod lease;
 mod leases;
 mod report;
 

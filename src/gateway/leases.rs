@@ -17,58 +17,19 @@
 //! lease whatever the others ask for.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use tracing::info;
 
+pub use super::lease::{Lease, Routed};
+use super::lease::{LeaseHold, Usage};
 use crate::api::LeaseView;
 use crate::directory::InUse;
-use crate::epmd::NodeInfo;
-use crate::epmd::message::Port2Resp;
 use crate::metrics as m;
 use crate::ports::Ports;
 use crate::route::Home;
-
-/// A routed name and where it lives, as its upstream confirmed it (or discovery
-/// found it): what a lease is taken for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Routed {
-    /// The routed name part.
-    pub name: String,
-    /// The upstream host (resolved at each connect).
-    pub host: String,
-    /// The upstream's dist port.
-    pub dist_port: u16,
-    /// What the node registered upstream, echoed in PORT2_RESP.
-    pub info: NodeInfo,
-}
-
-/// A routed name holding a public port while it lives upstream.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Lease {
-    /// The name and its upstream.
-    pub routed: Routed,
-    /// The public port it holds.
-    pub public_port: u16,
-}
-
-impl Lease {
-    /// The routed name part.
-    pub fn name(&self) -> &str {
-        &self.routed.name
-    }
-
-    /// PORT2_RESP for the lease: its public port and the upstream's fields.
-    pub fn port2_resp(&self) -> Port2Resp {
-        Port2Resp {
-            port: self.public_port,
-            name: self.routed.name.clone(),
-            info: self.routed.info.clone(),
-        }
-    }
-}
 
 /// Which route a lease belongs to and where its name would like to be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,45 +40,6 @@ pub(super) struct Terms {
     pub(super) home: Home,
     /// How long the lease must go unused before the pool may take it back.
     pub(super) idle: Duration,
-}
-
-/// How a lease is used: open links, and when it was last looked up or left by a link.
-#[derive(Debug)]
-struct Usage {
-    links: AtomicUsize,
-    last_used: Mutex<Instant>,
-}
-
-impl Usage {
-    fn new(now: Instant) -> Arc<Usage> {
-        Arc::new(Usage {
-            links: AtomicUsize::new(0),
-            last_used: Mutex::new(now),
-        })
-    }
-
-    fn touch(&self, now: Instant) {
-        *self.last_used.lock().unwrap_or_else(|p| p.into_inner()) = now;
-    }
-
-    fn last_used(&self) -> Instant {
-        *self.last_used.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn links(&self) -> usize {
-        self.links.load(Ordering::Relaxed)
-    }
-}
-
-/// One open connection to a leased name; the lease counts it until it is dropped.
-#[derive(Debug)]
-struct LeaseHold(Arc<Usage>);
-
-impl Drop for LeaseHold {
-    fn drop(&mut self) {
-        self.0.links.fetch_sub(1, Ordering::Relaxed);
-        self.0.touch(Instant::now());
-    }
 }
 
 #[derive(Debug)]

@@ -3,6 +3,7 @@ use std::collections::BTreeMap;
 use proptest::prelude::*;
 
 use super::*;
+use crate::epmd::NodeInfo;
 use crate::ports::{Holder, PortPlan};
 use crate::route::LeaseRule;
 
