@@ -1,8 +1,17 @@
-//! The admin HTTP server (port 9369 by default): `/metrics` in the Prometheus text
-//! format, `/livez`, and `/readyz`.
+//! The admin HTTP server (port 9369 by default), six endpoints:
 //!
-//! HTTP is hyper's; this file only routes. Readiness is [`crate::ready::Health`]; the
-//! JSON answers of `/links` and `/nodes` are [`crate::api`]'s.
+//! - `GET /metrics`: every series in the Prometheus text format;
+//! - `GET /livez`: `ok` while the process answers;
+//! - `GET /readyz`: ready, or why not ([`crate::ready::Health`]);
+//! - `GET /links`: the open dist links as JSON ([`crate::api::LinkView`]);
+//! - `GET /nodes`: the registered nodes and the gateway's leases as JSON;
+//! - `POST /reload`: the configuration read again, from loopback only, through
+//!   `Control` (the reloader).
+//!
+//! HTTP is hyper's; this file routes, bounds the connections (one request each, the
+//! head within `[admin] header_timeout`, at most `[admin] max_connections`, the
+//! oldest half-sent request evicted first) and builds at most `Views::AT_ONCE` JSON
+//! answers at a time.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;

@@ -1,10 +1,11 @@
-//! Dist forwarding: accepting on public ports ([`public`]), admitting peers by
-//! source (`guard`) and by handshake (`identify` for the first frame, `follow` for the
-//! rest, by copy), and moving the bytes of an authenticated link between the peer and
-//! the node ([`Engine::proxy_link`], with `linger`; [`Engine::proxy`] without).
+//! Dist forwarding: accepting on public ports (`public`), admitting peers
+//! (`admission`: by source with `guard`, by handshake with `identify` for the first
+//! frame and `follow` for the rest, by copy), and moving the bytes of an
+//! authenticated link between the peer and the node ([`Engine::proxy_link`], with
+//! `linger`; [`Engine::proxy`] without).
 //!
-//! The engine moves each direction with splice(2) ([`splice`]) or a buffered copy
-//! ([`copy`]) as `[forward] mode` says, falling back to the copy when no pipe can be
+//! The engine moves each direction with splice(2) (`splice`) or a buffered copy
+//! (`copy`) as `[forward] mode` says, falling back to the copy when no pipe can be
 //! made.
 
 mod admission;

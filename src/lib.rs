@@ -2,24 +2,28 @@
 //!
 //! A node beside distgate registers with it as with OTP's epmd. distgate tells peers a
 //! fixed *public* port for the node and forwards connections there to the node's real,
-//! random port. The crate's map:
+//! random port. `ARCHITECTURE.md` walks a dist connection and a PORT_PLEASE2 through
+//! these modules and names who owns which task. The crate's map:
 //!
-//! - [`config`]: TOML → validated [`Config`]; every error names its key and line.
-//! - [`epmd`]: the EPMD wire format (pure), the server that answers it, the client.
+//! - [`config`]: TOML → validated [`Config`]; every error names its key and line;
+//!   [`config::Key`] names every key and knows which only a restart applies.
+//! - [`epmd`]: the EPMD wire format (pure; [`epmd::NodeInfo`] is what a node
+//!   registers), the server that answers it, the client.
 //! - [`directory`]: which port peers dial for a name, and where a public port goes;
 //!   the EPMD server and the forwarder ask it and nothing else.
 //! - [`registry`]: the local nodes and their creations.
 //! - [`ports`]: the public dist ports and who holds each.
-//! - [`forward`]: public-port listeners and the stream forwarding.
+//! - [`forward`]: the public ports' connections: admission, the handshake followed,
+//!   the bytes moved (splice or copy).
+//! - [`handshake`]: the dist handshake frames and their follower (who is calling), pure.
+//! - [`links`]: the table of open links, their bytes each way and silences.
 //! - `accept`: the one accept loop of every listener; `limit`: how many connections
 //!   of each kind are held at once; `log_budget`: how fast a warning peers can
 //!   trigger is logged.
-//! - [`handshake`]: the first frame of a dist connection (who is calling), pure.
-//! - [`metrics`]: every metric name, described once.
+//! - [`metrics`]: every metric name, described once, and the Prometheus recorders.
 //! - [`admin`]: the HTTP server: `/metrics`, `/livez`, `/readyz`, `/links`, `/nodes`
 //!   and `POST /reload`; [`ready`]: what `/readyz` answers; [`api`]: the JSON shapes of
 //!   `/links` and `/nodes` and the client of `distgate links`, `nodes` and `reload`.
-//! - [`links`]: the table of open links, their bytes and silences.
 //! - [`probe`]: `distgate probe NODE@HOST`, which finds where a node's path breaks.
 //! - [`dns`]: hickory behind a trait, and a cache that owns TTLs (for the gateway).
 //! - [`route`]: gateway routes (node-name glob → upstream host template), pure;
@@ -27,17 +31,22 @@
 //! - [`gateway`]: routed names: confirmed upstream, leased a public port (the same on
 //!   every replica that knows the same names), forwarded; it serves the directory
 //!   through [`directory::Routes`].
-//! - [`reload`]: the configuration read again (SIGHUP, `POST /reload`) and put in force
-//!   without touching a link; `live`: a setting a reload replaces while connections
-//!   read it; [`listen`]: binding listeners.
+//! - `system`: the running system, owned in one place: built once from a
+//!   configuration, served until drained, changed by a reload's typed `Change`.
+//! - [`reload`]: the configuration read again (SIGHUP, `POST /reload`), checked and
+//!   prepared, then put in force by the system without touching a link; `live`: a
+//!   setting a reload replaces while connections read it; [`listen`]: binding
+//!   listeners.
 //!
-//! Dependencies run one way: `epmd::server` and `forward` know the directory, the
-//! directory knows the registry, the ports and the `Routes` trait, and the gateway
-//! implements that trait; only this file puts them together.
+//! Dependencies run one way, with no cycle: `epmd::server` and `forward` know the
+//! directory, the directory knows the registry, the ports and the `Routes` trait, and
+//! the gateway implements that trait; the admin server asks an `admin::Control` that
+//! the reloader implements; `system` composes them and this file hands out [`Distgate`].
 //!
 //! The library installs no signal handler and binds only the public ports a reload
-//! adds: the binary binds the listeners and hands them to [`Distgate::run`] with a
-//! shutdown token, and tests do the same with listeners on `127.0.0.1:0`. The wire reference is `docs/protocol.md`.
+//! adds: the binary (`src/bin/distgate`) binds the listeners and hands them to
+//! [`Distgate::run`] with a shutdown token, and tests do the same with listeners on
+//! `127.0.0.1:0`. The wire reference is `docs/protocol.md`.
 
 mod accept;
 pub mod admin;
