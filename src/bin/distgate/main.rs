@@ -1,8 +1,9 @@
 //! The `distgate` binary, as a map: parse the command line ([`cli`]); a short command
 //! runs and exits ([`commands`]); otherwise load the configuration, start logging
-//! ([`logging`]), build the runtime and serve until drained ([`serve`]). Exit codes: 0
-//! after a drain, 64 for an unusable configuration or log filter, 1 for anything
-//! else that stops it. Everything else is the library's.
+//! ([`logging`]), build the runtime and serve until drained ([`serve`]); the log
+//! lines still waiting are written before the exit. Exit codes: 0 after a drain, 64
+//! for an unusable configuration or log filter, 1 for anything else that stops it.
+//! Everything else is the library's.
 
 mod cli;
 mod commands;
@@ -22,7 +23,12 @@ use logging::{LogControl, init_logging};
 pub(crate) const EXIT_CONFIG: u8 = 64;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let code = run(Cli::parse());
+    logging::finish();
+    code
+}
+
+fn run(cli: Cli) -> ExitCode {
     match &cli.command {
         Some(Command::CheckConfig { file }) => return commands::check_config(file),
         Some(Command::Probe {

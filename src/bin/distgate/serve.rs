@@ -113,6 +113,7 @@ async fn watch_signals(
             links_cut = links.len(),
             "second signal during the drain: exiting now"
         );
+        crate::logging::finish();
         std::process::exit(code);
     }
 }
