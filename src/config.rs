@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer};
 
 use crate::route::Route;
-pub use dist::{AllowPeers, BanConfig, DistConfig};
+pub use dist::{AllowPeers, BanConfig, DistConfig, Tls};
 pub use key::{Key, changed};
 pub use load::{ConfigError, DEFAULTS_HASH, hash, load, load_hashed, parse};
 

@@ -5,10 +5,17 @@
 //! (`u16` length, then `N` or `n`), which names the calling node; a TLS dist connection
 //! starts with a TLS record whose ClientHello may carry the target host as SNI. distgate
 //! only looks: the bytes are forwarded untouched.
+//!
+//! A first frame is TLS only when it is a whole, well-formed ClientHello record:
+//! content type 22, version `03 01`..`03 04`, a record length of 1..=16,384 and a
+//! handshake of type 1 whose length fills the record exactly. Anything else is read as
+//! a `send_name` (or junk). No TLS record is also a `send_name` OTP would accept: its
+//! third byte, the version's minor, is where a `send_name` has its `N` or `n`.
 
 /// Largest `send_name` payload looked at: a 1020-byte name plus the fixed fields.
 pub const MAX_SEND_NAME: usize = 1100;
-/// Largest TLS record looked at (a ClientHello fits in one).
+/// Largest TLS record looked at (a ClientHello fits in one): its header and the most
+/// plaintext a record may carry.
 pub const MAX_TLS_RECORD: usize = 5 + 16_384;
 
 /// Who is calling, as far as the first frame tells.
@@ -56,7 +63,8 @@ pub enum Peek {
 pub fn classify(buf: &[u8]) -> Peek {
     match buf {
         [] | [_] => Peek::NeedMore(2),
-        [0x16, 0x03, ..] => classify_tls(buf),
+        [0x16, 0x03] => Peek::NeedMore(3),
+        [0x16, 0x03, 0x01..=0x04, ..] => classify_tls(buf),
         [hi, lo, ..] => {
             let len = usize::from(u16::from_be_bytes([*hi, *lo]));
             if len == 0 || len > MAX_SEND_NAME {
@@ -97,19 +105,25 @@ pub fn parse_send_name(payload: &[u8]) -> Option<Caller> {
     })
 }
 
+/// A record that starts like TLS: TLS when it is a whole ClientHello, else `Unknown`.
 fn classify_tls(buf: &[u8]) -> Peek {
     let Some(header) = buf.get(..5) else {
         return Peek::NeedMore(5);
     };
     let len = usize::from(u16::from_be_bytes([header[3], header[4]]));
-    if 5 + len > MAX_TLS_RECORD {
-        return Peek::Done(Caller::Tls { sni: None });
+    if len == 0 || 5 + len > MAX_TLS_RECORD {
+        return Peek::Done(Caller::Unknown);
     }
-    match buf.get(5..5 + len) {
-        None => Peek::NeedMore(5 + len),
-        Some(record) => Peek::Done(Caller::Tls {
+    let Some(record) = buf.get(5..5 + len) else {
+        return Peek::NeedMore(5 + len);
+    };
+    let mut r = Reader(record);
+    let whole_client_hello = r.u8() == Some(1) && r.u24().map(|body| body + 4) == Some(len);
+    match whole_client_hello {
+        true => Peek::Done(Caller::Tls {
             sni: client_hello_sni(record),
         }),
+        false => Peek::Done(Caller::Unknown),
     }
 }
 

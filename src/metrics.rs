@@ -61,7 +61,7 @@ pub const DNS_LOOKUPS: &str = "distgate_dns_lookups_total";
 /// How long DNS lookups took.
 pub const DNS_DURATION: &str = "distgate_dns_lookup_duration_seconds";
 /// Dist handshakes, by `node` and `result` (`ok`, `failed`, `timeout`, `not_allowed`,
-/// `banned`, `withdrawn`).
+/// `banned`, `withdrawn`, `tls_denied`).
 pub const DIST_HANDSHAKES: &str = "distgate_dist_handshakes_total";
 
 /// The `result` label of [`DIST_HANDSHAKES`]: how a dist handshake ended.
@@ -80,6 +80,8 @@ pub enum HandshakeResult {
     Withdrawn,
     /// Closed at accept: its source is banned.
     Banned,
+    /// A TLS ClientHello where `[dist] tls = "deny"`: closed, not banned.
+    TlsDenied,
 }
 
 impl HandshakeResult {
@@ -92,6 +94,7 @@ impl HandshakeResult {
             HandshakeResult::NotAllowed => "not_allowed",
             HandshakeResult::Withdrawn => "withdrawn",
             HandshakeResult::Banned => "banned",
+            HandshakeResult::TlsDenied => "tls_denied",
         }
     }
 

@@ -4,13 +4,19 @@
 #![no_main]
 
 use distgate::handshake::follow::{Handshake, Progress, Side};
-use distgate::handshake::{self, Peek};
+use distgate::handshake::{self, Caller, Peek};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     match handshake::classify(data) {
         // More is asked for only when more could change the answer.
         Peek::NeedMore(n) => assert!(n > data.len()),
+        // What is forwarded unexamined as TLS is never a send_name OTP would read.
+        Peek::Done(Caller::Tls { .. }) => {
+            let len = usize::from(u16::from_be_bytes([data[0], data[1]]));
+            let payload = data.get(2..2 + len).unwrap_or(&data[2..]);
+            assert!(handshake::parse_send_name(payload).is_none());
+        }
         Peek::Done(caller) => {
             let _ = caller.name();
         }

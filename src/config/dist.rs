@@ -47,6 +47,8 @@ pub struct DistConfig {
     pub max_per_source: NonZeroUsize,
     /// Which peers (their full node names) may reach a node.
     pub allow_peers: AllowPeers,
+    /// What a TLS dist connection (a whole ClientHello first) gets.
+    pub tls: Tls,
     /// Sources never banned nor counted against `max_per_source`: `"local"` (the
     /// default: loopback and the pod's own address), addresses and CIDRs (the
     /// gateway's pods, in front of a sidecar), or `"any"`.
@@ -72,6 +74,7 @@ impl Default for DistConfig {
             max_connections: NonZeroUsize::new(8192).unwrap_or(NonZeroUsize::MIN),
             max_per_source: NonZeroUsize::new(256).unwrap_or(NonZeroUsize::MIN),
             allow_peers: AllowPeers::default(),
+            tls: Tls::default(),
             trusted: Peers::LOCAL,
             ban: BanConfig::default(),
         }
@@ -87,6 +90,20 @@ impl DistConfig {
             clients: self.client_names.clone(),
         }
     }
+}
+
+/// `[dist] tls`: what a connection whose first frame is a TLS ClientHello gets. Its
+/// handshake cannot be read, so neither `allow_peers` nor the ban applies to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Tls {
+    /// Forwarded untouched to the node, which does the TLS handshake itself (nodes
+    /// running `inet_tls_dist`).
+    #[default]
+    Passthrough,
+    /// Closed and counted (`result="tls_denied"`): for pods whose nodes do not speak
+    /// TLS.
+    Deny,
 }
 
 /// `[dist] allow_peers`: globs over a peer's full node name (`*` any run of

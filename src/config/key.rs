@@ -89,6 +89,8 @@ keys! {
     DistMaxPerSource = "dist.max_per_source", dist.max_per_source, live;
     /// `[dist] allow_peers`.
     DistAllowPeers = "dist.allow_peers", dist.allow_peers, live;
+    /// `[dist] tls`.
+    DistTls = "dist.tls", dist.tls, live;
     /// `[dist] trusted`.
     DistTrusted = "dist.trusted", dist.trusted, live;
     /// `[dist.ban]`.

@@ -16,7 +16,7 @@ use toml::Spanned;
 
 use super::{
     AdminConfig, AllowPeers, BanConfig, Config, DistConfig, DnsConfig, EpmdConfig, ForwardConfig,
-    LogConfig, MAX_POOL_PORTS, MIN_PIPE_SIZE, MetricsConfig, Peers, ShutdownConfig,
+    LogConfig, MAX_POOL_PORTS, MIN_PIPE_SIZE, MetricsConfig, Peers, ShutdownConfig, Tls,
     check_node_name,
 };
 use crate::ports::ClientNames;
@@ -56,6 +56,7 @@ struct RawDist {
     max_connections: NonZeroUsize,
     max_per_source: NonZeroUsize,
     allow_peers: AllowPeers,
+    tls: Tls,
     trusted: Peers,
     ban: BanConfig,
 }
@@ -76,6 +77,7 @@ impl Default for RawDist {
             max_connections: d.max_connections,
             max_per_source: d.max_per_source,
             allow_peers: d.allow_peers,
+            tls: d.tls,
             trusted: d.trusted,
             ban: d.ban,
         }
@@ -275,6 +277,7 @@ impl RawConfig {
                 max_connections: dist.max_connections,
                 max_per_source: dist.max_per_source,
                 allow_peers: dist.allow_peers,
+                tls: dist.tls,
                 trusted: dist.trusted,
                 ban: dist.ban,
             },

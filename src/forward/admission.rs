@@ -19,6 +19,7 @@ use super::guard::{Refusal, SourceSlot};
 use super::identify::{FirstFrame, identify};
 use super::public::{Forwarder, Opened};
 use crate::accept::is_local;
+use crate::config::Tls;
 use crate::directory::Destination;
 use crate::handshake::Caller;
 use crate::handshake::follow::Handshake;
@@ -75,6 +76,14 @@ impl Forwarder {
                 );
             }
             _ => {}
+        }
+        if matches!(caller, Caller::Tls { .. }) && self.config.get().tls == Tls::Deny {
+            // Nothing against the peer (its handshake is not readable): not banned.
+            HandshakeResult::TlsDenied.count(attempt.node.clone());
+            if self.guard.may_log(Instant::now()) {
+                warn!(node = %attempt.node, source = %attempt.source, "TLS dist connection closed: `dist.tls` is \"deny\"");
+            }
+            return None;
         }
         let (node, direction) = self.connect_to(&attempt.node, destination).await?;
         // Dist traffic is small frames and ticks; OTP sets nodelay on its own sockets.

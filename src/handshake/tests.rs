@@ -129,15 +129,56 @@ fn tls_client_hello_gives_the_sni_host() {
 }
 
 #[test]
-fn a_broken_client_hello_is_tls_without_a_name() {
+fn a_client_hello_with_broken_extensions_is_tls_without_a_name() {
     let mut hello = client_hello(Some("host"));
     let last = hello.len() - 1;
     // Claim a longer extension block than the record holds.
     hello[last - 12] = 0xff;
     assert!(matches!(classify(&hello), Peek::Done(Caller::Tls { .. })));
-    let mut not_hello = client_hello(Some("host"));
-    not_hello[5] = 2; // ServerHello
-    assert_eq!(classify(&not_hello), Peek::Done(Caller::Tls { sni: None }));
+}
+
+#[test]
+fn only_a_whole_client_hello_record_is_tls() {
+    let hello = client_hello(Some("host"));
+    let mut server_hello = hello.clone();
+    server_hello[5] = 2;
+    let mut version_05 = hello.clone();
+    version_05[2] = 5;
+    let mut short_body = hello.clone();
+    short_body[8] -= 1; // the handshake claims one byte less than the record holds
+    let mut long_record = hello.clone();
+    long_record.push(0); // the record claims one byte more than the handshake
+    let record_len = (long_record.len() - 5) as u16;
+    long_record[3..5].copy_from_slice(&record_len.to_be_bytes());
+    let empty = vec![0x16, 0x03, 0x01, 0x00, 0x00];
+    let oversized = vec![0x16, 0x03, 0x03, 0x40, 0x01];
+    for (what, bytes) in [
+        ("a ServerHello", server_hello),
+        ("version 03 05", version_05),
+        ("a handshake shorter than its record", short_body),
+        ("a record longer than its handshake", long_record),
+        ("an empty record", empty),
+        ("a record over 16,384 bytes", oversized),
+    ] {
+        assert_eq!(classify(&bytes), Peek::Done(Caller::Unknown), "{what}");
+    }
+}
+
+/// The disguise: `16 03` as a `send_name`'s length (5,635 bytes, which OTP reads as
+/// one frame), the `N` form after it. Never forwarded unexamined as TLS; too long for
+/// a `send_name` distgate reads, so junk.
+#[test]
+fn a_send_name_that_starts_like_tls_is_not_tls() {
+    let name = b"evil@host";
+    let mut frame = vec![0x16, 0x03, b'N'];
+    frame.extend_from_slice(&OTP25_FLAGS.to_be_bytes());
+    frame.extend_from_slice(&1u32.to_be_bytes());
+    frame.extend_from_slice(&(name.len() as u16).to_be_bytes());
+    frame.extend_from_slice(name);
+    frame.resize(2 + 0x1603, 0);
+    assert_eq!(classify(&frame), Peek::Done(Caller::Unknown));
+    assert!(parse_send_name(&frame[2..]).is_some(), "OTP would read it");
+    assert_eq!(classify(&[0x16, 0x03]), Peek::NeedMore(3));
 }
 
 #[test]

@@ -1,5 +1,6 @@
 //! Admission at the handshake, on loopback with scripted nodes: what never reaches a
-//! node (garbage, silence, names outside `allow_peers`), the deadlines that free a
+//! node (garbage, a `send_name` disguised as TLS, TLS where `dist.tls` denies it,
+//! silence, names outside `allow_peers`), the deadlines that free a
 //! slot (`first_frame_timeout`, `handshake_timeout`, `linger`), resets passed on as
 //! resets, and metrics that stay bounded whatever callers claim to be. Bans and the
 //! per-source limit need a source that is not loopback: `tests/it/pods/admission_pods.rs`.
@@ -146,6 +147,63 @@ async fn a_node_that_refuses_the_reply_ends_a_failed_handshake() {
         !text.contains("guess@h"),
         "an unauthenticated name in /metrics"
     );
+}
+
+/// A whole TLS 1.2+ ClientHello record with no extensions.
+fn client_hello() -> Vec<u8> {
+    let mut body = vec![0x03, 0x03];
+    body.extend_from_slice(&[7u8; 32]);
+    body.extend_from_slice(&[0, 0x00, 0x02, 0x13, 0x01, 0x01, 0x00, 0x00, 0x00]);
+    let mut handshake = vec![0x01];
+    handshake.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
+    handshake.extend(body);
+    let mut record = vec![0x16, 0x03, 0x01];
+    record.extend_from_slice(&(handshake.len() as u16).to_be_bytes());
+    record.extend(handshake);
+    record
+}
+
+/// The disguise: a `send_name` whose length is `16 03` (5,635 bytes, one frame to
+/// OTP). It is no TLS record, so it is read as a handshake, closed as junk, counted
+/// `failed` (towards a ban), and never reaches the node.
+#[tokio::test]
+async fn a_send_name_disguised_as_tls_never_reaches_the_node() {
+    let (dg, node, _registration) = start(|_| {}).await;
+    for _ in 0..3 {
+        let mut frame = vec![0x16, 0x03];
+        frame.extend_from_slice(&encode_send_name("evil@host", OTP25_FLAGS, 1)[2..]);
+        frame.resize(2 + 0x1603, 0);
+        let mut client = TcpStream::connect(dg.public_addr(0)).await.unwrap();
+        client.write_all(&frame).await.unwrap();
+        read_to_close(&mut client).await;
+    }
+    nothing_reached(&node).await;
+    handshakes(&dg, "failed", 3.0).await;
+}
+
+/// `[dist] tls = "deny"`: a real ClientHello is closed and counted `tls_denied`; with
+/// the default, `"passthrough"`, it reaches the node untouched.
+#[tokio::test]
+async fn tls_is_denied_or_passed_through_as_configured() {
+    let (dg, node, _registration) =
+        start(|o| o.config.dist.tls = distgate::config::Tls::Deny).await;
+    let mut client = TcpStream::connect(dg.public_addr(0)).await.unwrap();
+    client.write_all(&client_hello()).await.unwrap();
+    read_to_close(&mut client).await;
+    nothing_reached(&node).await;
+    handshakes(&dg, "tls_denied", 1.0).await;
+
+    let (dg, node, _registration) = start(|_| {}).await;
+    let mut client = TcpStream::connect(dg.public_addr(0)).await.unwrap();
+    let hello = client_hello();
+    client.write_all(&hello).await.unwrap();
+    let (mut upstream, _) = tokio::time::timeout(DEADLINE, node.accept())
+        .await
+        .expect("the ClientHello did not reach the node")
+        .unwrap();
+    let mut got = vec![0u8; hello.len()];
+    upstream.read_exact(&mut got).await.unwrap();
+    assert_eq!(got, hello);
 }
 
 #[tokio::test]
