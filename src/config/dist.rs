@@ -153,7 +153,12 @@ pub struct BanConfig {
     /// Failed handshakes (wrong cookie, refused name, silence, garbage) from one
     /// address within `within` that ban it; 0 turns bans off.
     pub failures: u32,
-    /// The window failures are counted in.
+    /// Hang-ups right after the node's challenge (the node has made an atom of the
+    /// claimed name, and nothing else is learnt) from one address within `within`
+    /// that ban it; 0 turns this count off. Healthy nodes hang up there only in the
+    /// rare races of reconnecting.
+    pub withdrawals: u32,
+    /// The window failures and withdrawals are counted in.
     #[serde(with = "humantime_serde")]
     pub within: Duration,
     /// How long a ban lasts.
@@ -165,6 +170,7 @@ impl Default for BanConfig {
     fn default() -> Self {
         BanConfig {
             failures: 10,
+            withdrawals: 100,
             within: Duration::from_secs(60),
             duration: Duration::from_secs(600),
         }

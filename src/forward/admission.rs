@@ -177,6 +177,11 @@ impl Forwarder {
                 against_caller: false,
             }) => {
                 HandshakeResult::Withdrawn.count(name);
+                // After the node's challenge, a hang-up has cost the node an atom: a
+                // budget of them per source (`[dist.ban] withdrawals`).
+                if handshake.awaiting_reply_from().is_some() && !attempt.trusted {
+                    self.guard.withdrew(attempt.source.ip(), Instant::now());
+                }
                 match handshake.awaiting_reply_from() {
                     // The one silent failure of a misnamed node: say it where it shows.
                     Some(node_name) if self.guard.may_log(Instant::now()) => {

@@ -45,7 +45,18 @@ impl Refusal {
 struct Failures {
     since: Instant,
     count: u32,
+    /// Hang-ups after the node's challenge, in the same window.
+    withdrawals: u32,
     banned_until: Option<Instant>,
+}
+
+/// What a source did that counts towards its ban.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Strike {
+    /// A failed handshake (`[dist.ban] failures`).
+    Failure,
+    /// A hang-up after the node's challenge (`[dist.ban] withdrawals`).
+    Withdrawal,
 }
 
 #[derive(Debug)]
@@ -141,9 +152,23 @@ impl Guard {
     /// Counts a failed handshake from `source` (not exempt); bans it when that makes
     /// `failures` within `within`. True when this failure banned it.
     pub(crate) fn failed(&self, source: IpAddr, now: Instant) -> bool {
+        self.strike(source, now, Strike::Failure)
+    }
+
+    /// Counts a hang-up after the node's challenge from `source` (not exempt); bans
+    /// it when that makes `withdrawals` within `within`. True when this banned it.
+    pub(crate) fn withdrew(&self, source: IpAddr, now: Instant) -> bool {
+        self.strike(source, now, Strike::Withdrawal)
+    }
+
+    fn strike(&self, source: IpAddr, now: Instant, strike: Strike) -> bool {
         let limits = self.limits.get();
         let ban = &limits.1;
-        if ban.failures == 0 {
+        let budget = match strike {
+            Strike::Failure => ban.failures,
+            Strike::Withdrawal => ban.withdrawals,
+        };
+        if budget == 0 {
             return false;
         }
         let mut tables = self.lock();
@@ -156,28 +181,42 @@ impl Guard {
         let entry = tables.failures.entry(source).or_insert(Failures {
             since: now,
             count: 0,
+            withdrawals: 0,
             banned_until: None,
         });
         if entry.banned_until.is_some() {
             return false;
         }
         if now.duration_since(entry.since) > ban.within {
-            (entry.since, entry.count) = (now, 0);
+            (entry.since, entry.count, entry.withdrawals) = (now, 0, 0);
         }
-        entry.count += 1;
-        if entry.count < ban.failures {
+        let count = match strike {
+            Strike::Failure => &mut entry.count,
+            Strike::Withdrawal => &mut entry.withdrawals,
+        };
+        *count += 1;
+        if *count < budget {
             return false;
         }
         entry.banned_until = Some(now + ban.duration);
         tables.banned += 1;
         ::metrics::gauge!(m::DIST_BANNED_SOURCES).set(tables.banned as f64);
-        warn!(
-            %source,
-            failures = ban.failures,
-            within_s = ban.within.as_secs(),
-            for_s = ban.duration.as_secs(),
-            "source banned for failed handshakes; its dist connections are closed at accept"
-        );
+        match strike {
+            Strike::Failure => warn!(
+                %source,
+                failures = ban.failures,
+                within_s = ban.within.as_secs(),
+                for_s = ban.duration.as_secs(),
+                "source banned for failed handshakes; its dist connections are closed at accept"
+            ),
+            Strike::Withdrawal => warn!(
+                %source,
+                withdrawals = ban.withdrawals,
+                within_s = ban.within.as_secs(),
+                for_s = ban.duration.as_secs(),
+                "source banned for hanging up on the node's challenge; its dist connections are closed at accept"
+            ),
+        }
         true
     }
 
@@ -246,10 +285,40 @@ mod tests {
     fn guard(failures: u32) -> Arc<Guard> {
         let ban = BanConfig {
             failures,
+            withdrawals: 5,
             within: Duration::from_secs(60),
             duration: Duration::from_secs(600),
         };
         Arc::new(Guard::new(2, ban))
+    }
+
+    #[test]
+    fn withdrawals_ban_at_their_own_budget() {
+        let guard = guard(3);
+        let now = Instant::now();
+        assert!(!guard.failed(ip(1), now));
+        for _ in 0..4 {
+            assert!(!guard.withdrew(ip(1), now));
+        }
+        assert!(!guard.failed(ip(1), now), "two failures of three");
+        assert!(guard.withdrew(ip(1), now), "the fifth withdrawal bans");
+        assert_eq!(guard.admit(ip(1), now).unwrap_err(), Refusal::Banned);
+        // A window later the count starts again.
+        let later = now + Duration::from_secs(61);
+        for _ in 0..4 {
+            assert!(!guard.withdrew(ip(2), later));
+        }
+        assert!(!guard.withdrew(ip(2), later + Duration::from_secs(61)));
+        let off = Arc::new(Guard::new(
+            2,
+            BanConfig {
+                withdrawals: 0,
+                ..BanConfig::default()
+            },
+        ));
+        for _ in 0..1000 {
+            assert!(!off.withdrew(ip(3), now));
+        }
     }
 
     #[test]

@@ -206,6 +206,64 @@ async fn tls_is_denied_or_passed_through_as_configured() {
     assert_eq!(got, hello);
 }
 
+/// Hanging up on the node's challenge has a budget: the node made an atom of the
+/// claimed name each time. Past `[dist.ban] withdrawals` within `within` the source is
+/// banned (loopback is not trusted here, to stand for another pod).
+#[tokio::test]
+async fn hang_ups_on_the_challenge_ban_at_their_budget() {
+    let (dg, node, _registration) = start(|o| {
+        o.config.dist.trusted = distgate::config::Peers::Only {
+            local: false,
+            nets: vec![],
+        };
+        o.config.dist.ban.withdrawals = 3;
+    })
+    .await;
+    for attempt in 0..3 {
+        let mut caller = TcpStream::connect(dg.public_addr(0)).await.unwrap();
+        let name = format!("guess-{attempt}@host");
+        caller
+            .write_all(&encode_send_name(&name, OTP25_FLAGS, 1))
+            .await
+            .unwrap();
+        let (mut upstream, _) = tokio::time::timeout(DEADLINE, node.accept())
+            .await
+            .expect("the send_name did not reach the node")
+            .unwrap();
+        let mut length = [0u8; 2];
+        upstream.read_exact(&mut length).await.unwrap();
+        let mut send_name = vec![0u8; usize::from(u16::from_be_bytes(length))];
+        upstream.read_exact(&mut send_name).await.unwrap();
+        let mut status_and_challenge = status_ok();
+        status_and_challenge.extend(challenge("node@127.0.0.1"));
+        upstream.write_all(&status_and_challenge).await.unwrap();
+        let mut seen = vec![0u8; status_and_challenge.len()];
+        caller.read_exact(&mut seen).await.unwrap();
+        // The challenge is in: hang up.
+        drop(caller);
+        read_to_close(&mut upstream).await;
+    }
+    handshakes(&dg, "withdrawn", 3.0).await;
+    let mut banned = TcpStream::connect(dg.public_addr(0)).await.unwrap();
+    banned
+        .write_all(&encode_send_name("guess-4@host", OTP25_FLAGS, 1))
+        .await
+        .unwrap();
+    read_to_close(&mut banned).await;
+    nothing_reached(&node).await;
+    let refused = metric(
+        &dg,
+        "distgate_connections_refused_total",
+        &[("listener", "dist"), ("reason", "banned")],
+    )
+    .await;
+    assert_eq!(refused, Some(1.0));
+    assert_eq!(
+        metric(&dg, "distgate_dist_banned_sources", &[]).await,
+        Some(1.0)
+    );
+}
+
 #[tokio::test]
 async fn callers_outside_allow_peers_never_reach_the_node() {
     let (dg, node, _registration) = start(|o| {
