@@ -170,7 +170,8 @@ impl fmt::Display for Failure {
                 "the node refused the handshake with status `{status}`{}",
                 match status.as_str() {
                     "not_allowed" =>
-                        ": long and short names do not mix, or net_kernel:allow/1 excludes us",
+                        ": long and short names do not mix, net_kernel:allow/1 excludes us, \
+                         or the target's distgate `dist.allow_peers` matches not our name",
                     "alive" => ": a link under our name already exists",
                     "nok" => ": a simultaneous connection attempt won",
                     _ => "",

@@ -35,8 +35,13 @@ struct Attempt {
     source: SocketAddr,
     /// A `[dist] trusted` source: never banned nor limited per source.
     trusted: bool,
+    /// From the pod itself (loopback or the pod's own address).
+    local: bool,
     started: Instant,
 }
+
+/// The handshake status OTP sends a name it refuses: `u16` length, `s`, the status.
+const NOT_ALLOWED: &[u8] = b"\x00\x0csnot_allowed";
 
 impl Forwarder {
     /// Everything before the link is up: admission, the first frame, the allow-list,
@@ -67,13 +72,9 @@ impl Forwarder {
             Caller::Unknown => {
                 return self.failed(&attempt, HandshakeResult::Failed, "not_a_handshake", None);
             }
-            Caller::Node { name, .. } if !self.config.get().allow_peers.allows(name) => {
-                return self.failed(
-                    &attempt,
-                    HandshakeResult::NotAllowed,
-                    "not_in_allow_peers",
-                    Some(name),
-                );
+            Caller::Node { name, .. } if !self.allows(name, attempt.local) => {
+                self.not_allowed(&peer, &attempt, name);
+                return None;
             }
             _ => {}
         }
@@ -125,9 +126,8 @@ impl Forwarder {
         let node = match &destination {
             Destination::Local { name, .. } | Destination::Routed { name, .. } => name.clone(),
         };
-        let trusted = peer.local_addr().is_ok_and(|local| {
-            (self.config.get().trusted).allows(source.ip(), is_local(source.ip(), local.ip()))
-        });
+        let local = (peer.local_addr()).is_ok_and(|local| is_local(source.ip(), local.ip()));
+        let trusted = self.config.get().trusted.allows(source.ip(), local);
         let slot = match trusted {
             true => None,
             false => match self.guard.admit(source.ip(), started) {
@@ -142,6 +142,7 @@ impl Forwarder {
             node,
             source,
             trusted,
+            local,
             started,
         };
         Some((attempt, destination, slot))
@@ -207,6 +208,33 @@ impl Forwarder {
                 opened.peer_name = claimed.map(str::to_owned);
                 Some(())
             }
+        }
+    }
+
+    /// Whether a peer named `name` may reach a node: `[dist] allow_peers`, or a
+    /// release client (`[dist] client_names`: `bin/app rpc`, `remote`) calling from
+    /// the pod itself, whatever `allow_peers` says.
+    fn allows(&self, name: &str, local: bool) -> bool {
+        let config = self.config.get();
+        config.allow_peers.allows(name) || (local && config.client_names.matches(name))
+    }
+
+    /// A peer `allow_peers` refuses, told so as OTP tells it (the status
+    /// `not_allowed`), counted and logged; not towards a ban: no node has seen the
+    /// name, and no cookie was checked.
+    fn not_allowed(&self, peer: &TcpStream, attempt: &Attempt, claimed: &str) {
+        HandshakeResult::NotAllowed.count(attempt.node.clone());
+        // The first frame is taken off the socket first: closed with unread bytes,
+        // it would reset the connection and the status could be lost.
+        let mut first = [0u8; 2 + crate::handshake::MAX_SEND_NAME];
+        let _ = peer.try_read(&mut first);
+        let _ = peer.try_write(NOT_ALLOWED);
+        if self.guard.may_log(Instant::now()) {
+            let claimed: String = claimed.chars().take(MAX_LOGGED_NAME).collect();
+            warn!(
+                node = %attempt.node, source = %attempt.source, claimed,
+                "dist connection refused: the peer's name matches no `dist.allow_peers` glob (answered not_allowed)"
+            );
         }
     }
 

@@ -275,12 +275,51 @@ async fn callers_outside_allow_peers_never_reach_the_node() {
     evil.write_all(&encode_send_name("evil@h.prod", OTP25_FLAGS, 1))
         .await
         .unwrap();
-    read_to_close(&mut evil).await;
+    // Told as OTP tells it: the status `not_allowed`, then the close.
+    assert_eq!(read_to_close(&mut evil).await, b"\x00\x0csnot_allowed");
     nothing_reached(&node).await;
     handshakes(&dg, "not_allowed", 1.0).await;
     let (mut good, mut upstream) =
         support::dist::link(dg.public_addr(0), &node, "good-1@a.prod").await;
     good.write_all(b"hi").await.unwrap();
+    let mut got = [0u8; 2];
+    upstream.read_exact(&mut got).await.unwrap();
+    handshakes(&dg, "ok", 1.0).await;
+}
+
+/// A name `allow_peers` refuses is not held against its source (no node saw the name,
+/// no cookie was checked): many refusals ban nobody. A release client (`rpc-*`)
+/// calling from the pod itself gets in whatever `allow_peers` says.
+#[tokio::test]
+async fn refusals_by_allow_peers_ban_nobody_and_local_release_clients_get_in() {
+    let (dg, node, _registration) = start(|o| {
+        let text = "[dist]\nallow_peers = [\"good-*@*.prod\"]";
+        o.config.dist.allow_peers = distgate::config::parse(text).unwrap().dist.allow_peers;
+        o.config.dist.ban.failures = 2;
+        // Not trusted: loopback stands for another pod's address, which bans apply to.
+        o.config.dist.trusted = distgate::config::Peers::Only {
+            local: false,
+            nets: vec![],
+        };
+    })
+    .await;
+    for attempt in 0..5 {
+        let mut evil = TcpStream::connect(dg.public_addr(0)).await.unwrap();
+        let name = format!("evil-{attempt}@h.prod");
+        evil.write_all(&encode_send_name(&name, OTP25_FLAGS, 1))
+            .await
+            .unwrap();
+        assert_eq!(read_to_close(&mut evil).await, b"\x00\x0csnot_allowed");
+    }
+    handshakes(&dg, "not_allowed", 5.0).await;
+    assert_eq!(
+        metric(&dg, "distgate_dist_banned_sources", &[]).await,
+        Some(0.0)
+    );
+    // Loopback is the pod itself: a release client of the app's is let in.
+    let (mut rpc, mut upstream) =
+        support::dist::link(dg.public_addr(0), &node, "rpc-1f2e-app@h.prod").await;
+    rpc.write_all(b"hi").await.unwrap();
     let mut got = [0u8; 2];
     upstream.read_exact(&mut got).await.unwrap();
     handshakes(&dg, "ok", 1.0).await;
