@@ -34,38 +34,55 @@ fn addr_of(line: &str) -> SocketAddr {
     value["addr"].as_str().unwrap().parse().unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_closed_log_pipe_changes_nothing_but_the_lost_lines_count() {
-    let (_dir, config) = config();
+/// The binary with `args` and a configuration from [`config`], its standard error
+/// piped: the process (killed by PID should the test fail), the log's lines not read
+/// yet, and the EPMD, admin and public dist addresses its first lines name.
+fn spawn(
+    args: &[&str],
+    config: &std::path::Path,
+) -> (
+    Process,
+    std::io::Lines<BufReader<std::process::ChildStderr>>,
+    [SocketAddr; 3],
+) {
     let child = Command::new(env!("CARGO_BIN_EXE_distgate"))
-        .args(["--log-format", "json", "--config"])
+        .args(args)
+        .arg("--config")
         .arg(config)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // Killed by PID should the test fail before it exits.
     let mut process = Process {
         child,
         label: "distgate".into(),
     };
-    let pid = process.child.id();
-    // Read the addresses it bound, then close the pipe: every later line fails.
+    let mut lines = BufReader::new(process.child.stderr.take().unwrap()).lines();
     let (mut epmd, mut admin, mut public) = (None, None, None);
-    {
-        let mut lines = BufReader::new(process.child.stderr.take().unwrap()).lines();
-        while public.is_none() {
-            let line = lines.next().expect("distgate ended").unwrap();
-            if line.contains("\"EPMD listening\"") {
-                epmd = Some(addr_of(&line));
-            } else if line.contains("\"admin HTTP listening") {
-                admin = Some(addr_of(&line));
-            } else if line.contains("\"public dist port listening\"") {
-                public = Some(addr_of(&line));
-            }
+    while public.is_none() {
+        let line = lines.next().expect("distgate ended").unwrap();
+        if line.contains("\"EPMD listening\"") {
+            epmd = Some(addr_of(&line));
+        } else if line.contains("\"admin HTTP listening") {
+            admin = Some(addr_of(&line));
+        } else if line.contains("\"public dist port listening\"") {
+            public = Some(addr_of(&line));
         }
     }
-    let (epmd, admin, public) = (epmd.unwrap(), admin.unwrap(), public.unwrap());
+    (
+        process,
+        lines,
+        [epmd.unwrap(), admin.unwrap(), public.unwrap()],
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_log_pipe_changes_nothing_but_the_lost_lines_count() {
+    let (_dir, config) = config();
+    let (mut process, lines, [epmd, admin, public]) = spawn(&["--log-format", "json"], &config);
+    let pid = process.child.id();
+    // Close the pipe: every later line fails.
+    drop(lines);
 
     // Work that logs: registrations, a link that opens, carries bytes and closes.
     let (node, _registration) = fake_node(epmd, "app").await;
@@ -120,32 +137,10 @@ async fn promptly<T>(what: &str, work: impl std::future::Future<Output = T>) -> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_log_reader_that_stops_reading_stops_nothing() {
     let (_dir, config) = config();
-    let child = Command::new(env!("CARGO_BIN_EXE_distgate"))
-        .args(["--log-format", "json", "--log-level", "debug", "--config"])
-        .arg(config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut process = Process {
-        child,
-        label: "distgate".into(),
-    };
+    let args = ["--log-format", "json", "--log-level", "debug"];
+    // From here on nothing reads the log, and the pipe stays open.
+    let (mut process, lines, [epmd, admin, public]) = spawn(&args, &config);
     let pid = process.child.id();
-    // Read the addresses it bound, then stop reading, holding the pipe open.
-    let mut lines = BufReader::new(process.child.stderr.take().unwrap()).lines();
-    let (mut epmd, mut admin, mut public) = (None, None, None);
-    while public.is_none() {
-        let line = lines.next().expect("distgate ended").unwrap();
-        if line.contains("\"EPMD listening\"") {
-            epmd = Some(addr_of(&line));
-        } else if line.contains("\"admin HTTP listening") {
-            admin = Some(addr_of(&line));
-        } else if line.contains("\"public dist port listening\"") {
-            public = Some(addr_of(&line));
-        }
-    }
-    let (epmd, admin, public) = (epmd.unwrap(), admin.unwrap(), public.unwrap());
     let stalled = Instant::now();
 
     // An open link whose node echoes what the peer sends.
