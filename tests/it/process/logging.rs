@@ -76,11 +76,23 @@ fn spawn(
     )
 }
 
+/// SIGTERM: the drain, then exit 0.
+fn drains_and_exits(process: &mut Process) {
+    let status = Command::new("kill")
+        .args(["-TERM", &process.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exited = eventually_blocking(DEADLINE, "distgate to exit", || {
+        process.child.try_wait().unwrap()
+    });
+    assert_eq!(exited.code(), Some(0), "{exited}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_closed_log_pipe_changes_nothing_but_the_lost_lines_count() {
     let (_dir, config) = config();
     let (mut process, lines, [epmd, admin, public]) = spawn(&["--log-format", "json"], &config);
-    let pid = process.child.id();
     // Close the pipe: every later line fails.
     drop(lines);
 
@@ -106,15 +118,7 @@ async fn a_closed_log_pipe_changes_nothing_but_the_lost_lines_count() {
     assert_eq!(sample(&text, "distgate_registered_nodes", &[]), Some(2.0));
 
     // The drain and the exit are as with a working log.
-    let status = Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let exited = eventually_blocking(DEADLINE, "distgate to exit", || {
-        process.child.try_wait().unwrap()
-    });
-    assert_eq!(exited.code(), Some(0), "{exited}");
+    drains_and_exits(&mut process);
 }
 
 /// How long the reader stops reading.
@@ -140,7 +144,6 @@ async fn a_log_reader_that_stops_reading_stops_nothing() {
     let args = ["--log-format", "json", "--log-level", "debug"];
     // From here on nothing reads the log, and the pipe stays open.
     let (mut process, lines, [epmd, admin, public]) = spawn(&args, &config);
-    let pid = process.child.id();
     let stalled = Instant::now();
 
     // An open link whose node echoes what the peer sends.
@@ -216,15 +219,7 @@ async fn a_log_reader_that_stops_reading_stops_nothing() {
     })
     .await;
 
-    let status = Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let exited = eventually_blocking(DEADLINE, "distgate to exit", || {
-        process.child.try_wait().unwrap()
-    });
-    assert_eq!(exited.code(), Some(0), "{exited}");
+    drains_and_exits(&mut process);
 }
 
 /// The text log of a distgate that starts and is stopped at once, run as `command`.
