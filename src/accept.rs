@@ -45,6 +45,19 @@ pub(crate) struct Acceptor {
     pub(crate) shutdown: CancellationToken,
     /// Every connection's task, so that shutdown can wait for them.
     pub(crate) tracker: TaskTracker,
+    /// Told of each connection the limit closed (the dist ports note it for
+    /// `GET /refusals`).
+    pub(crate) on_full: Option<OnFull>,
+}
+
+/// What is told the source of a connection closed at the limit.
+#[derive(Clone)]
+pub(crate) struct OnFull(pub(crate) Arc<dyn Fn(SocketAddr) + Send + Sync>);
+
+impl std::fmt::Debug for OnFull {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OnFull")
+    }
 }
 
 impl Acceptor {
@@ -82,6 +95,9 @@ impl Acceptor {
                     Some(admission) => Some(admission),
                     None => {
                         debug!(%peer, listener = self.listener, "connection closed: max_connections reached");
+                        if let Some(OnFull(note)) = &self.on_full {
+                            note(peer);
+                        }
                         continue;
                     }
                 },
@@ -175,6 +191,7 @@ mod tests {
             limit: Some(Arc::new(Limit::new("test", 1))),
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
+            on_full: None,
         };
         let release = CancellationToken::new();
         let serving = {

@@ -1,10 +1,15 @@
-//! The admin HTTP server (port 9369 by default), six endpoints:
+//! The admin HTTP server (port 9369 by default), nine endpoints:
 //!
 //! - `GET /metrics`: every series in the Prometheus text format;
 //! - `GET /livez`: `ok` while the process answers;
 //! - `GET /readyz`: ready, or why not ([`crate::ready::Health`]);
 //! - `GET /links`: the open dist links as JSON ([`crate::api::LinkView`]);
 //! - `GET /nodes`: the registered nodes and the gateway's leases as JSON;
+//! - `GET /bans`: the sources banned now ([`crate::api::BanView`]);
+//! - `GET /refusals`: the last 256 refused or failed dist connections
+//!   ([`crate::api::RefusalView`]);
+//! - `DELETE /bans/ADDRESS` (an address or a prefix) and `DELETE /bans` (all): bans
+//!   lifted, from loopback only;
 //! - `POST /reload`: the configuration read again, from loopback only, through
 //!   `Control` (the reloader).
 //!
@@ -147,7 +152,9 @@ pub(crate) struct Views {
     pub(crate) registry: Arc<crate::registry::Registry>,
     /// Reloads (`POST /reload`), and the leases of the gateway in force (`/nodes`).
     pub(crate) control: Arc<dyn Control>,
-    /// `/links` and `/nodes` answered at once: each answer is built whole in memory
+    /// The bans and the last refusals of the dist ports.
+    pub(crate) gate: crate::forward::Gate,
+    /// `/links`, `/nodes`, `/bans` and `/refusals` answered at once: each answer is built whole in memory
     /// (about 300 bytes a link), so a few at a time, not one per admin slot.
     pub(crate) answering: Arc<tokio::sync::Semaphore>,
 }
@@ -156,10 +163,15 @@ impl Views {
     /// The JSON answers built at once.
     pub(crate) const AT_ONCE: usize = 2;
 
-    /// The JSON of `/links` or `/nodes`; `None` when [`Views::AT_ONCE`] are being built.
-    fn answer(&self, nodes: bool) -> Option<String> {
+    /// The JSON of a listing; `None` when [`Views::AT_ONCE`] are being built.
+    fn answer(&self, listing: Listing) -> Option<String> {
         let _permit = self.answering.try_acquire().ok()?;
-        let value = if nodes { self.nodes() } else { self.links() };
+        let value = match listing {
+            Listing::Nodes => self.nodes(),
+            Listing::Links => self.links(),
+            Listing::Bans => serde_json::json!({ "bans": self.gate.bans() }),
+            Listing::Refusals => serde_json::json!({ "refusals": self.gate.refusals() }),
+        };
         Some(format!("{value}\n"))
     }
 
@@ -182,6 +194,15 @@ impl Views {
     fn links(&self) -> serde_json::Value {
         serde_json::json!({ "links": self.links.views() })
     }
+}
+
+/// The JSON listings, each built whole in memory.
+#[derive(Debug, Clone, Copy)]
+enum Listing {
+    Nodes,
+    Links,
+    Bans,
+    Refusals,
 }
 
 /// Serves the admin endpoints on `listener` until `acceptor.shutdown`; connections
@@ -252,6 +273,9 @@ async fn route(
     if req.uri().path() == "/reload" {
         return reload(&req, views, peer).await;
     }
+    if req.method() == Method::DELETE {
+        return unban(req.uri().path(), views, peer);
+    }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n".into());
     }
@@ -272,11 +296,15 @@ async fn route(
                 format!("not ready: {why}\n"),
             ),
         },
-        "/nodes" => json(views.answer(true)),
-        "/links" => json(views.answer(false)),
+        "/nodes" => json(views.answer(Listing::Nodes)),
+        "/links" => json(views.answer(Listing::Links)),
+        "/bans" => json(views.answer(Listing::Bans)),
+        "/refusals" => json(views.answer(Listing::Refusals)),
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found: try /metrics, /livez, /readyz, /nodes, /links or POST /reload\n".into(),
+            "not found: try /metrics, /livez, /readyz, /nodes, /links, /bans, /refusals, \
+             DELETE /bans or POST /reload\n"
+                .into(),
         ),
     }
 }
@@ -311,11 +339,75 @@ async fn reload(req: &Request<Incoming>, views: &Views, peer: SocketAddr) -> Res
     response
 }
 
+/// `DELETE /bans/ADDRESS` (an address or prefix: the bans on it, within it or
+/// holding it) and `DELETE /bans` (every ban), from loopback only: `200` with the
+/// sources lifted, `404` when no ban matched, `400` for a bad address.
+fn unban(path: &str, views: &Views, peer: SocketAddr) -> Response<Full<Bytes>> {
+    let which = match path.strip_prefix("/bans") {
+        Some("" | "/") => None,
+        Some(rest) => match rest.strip_prefix('/').map(unescape) {
+            Some(which) => match which.parse::<crate::prefix::Prefix>() {
+                Ok(prefix) => Some(prefix),
+                Err(e) => return text(StatusCode::BAD_REQUEST, format!("{e}\n")),
+            },
+            None => {
+                return text(
+                    StatusCode::NOT_FOUND,
+                    "not found: DELETE /bans/ADDRESS\n".into(),
+                );
+            }
+        },
+        None => {
+            return text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "DELETE is for /bans and /bans/ADDRESS only\n".into(),
+            );
+        }
+    };
+    if !may_change(peer) {
+        // Not a warning: any caller could write it at will (the 403 is the answer).
+        debug!(%peer, "DELETE /bans refused: not from loopback");
+        return text(
+            StatusCode::FORBIDDEN,
+            "forbidden: DELETE /bans is served to loopback only (run `distgate unban` inside the pod)\n".into(),
+        );
+    }
+    let lifted: Vec<String> = (views.gate.lift(which).iter())
+        .map(ToString::to_string)
+        .collect();
+    let status = match (lifted.is_empty(), which) {
+        (true, Some(_)) => StatusCode::NOT_FOUND,
+        _ => StatusCode::OK,
+    };
+    if !lifted.is_empty() {
+        tracing::info!(lifted = ?lifted, "bans lifted by an operator (DELETE /bans)");
+    }
+    let mut response = text(
+        status,
+        format!("{}\n", serde_json::json!({ "lifted": lifted })),
+    );
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// `%2F` and `%3A` (any case) as `/` and `:`: an address in a path, as a client may
+/// have escaped it.
+fn unescape(s: &str) -> String {
+    s.replace("%2F", "/")
+        .replace("%2f", "/")
+        .replace("%3A", ":")
+        .replace("%3a", ":")
+}
+
 fn json(answer: Option<String>) -> Response<Full<Bytes>> {
     let Some(body) = answer else {
         return text(
             StatusCode::SERVICE_UNAVAILABLE,
-            "busy: other /links or /nodes answers are being built; try again\n".into(),
+            "busy: other /links, /nodes, /bans or /refusals answers are being built; try again\n"
+                .into(),
         );
     };
     let mut response = text(StatusCode::OK, body);
@@ -368,14 +460,36 @@ mod tests {
             links: crate::links::Links::new(Duration::from_secs(30)),
             registry: Arc::clone(distgate.registry()),
             control: Arc::clone(distgate.reloader()) as Arc<dyn Control>,
+            gate: crate::forward::Gate::detached(),
             answering: Arc::new(tokio::sync::Semaphore::new(Views::AT_ONCE)),
         };
-        assert_eq!(views.answer(false).as_deref(), Some("{\"links\":[]}\n"));
+        assert_eq!(
+            views.answer(Listing::Links).as_deref(),
+            Some("{\"links\":[]}\n")
+        );
+        assert_eq!(
+            views.answer(Listing::Bans).as_deref(),
+            Some("{\"bans\":[]}\n")
+        );
         let held: Vec<_> = (0..Views::AT_ONCE)
             .map(|_| views.answering.try_acquire().unwrap())
             .collect();
-        assert_eq!(views.answer(true), None, "answered past the bound");
+        assert_eq!(
+            views.answer(Listing::Nodes),
+            None,
+            "answered past the bound"
+        );
+        assert_eq!(
+            views.answer(Listing::Refusals),
+            None,
+            "answered past the bound"
+        );
         drop(held);
-        assert!(views.answer(true).unwrap().contains("\"nodes\":[]"));
+        assert!(
+            views
+                .answer(Listing::Nodes)
+                .unwrap()
+                .contains("\"nodes\":[]")
+        );
     }
 }

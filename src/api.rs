@@ -73,6 +73,43 @@ pub struct LeaseView {
     pub last_used_s: f64,
 }
 
+/// What `/bans` shows of a ban.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BanView {
+    /// The address, or the prefix (`2001:db8:1:2::/64`; a `10.1.2.0/24` that bans
+    /// folded into when the table was full).
+    pub source: String,
+    /// Failed handshakes counted in the window that banned it.
+    pub failures: u32,
+    /// Hang-ups on the node's challenge counted in that window.
+    pub withdrawals: u32,
+    /// Sources folded into it (1 unless the table was full).
+    pub sources: u32,
+    /// When it was banned, seconds since the Unix epoch.
+    pub since: f64,
+    /// When it runs out, seconds since the Unix epoch.
+    pub until: f64,
+}
+
+/// What `/refusals` shows of a refused or failed dist connection.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RefusalView {
+    /// When, seconds since the Unix epoch.
+    pub at: f64,
+    /// The caller's address.
+    pub source: String,
+    /// The node it asked for (by the public port it dialled); empty when no node
+    /// holds that port.
+    pub node: String,
+    /// The name it claimed in its handshake, cut to 255 characters; `None` when it
+    /// sent none.
+    pub claimed: Option<String>,
+    /// Why: `not_allowed`, `banned`, `per_source`, `max_connections`, `tls_denied`,
+    /// `failed` (the node refused its cookie), `withdrawn`, `timeout`,
+    /// `not_a_handshake`, `no_node`, `upstream_refused`.
+    pub reason: String,
+}
+
 /// The wall-clock time of `instant`, from one anchor taken once: the same instant
 /// always gives the same time (a link's `opened_at` does not wobble between answers).
 pub(crate) fn wall_clock(instant: Instant) -> SystemTime {

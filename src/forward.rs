@@ -15,6 +15,7 @@ mod guard;
 mod identify;
 mod pool;
 pub(crate) mod public;
+mod refusals;
 mod splice;
 
 pub use crate::config::Mode;
@@ -30,6 +31,49 @@ use std::task::Poll;
 use std::time::Duration;
 
 use tokio::net::TcpStream;
+
+use crate::api::{BanView, RefusalView};
+use crate::prefix::Prefix;
+
+/// What the admin server reads and changes of admission: the bans (`GET /bans`,
+/// `DELETE /bans`) and the last refusals (`GET /refusals`).
+#[derive(Debug, Clone)]
+pub(crate) struct Gate {
+    guard: Arc<guard::Guard>,
+    refusals: Arc<refusals::Refusals>,
+}
+
+impl Gate {
+    /// The bans in force, newest first.
+    pub(crate) fn bans(&self) -> Vec<BanView> {
+        self.guard.bans(std::time::Instant::now())
+    }
+
+    /// Lifts the bans of `which` (an address or a prefix: the bans on it, within it
+    /// or holding it), or every ban: the sources lifted.
+    pub(crate) fn lift(&self, which: Option<Prefix>) -> Vec<Prefix> {
+        self.guard.lift(which, std::time::Instant::now())
+    }
+
+    /// The last refused or failed dist connections, newest first.
+    pub(crate) fn refusals(&self) -> Vec<RefusalView> {
+        self.refusals.views()
+    }
+
+    /// A gate of no forwarder, with the default limits.
+    #[cfg(test)]
+    pub(crate) fn detached() -> Gate {
+        let config = crate::config::DistConfig::default();
+        Gate {
+            guard: Arc::new(guard::Guard::new(guard::Limits {
+                max_per_source: config.max_per_source.get(),
+                ipv6_prefix: config.ipv6_prefix,
+                ban: config.ban,
+            })),
+            refusals: Arc::default(),
+        }
+    }
+}
 
 /// What a forwarded stream carried and how it ended.
 #[derive(Debug)]

@@ -17,6 +17,7 @@
 //!   the bytes moved (splice or copy).
 //! - [`handshake`]: the dist handshake frames and their follower (who is calling), pure.
 //! - [`links`]: the table of open links, their bytes each way and silences.
+//! - [`prefix`]: a source as limits and bans count it (an IPv4 address, an IPv6 /64).
 //! - `accept`: the one accept loop of every listener; `limit`: how many connections
 //!   of each kind are held at once; `log_budget`: how fast a warning peers can
 //!   trigger is logged.
@@ -66,6 +67,7 @@ mod live;
 mod log_budget;
 pub mod metrics;
 pub mod ports;
+pub mod prefix;
 pub mod probe;
 pub mod ready;
 pub mod registry;

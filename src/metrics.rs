@@ -103,8 +103,12 @@ impl HandshakeResult {
         ::metrics::counter!(DIST_HANDSHAKES, "node" => node, "result" => self.label()).increment(1);
     }
 }
-/// Source addresses banned now for failed handshakes.
+/// Sources (addresses, IPv6 prefixes) banned now for failed handshakes or
+/// withdrawals.
 pub const DIST_BANNED_SOURCES: &str = "distgate_dist_banned_sources";
+/// Bans lifted, by `reason`: `expired`, `operator` (`distgate unban`), `trusted` (a
+/// reload trusted the source), `evicted` (a table full of bans that could not fold).
+pub const DIST_BANS_LIFTED: &str = "distgate_dist_bans_lifted_total";
 /// Connections closed at accept, by `listener` and `reason` (`max_connections`,
 /// `per_source`, `banned`; `evicted` on the admin listener).
 pub const CONNECTIONS_REFUSED: &str = "distgate_connections_refused_total";
@@ -170,6 +174,7 @@ pub const ALL: &[&str] = &[
     CONNECTIONS_OPEN,
     DIST_HANDSHAKES,
     DIST_BANNED_SOURCES,
+    DIST_BANS_LIFTED,
     CONFIG_RELOADS,
     CONFIG_INFO,
     SPLICE_PIPES,
@@ -259,7 +264,11 @@ fn describe() {
     );
     describe_gauge!(
         DIST_BANNED_SOURCES,
-        "Source addresses banned now for failed dist handshakes"
+        "Sources (addresses, IPv6 prefixes) banned now for failed dist handshakes or withdrawals"
+    );
+    describe_counter!(
+        DIST_BANS_LIFTED,
+        "Bans lifted, by reason (expired, operator, trusted, evicted)"
     );
     describe_gauge!(
         CONNECTIONS_OPEN,

@@ -95,6 +95,8 @@ pub enum Failure {
     PortUnreachable(String),
     /// The node refused the handshake, with this status or reason.
     HandshakeRefused(String),
+    /// The connection was closed before any answer to our first frame.
+    ClosedUnanswered(String),
     /// The node answers under another name.
     NameMismatch {
         /// The name it gives itself.
@@ -113,6 +115,7 @@ impl Failure {
             Failure::NotRegistered { .. } => "not_registered",
             Failure::PortUnreachable(_) => "port_unreachable",
             Failure::HandshakeRefused(_) => "handshake_refused",
+            Failure::ClosedUnanswered(_) => "closed_unanswered",
             Failure::NameMismatch { .. } => "name_mismatch",
             Failure::Protocol(_) => "protocol",
         }
@@ -171,11 +174,20 @@ impl fmt::Display for Failure {
                 match status.as_str() {
                     "not_allowed" =>
                         ": long and short names do not mix, net_kernel:allow/1 excludes us, \
-                         or the target's distgate `dist.allow_peers` matches not our name",
+                         or the target's distgate refused our name by its `dist.allow_peers` \
+                         (`distgate refusals` on the target's pod lists it as not_allowed)",
                     "alive" => ": a link under our name already exists",
                     "nok" => ": a simultaneous connection attempt won",
                     _ => "",
                 }
+            ),
+            Failure::ClosedUnanswered(e) => write!(
+                f,
+                "the connection was closed before any answer to our handshake ({e}). The \
+                 target's distgate closes a source it bans or one over `dist.max_per_source` \
+                 at once: on the target's pod, `distgate refusals` says which (banned, \
+                 per_source, max_connections), `distgate bans` lists bans and `distgate unban \
+                 ADDRESS` lifts one. Without distgate, the node itself closed it."
             ),
             Failure::NameMismatch { actual } => write!(
                 f,
@@ -272,13 +284,13 @@ async fn walk(target: &Probe, report: &mut Report) -> Result<(), Failure> {
     let hello = handshake::encode_send_name(probe_name, handshake::OTP25_FLAGS, std::process::id());
     let io = |e: std::io::Error| Failure::HandshakeRefused(format!("connection lost: {e}"));
     stream.write_all(&hello).await.map_err(io)?;
-    let status = read_frame(&mut stream, limit).await?;
+    let status = read_frame(&mut stream, limit, true).await?;
     let status = handshake::parse_status(&status)
         .ok_or_else(|| Failure::Protocol(format!("expected a status, got {status:02x?}")))?;
     if status != "ok" && status != "ok_simultaneous" {
         return Err(Failure::HandshakeRefused(status));
     }
-    let challenge = read_frame(&mut stream, limit).await?;
+    let challenge = read_frame(&mut stream, limit, false).await?;
     let challenge = handshake::parse_challenge(&challenge)
         .ok_or_else(|| Failure::Protocol(format!("expected a challenge, got {challenge:02x?}")))?;
     report.steps.push(Step {
@@ -327,11 +339,19 @@ async fn resolve(target: &Probe) -> Result<IpAddr, Failure> {
 /// per run would grow the target's atom table with every probe.
 fn probe_name(target_host: &str) -> &'static str {
     if target_host.contains('.') || target_host.contains(':') {
-        "distgate-probe@probe.distgate.invalid"
+        PROBE_NAMES[0]
     } else {
-        "distgate-probe@distgate-probe"
+        PROBE_NAMES[1]
     }
 }
+
+/// The names `distgate probe` calls by, long and short. A probe hangs up on the
+/// node's challenge by design: distgate neither warns of a name mismatch nor counts a
+/// withdrawal for these (the node has made their atom once, not once per probe).
+pub const PROBE_NAMES: [&str; 2] = [
+    "distgate-probe@probe.distgate.invalid",
+    "distgate-probe@distgate-probe",
+];
 
 fn names_of(lines: &[u8]) -> Vec<String> {
     String::from_utf8_lossy(lines)
@@ -345,17 +365,25 @@ fn names_of(lines: &[u8]) -> Vec<String> {
         .collect()
 }
 
-/// Reads one `u16`-framed handshake message.
-async fn read_frame(stream: &mut TcpStream, limit: Duration) -> Result<Vec<u8>, Failure> {
+/// Reads one `u16`-framed handshake message; `unanswered`: a close before its first
+/// byte means nothing answered our first frame.
+async fn read_frame(
+    stream: &mut TcpStream,
+    limit: Duration,
+    unanswered: bool,
+) -> Result<Vec<u8>, Failure> {
+    let mut first = true;
     let read = async {
         let mut len = [0u8; 2];
         stream.read_exact(&mut len).await?;
+        first = false;
         let mut payload = vec![0u8; usize::from(u16::from_be_bytes(len))];
         stream.read_exact(&mut payload).await?;
         Ok::<_, std::io::Error>(payload)
     };
     match timeout(limit, read).await {
         Ok(Ok(payload)) => Ok(payload),
+        Ok(Err(e)) if first && unanswered => Err(Failure::ClosedUnanswered(e.to_string())),
         Ok(Err(e)) => Err(Failure::HandshakeRefused(format!(
             "closed by the node ({e})"
         ))),

@@ -98,6 +98,7 @@ impl System {
             limit: Some(Arc::clone(limit)),
             shutdown: shutdown.clone(),
             tracker: connections.clone(),
+            on_full: None,
         };
         let epmd = Arc::new(epmd::Server::new(
             config.epmd.clone(),
@@ -204,11 +205,13 @@ impl System {
             limit: None,
             shutdown: stop.clone(),
             tracker: loops.clone(),
+            on_full: None,
         };
         let views = admin::Views {
             links: Arc::clone(&self.links),
             registry: Arc::clone(self.directory.registry()),
             control,
+            gate: self.forwarder.gate(),
             answering: Arc::new(tokio::sync::Semaphore::new(admin::Views::AT_ONCE)),
         };
         if !listeners.is_empty() {

@@ -1,6 +1,7 @@
-//! The admin API's client: `distgate links` and `distgate nodes` fetch `/links` and
-//! `/nodes` and print them as tables, for an operator with `kubectl exec` or a
-//! port-forward; `distgate reload` is its `POST /reload`.
+//! The admin API's client: `distgate links`, `nodes`, `bans` and `refusals` fetch
+//! `/links`, `/nodes`, `/bans` and `/refusals` and print them as tables, for an
+//! operator with `kubectl exec` or a port-forward; `distgate reload` is its
+//! `POST /reload`, `distgate unban` its `DELETE /bans`.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -12,7 +13,7 @@ use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use tokio::net::TcpStream;
 
-use super::{LeaseView, LinkView, NodeView, unix_now};
+use super::{BanView, LeaseView, LinkView, NodeView, RefusalView, unix_now};
 
 /// Why the admin port could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -31,7 +32,7 @@ pub enum ApiError {
         /// The admin address asked.
         addr: SocketAddr,
         /// The endpoint.
-        path: &'static str,
+        path: String,
         /// What was wrong with it.
         reason: String,
     },
@@ -45,11 +46,15 @@ const MAX_ANSWER: usize = 64 << 20;
 async fn ask(
     addr: SocketAddr,
     method: hyper::Method,
-    path: &'static str,
+    path: &str,
     timeout: Duration,
 ) -> Result<(hyper::StatusCode, Bytes), ApiError> {
     let unreachable = |reason: String| ApiError::Unreachable { addr, reason };
-    let unexpected = |reason: String| ApiError::Unexpected { addr, path, reason };
+    let unexpected = |reason: String| ApiError::Unexpected {
+        addr,
+        path: path.to_owned(),
+        reason,
+    };
     let fetch = async {
         let stream = TcpStream::connect(addr)
             .await
@@ -85,7 +90,11 @@ async fn get<T: for<'de> Deserialize<'de>>(
     path: &'static str,
     timeout: Duration,
 ) -> Result<T, ApiError> {
-    let unexpected = |reason: String| ApiError::Unexpected { addr, path, reason };
+    let unexpected = |reason: String| ApiError::Unexpected {
+        addr,
+        path: path.to_owned(),
+        reason,
+    };
     let (status, body) = ask(addr, hyper::Method::GET, path, timeout).await?;
     if !status.is_success() {
         return Err(unexpected(format!("status {status}")));
@@ -228,6 +237,117 @@ pub async fn nodes(admin: SocketAddr, timeout: Duration) -> Result<String, ApiEr
         out.push_str(&table(&head, &rows, ""));
     }
     Ok(out)
+}
+
+#[derive(Debug, Deserialize)]
+struct BansAnswer {
+    bans: Vec<BanView>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RefusalsAnswer {
+    refusals: Vec<RefusalView>,
+}
+
+#[derive(Debug, Deserialize)]
+struct UnbanAnswer {
+    lifted: Vec<String>,
+}
+
+/// `/bans` of the distgate at `admin`, as a table.
+pub async fn bans(admin: SocketAddr, timeout: Duration) -> Result<String, ApiError> {
+    let answer: BansAnswer = get(admin, "/bans", timeout).await?;
+    let now = unix_now();
+    let rows: Vec<Vec<String>> = (answer.bans.iter())
+        .map(|b| {
+            vec![
+                b.source.clone(),
+                b.failures.to_string(),
+                b.withdrawals.to_string(),
+                b.sources.to_string(),
+                seconds(now - b.since),
+                seconds(b.until - now),
+            ]
+        })
+        .collect();
+    let head = [
+        "SOURCE",
+        "FAILURES",
+        "WITHDRAWALS",
+        "SOURCES",
+        "SINCE",
+        "LIFTED_IN",
+    ];
+    let mut out = table(&head, &rows, "no bans");
+    if !rows.is_empty() {
+        out.push_str("lift one with `distgate unban SOURCE`, all with `distgate unban all`\n");
+    }
+    Ok(out)
+}
+
+/// `distgate unban ADDRESS|all`: `DELETE /bans/ADDRESS` or `DELETE /bans` to the
+/// distgate at `admin` (served to loopback only). Whether a ban was lifted, and the
+/// line that says so.
+pub async fn unban(
+    admin: SocketAddr,
+    which: &str,
+    timeout: Duration,
+) -> Result<(bool, String), ApiError> {
+    let path = match which {
+        "all" => "/bans".to_owned(),
+        one => format!("/bans/{one}"),
+    };
+    let (status, body) = ask(admin, hyper::Method::DELETE, &path, timeout).await?;
+    let Ok(answer) = serde_json::from_slice::<UnbanAnswer>(&body) else {
+        let text = String::from_utf8_lossy(&body);
+        return Ok((false, format!("nothing lifted ({status}): {}", text.trim())));
+    };
+    Ok(match answer.lifted.is_empty() {
+        true if which == "all" => (true, "no bans to lift".to_owned()),
+        true => (false, format!("no ban holds {which} (see `distgate bans`)")),
+        false => (true, format!("lifted: {}", answer.lifted.join(", "))),
+    })
+}
+
+/// `/refusals` of the distgate at `admin`, as a table, newest first.
+pub async fn refusals(admin: SocketAddr, timeout: Duration) -> Result<String, ApiError> {
+    let answer: RefusalsAnswer = get(admin, "/refusals", timeout).await?;
+    let now = unix_now();
+    let rows: Vec<Vec<String>> = (answer.refusals.iter())
+        .map(|r| {
+            vec![
+                seconds(now - r.at),
+                r.source.clone(),
+                or_dash(&r.node),
+                r.claimed.as_deref().map_or("-".into(), or_dash),
+                r.reason.clone(),
+            ]
+        })
+        .collect();
+    let head = ["AGO", "SOURCE", "NODE", "CLAIMED", "REASON"];
+    let mut out = table(&head, &rows, "no refused or failed dist connections");
+    if !rows.is_empty() {
+        out.push_str(REASONS);
+    }
+    Ok(out)
+}
+
+/// What each reason of `distgate refusals` means, and what to do about it.
+const REASONS: &str = "\
+reasons: not_allowed = the claimed name matches no [dist] allow_peers glob; \
+failed = the node refused the handshake (wrong cookie, most often); \
+withdrawn = the caller hung up on the node's challenge (it dialled another name than the node's own, or a race of reconnecting); \
+banned / per_source = its source is banned (distgate bans) or over [dist] max_per_source; \
+max_connections = [dist] max_connections reached; \
+timeout, not_a_handshake = no dist handshake in time, or not one; \
+tls_denied = TLS while [dist] tls = \"deny\"; \
+no_node = nothing holds the port it dialled; upstream_refused = the node's real port did not accept\n";
+
+fn or_dash(s: &str) -> String {
+    match s.is_empty() {
+        true => "-".into(),
+        false => s.to_owned(),
+    }
 }
 
 /// A duration in seconds as people read it: `4.2s`, `3m07s`, `2h05m`, `3d04h`.

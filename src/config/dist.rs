@@ -45,6 +45,10 @@ pub struct DistConfig {
     /// Dist connections open at once from one address (the pod's own and loopback
     /// are not counted); more are closed at accept.
     pub max_per_source: NonZeroUsize,
+    /// IPv6 callers count as one source per prefix of this length (one host is
+    /// given a whole /64); IPv4 callers by address. Per-source limits, failures,
+    /// withdrawals and bans are kept per source.
+    pub ipv6_prefix: u8,
     /// Which peers (their full node names) may reach a node.
     pub allow_peers: AllowPeers,
     /// What a TLS dist connection (a whole ClientHello first) gets.
@@ -73,6 +77,7 @@ impl Default for DistConfig {
             silent_after: Duration::from_secs(30),
             max_connections: NonZeroUsize::new(8192).unwrap_or(NonZeroUsize::MIN),
             max_per_source: NonZeroUsize::new(256).unwrap_or(NonZeroUsize::MIN),
+            ipv6_prefix: crate::prefix::DEFAULT_IPV6_PREFIX,
             allow_peers: AllowPeers::default(),
             tls: Tls::default(),
             trusted: Peers::LOCAL,

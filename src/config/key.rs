@@ -87,6 +87,8 @@ keys! {
     DistMaxConnections = "dist.max_connections", dist.max_connections, live;
     /// `[dist] max_per_source`.
     DistMaxPerSource = "dist.max_per_source", dist.max_per_source, live;
+    /// `[dist] ipv6_prefix`.
+    DistIpv6Prefix = "dist.ipv6_prefix", dist.ipv6_prefix, live;
     /// `[dist] allow_peers`.
     DistAllowPeers = "dist.allow_peers", dist.allow_peers, live;
     /// `[dist] tls`.

@@ -55,6 +55,7 @@ struct RawDist {
     silent_after: Duration,
     max_connections: NonZeroUsize,
     max_per_source: NonZeroUsize,
+    ipv6_prefix: u8,
     allow_peers: AllowPeers,
     tls: Tls,
     trusted: Peers,
@@ -76,6 +77,7 @@ impl Default for RawDist {
             silent_after: d.silent_after,
             max_connections: d.max_connections,
             max_per_source: d.max_per_source,
+            ipv6_prefix: d.ipv6_prefix,
             allow_peers: d.allow_peers,
             tls: d.tls,
             trusted: d.trusted,
@@ -181,6 +183,12 @@ impl RawConfig {
         if dist.listen.is_empty() {
             return Err(no_span("dist.listen", "needs at least one address".into()));
         }
+        if !(1..=128).contains(&dist.ipv6_prefix) {
+            let message = "must be a prefix length from 1 to 128 (64: one IPv6 subnet, as one \
+                           host is given)"
+                .into();
+            return Err(no_span("dist.ipv6_prefix", message));
+        }
         if self.dns.min_ttl > self.dns.max_ttl {
             return Err(no_span(
                 "dns.min_ttl",
@@ -276,6 +284,7 @@ impl RawConfig {
                 silent_after: dist.silent_after,
                 max_connections: dist.max_connections,
                 max_per_source: dist.max_per_source,
+                ipv6_prefix: dist.ipv6_prefix,
                 allow_peers: dist.allow_peers,
                 tls: dist.tls,
                 trusted: dist.trusted,

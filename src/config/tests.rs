@@ -504,3 +504,19 @@ fn every_toml_snippet_in_the_docs_is_a_valid_configuration() {
     }
     assert!(snippets >= 7, "only {snippets} snippets found");
 }
+
+#[test]
+fn the_ipv6_prefix_is_a_prefix_length() {
+    assert_eq!(Config::default().dist.ipv6_prefix, 64);
+    assert_eq!(
+        parse("[dist]\nipv6_prefix = 56\n")
+            .unwrap()
+            .dist
+            .ipv6_prefix,
+        56
+    );
+    for bad in ["0", "129", "300", "-1"] {
+        let (key, _, message) = error_of(&format!("[dist]\nipv6_prefix = {bad}\n"));
+        assert_eq!(key, "dist.ipv6_prefix", "{bad}: {message}");
+    }
+}

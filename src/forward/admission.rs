@@ -18,12 +18,15 @@ use super::follow::{Followed, follow};
 use super::guard::{Refusal, SourceSlot};
 use super::identify::{FirstFrame, identify};
 use super::public::{Forwarder, Opened};
+use super::refusals::Reason;
 use crate::accept::is_local;
 use crate::config::Tls;
 use crate::directory::Destination;
 use crate::handshake::Caller;
 use crate::handshake::follow::Handshake;
 use crate::metrics::{self as m, HandshakeResult};
+use crate::prefix::Prefix;
+use crate::probe::PROBE_NAMES;
 
 /// Longest claimed name written to a log line.
 const MAX_LOGGED_NAME: usize = 255;
@@ -33,6 +36,8 @@ const MAX_LOGGED_NAME: usize = 255;
 struct Attempt {
     node: String,
     source: SocketAddr,
+    /// The source as limits and bans count it (its IPv6 prefix).
+    prefix: Prefix,
     /// A `[dist] trusted` source: never banned nor limited per source.
     trusted: bool,
     /// From the pod itself (loopback or the pod's own address).
@@ -60,6 +65,7 @@ impl Forwarder {
                     HandshakeResult::Timeout,
                     "no first frame in time",
                     None,
+                    Reason::Timeout,
                 );
             }
             Ok(FirstFrame::Silent) => {
@@ -70,7 +76,13 @@ impl Forwarder {
         };
         match &caller {
             Caller::Unknown => {
-                return self.failed(&attempt, HandshakeResult::Failed, "not_a_handshake", None);
+                return self.failed(
+                    &attempt,
+                    HandshakeResult::Failed,
+                    "not_a_handshake",
+                    None,
+                    Reason::NotAHandshake,
+                );
             }
             Caller::Node { name, .. } if !self.allows(name, attempt.local) => {
                 self.not_allowed(&peer, &attempt, name);
@@ -81,12 +93,16 @@ impl Forwarder {
         if matches!(caller, Caller::Tls { .. }) && self.config.get().tls == Tls::Deny {
             // Nothing against the peer (its handshake is not readable): not banned.
             HandshakeResult::TlsDenied.count(attempt.node.clone());
+            self.note(&attempt, None, Reason::TlsDenied);
             if self.guard.may_log(Instant::now()) {
                 warn!(node = %attempt.node, source = %attempt.source, "TLS dist connection closed: `dist.tls` is \"deny\"");
             }
             return None;
         }
-        let (node, direction) = self.connect_to(&attempt.node, destination).await?;
+        let Some((node, direction)) = self.connect_to(&attempt.node, destination).await else {
+            self.note(&attempt, caller.name(), Reason::UpstreamRefused);
+            return None;
+        };
         // Dist traffic is small frames and ticks; OTP sets nodelay on its own sockets.
         if let Err(e) = peer.set_nodelay(true) {
             debug!("TCP_NODELAY on the peer's socket: {e}");
@@ -121,6 +137,7 @@ impl Forwarder {
         let Some(destination) = self.directory.destination(public_port) else {
             debug!("no node holds this public port; connection closed");
             metrics::counter!(m::DIST_NO_NODE).increment(1);
+            self.refusals.note(source.ip(), "", None, Reason::NoNode);
             return None;
         };
         let node = match &destination {
@@ -128,12 +145,13 @@ impl Forwarder {
         };
         let local = (peer.local_addr()).is_ok_and(|local| is_local(source.ip(), local.ip()));
         let trusted = self.config.get().trusted.allows(source.ip(), local);
+        let prefix = self.guard.source(source.ip());
         let slot = match trusted {
             true => None,
-            false => match self.guard.admit(source.ip(), started) {
+            false => match self.guard.admit(prefix, started) {
                 Ok(slot) => Some(slot),
                 Err(refusal) => {
-                    self.refused(&node, refusal);
+                    self.refused(&node, source, refusal);
                     return None;
                 }
             },
@@ -141,6 +159,7 @@ impl Forwarder {
         let attempt = Attempt {
             node,
             source,
+            prefix,
             trusted,
             local,
             started,
@@ -172,6 +191,7 @@ impl Forwarder {
                 HandshakeResult::Timeout,
                 "handshake_timeout",
                 claimed,
+                Reason::Timeout,
             ),
             Ok(Followed::Failed {
                 reason,
@@ -180,10 +200,16 @@ impl Forwarder {
                 HandshakeResult::Withdrawn.count(name);
                 // After the node's challenge, a hang-up has cost the node an atom: a
                 // budget of them per source (`[dist.ban] withdrawals`).
-                if handshake.awaiting_reply_from().is_some() && !attempt.trusted {
-                    self.guard.withdrew(attempt.source.ip(), Instant::now());
+                // `distgate probe` hangs up there by design, under one of two names.
+                let probe = claimed.is_some_and(|name| PROBE_NAMES.contains(&name));
+                if !probe {
+                    self.note(attempt, claimed, Reason::Withdrawn);
+                }
+                if handshake.awaiting_reply_from().is_some() && !attempt.trusted && !probe {
+                    self.guard.withdrew(attempt.prefix, Instant::now());
                 }
                 match handshake.awaiting_reply_from() {
+                    Some(_) if probe => debug!(claimed, "distgate probe hung up on the challenge"),
                     // The one silent failure of a misnamed node: say it where it shows.
                     Some(node_name) if self.guard.may_log(Instant::now()) => {
                         let claimed = claimed
@@ -200,9 +226,13 @@ impl Forwarder {
                 }
                 None
             }
-            Ok(Followed::Failed { reason, .. }) => {
-                self.failed(attempt, HandshakeResult::Failed, reason, claimed)
-            }
+            Ok(Followed::Failed { reason, .. }) => self.failed(
+                attempt,
+                HandshakeResult::Failed,
+                reason,
+                claimed,
+                Reason::Failed,
+            ),
             Ok(Followed::Authenticated) => {
                 HandshakeResult::Ok.count(name);
                 opened.peer_name = claimed.map(str::to_owned);
@@ -224,6 +254,7 @@ impl Forwarder {
     /// name, and no cookie was checked.
     fn not_allowed(&self, peer: &TcpStream, attempt: &Attempt, claimed: &str) {
         HandshakeResult::NotAllowed.count(attempt.node.clone());
+        self.note(attempt, Some(claimed), Reason::NotAllowed);
         // The first frame is taken off the socket first: closed with unread bytes,
         // it would reset the connection and the status could be lost.
         let mut first = [0u8; 2 + crate::handshake::MAX_SEND_NAME];
@@ -238,9 +269,19 @@ impl Forwarder {
         }
     }
 
+    /// Notes a refusal in the ring of `GET /refusals`.
+    fn note(&self, attempt: &Attempt, claimed: Option<&str>, reason: Reason) {
+        (self.refusals).note(attempt.source.ip(), &attempt.node, claimed, reason);
+    }
+
     /// A connection closed at accept by the source guard.
-    fn refused(&self, node: &str, refusal: Refusal) {
+    fn refused(&self, node: &str, source: SocketAddr, refusal: Refusal) {
         let reason = refusal.reason();
+        let noted = match refusal {
+            Refusal::Banned => Reason::Banned,
+            Refusal::PerSource => Reason::PerSource,
+        };
+        self.refusals.note(source.ip(), node, None, noted);
         metrics::counter!(m::CONNECTIONS_REFUSED, "listener" => "dist", "reason" => reason)
             .increment(1);
         if refusal == Refusal::Banned {
@@ -258,18 +299,22 @@ impl Forwarder {
         result: HandshakeResult,
         reason: &'static str,
         claimed: Option<&str>,
+        noted: Reason,
     ) -> Option<T> {
         let (node, source) = (&attempt.node, attempt.source);
         result.count(node.clone());
+        self.note(attempt, claimed, noted);
         let now = Instant::now();
         if self.guard.may_log(now) {
             let claimed =
                 claimed.map(|name| name.chars().take(MAX_LOGGED_NAME).collect::<String>());
             let result = result.label();
-            warn!(%node, %source, claimed, result, reason, "dist handshake failed; connection closed");
+            // An IPv6 caller is counted towards a ban by its prefix: say which.
+            let prefix = (!attempt.prefix.is_host()).then(|| attempt.prefix.to_string());
+            warn!(%node, %source, prefix, claimed, result, reason, "dist handshake failed; connection closed");
         }
         if !attempt.trusted {
-            self.guard.failed(source.ip(), now);
+            self.guard.failed(attempt.prefix, now);
         }
         None
     }

@@ -1,11 +1,15 @@
-//! Who may open a dist connection, by source address: at most `[dist] max_per_source`
-//! connections at once from one address, and none from an address banned for failed
-//! handshakes (`[dist.ban]`). Loopback and the pod's own address are exempt from both:
-//! they are the pod's nodes and its mesh sidecar.
+//! Who may open a dist connection, by source: at most `[dist] max_per_source`
+//! connections at once from one source, and none from a source banned for failed
+//! handshakes or withdrawals (`[dist.ban]`). A source is an IPv4 address or an IPv6
+//! prefix (`[dist] ipv6_prefix`, [`Prefix`]). Trusted sources (loopback and the pod's
+//! own address by default) are exempt from both: they are the pod's nodes and its
+//! mesh sidecar.
 //!
 //! Every table here is bounded: the per-source counts by the connections open (each
-//! entry is held by at least one), the ban table by [`MAX_TRACKED`] sources, and the
-//! failure log by a [`LogBudget`].
+//! entry is held by at least one), the ban table by [`MAX_TRACKED`] sources, which
+//! stays useful when full (the least recently failing unbanned sources go first, then
+//! bans fold into wider prefixes, IPv4 /24 and IPv6 /48), and the failure, ban and
+//! lift lines by a [`LogBudget`] each.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -14,18 +18,20 @@ use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
-use crate::config::BanConfig;
+use crate::api::{BanView, unix_seconds, wall_clock};
+use crate::config::{BanConfig, Peers};
 use crate::live::Live;
 use crate::log_budget::LogBudget;
 use crate::metrics as m;
+use crate::prefix::Prefix;
 
-/// Most source addresses whose failures are counted at once.
+/// Most sources whose failures are counted at once.
 pub(crate) const MAX_TRACKED: usize = 16_384;
 
 /// Why a source is closed at accept (the `reason` label of the refusal).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Refusal {
-    /// Banned for failed handshakes.
+    /// Banned for failed handshakes or withdrawals.
     Banned,
     /// `max_per_source` connections are open from it.
     PerSource,
@@ -41,13 +47,63 @@ impl Refusal {
     }
 }
 
+/// Why a ban ended (the `reason` label of `distgate_dist_bans_lifted_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Lifted {
+    /// It ran its `[dist.ban] duration`.
+    Expired,
+    /// An operator lifted it (`DELETE /bans`, `distgate unban`).
+    Operator,
+    /// A reload made the source `[dist] trusted`.
+    Trusted,
+    /// The table was full of bans that could not fold: the ones closest to their
+    /// end went early.
+    Evicted,
+}
+
+impl Lifted {
+    const ALL: [Lifted; 4] = [
+        Lifted::Expired,
+        Lifted::Operator,
+        Lifted::Trusted,
+        Lifted::Evicted,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Lifted::Expired => "expired",
+            Lifted::Operator => "operator",
+            Lifted::Trusted => "trusted",
+            Lifted::Evicted => "evicted",
+        }
+    }
+}
+
+/// What one source has done within its window, and its ban.
 #[derive(Debug)]
 struct Failures {
+    /// The start of the window the counts are for.
     since: Instant,
+    /// The last strike (the least recent go first from a full table).
+    last: Instant,
     count: u32,
     /// Hang-ups after the node's challenge, in the same window.
     withdrawals: u32,
-    banned_until: Option<Instant>,
+    ban: Option<Ban>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Ban {
+    at: Instant,
+    until: Instant,
+    /// Sources folded into this one (1 for a ban of its own).
+    sources: u32,
+}
+
+impl Failures {
+    fn banned_at(&self, now: Instant) -> bool {
+        self.ban.is_some_and(|ban| ban.until > now)
+    }
 }
 
 /// What a source did that counts towards its ban.
@@ -61,17 +117,31 @@ enum Strike {
 
 #[derive(Debug)]
 struct Tables {
-    open: HashMap<IpAddr, usize>,
-    failures: HashMap<IpAddr, Failures>,
+    open: HashMap<Prefix, usize>,
+    failures: HashMap<Prefix, Failures>,
     banned: usize,
+    /// Failed handshakes' lines.
     log: LogBudget,
+    /// Ban and lift lines.
+    bans_log: LogBudget,
+}
+
+/// The limits a reload may change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Limits {
+    /// `[dist] max_per_source`.
+    pub(crate) max_per_source: usize,
+    /// `[dist] ipv6_prefix`.
+    pub(crate) ipv6_prefix: u8,
+    /// `[dist.ban]`.
+    pub(crate) ban: BanConfig,
 }
 
 /// The per-source limit, the ban table and the failure log of the dist listeners.
 #[derive(Debug)]
 pub(crate) struct Guard {
-    /// `[dist] max_per_source` and `[dist.ban]` in force (a reload may change them).
-    limits: Live<(usize, BanConfig)>,
+    /// The limits in force (a reload may change them).
+    limits: Live<Limits>,
     tables: Mutex<Tables>,
 }
 
@@ -79,7 +149,7 @@ pub(crate) struct Guard {
 #[derive(Debug)]
 pub(crate) struct SourceSlot {
     guard: Arc<Guard>,
-    source: IpAddr,
+    source: Prefix,
 }
 
 impl Drop for SourceSlot {
@@ -96,14 +166,17 @@ impl Drop for SourceSlot {
 
 impl Guard {
     /// A guard with these limits.
-    pub(crate) fn new(max_per_source: usize, ban: BanConfig) -> Guard {
+    pub(crate) fn new(limits: Limits) -> Guard {
         ::metrics::gauge!(m::DIST_BANNED_SOURCES).set(0.0);
         for reason in [Refusal::Banned, Refusal::PerSource] {
             ::metrics::counter!(m::CONNECTIONS_REFUSED, "listener" => "dist", "reason" => reason.reason())
                 .increment(0);
         }
+        for lifted in Lifted::ALL {
+            ::metrics::counter!(m::DIST_BANS_LIFTED, "reason" => lifted.label()).increment(0);
+        }
         Guard {
-            limits: Live::new((max_per_source, ban)),
+            limits: Live::new(limits),
             tables: Mutex::new(Tables {
                 open: HashMap::new(),
                 failures: HashMap::new(),
@@ -111,14 +184,17 @@ impl Guard {
                 log: LogBudget::new(
                     "more dist handshakes failed than logged (see distgate_dist_handshakes_total)",
                 ),
+                bans_log: LogBudget::new(
+                    "more sources banned or lifted than logged (see distgate_dist_banned_sources and GET /bans)",
+                ),
             }),
         }
     }
 
     /// Puts new limits in force for the connections and failures that come next;
     /// bans already given run their course.
-    pub(crate) fn set_limits(&self, max_per_source: usize, ban: BanConfig) {
-        self.limits.set((max_per_source, ban));
+    pub(crate) fn set_limits(&self, limits: Limits) {
+        self.limits.set(limits);
     }
 
     fn lock(&self) -> MutexGuard<'_, Tables> {
@@ -126,20 +202,23 @@ impl Guard {
         self.tables.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The source `ip` counts as under the limits in force.
+    pub(crate) fn source(&self, ip: IpAddr) -> Prefix {
+        Prefix::of(ip, self.limits.get().ipv6_prefix)
+    }
+
     /// A place for a connection from `source` (which is not exempt), or why not.
     pub(crate) fn admit(
         self: &Arc<Self>,
-        source: IpAddr,
+        source: Prefix,
         now: Instant,
     ) -> Result<SourceSlot, Refusal> {
         let mut tables = self.lock();
-        if let Some(entry) = tables.failures.get(&source)
-            && entry.banned_until.is_some_and(|until| until > now)
-        {
+        if banned(&tables, source, now) {
             return Err(Refusal::Banned);
         }
         let open = tables.open.entry(source).or_default();
-        if *open >= self.limits.get().0 {
+        if *open >= self.limits.get().max_per_source {
             return Err(Refusal::PerSource);
         }
         *open += 1;
@@ -151,19 +230,19 @@ impl Guard {
 
     /// Counts a failed handshake from `source` (not exempt); bans it when that makes
     /// `failures` within `within`. True when this failure banned it.
-    pub(crate) fn failed(&self, source: IpAddr, now: Instant) -> bool {
+    pub(crate) fn failed(&self, source: Prefix, now: Instant) -> bool {
         self.strike(source, now, Strike::Failure)
     }
 
     /// Counts a hang-up after the node's challenge from `source` (not exempt); bans
     /// it when that makes `withdrawals` within `within`. True when this banned it.
-    pub(crate) fn withdrew(&self, source: IpAddr, now: Instant) -> bool {
+    pub(crate) fn withdrew(&self, source: Prefix, now: Instant) -> bool {
         self.strike(source, now, Strike::Withdrawal)
     }
 
-    fn strike(&self, source: IpAddr, now: Instant, strike: Strike) -> bool {
+    fn strike(&self, source: Prefix, now: Instant, strike: Strike) -> bool {
         let limits = self.limits.get();
-        let ban = &limits.1;
+        let ban = &limits.ban;
         let budget = match strike {
             Strike::Failure => ban.failures,
             Strike::Withdrawal => ban.withdrawals,
@@ -172,23 +251,23 @@ impl Guard {
             return false;
         }
         let mut tables = self.lock();
+        if banned(&tables, source, now) {
+            return false;
+        }
         if !tables.failures.contains_key(&source) && tables.failures.len() >= MAX_TRACKED {
-            make_room(&mut tables.failures, now, ban.within);
-            if tables.failures.len() >= MAX_TRACKED {
-                return false;
-            }
+            make_room(&mut tables, now, ban.within);
         }
         let entry = tables.failures.entry(source).or_insert(Failures {
             since: now,
+            last: now,
             count: 0,
             withdrawals: 0,
-            banned_until: None,
+            ban: None,
         });
-        if entry.banned_until.is_some() {
-            return false;
-        }
-        if now.duration_since(entry.since) > ban.within {
-            (entry.since, entry.count, entry.withdrawals) = (now, 0, 0);
+        entry.last = now;
+        if entry.ban.is_some() || now.duration_since(entry.since) > ban.within {
+            // A new window (a ban that ran out and is not yet swept included).
+            (entry.since, entry.count, entry.withdrawals, entry.ban) = (now, 0, 0, None);
         }
         let count = match strike {
             Strike::Failure => &mut entry.count,
@@ -198,48 +277,103 @@ impl Guard {
         if *count < budget {
             return false;
         }
-        entry.banned_until = Some(now + ban.duration);
-        tables.banned += 1;
-        ::metrics::gauge!(m::DIST_BANNED_SOURCES).set(tables.banned as f64);
-        match strike {
-            Strike::Failure => warn!(
-                %source,
-                failures = ban.failures,
-                within_s = ban.within.as_secs(),
-                for_s = ban.duration.as_secs(),
-                "source banned for failed handshakes; its dist connections are closed at accept"
-            ),
-            Strike::Withdrawal => warn!(
-                %source,
-                withdrawals = ban.withdrawals,
-                within_s = ban.within.as_secs(),
-                for_s = ban.duration.as_secs(),
-                "source banned for hanging up on the node's challenge; its dist connections are closed at accept"
-            ),
+        entry.ban = Some(Ban {
+            at: now,
+            until: now + ban.duration,
+            sources: 1,
+        });
+        recount(&mut tables);
+        if tables.bans_log.allow(now) {
+            match strike {
+                Strike::Failure => warn!(
+                    %source,
+                    failures = ban.failures,
+                    within_s = ban.within.as_secs(),
+                    for_s = ban.duration.as_secs(),
+                    "source banned for failed handshakes; its dist connections are closed at accept (lift: distgate unban {source})"
+                ),
+                Strike::Withdrawal => warn!(
+                    %source,
+                    withdrawals = ban.withdrawals,
+                    within_s = ban.within.as_secs(),
+                    for_s = ban.duration.as_secs(),
+                    "source banned for hanging up on the node's challenge; its dist connections are closed at accept (lift: distgate unban {source})"
+                ),
+            }
         }
         true
     }
 
     /// Lifts the bans that ran out and forgets failure windows that closed.
     pub(crate) fn sweep(&self, now: Instant) {
+        let within = self.limits.get().ban.within;
         let mut tables = self.lock();
-        let within = self.limits.get().1.within;
-        let mut lifted = 0;
-        tables
-            .failures
-            .retain(|source, entry| match entry.banned_until {
-                Some(until) if until <= now => {
-                    info!(%source, "ban lifted");
-                    lifted += 1;
-                    false
-                }
-                Some(_) => true,
-                None => now.duration_since(entry.since) <= within,
-            });
-        if lifted > 0 {
-            tables.banned -= lifted;
-            ::metrics::gauge!(m::DIST_BANNED_SOURCES).set(tables.banned as f64);
-        }
+        let mut expired = Vec::new();
+        tables.failures.retain(|source, entry| match entry.ban {
+            Some(ban) if ban.until <= now => {
+                expired.push(*source);
+                false
+            }
+            Some(_) => true,
+            None => now.duration_since(entry.since) <= within,
+        });
+        lifted(&mut tables, &expired, Lifted::Expired, now);
+    }
+
+    /// Lifts the bans of `which` (every ban when `None`): a ban on a prefix that
+    /// holds it, or on any address or prefix within it. The sources lifted.
+    pub(crate) fn lift(&self, which: Option<Prefix>, now: Instant) -> Vec<Prefix> {
+        self.lift_where(now, Lifted::Operator, |source| {
+            which.is_none_or(|which| which.covers(source) || source.covers(which))
+        })
+    }
+
+    /// Lifts the bans of sources `trusted` now allows (after a reload).
+    pub(crate) fn lift_trusted(&self, trusted: &Peers, now: Instant) -> Vec<Prefix> {
+        self.lift_where(now, Lifted::Trusted, |source| {
+            trusted.allows(source.addr(), false)
+        })
+    }
+
+    fn lift_where(
+        &self,
+        now: Instant,
+        why: Lifted,
+        matches: impl Fn(Prefix) -> bool,
+    ) -> Vec<Prefix> {
+        let mut tables = self.lock();
+        let mut gone = Vec::new();
+        tables.failures.retain(|source, entry| {
+            let lift = entry.ban.is_some() && matches(*source);
+            if lift {
+                gone.push(*source);
+            }
+            !lift
+        });
+        lifted(&mut tables, &gone, why, now);
+        gone
+    }
+
+    /// The bans in force, newest first.
+    pub(crate) fn bans(&self, now: Instant) -> Vec<BanView> {
+        let tables = self.lock();
+        let unix = |at: Instant| unix_seconds(wall_clock(at));
+        let mut bans: Vec<(Instant, BanView)> = (tables.failures.iter())
+            .filter_map(|(source, entry)| {
+                let ban = entry.ban.filter(|ban| ban.until > now)?;
+                let view = BanView {
+                    source: source.to_string(),
+                    failures: entry.count,
+                    withdrawals: entry.withdrawals,
+                    sources: ban.sources,
+                    since: unix(ban.at),
+                    until: unix(ban.until),
+                };
+                Some((ban.at, view))
+            })
+            .collect();
+        bans.sort_by_key(|(at, _)| std::cmp::Reverse(*at));
+        bans.into_iter().map(|(_, view)| view).collect()
     }
 
     /// Whether a failed handshake may be logged now; at the start of a new window,
@@ -255,41 +389,130 @@ impl Guard {
     }
 }
 
-/// Makes room in a full failure table, in one pass for many insertions to come:
-/// windows that closed go, then, if that was not enough, an eighth of the table's
-/// unbanned sources (in the map's own order). Bans are never forgotten early.
-fn make_room(failures: &mut HashMap<IpAddr, Failures>, now: Instant, within: Duration) {
-    failures.retain(|_, e| e.banned_until.is_some() || now.duration_since(e.since) <= within);
+/// Whether `source` is banned now, by itself or by the wider prefix its ban folded
+/// into.
+fn banned(tables: &Tables, source: Prefix, now: Instant) -> bool {
+    let by = |key: Prefix| tables.failures.get(&key).is_some_and(|e| e.banned_at(now));
+    by(source) || (source.wider() != source && by(source.wider()))
+}
+
+/// Sets the gauge to the bans in the table.
+fn recount(tables: &mut Tables) {
+    tables.banned = tables.failures.values().filter(|e| e.ban.is_some()).count();
+    ::metrics::gauge!(m::DIST_BANNED_SOURCES).set(tables.banned as f64);
+}
+
+/// Counts, logs (within the budget) and recounts the bans of `gone`, taken out.
+fn lifted(tables: &mut Tables, gone: &[Prefix], why: Lifted, now: Instant) {
+    if gone.is_empty() {
+        return;
+    }
+    ::metrics::counter!(m::DIST_BANS_LIFTED, "reason" => why.label()).increment(gone.len() as u64);
+    for source in gone {
+        if tables.bans_log.allow(now) {
+            info!(%source, reason = why.label(), "ban lifted");
+        }
+    }
+    recount(tables);
+}
+
+/// Makes room in a full failure table, in one pass for many insertions to come,
+/// so that a new guesser is still banned after its `failures` whatever filled it:
+/// windows that closed go; then the least recently failing eighth of the unbanned
+/// sources; then, if bans fill it, they fold into wider prefixes (IPv4 /24, IPv6
+/// /48); and if even that leaves it full, the eighth of the bans closest to their end
+/// are lifted early.
+fn make_room(tables: &mut Tables, now: Instant, within: Duration) {
+    let failures = &mut tables.failures;
+    failures.retain(|_, e| e.ban.is_some() || now.duration_since(e.since) <= within);
     if failures.len() < MAX_TRACKED {
         return;
     }
-    let doomed: Vec<IpAddr> = failures
-        .iter()
-        .filter(|(_, e)| e.banned_until.is_none())
-        .map(|(source, _)| *source)
-        .take(MAX_TRACKED / 8)
+    let mut unbanned: Vec<(Instant, Prefix)> = (failures.iter())
+        .filter(|(_, e)| e.ban.is_none())
+        .map(|(source, e)| (e.last, *source))
         .collect();
-    for source in doomed {
-        failures.remove(&source);
+    if !unbanned.is_empty() {
+        let doomed = (MAX_TRACKED / 8).min(unbanned.len());
+        if doomed < unbanned.len() {
+            unbanned.select_nth_unstable(doomed);
+        }
+        for (_, source) in &unbanned[..doomed] {
+            failures.remove(source);
+        }
+        return;
     }
+    let before = failures.len();
+    let mut folded: HashMap<Prefix, Failures> = HashMap::new();
+    for (source, entry) in failures.drain() {
+        let Some(ban) = entry.ban else { continue };
+        let into = folded.entry(source.wider()).or_insert(Failures {
+            since: entry.since,
+            last: entry.last,
+            count: 0,
+            withdrawals: 0,
+            ban: Some(Ban { sources: 0, ..ban }),
+        });
+        into.count = into.count.saturating_add(entry.count);
+        into.withdrawals = into.withdrawals.saturating_add(entry.withdrawals);
+        into.last = into.last.max(entry.last);
+        if let Some(wide) = &mut into.ban {
+            wide.at = wide.at.min(ban.at);
+            wide.until = wide.until.max(ban.until);
+            wide.sources = wide.sources.saturating_add(ban.sources);
+        }
+    }
+    *failures = folded;
+    let mut evicted = Vec::new();
+    if failures.len() >= MAX_TRACKED {
+        let mut bans: Vec<(Instant, Prefix)> = (failures.iter())
+            .filter_map(|(source, e)| Some((e.ban?.until, *source)))
+            .collect();
+        let doomed = (MAX_TRACKED / 8).min(bans.len());
+        if doomed < bans.len() {
+            bans.select_nth_unstable(doomed);
+        }
+        for (_, source) in &bans[..doomed] {
+            failures.remove(source);
+            evicted.push(*source);
+        }
+    }
+    let after = failures.len();
+    if tables.bans_log.allow(now) {
+        warn!(
+            bans = before,
+            now = after,
+            lifted_early = evicted.len(),
+            "the ban table is full of bans: they were folded into IPv4 /24 and IPv6 /48 prefixes"
+        );
+    }
+    lifted(tables, &evicted, Lifted::Evicted, now);
+    recount(tables);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn ip(n: u32) -> IpAddr {
-        IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + n))
+    fn ip(n: u32) -> Prefix {
+        Prefix::of(IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + n)), 64)
+    }
+
+    fn limits(failures: u32) -> Limits {
+        Limits {
+            max_per_source: 2,
+            ipv6_prefix: 64,
+            ban: BanConfig {
+                failures,
+                withdrawals: 5,
+                within: Duration::from_secs(60),
+                duration: Duration::from_secs(600),
+            },
+        }
     }
 
     fn guard(failures: u32) -> Arc<Guard> {
-        let ban = BanConfig {
-            failures,
-            withdrawals: 5,
-            within: Duration::from_secs(60),
-            duration: Duration::from_secs(600),
-        };
-        Arc::new(Guard::new(2, ban))
+        Arc::new(Guard::new(limits(failures)))
     }
 
     #[test]
@@ -309,13 +532,9 @@ mod tests {
             assert!(!guard.withdrew(ip(2), later));
         }
         assert!(!guard.withdrew(ip(2), later + Duration::from_secs(61)));
-        let off = Arc::new(Guard::new(
-            2,
-            BanConfig {
-                withdrawals: 0,
-                ..BanConfig::default()
-            },
-        ));
+        let mut off = limits(10);
+        off.ban.withdrawals = 0;
+        let off = Arc::new(Guard::new(off));
         for _ in 0..1000 {
             assert!(!off.withdrew(ip(3), now));
         }
@@ -334,6 +553,30 @@ mod tests {
         );
         drop(a);
         assert!(guard.admit(ip(1), now).is_ok());
+    }
+
+    #[test]
+    fn an_ipv6_prefix_is_one_source() {
+        let guard = guard(3);
+        let now = Instant::now();
+        let addr = |s: &str| guard.source(s.parse().unwrap());
+        let _a = guard.admit(addr("2001:db8:1:2::1"), now).unwrap();
+        let _b = guard.admit(addr("2001:db8:1:2::2"), now).unwrap();
+        assert_eq!(
+            guard.admit(addr("2001:db8:1:2:ffff::9"), now).unwrap_err(),
+            Refusal::PerSource,
+            "the third address of one /64 is over max_per_source"
+        );
+        assert!(guard.admit(addr("2001:db8:1:3::1"), now).is_ok());
+        for n in 0..3 {
+            guard.failed(addr(&format!("2001:db8:9:9::{n}")), now);
+        }
+        assert_eq!(
+            guard.admit(addr("2001:db8:9:9::abcd"), now).unwrap_err(),
+            Refusal::Banned,
+            "failures from three addresses of a /64 ban the /64"
+        );
+        assert_eq!(guard.bans(now)[0].source, "2001:db8:9:9::/64");
     }
 
     #[test]
@@ -376,17 +619,103 @@ mod tests {
     }
 
     #[test]
-    fn the_failure_table_is_bounded_and_keeps_its_bans() {
-        let guard = guard(2);
+    fn a_table_full_of_one_failure_each_still_bans_a_guesser() {
+        let guard = guard(3);
+        let now = Instant::now();
+        let at = |n: u32| now + Duration::from_micros(u64::from(n));
+        for n in 0..(MAX_TRACKED as u32 + 16) {
+            guard.failed(ip(n), at(n));
+        }
+        let guesser = ip(1 << 20);
+        let t = at(MAX_TRACKED as u32 + 100);
+        for k in 0..2 {
+            assert!(!guard.failed(guesser, t + Duration::from_micros(k)));
+            // More of the fill in between.
+            for n in 0..1000 {
+                guard.failed(ip(100_000 + k as u32 * 1000 + n), t);
+            }
+        }
+        assert!(guard.failed(guesser, t + Duration::from_micros(3)));
+        assert!(guard.lock().failures.len() <= MAX_TRACKED);
+    }
+
+    #[test]
+    fn a_table_full_of_bans_folds_them_and_still_bans_a_guesser() {
+        let guard = guard(1);
         let now = Instant::now();
         guard.failed(ip(0), now);
-        assert!(guard.failed(ip(0), now));
-        for n in 1..(MAX_TRACKED as u32 * 3) {
-            guard.failed(ip(n), now + Duration::from_millis(u64::from(n)));
+        // 16,400 sources, one failure each, each banned at once.
+        for n in 1..=16_400 {
+            guard.failed(ip(n), now + Duration::from_micros(u64::from(n)));
         }
-        let tables = guard.lock();
-        assert!(tables.failures.len() <= MAX_TRACKED);
-        drop(tables);
+        assert!(guard.lock().failures.len() <= MAX_TRACKED);
         assert_eq!(guard.admit(ip(0), now).unwrap_err(), Refusal::Banned);
+        assert_eq!(guard.admit(ip(9_999), now).unwrap_err(), Refusal::Banned);
+        let guesser = Prefix::of("192.0.2.7".parse().unwrap(), 64);
+        assert!(guard.failed(guesser, now + Duration::from_secs(1)));
+        assert_eq!(guard.admit(guesser, now).unwrap_err(), Refusal::Banned);
+        let bans = guard.bans(now);
+        assert!(
+            bans.iter()
+                .any(|b| b.source == "10.0.0.0/24" && b.sources > 1)
+        );
+        assert_eq!(guard.banned(), bans.len());
+    }
+
+    #[test]
+    fn bans_of_distinct_wide_prefixes_that_cannot_fold_give_way_to_a_guesser() {
+        let guard = guard(1);
+        let now = Instant::now();
+        // Every ban in its own /24: folding frees nothing.
+        for n in 0..MAX_TRACKED as u32 {
+            guard.failed(ip(n << 8), now + Duration::from_micros(u64::from(n)));
+        }
+        let guesser = Prefix::of("192.0.2.7".parse().unwrap(), 64);
+        assert!(guard.failed(guesser, now + Duration::from_secs(1)));
+        assert_eq!(guard.admit(guesser, now).unwrap_err(), Refusal::Banned);
+        assert!(guard.lock().failures.len() <= MAX_TRACKED);
+        assert_eq!(
+            guard
+                .admit(ip((MAX_TRACKED as u32 - 1) << 8), now)
+                .unwrap_err(),
+            Refusal::Banned,
+            "the newest bans stay"
+        );
+    }
+
+    #[test]
+    fn bans_are_listed_and_lifted_by_address_prefix_or_all() {
+        let guard = guard(1);
+        let now = Instant::now();
+        for n in [1, 2, 3] {
+            guard.failed(ip(n), now + Duration::from_secs(u64::from(n)));
+        }
+        let later = now + Duration::from_secs(4);
+        let listed: Vec<String> = guard.bans(later).into_iter().map(|b| b.source).collect();
+        assert_eq!(listed, ["10.0.0.3", "10.0.0.2", "10.0.0.1"], "newest first");
+        assert_eq!(guard.lift(Some(ip(2)), later), [ip(2)]);
+        assert!(guard.admit(ip(2), later).is_ok());
+        assert_eq!(guard.banned(), 2);
+        assert!(
+            guard.lift(Some(ip(2)), later).is_empty(),
+            "nothing left to lift"
+        );
+        let all: Prefix = "10.0.0.0/24".parse().unwrap();
+        assert_eq!(guard.lift(Some(all), later).len(), 1 + 1);
+        assert_eq!(guard.banned(), 0);
+        guard.failed(ip(7), later);
+        assert_eq!(guard.lift(None, later), [ip(7)]);
+        assert!(guard.bans(later).is_empty());
+    }
+
+    #[test]
+    fn a_source_made_trusted_is_lifted() {
+        let guard = guard(1);
+        let now = Instant::now();
+        guard.failed(ip(1), now);
+        guard.failed(ip(2), now);
+        let trusted: Peers = serde_json::from_str(r#"["10.0.0.1"]"#).unwrap();
+        assert_eq!(guard.lift_trusted(&trusted, now), [ip(1)]);
+        assert_eq!(guard.banned(), 1);
     }
 }

@@ -17,8 +17,9 @@ use tokio::time::timeout;
 use tracing::{info, info_span, warn};
 
 use super::ByteCounts;
-use super::guard::{Guard, SourceSlot};
-use crate::accept::{Acceptor, Admit};
+use super::guard::{Guard, Limits, SourceSlot};
+use super::refusals::{Reason, Refusals};
+use crate::accept::{Acceptor, Admit, OnFull};
 use crate::config::{DistConfig, MetricsConfig};
 use crate::directory::{Destination, Directory, InUse};
 use crate::links::{Links, Listed, NewLink, Way};
@@ -49,6 +50,15 @@ pub(crate) fn close_reason(result: &std::io::Result<()>) -> &'static str {
     }
 }
 
+/// The guard's share of `[dist]`.
+fn limits(config: &DistConfig) -> Limits {
+    Limits {
+        max_per_source: config.max_per_source.get(),
+        ipv6_prefix: config.ipv6_prefix,
+        ban: config.ban.clone(),
+    }
+}
+
 /// Accepts on the public dist ports and forwards to where each port goes.
 #[derive(Debug)]
 pub(crate) struct Forwarder {
@@ -59,6 +69,8 @@ pub(crate) struct Forwarder {
     /// are not read here).
     pub(super) config: Live<DistConfig>,
     pub(super) guard: Arc<Guard>,
+    /// The last refusals (`GET /refusals`).
+    pub(super) refusals: Arc<Refusals>,
     pub(super) peers: Arc<PeerLabels>,
     pub(super) acceptor: Acceptor,
 }
@@ -134,7 +146,8 @@ impl Forwarder {
             engine,
             links,
             config: Live::new(config.clone()),
-            guard: Arc::new(Guard::new(config.max_per_source.get(), config.ban.clone())),
+            guard: Arc::new(Guard::new(limits(config))),
+            refusals: Arc::new(Refusals::default()),
             peers: Arc::new(PeerLabels::new(metrics.max_peers, metrics.idle_timeout)),
             acceptor,
         }
@@ -143,8 +156,17 @@ impl Forwarder {
     /// Puts `config` in force for the connections that come next (a reload); links
     /// already open keep what they started with.
     pub(crate) fn set_config(&self, config: &DistConfig) {
-        (self.guard).set_limits(config.max_per_source.get(), config.ban.clone());
+        self.guard.set_limits(limits(config));
         self.config.set(config.clone());
+        self.guard.lift_trusted(&config.trusted, Instant::now());
+    }
+
+    /// The bans and refusals, for the admin server.
+    pub(crate) fn gate(&self) -> super::Gate {
+        super::Gate {
+            guard: Arc::clone(&self.guard),
+            refusals: Arc::clone(&self.refusals),
+        }
     }
 
     /// Closes idle pipes unused for a while, every second until `shutdown`: an idle
@@ -181,8 +203,18 @@ impl Forwarder {
     ) {
         let span = |peer: SocketAddr| info_span!("dist", %peer, public_port);
         let handle = |client, source| self.connection(client, source, public_port);
+        let refusals = Arc::clone(&self.refusals);
+        let directory = Arc::clone(&self.directory);
+        let on_full = OnFull(Arc::new(move |source: SocketAddr| {
+            let node = match directory.destination(public_port) {
+                Some(Destination::Local { name, .. } | Destination::Routed { name, .. }) => name,
+                None => String::new(),
+            };
+            refusals.note(source.ip(), &node, None, Reason::MaxConnections);
+        }));
         let acceptor = Acceptor {
             shutdown: stop,
+            on_full: Some(on_full),
             ..self.acceptor.clone()
         };
         (acceptor)
@@ -342,6 +374,7 @@ mod tests {
             limit: None,
             shutdown: Default::default(),
             tracker: Default::default(),
+            on_full: None,
         };
         let forwarder = Arc::new(Forwarder::new(
             Arc::new(Directory::local(plan)),

@@ -82,6 +82,22 @@ pub(crate) enum Command {
     /// The nodes registered with a running distgate and, in gateway mode, its leases
     /// (its admin port's /nodes) as tables.
     Nodes(AdminArgs),
+    /// The sources a running distgate bans now (its admin port's /bans) as a table:
+    /// the address or IPv6 prefix, its failures and withdrawals, since and until when.
+    Bans(AdminArgs),
+    /// Lift bans of a running distgate (its admin port's DELETE /bans, served to
+    /// loopback only): an address, a prefix (2001:db8::/64) or `all`. Exits 0 when a
+    /// ban was lifted (or `all` found none), 1 otherwise.
+    Unban {
+        /// An address, a prefix, or `all`.
+        which: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// The last 256 refused or failed dist connections of a running distgate (its
+    /// admin port's /refusals), newest first: source, node, claimed name and why.
+    /// The first step when a node does not connect.
+    Refusals(AdminArgs),
     /// Make a running distgate read its configuration file again (its admin port's
     /// POST /reload, served to loopback only; the same as SIGHUP). Exits 0 when the
     /// new configuration is in force, 1 when it is not (the running one stays).

@@ -1,4 +1,5 @@
-//! The short commands: `check-config`, `probe`, `links`, `nodes` and `reload`. Each
+//! The short commands: `check-config`, `probe`, `links`, `nodes`, `bans`,
+//! `refusals`, `unban` and `reload`. Each
 //! prints its answer and returns the exit code.
 
 use std::path::Path;
@@ -65,35 +66,63 @@ pub(crate) fn on_this_thread<F: std::future::Future>(task: F) -> Result<F::Outpu
     }
 }
 
+/// `distgate unban ADDRESS|all`: exit 0 when a ban was lifted (or `all` found none),
+/// 1 otherwise.
+pub(crate) fn unban(which: &str, args: &AdminArgs) -> ExitCode {
+    said(on_this_thread(distgate::api::client::unban(
+        args.admin,
+        which,
+        args.timeout,
+    )))
+}
+
 /// `distgate reload`: exit 0 when the new configuration is in force, 1 otherwise.
 pub(crate) fn reload(args: &AdminArgs) -> ExitCode {
-    let answer = match on_this_thread(distgate::api::client::reload(args.admin, args.timeout)) {
-        Ok(answer) => answer,
-        Err(code) => return code,
-    };
+    said(on_this_thread(distgate::api::client::reload(
+        args.admin,
+        args.timeout,
+    )))
+}
+
+/// A change asked of the admin port: its line printed, exit 0 when it was made.
+fn said(answer: Result<Result<(bool, String), distgate::api::ApiError>, ExitCode>) -> ExitCode {
     match answer {
-        Ok((true, line)) => {
+        Err(code) => code,
+        Ok(Ok((true, line))) => {
             println!("{line}");
             ExitCode::SUCCESS
         }
-        Ok((false, line)) => {
+        Ok(Ok((false, line))) => {
             eprintln!("distgate: {line}");
             ExitCode::FAILURE
         }
-        Err(e) => {
+        Ok(Err(e)) => {
             eprintln!("distgate: {e}");
             ExitCode::FAILURE
         }
     }
 }
 
-/// `distgate links` or `distgate nodes`: exit 0 with the table, 1 when the admin port
-/// cannot be read.
-pub(crate) fn status(args: &AdminArgs, nodes: bool) -> ExitCode {
+/// The tables of the admin port.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Table {
+    Links,
+    Nodes,
+    Bans,
+    Refusals,
+}
+
+/// `distgate links`, `nodes`, `bans` or `refusals`: exit 0 with the table, 1 when the
+/// admin port cannot be read.
+pub(crate) fn status(args: &AdminArgs, table: Table) -> ExitCode {
+    use distgate::api::client;
+    let (admin, timeout) = (args.admin, args.timeout);
     let answer = on_this_thread(async {
-        match nodes {
-            true => distgate::api::client::nodes(args.admin, args.timeout).await,
-            false => distgate::api::client::links(args.admin, args.timeout).await,
+        match table {
+            Table::Links => client::links(admin, timeout).await,
+            Table::Nodes => client::nodes(admin, timeout).await,
+            Table::Bans => client::bans(admin, timeout).await,
+            Table::Refusals => client::refusals(admin, timeout).await,
         }
     });
     let answer = match answer {

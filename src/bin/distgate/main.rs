@@ -37,9 +37,14 @@ fn run(cli: Cli) -> ExitCode {
             ipv6,
             timeout,
         }) => return commands::probe(node, *epmd_port, *ipv6, *timeout),
-        Some(Command::Links(args)) => return commands::status(args, false),
-        Some(Command::Nodes(args)) => return commands::status(args, true),
+        Some(Command::Links(args)) => return commands::status(args, commands::Table::Links),
+        Some(Command::Nodes(args)) => return commands::status(args, commands::Table::Nodes),
+        Some(Command::Bans(args)) => return commands::status(args, commands::Table::Bans),
+        Some(Command::Refusals(args)) => {
+            return commands::status(args, commands::Table::Refusals);
+        }
         Some(Command::Reload(args)) => return commands::reload(args),
+        Some(Command::Unban { which, admin }) => return commands::unban(which, admin),
         Some(Command::Run(_)) | None => {}
     }
     let cli = match cli.command {

@@ -1,0 +1,137 @@
+//! The last refused or failed dist connections, for `GET /refusals` and
+//! `distgate refusals`: the answer to "why doesn't my node connect?" in one place. A
+//! ring of [`Refusals::KEPT`] entries, each bounded (the claimed name cut to 255
+//! characters), so a flood of refusals costs a fixed amount of memory.
+
+use std::collections::VecDeque;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use crate::api::{RefusalView, unix_seconds};
+
+/// Why a dist connection was refused or failed (the `reason` of `/refusals`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reason {
+    /// Its name matches no `[dist] allow_peers` glob.
+    NotAllowed,
+    /// Its source is banned.
+    Banned,
+    /// Its source holds `[dist] max_per_source` connections.
+    PerSource,
+    /// The dist listener holds `[dist] max_connections`.
+    MaxConnections,
+    /// TLS, and `[dist] tls` is "deny".
+    TlsDenied,
+    /// The handshake failed against the caller (its cookie, most often).
+    Failed,
+    /// It hung up before the node's ack.
+    Withdrawn,
+    /// No first frame or no whole handshake in time.
+    Timeout,
+    /// Its first frame is not a dist handshake.
+    NotAHandshake,
+    /// No node holds the port it dialled.
+    NoNode,
+    /// The node's real port (or the routed upstream) did not accept.
+    UpstreamRefused,
+}
+
+impl Reason {
+    /// The `reason` text.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Reason::NotAllowed => "not_allowed",
+            Reason::Banned => "banned",
+            Reason::PerSource => "per_source",
+            Reason::MaxConnections => "max_connections",
+            Reason::TlsDenied => "tls_denied",
+            Reason::Failed => "failed",
+            Reason::Withdrawn => "withdrawn",
+            Reason::Timeout => "timeout",
+            Reason::NotAHandshake => "not_a_handshake",
+            Reason::NoNode => "no_node",
+            Reason::UpstreamRefused => "upstream_refused",
+        }
+    }
+}
+
+/// Longest claimed name kept.
+const MAX_CLAIMED: usize = 255;
+
+#[derive(Debug)]
+struct Refused {
+    at: SystemTime,
+    source: IpAddr,
+    node: String,
+    claimed: Option<String>,
+    reason: Reason,
+}
+
+/// The ring of the last refusals.
+#[derive(Debug, Default)]
+pub(crate) struct Refusals {
+    ring: Mutex<VecDeque<Refused>>,
+}
+
+impl Refusals {
+    /// Refusals kept; the oldest goes when a new one comes.
+    pub(crate) const KEPT: usize = 256;
+
+    /// Notes a refusal of a connection from `source` to `node` (`""`: none).
+    pub(crate) fn note(&self, source: IpAddr, node: &str, claimed: Option<&str>, reason: Reason) {
+        let entry = Refused {
+            at: SystemTime::now(),
+            source: source.to_canonical(),
+            node: node.to_owned(),
+            claimed: claimed.map(|name| name.chars().take(MAX_CLAIMED).collect()),
+            reason,
+        };
+        let mut ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
+        if ring.len() >= Self::KEPT {
+            ring.pop_back();
+        }
+        ring.push_front(entry);
+    }
+
+    /// The refusals kept, newest first.
+    pub(crate) fn views(&self) -> Vec<RefusalView> {
+        let ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
+        (ring.iter())
+            .map(|r| RefusalView {
+                at: unix_seconds(r.at),
+                source: r.source.to_string(),
+                node: r.node.clone(),
+                claimed: r.claimed.clone(),
+                reason: r.reason.as_str().to_owned(),
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ring_keeps_the_newest_and_cuts_names() {
+        let refusals = Refusals::default();
+        let source: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
+        let long = "x".repeat(10_000);
+        for n in 0..1000 {
+            let claimed = format!("{n}{long}");
+            refusals.note(source, "app", Some(&claimed), Reason::Failed);
+        }
+        refusals.note(source, "app", None, Reason::NotAllowed);
+        let views = refusals.views();
+        assert_eq!(views.len(), Refusals::KEPT);
+        assert_eq!(views[0].reason, "not_allowed");
+        assert_eq!(views[0].source, "10.0.0.1");
+        assert!(views[1].claimed.as_deref().unwrap().starts_with("999x"));
+        assert!(
+            views
+                .iter()
+                .all(|v| v.claimed.as_ref().is_none_or(|c| c.len() <= 255))
+        );
+    }
+}
