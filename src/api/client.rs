@@ -319,7 +319,7 @@ pub async fn refusals(admin: SocketAddr, timeout: Duration) -> Result<String, Ap
                 seconds(now - r.at),
                 r.source.clone(),
                 or_dash(&r.node),
-                r.claimed.as_deref().map_or("-".into(), or_dash),
+                r.claimed.as_deref().map_or("-".into(), shortened),
                 r.reason.clone(),
             ]
         })
@@ -342,6 +342,16 @@ max_connections = [dist] max_connections reached; \
 timeout, not_a_handshake = no dist handshake in time, or not one; \
 tls_denied = TLS while [dist] tls = \"deny\"; \
 no_node = nothing holds the port it dialled; upstream_refused = the node's real port did not accept\n";
+
+/// A claimed name as a table cell: at most 64 characters (a hostile caller's name is
+/// up to 255), `-` when empty.
+fn shortened(name: &str) -> String {
+    match name.chars().count() {
+        0 => "-".into(),
+        ..=64 => name.to_owned(),
+        _ => name.chars().take(63).chain(['…']).collect(),
+    }
+}
 
 fn or_dash(s: &str) -> String {
     match s.is_empty() {

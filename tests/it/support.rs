@@ -242,8 +242,14 @@ pub fn recorder() -> distgate::metrics::Exporter {
 
 /// A plain HTTP/1.1 GET: (status, body).
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    http(addr, "GET", path).await
+}
+
+/// A plain HTTP/1.1 request without a body: (status, body).
+pub async fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
     let mut stream = TcpStream::connect(addr).await.unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: distgate\r\nConnection: close\r\n\r\n");
+    let request =
+        format!("{method} {path} HTTP/1.1\r\nHost: distgate\r\nConnection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await.unwrap();
     let reply = String::from_utf8(read_to_close(&mut stream).await).unwrap();
     let status = reply

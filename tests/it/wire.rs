@@ -7,5 +7,6 @@ mod dns;
 mod engine;
 mod epmd;
 mod forward;
+mod gate;
 mod properties;
 mod soak;

@@ -8,6 +8,7 @@
 use crate::support;
 use std::time::Duration;
 
+use crate::support::dist::client_hello;
 use crate::support::*;
 use distgate::handshake::frames::{challenge, status_ok};
 use distgate::handshake::{OTP25_FLAGS, encode_send_name};
@@ -147,20 +148,6 @@ async fn a_node_that_refuses_the_reply_ends_a_failed_handshake() {
         !text.contains("guess@h"),
         "an unauthenticated name in /metrics"
     );
-}
-
-/// A whole TLS 1.2+ ClientHello record with no extensions.
-fn client_hello() -> Vec<u8> {
-    let mut body = vec![0x03, 0x03];
-    body.extend_from_slice(&[7u8; 32]);
-    body.extend_from_slice(&[0, 0x00, 0x02, 0x13, 0x01, 0x01, 0x00, 0x00, 0x00]);
-    let mut handshake = vec![0x01];
-    handshake.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
-    handshake.extend(body);
-    let mut record = vec![0x16, 0x03, 0x01];
-    record.extend_from_slice(&(handshake.len() as u16).to_be_bytes());
-    record.extend(handshake);
-    record
 }
 
 /// The disguise: a `send_name` whose length is `16 03` (5,635 bytes, one frame to

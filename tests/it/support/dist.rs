@@ -66,3 +66,17 @@ pub async fn link(public: SocketAddr, node: &TcpListener, name: &str) -> (TcpStr
     as_node(&mut upstream).await;
     (calling.await.unwrap(), upstream)
 }
+
+/// A whole TLS 1.2+ ClientHello record with no extensions.
+pub fn client_hello() -> Vec<u8> {
+    let mut body = vec![0x03, 0x03];
+    body.extend_from_slice(&[7u8; 32]);
+    body.extend_from_slice(&[0, 0x00, 0x02, 0x13, 0x01, 0x01, 0x00, 0x00, 0x00]);
+    let mut handshake = vec![0x01];
+    handshake.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
+    handshake.extend(body);
+    let mut record = vec![0x16, 0x03, 0x01];
+    record.extend_from_slice(&(handshake.len() as u16).to_be_bytes());
+    record.extend(handshake);
+    record
+}
