@@ -348,7 +348,7 @@ no_node = nothing holds the port it dialled; upstream_refused = the node's real 
 fn shortened(name: &str) -> String {
     match name.chars().count() {
         0 => "-".into(),
-        ..=64 => name.to_owned(),
+        1..=64 => name.to_owned(),
         _ => name.chars().take(63).chain(['…']).collect(),
     }
 }
