@@ -4,6 +4,7 @@
 mod admission;
 mod conformance;
 mod faults;
+mod gate;
 mod gateway;
 mod openshift;
 mod otp;

@@ -2,6 +2,7 @@
 //! Prometheus, the manifests, an unprivileged UID's pipe quota.
 
 mod cli;
+mod gate;
 mod lifecycle;
 mod logging;
 mod manifests;
