@@ -226,3 +226,105 @@ fn one_address_holds_at_most_max_per_source_connections() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The guesser of a whole IPv6 /64 (one host is given one): before, each of its
+/// addresses was a source of its own, so `max_per_source = 4` let one /64 hold 40 of
+/// 40 connections, and stepping to the next address after each ban got 40 of 60 bad
+/// handshakes through. Now the /64 is one source: 4 held, 3 failures, then banned.
+/// The guesser's 40 addresses live on the pod's loopback (they are not the address it
+/// dials, so not "local").
+#[test]
+fn an_ipv6_64_is_one_source() {
+    if !require(&["ip"]) || !require_root() {
+        return;
+    }
+    let (id, dir, mut pods) = world("dg6");
+    let node_pod = 0;
+    let ns = pods.pods[node_pod].ns.clone();
+    let mut batch = String::from("addr add fd00:64::1/128 dev lo nodad\n");
+    for n in 1..=40 {
+        batch.push_str(&format!("addr add fd00:65::{n:x}/128 dev lo nodad\n"));
+    }
+    crate::support::netns::exec(&ns, &["ip", "-batch", "-"], Some(&batch));
+    let text = "[dist]\nmax_per_source = 4\nfirst_frame_timeout = \"60s\"\n\
+                handshake_timeout = \"60s\"\n[dist.ban]\nfailures = 3\n";
+    pods.distgate(node_pod, "distgate", Some(&config(&dir, text)));
+    // A node must hold the port, or connections close at once for want of one.
+    let node = in_netns(&ns, || {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let mut registration = StdStream::connect("127.0.0.1:4369").unwrap();
+        let alive2 = distgate::epmd::message::encode_alive2_req(&alive2("app", port));
+        std::io::Write::write_all(&mut registration, &alive2).unwrap();
+        let mut reply = [0u8; 6];
+        registration.read_exact(&mut reply).unwrap();
+        assert_eq!(reply[1], 0, "registration refused");
+        (listener, registration)
+    });
+    let dialled: std::net::SocketAddr = "[fd00:64::1]:43691".parse().unwrap();
+    let from = |n: u32| -> std::net::SocketAddr {
+        format!("[fd00:65::{:x}]:0", n % 40 + 1).parse().unwrap()
+    };
+    let connect = move |n: u32| -> StdStream {
+        let socket =
+            socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::STREAM, None).unwrap();
+        socket.bind(&from(n).into()).unwrap();
+        socket.connect(&dialled.into()).unwrap();
+        socket.into()
+    };
+    let held: Vec<StdStream> = in_netns(&ns, move || (0..40).map(connect).collect());
+    let per_source = [("listener", "dist"), ("reason", "per_source")];
+    let refused = |reason: &str, want: f64| {
+        let labels = [("listener", "dist"), ("reason", reason)];
+        eventually_blocking(DEADLINE, &format!("{want} refused {reason}"), || {
+            let got = sample(
+                &metrics_in(&ns),
+                "distgate_connections_refused_total",
+                &labels,
+            );
+            (got == Some(want)).then_some(())
+        });
+    };
+    refused("per_source", 36.0);
+    let open = [("listener", "dist")];
+    assert_eq!(
+        sample(&metrics_in(&ns), "distgate_connections_open", &open),
+        Some(4.0),
+        "the /64 held more than max_per_source"
+    );
+    drop(held);
+    eventually_blocking(DEADLINE, "the held connections closed", || {
+        (sample(&metrics_in(&ns), "distgate_connections_open", &open) == Some(0.0)).then_some(())
+    });
+    // 60 bad handshakes, each from the next address of the /64.
+    in_netns(&ns, move || {
+        for n in 0..60 {
+            let mut stream = connect(n);
+            stream.set_read_timeout(Some(DEADLINE)).unwrap();
+            let _ = std::io::Write::write_all(&mut stream, b"GET / HTTP/1.1\r\n\r\n");
+            let _ = stream.read_to_end(&mut Vec::new());
+        }
+    });
+    refused("banned", 57.0);
+    let metrics = metrics_in(&ns);
+    let failed = [("node", "app"), ("result", "failed")];
+    assert_eq!(
+        sample(&metrics, "distgate_dist_handshakes_total", &failed),
+        Some(3.0),
+        "bad handshakes past the ban of the /64"
+    );
+    assert_eq!(
+        sample(&metrics, "distgate_connections_refused_total", &per_source),
+        Some(36.0)
+    );
+    let bans = crate::support::netns::admin_in(&ns, "/bans");
+    assert!(bans.contains(r#""source":"fd00:65::/64""#), "{bans}");
+    let log = pods.output(0).text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("source banned") && l.contains("fd00:65::/64")),
+        "{log}"
+    );
+    drop(node);
+    let _ = (id, std::fs::remove_dir_all(&dir));
+}
