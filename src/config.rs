@@ -84,7 +84,9 @@ pub struct DnsConfig {
     /// Name servers (`"10.96.0.10:53"`); empty: the system's resolv.conf, with its
     /// search domains and ndots as Kubernetes writes them.
     pub nameservers: Vec<SocketAddr>,
-    /// Answers are kept at least this long, whatever their TTL.
+    /// Answers are kept at least this long, whatever their TTL; a name found missing,
+    /// or a lookup that failed, is answered from memory this long before DNS is asked
+    /// again.
     #[serde(with = "humantime_serde")]
     pub min_ttl: Duration,
     /// And at most this long.

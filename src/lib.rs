@@ -26,7 +26,8 @@
 //!   and `POST /reload`; [`ready`]: what `/readyz` answers; [`api`]: the JSON shapes of
 //!   `/links` and `/nodes` and the client of `distgate links`, `nodes` and `reload`.
 //! - [`probe`]: `distgate probe NODE@HOST`, which finds where a node's path breaks.
-//! - [`dns`]: hickory behind a trait, and a cache that owns TTLs (for the gateway).
+//! - [`dns`]: hickory behind a trait, and a cache that owns TTLs (for the gateway):
+//!   one lookup per name at a time, missing names remembered, at most 4,096 names.
 //! - [`route`]: gateway routes (node-name glob → upstream host template), pure;
 //!   [`glob`]: the globs over node names that routes, pins and allow-lists use.
 //! - [`gateway`]: routed names: confirmed upstream, leased a public port (the same on

@@ -56,7 +56,9 @@ pub const DIST_UPSTREAM_FAILURES: &str = "distgate_dist_upstream_connect_failure
 pub const DIST_NO_NODE: &str = "distgate_dist_connections_no_node_total";
 /// Accept errors on any listener.
 pub const ACCEPT_ERRORS: &str = "distgate_accept_errors_total";
-/// DNS lookups for routes, by `result` (`ok`, `not_found`, `error`, `stale`).
+/// DNS lookups for routes, by `result` (`ok`, `not_found`, `error`, `stale`): the
+/// lookups that asked DNS, one per name at a time; answers from the cache (a missing
+/// name or a failure remembered for `[dns] min_ttl` included) are not counted.
 pub const DNS_LOOKUPS: &str = "distgate_dns_lookups_total";
 /// How long DNS lookups took.
 pub const DNS_DURATION: &str = "distgate_dns_lookup_duration_seconds";

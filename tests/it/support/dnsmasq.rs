@@ -1,7 +1,9 @@
 //! A real DNS server for tests: dnsmasq on a free loopback port, authoritative for the
-//! made-up domain `cluster.test`, ended by PID on drop.
+//! made-up domain `cluster.test`, ended by PID on drop; with [`dnsmasq_logging`], every
+//! query it receives written to a file and counted by [`queries`].
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -21,6 +23,21 @@ pub async fn dnsmasq(records: &[(&str, &str)], ttl: u32) -> Dnsmasq {
 
 /// [`dnsmasq`] that also answers SRV records (service, target, port).
 pub async fn dnsmasq_srv(records: &[(&str, &str)], srv: &[(&str, &str, u16)], ttl: u32) -> Dnsmasq {
+    start(records, srv, ttl, None).await
+}
+
+/// [`dnsmasq`] that logs every query it receives to `log` (`--log-queries`), for
+/// [`queries`] to count.
+pub async fn dnsmasq_logging(records: &[(&str, &str)], ttl: u32, log: &Path) -> Dnsmasq {
+    start(records, &[], ttl, Some(log)).await
+}
+
+async fn start(
+    records: &[(&str, &str)],
+    srv: &[(&str, &str, u16)],
+    ttl: u32,
+    log: Option<&Path>,
+) -> Dnsmasq {
     for _ in 0..10 {
         let port = free_port();
         let mut command = Command::new("dnsmasq");
@@ -29,6 +46,12 @@ pub async fn dnsmasq_srv(records: &[(&str, &str)], srv: &[(&str, &str, u16)], tt
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         command.args(args(records, srv));
+        if let Some(log) = log {
+            command.args([
+                "--log-queries".to_owned(),
+                format!("--log-facility={}", log.display()),
+            ]);
+        }
         let mut process = Process::spawn("dnsmasq", &mut command);
         let addr = loopback(port);
         let resolver = Hickory::with_nameservers(&[addr], Duration::from_millis(200), 1).unwrap();
@@ -80,4 +103,24 @@ pub fn args(records: &[(&str, &str)], srv: &[(&str, &str, u16)]) -> Vec<String> 
         .iter()
         .map(|(service, target, port)| format!("--srv-host={service},{target},{port}"));
     hosts.chain(services).collect()
+}
+
+/// How many queries for `name` (any type) dnsmasq has logged to `log` so far.
+pub fn queries(log: &Path, name: &str) -> usize {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let asked = format!(" {name} from ");
+    text.lines()
+        .filter(|line| line.contains(": query[") && line.contains(&asked))
+        .count()
+}
+
+/// Waits until every query `server` answered before this call is in `log`: asks for
+/// `sentinel` and waits for its line (dnsmasq logs the queries it reads in order).
+pub async fn all_logged(server: SocketAddr, log: &Path, sentinel: &str) {
+    let resolver = Hickory::with_nameservers(&[server], Duration::from_millis(500), 1).unwrap();
+    let _ = resolver.lookup_ip(sentinel).await;
+    eventually("dnsmasq to log the sentinel query", || async {
+        (queries(log, sentinel) > 0).then_some(())
+    })
+    .await;
 }
