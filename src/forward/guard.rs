@@ -254,6 +254,15 @@ impl Guard {
         if banned(&tables, source, now) {
             return false;
         }
+        if tables
+            .failures
+            .get(&source)
+            .is_some_and(|e| e.ban.is_some())
+        {
+            // Its ban ran out and is not yet swept: lifted now, a new window begins.
+            tables.failures.remove(&source);
+            lifted(&mut tables, &[source], Lifted::Expired, now);
+        }
         if !tables.failures.contains_key(&source) && tables.failures.len() >= MAX_TRACKED {
             make_room(&mut tables, now, ban.within);
         }
@@ -265,9 +274,8 @@ impl Guard {
             ban: None,
         });
         entry.last = now;
-        if entry.ban.is_some() || now.duration_since(entry.since) > ban.within {
-            // A new window (a ban that ran out and is not yet swept included).
-            (entry.since, entry.count, entry.withdrawals, entry.ban) = (now, 0, 0, None);
+        if now.duration_since(entry.since) > ban.within {
+            (entry.since, entry.count, entry.withdrawals) = (now, 0, 0);
         }
         let count = match strike {
             Strike::Failure => &mut entry.count,
@@ -594,6 +602,23 @@ mod tests {
         guard.sweep(after);
         assert_eq!(guard.banned(), 0);
         assert!(guard.admit(ip(1), after).is_ok());
+    }
+
+    #[test]
+    fn a_ban_that_ran_out_unswept_is_lifted_by_the_next_failure() {
+        let guard = guard(2);
+        let now = Instant::now();
+        guard.failed(ip(1), now);
+        assert!(guard.failed(ip(1), now));
+        assert_eq!(guard.banned(), 1);
+        let after = now + Duration::from_secs(601);
+        assert!(guard.admit(ip(1), after).is_ok(), "the ban ran out");
+        assert!(
+            !guard.failed(ip(1), after),
+            "a new window: one failure of two"
+        );
+        assert_eq!(guard.banned(), 0, "the gauge follows");
+        assert!(guard.failed(ip(1), after));
     }
 
     #[test]
