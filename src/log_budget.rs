@@ -4,6 +4,7 @@
 //! through one, so a flood cannot fill the logs; the metrics still count every event.
 //! [`SharedBudget`] is one shared by tasks, so that a call site is one line.
 
+use std::borrow::Cow;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -17,7 +18,7 @@ pub(crate) const LOG_WINDOW: Duration = Duration::from_secs(10);
 /// One kind of warning's budget; `summary` is the line that sums up what was left out.
 #[derive(Debug)]
 pub(crate) struct LogBudget {
-    summary: &'static str,
+    summary: Cow<'static, str>,
     since: Option<Instant>,
     logged: u32,
     unlogged: u64,
@@ -26,7 +27,7 @@ pub(crate) struct LogBudget {
 impl LogBudget {
     pub(crate) const fn new(summary: &'static str) -> LogBudget {
         LogBudget {
-            summary,
+            summary: Cow::Borrowed(summary),
             since: None,
             logged: 0,
             unlogged: 0,
@@ -66,6 +67,13 @@ impl SharedBudget {
     /// counts every event).
     pub(crate) const fn new(summary: &'static str) -> SharedBudget {
         SharedBudget(Mutex::new(LogBudget::new(summary)))
+    }
+
+    /// [`SharedBudget::new`] with a summary made at run time.
+    pub(crate) fn with_summary(summary: String) -> SharedBudget {
+        let mut budget = LogBudget::new("");
+        budget.summary = Cow::Owned(summary);
+        SharedBudget(Mutex::new(budget))
     }
 
     /// Whether one more line may be logged now (see [`LogBudget::allow`]).

@@ -3,6 +3,7 @@
 
 mod cli;
 mod lifecycle;
+mod log_budget;
 mod logging;
 mod manifests;
 mod observability;
