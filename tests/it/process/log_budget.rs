@@ -3,18 +3,24 @@
 //! whose first such event logs one line saying how many were left out; the metrics
 //! count every event. One test per kind, against the binary, its JSON log read back:
 //! non-local ALIVE2, non-local DUMP, NAMES, KILL and STOP, a client toggling
-//! `[epmd] max_connections`, accept errors behind a full descriptor table.
+//! `[epmd] max_connections`, accept errors behind a full descriptor table,
+//! `POST /reload` from another host, a node's real port that refuses, a routed
+//! upstream that no longer resolves.
 //!
 //! "Non-local" on loopback: `[epmd] register_from = ["127.0.0.1"]` makes 127.0.0.6
-//! another host (as behind a mesh sidecar).
+//! another host (as behind a mesh sidecar). The admin port's rule is loopback itself,
+//! so that test listens on an address of this host's own network interfaces.
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use crate::support::beam::Output;
+use crate::support::dnsmasq::server_args;
 use crate::support::*;
+use distgate::dns::{DnsError, Hickory, Lookup};
 use distgate::epmd::message::{encode_alive2_req, frame};
+use distgate::handshake::{OTP25_FLAGS, encode_send_name};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpSocket, TcpStream};
 
@@ -30,6 +36,7 @@ struct Gate {
     out: Output,
     epmd: SocketAddr,
     admin: SocketAddr,
+    public: SocketAddr,
     _dir: TempDir,
 }
 
@@ -101,11 +108,16 @@ impl Gate {
                     .parse()
                     .unwrap()
             };
-            let (epmd, admin) = (addr("\"EPMD listening\""), addr("\"admin HTTP listening"));
+            let (epmd, admin, public) = (
+                addr("\"EPMD listening\""),
+                addr("\"admin HTTP listening"),
+                addr("\"public dist port listening\""),
+            );
             return Gate {
                 out,
                 epmd,
                 admin,
+                public,
                 _dir: dir,
             };
         }
@@ -340,6 +352,155 @@ async fn log_budget_a_client_toggling_max_connections() {
         refused >= (episodes + 1) as f64,
         "{refused} refusals counted"
     );
+}
+
+/// An address of this host's own, other than loopback (from `ip`): `None` when it has
+/// none.
+fn own_address() -> Option<IpAddr> {
+    let out = std::process::Command::new("ip")
+        .args(["-o", "-4", "addr", "show", "scope", "global"])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut words = text.split_whitespace();
+    words.find(|&w| w == "inet")?;
+    words.next()?.split('/').next()?.parse().ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_budget_post_reload_from_another_host() {
+    if !require(&["ip"]) {
+        return;
+    }
+    let Some(own) = own_address() else {
+        let ci = std::env::var("CI").is_ok_and(|v| v == "true");
+        assert!(!ci, "CI=true but this host has no address besides loopback");
+        eprintln!("skipped: this host has no address besides loopback");
+        return;
+    };
+    let gate = Gate::start("", "", own, "");
+    let not_logged = flood(
+        &gate,
+        &["POST /reload refused: not from loopback"],
+        "more POST /reload from other hosts refused than logged",
+        FLOOD,
+        |_| async {
+            let mut stream = connect_from(own, gate.admin).await;
+            let request = "POST /reload HTTP/1.1\r\nHost: distgate\r\nContent-Length: 0\r\n\
+                           Connection: close\r\n\r\n";
+            stream.write_all(request.as_bytes()).await.unwrap();
+            let reply = read_to_close(&mut stream).await;
+            assert!(reply.starts_with(b"HTTP/1.1 403"), "{reply:?}");
+        },
+    )
+    .await;
+    assert_eq!(not_logged, (FLOOD - BURST) as u64);
+}
+
+/// A caller's `send_name` on a new connection to `public`, and the close that follows.
+async fn call(public: SocketAddr) {
+    let mut caller = TcpStream::connect(public).await.unwrap();
+    let send_name = encode_send_name("peer@127.0.0.1", OTP25_FLAGS, 1);
+    caller.write_all(&send_name).await.unwrap();
+    assert_eq!(read_to_close(&mut caller).await, b"", "forwarded somewhere");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_budget_a_real_port_that_refuses() {
+    let gate = Gate::start("", "", [127, 0, 0, 1].into(), "");
+    // A node registered on a port nobody listens on any more.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let (_registration, _) = register(gate.epmd, &alive2("app", port)).await;
+    let not_logged = flood(
+        &gate,
+        &["node's real port did not accept"],
+        "more nodes' real ports did not accept than logged \
+         (see distgate_dist_upstream_connect_failures_total)",
+        FLOOD,
+        |_| call(gate.public),
+    )
+    .await;
+    assert_eq!(not_logged, (FLOOD - BURST) as u64);
+    let counted = gate
+        .metric(
+            "distgate_dist_upstream_connect_failures_total",
+            &[("node", "app")],
+        )
+        .await;
+    assert_eq!(counted, (FLOOD + 1) as f64, "every failure counted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_budget_an_upstream_that_does_not_resolve() {
+    if !require(&["dnsmasq"]) {
+        return;
+    }
+    // The upstream: a distgate in this process with app-0 registered.
+    let upstream = InProcess::start(Options::default()).await;
+    let _node = fake_node(upstream.epmd, "app-0").await;
+    // DNS for it: dnsmasq answering from a hosts file it reads again on SIGHUP, TTL 0.
+    let dir = TempDir::new("distgate-log-budget-dns-");
+    let hosts = dir.join("hosts");
+    std::fs::write(&hosts, "127.0.0.1 app-0.cluster.test\n").unwrap();
+    let dns_port = free_port();
+    let mut command = std::process::Command::new("dnsmasq");
+    command
+        .args(server_args(dns_port, 0))
+        .arg(format!("--addn-hosts={}", hosts.display()))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let dnsmasq = Process::spawn("dnsmasq", &mut command);
+    let resolver =
+        Hickory::with_nameservers(&[loopback(dns_port)], Duration::from_millis(200), 1).unwrap();
+    eventually("dnsmasq to answer", || async {
+        resolver.lookup_ip("app-0.cluster.test").await.ok()
+    })
+    .await;
+
+    let gate = Gate::start(
+        "",
+        "",
+        [127, 0, 0, 1].into(),
+        &format!(
+            "[dns]\nnameservers = [\"127.0.0.1:{dns_port}\"]\nmin_ttl = \"0s\"\n\n\
+             [[route]]\nnodes = \"app-*\"\nupstream = \"{{name}}.cluster.test\"\nepmd_port = {}\n",
+            upstream.epmd.port()
+        ),
+    );
+    let leased = port_please(gate.epmd, "app-0").await;
+    assert_eq!(leased, Some(gate.public.port()), "app-0 leased");
+    // The name leaves DNS; its lease stays until the next confirmation (`max_ttl`).
+    std::fs::write(&hosts, "").unwrap();
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &dnsmasq.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    eventually("app-0 to leave DNS", || async {
+        let answer = resolver.lookup_ip("app-0.cluster.test").await;
+        matches!(answer, Err(DnsError::NotFound { .. })).then_some(())
+    })
+    .await;
+
+    let not_logged = flood(
+        &gate,
+        &["upstream does not resolve"],
+        "more upstreams did not resolve than logged \
+         (see distgate_dist_upstream_connect_failures_total)",
+        FLOOD,
+        |_| call(gate.public),
+    )
+    .await;
+    assert_eq!(not_logged, (FLOOD - BURST) as u64);
+    let counted = gate
+        .metric(
+            "distgate_dist_upstream_connect_failures_total",
+            &[("node", "app-0")],
+        )
+        .await;
+    assert_eq!(counted, (FLOOD + 1) as f64, "every failure counted");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
