@@ -17,12 +17,18 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, Span, debug, warn};
 
 use crate::limit::{Admission, Limit};
+use crate::log_budget::SharedBudget;
 use crate::metrics as m;
 
 /// First wait after an accept error (running out of descriptors, usually).
 const FIRST_BACKOFF: Duration = Duration::from_millis(10);
 /// Longest wait between accept errors.
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+/// Accept errors of every listener: a peer that holds the descriptors and lets one go
+/// at a time makes one per connection (the back-off resets at each accept that works).
+static ACCEPT_FAILED: SharedBudget =
+    SharedBudget::new("more accepts failed than logged (see distgate_accept_errors_total)");
 
 /// Whether a connection counts against a listener's limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,7 +85,9 @@ impl Acceptor {
             let (stream, peer) = match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => {
-                    warn!(listener = self.listener, "accept failed: {e}");
+                    if ACCEPT_FAILED.allow() {
+                        warn!(listener = self.listener, "accept failed: {e}");
+                    }
                     ::metrics::counter!(m::ACCEPT_ERRORS).increment(1);
                     tokio::select! {
                         _ = self.shutdown.cancelled() => return,

@@ -324,7 +324,13 @@ async fn reload(req: &Request<Incoming>, views: &Views, peer: SocketAddr) -> Res
         return text(StatusCode::METHOD_NOT_ALLOWED, "POST only\n".into());
     }
     if !may_change(peer) {
-        warn!(%peer, "POST /reload refused: not from loopback");
+        // Anyone who reaches the port can ask: the refusals logged are budgeted.
+        static REFUSED: crate::log_budget::SharedBudget = crate::log_budget::SharedBudget::new(
+            "more POST /reload from other hosts refused than logged",
+        );
+        if REFUSED.allow() {
+            warn!(%peer, "POST /reload refused: not from loopback");
+        }
         return text(
             StatusCode::FORBIDDEN,
             "forbidden: POST /reload is served to loopback only (run `distgate reload` inside the pod)\n".into(),

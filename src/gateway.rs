@@ -20,8 +20,8 @@ mod leases;
 mod report;
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
@@ -32,7 +32,7 @@ use crate::directory::{BoxFuture, InUse, Routes};
 use crate::dns::{Cache, DnsError, DnsSetupError, Hickory};
 use crate::epmd::client;
 use crate::epmd::message::Port2Resp;
-use crate::log_budget::LogBudget;
+use crate::log_budget::SharedBudget;
 use crate::metrics as m;
 use crate::ports::Ports;
 use crate::route::{self, Route, Upstream, UpstreamPort};
@@ -54,7 +54,7 @@ pub struct Gateway {
     /// Discovery routes whose first refresh has not ended.
     discovering: Arc<AtomicUsize>,
     /// Peers ask at will: the warnings of failed lookups are bounded.
-    log: Mutex<LogBudget>,
+    log: SharedBudget,
 }
 
 /// Why a routed name has no answer; the `result` of `distgate_gateway_lookups_total`.
@@ -142,9 +142,9 @@ impl Gateway {
             leases: Leases::new(ports, labels),
             discoveries,
             discovering,
-            log: Mutex::new(LogBudget::new(
+            log: SharedBudget::new(
                 "more routed lookups failed than logged (see distgate_gateway_lookups_total)",
-            )),
+            ),
         }
     }
 
@@ -178,9 +178,7 @@ impl Gateway {
 
     /// Whether a failed lookup's warning may be logged now.
     fn may_log(&self) -> bool {
-        (self.log.lock())
-            .unwrap_or_else(|p| p.into_inner())
-            .allow(Instant::now())
+        self.log.allow()
     }
 
     /// How many discovery routes have yet to end their first refresh; `/readyz` waits

@@ -1,14 +1,24 @@
 //! Connection limits: how many connections of one kind (EPMD, dist) distgate holds at
 //! once. Past the limit a new connection is closed as soon as it is accepted, counted,
 //! and logged once per episode, so a flood costs a descriptor for an instant and the
-//! connections already held keep theirs.
+//! connections already held keep theirs. Episodes are budgeted too: a client that
+//! toggles the limit (one connection in, one out) would start one per connection.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 
 use tracing::{info, warn};
 
+use crate::log_budget::SharedBudget;
 use crate::metrics as m;
+
+/// [`Limit::state`]: new connections are admitted.
+const BELOW: u8 = 0;
+/// [`Limit::state`]: new connections are refused, and the episode's start was not logged.
+const REFUSING: u8 = 1;
+/// [`Limit::state`]: new connections are refused, and the episode's start was logged
+/// (so its end is logged too).
+const REFUSING_LOGGED: u8 = 2;
 
 /// The limit for one kind of connection.
 #[derive(Debug)]
@@ -18,8 +28,11 @@ pub(crate) struct Limit {
     max: AtomicUsize,
     /// Places taken now.
     open: Arc<AtomicUsize>,
-    /// Whether the last connection was refused (for one log line per episode).
-    saturated: AtomicBool,
+    /// Whether the last connection was refused, and whether that episode was logged
+    /// ([`BELOW`], [`REFUSING`], [`REFUSING_LOGGED`]).
+    state: AtomicU8,
+    /// The episodes logged: a peer can start one per connection.
+    log: SharedBudget,
 }
 
 /// A held place under a [`Limit`]; given back when dropped.
@@ -47,7 +60,11 @@ impl Limit {
             listener,
             max: AtomicUsize::new(max),
             open: Arc::new(AtomicUsize::new(0)),
-            saturated: AtomicBool::new(false),
+            state: AtomicU8::new(BELOW),
+            log: SharedBudget::with_summary(format!(
+                "the {listener} connection limit was reached more often than logged \
+                 (see distgate_connections_refused_total)"
+            )),
         }
     }
 
@@ -57,8 +74,8 @@ impl Limit {
         self.max.store(max, Ordering::Relaxed);
     }
 
-    /// A place for a new connection, or `None` (counted, logged once per episode)
-    /// when all are taken.
+    /// A place for a new connection, or `None` (counted, logged once per episode,
+    /// episodes within a budget) when all are taken.
     pub(crate) fn admit(&self) -> Option<Admission> {
         let max = self.max.load(Ordering::Relaxed);
         let taken = (self.open).fetch_update(Ordering::Relaxed, Ordering::Relaxed, |open| {
@@ -66,7 +83,10 @@ impl Limit {
         });
         match taken {
             Ok(_) => {
-                if self.saturated.swap(false, Ordering::Relaxed) {
+                // An episode's end is logged when its start was.
+                if self.state.load(Ordering::Relaxed) != BELOW
+                    && self.state.swap(BELOW, Ordering::Relaxed) == REFUSING_LOGGED
+                {
                     info!(
                         listener = self.listener,
                         max, "below the connection limit again"
@@ -81,7 +101,21 @@ impl Limit {
             Err(_) => {
                 ::metrics::counter!(m::CONNECTIONS_REFUSED, "listener" => self.listener, "reason" => "max_connections")
                     .increment(1);
-                if !self.saturated.swap(true, Ordering::Relaxed) {
+                let started = (self.state)
+                    .compare_exchange(BELOW, REFUSING, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok();
+                // Marked logged only if no admission has ended the episode meanwhile.
+                if started
+                    && self.log.allow()
+                    && (self.state)
+                        .compare_exchange(
+                            REFUSING,
+                            REFUSING_LOGGED,
+                            Ordering::Relaxed,
+                            Ordering::Relaxed,
+                        )
+                        .is_ok()
+                {
                     warn!(
                         listener = self.listener,
                         max, "connection limit reached; closing new connections until some end"
@@ -109,12 +143,28 @@ mod tests {
         let a = limit.admit().unwrap();
         let _b = limit.admit().unwrap();
         assert!(limit.admit().is_none());
-        assert!(limit.saturated.load(Ordering::Relaxed));
+        assert_eq!(limit.state.load(Ordering::Relaxed), REFUSING_LOGGED);
         assert_eq!(limit.open(), 2);
         drop(a);
         assert_eq!(limit.open(), 1);
         assert!(limit.admit().is_some());
-        assert!(!limit.saturated.load(Ordering::Relaxed));
+        assert_eq!(limit.state.load(Ordering::Relaxed), BELOW);
+    }
+
+    /// Past the budget an episode is neither logged at its start nor at its end.
+    #[test]
+    fn episodes_past_the_budget_are_not_logged_at_either_end() {
+        let limit = Limit::new("epmd", 1);
+        let mut logged = 0;
+        for _ in 0..100 {
+            let held = limit.admit().unwrap();
+            assert!(limit.admit().is_none());
+            logged += usize::from(limit.state.load(Ordering::Relaxed) == REFUSING_LOGGED);
+            drop(held);
+        }
+        assert_eq!(logged, crate::log_budget::LOG_BURST as usize);
+        assert!(limit.admit().is_some());
+        assert_eq!(limit.state.load(Ordering::Relaxed), BELOW);
     }
 
     #[test]

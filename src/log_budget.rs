@@ -2,7 +2,10 @@
 //! window, and one line at the next window's start telling how many were left out.
 //! Whatever a peer can trigger at will (a failed handshake, a lookup that fails) logs
 //! through one, so a flood cannot fill the logs; the metrics still count every event.
+//! [`SharedBudget`] is one shared by tasks, so that a call site is one line.
 
+use std::borrow::Cow;
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use tracing::warn;
@@ -15,16 +18,16 @@ pub(crate) const LOG_WINDOW: Duration = Duration::from_secs(10);
 /// One kind of warning's budget; `summary` is the line that sums up what was left out.
 #[derive(Debug)]
 pub(crate) struct LogBudget {
-    summary: &'static str,
+    summary: Cow<'static, str>,
     since: Option<Instant>,
     logged: u32,
     unlogged: u64,
 }
 
 impl LogBudget {
-    pub(crate) fn new(summary: &'static str) -> LogBudget {
+    pub(crate) const fn new(summary: &'static str) -> LogBudget {
         LogBudget {
-            summary,
+            summary: Cow::Borrowed(summary),
             since: None,
             logged: 0,
             unlogged: 0,
@@ -53,6 +56,35 @@ impl LogBudget {
     }
 }
 
+/// A [`LogBudget`] that tasks share (behind a lock taken only to ask it): where a
+/// peer can cause a line, `if BUDGET.allow() { warn!(..) }`. A `static` serves where
+/// nothing owns the line's place in the code.
+#[derive(Debug)]
+pub(crate) struct SharedBudget(Mutex<LogBudget>);
+
+impl SharedBudget {
+    /// A budget whose summary line is `summary` (which should name the metric that
+    /// counts every event).
+    pub(crate) const fn new(summary: &'static str) -> SharedBudget {
+        SharedBudget(Mutex::new(LogBudget::new(summary)))
+    }
+
+    /// [`SharedBudget::new`] with a summary made at run time.
+    pub(crate) fn with_summary(summary: String) -> SharedBudget {
+        let mut budget = LogBudget::new("");
+        budget.summary = Cow::Owned(summary);
+        SharedBudget(Mutex::new(budget))
+    }
+
+    /// Whether one more line may be logged now (see [`LogBudget::allow`]).
+    pub(crate) fn allow(&self) -> bool {
+        // A panic while holding the lock leaves plain counters; go on with them.
+        (self.0.lock())
+            .unwrap_or_else(PoisonError::into_inner)
+            .allow(Instant::now())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -64,5 +96,17 @@ mod tests {
         let logged = (0..1000).filter(|_| budget.allow(now)).count();
         assert_eq!(logged, LOG_BURST as usize);
         assert!(budget.allow(now + LOG_WINDOW), "a new window");
+    }
+
+    #[test]
+    fn a_shared_budget_is_one_budget() {
+        static BUDGET: SharedBudget = SharedBudget::new("more than logged");
+        let logged: usize = std::thread::scope(|s| {
+            let counts: Vec<_> = (0..4)
+                .map(|_| s.spawn(|| (0..100).filter(|_| BUDGET.allow()).count()))
+                .collect();
+            counts.into_iter().map(|c| c.join().unwrap()).sum()
+        });
+        assert_eq!(logged, LOG_BURST as usize);
     }
 }

@@ -22,6 +22,7 @@ use crate::accept::{Acceptor, Admit, is_local};
 use crate::config::EpmdConfig;
 use crate::directory::Directory;
 use crate::live::Live;
+use crate::log_budget::SharedBudget;
 use crate::metrics as m;
 use crate::registry::{Registration, Registry};
 
@@ -63,6 +64,10 @@ pub(crate) struct Server {
     shutdown: CancellationToken,
     /// Limits connections from other hosts; the pod's own are never refused.
     acceptor: Acceptor,
+    /// Refusals of what only the pod's own may ask, which anyone else can send at
+    /// will: the lines logged are budgeted (ALIVE2; the others).
+    log_alive2_refused: SharedBudget,
+    log_local_only_refused: SharedBudget,
 }
 
 impl Server {
@@ -74,6 +79,14 @@ impl Server {
             directory,
             shutdown: acceptor.shutdown.clone(),
             acceptor,
+            log_alive2_refused: SharedBudget::new(
+                "more registrations from non-local addresses refused than logged \
+                 (see distgate_registrations_rejected_total)",
+            ),
+            log_local_only_refused: SharedBudget::new(
+                "more local-only requests from non-local addresses refused than logged \
+                 (see distgate_epmd_requests_total)",
+            ),
         }
     }
 
@@ -135,9 +148,11 @@ impl Server {
         };
         if refused {
             if kind == RequestKind::Alive2 {
-                warn!("registration from a non-local address refused");
+                if self.log_alive2_refused.allow() {
+                    warn!("registration from a non-local address refused");
+                }
                 metrics::counter!(m::REGISTRATIONS_REJECTED, "reason" => "not_local").increment(1);
-            } else {
+            } else if self.log_local_only_refused.allow() {
                 info!(request = %kind, "local-only request from a non-local address refused");
             }
             count_request(kind.as_str(), "not_local");

@@ -24,6 +24,7 @@ use crate::config::{DistConfig, MetricsConfig};
 use crate::directory::{Destination, Directory, InUse};
 use crate::links::{Links, Listed, NewLink, Way};
 use crate::live::Live;
+use crate::log_budget::SharedBudget;
 use crate::metrics::{self as m, PeerLabels};
 
 /// The `direction` label of connections that come in on a public port for a local node.
@@ -73,6 +74,11 @@ pub(crate) struct Forwarder {
     pub(super) refusals: Arc<Refusals>,
     pub(super) peers: Arc<PeerLabels>,
     pub(super) acceptor: Acceptor,
+    /// A peer that passes admission makes distgate dial the node at will: when the
+    /// upstream does not resolve, or the node's port does not accept, the lines
+    /// logged are budgeted.
+    log_unresolved: SharedBudget,
+    log_unreachable: SharedBudget,
 }
 
 /// A link whose peer has proved itself (or speaks TLS), ready for the engine.
@@ -150,6 +156,14 @@ impl Forwarder {
             refusals: Arc::new(Refusals::default()),
             peers: Arc::new(PeerLabels::new(metrics.max_peers, metrics.idle_timeout)),
             acceptor,
+            log_unresolved: SharedBudget::new(
+                "more upstreams did not resolve than logged \
+                 (see distgate_dist_upstream_connect_failures_total)",
+            ),
+            log_unreachable: SharedBudget::new(
+                "more nodes' real ports did not accept than logged \
+                 (see distgate_dist_upstream_connect_failures_total)",
+            ),
         }
     }
 
@@ -254,7 +268,9 @@ impl Forwarder {
                 match Box::pin(self.directory.resolve(&host)).await {
                     Ok(ip) => (SocketAddr::new(ip, port), GATEWAY_DIRECTION),
                     Err(e) => {
-                        warn!(node = %name, %host, "upstream does not resolve: {e}");
+                        if self.log_unresolved.allow() {
+                            warn!(node = %name, %host, "upstream does not resolve: {e}");
+                        }
                         metrics::counter!(m::DIST_UPSTREAM_FAILURES, "node" => name.to_owned())
                             .increment(1);
                         return None;
@@ -265,7 +281,9 @@ impl Forwarder {
         match self.connect(target).await {
             Ok(node) => Some((node, direction)),
             Err(e) => {
-                warn!(node = %name, real_port = target.port(), "node's real port did not accept: {e}");
+                if self.log_unreachable.allow() {
+                    warn!(node = %name, real_port = target.port(), "node's real port did not accept: {e}");
+                }
                 metrics::counter!(m::DIST_UPSTREAM_FAILURES, "node" => name.to_owned())
                     .increment(1);
                 None

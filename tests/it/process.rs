@@ -4,6 +4,7 @@
 mod cli;
 mod gate;
 mod lifecycle;
+mod log_budget;
 mod logging;
 mod manifests;
 mod observability;
