@@ -315,6 +315,12 @@ fn may_change(peer: SocketAddr) -> bool {
     peer.ip().to_canonical().is_loopback()
 }
 
+/// Anyone who reaches the admin port can ask for a change (`POST /reload`,
+/// `DELETE /bans`): the refusals logged are budgeted.
+static REFUSED: crate::log_budget::SharedBudget = crate::log_budget::SharedBudget::new(
+    "more changes (POST /reload, DELETE /bans) from other hosts refused than logged",
+);
+
 /// `POST /reload`, from loopback only: reads the configuration file again (as SIGHUP
 /// does) and answers what happened as JSON, `200` when it is in force, `422` when the
 /// file is invalid, `409` when it needs a restart (or there is no file), `500` when a
@@ -324,10 +330,6 @@ async fn reload(req: &Request<Incoming>, views: &Views, peer: SocketAddr) -> Res
         return text(StatusCode::METHOD_NOT_ALLOWED, "POST only\n".into());
     }
     if !may_change(peer) {
-        // Anyone who reaches the port can ask: the refusals logged are budgeted.
-        static REFUSED: crate::log_budget::SharedBudget = crate::log_budget::SharedBudget::new(
-            "more POST /reload from other hosts refused than logged",
-        );
         if REFUSED.allow() {
             warn!(%peer, "POST /reload refused: not from loopback");
         }
@@ -371,8 +373,9 @@ fn unban(path: &str, views: &Views, peer: SocketAddr) -> Response<Full<Bytes>> {
         }
     };
     if !may_change(peer) {
-        // Not a warning: any caller could write it at will (the 403 is the answer).
-        debug!(%peer, "DELETE /bans refused: not from loopback");
+        if REFUSED.allow() {
+            warn!(%peer, "DELETE /bans refused: not from loopback");
+        }
         return text(
             StatusCode::FORBIDDEN,
             "forbidden: DELETE /bans is served to loopback only (run `distgate unban` inside the pod)\n".into(),

@@ -214,3 +214,86 @@ async fn a_slowloris_is_cut_at_packet_timeout_and_blocks_nobody() {
     })
     .await;
 }
+
+/// Changes asked of the admin port from another pod (`POST /reload`, `DELETE /bans`)
+/// are refused (403), and their log lines are budgeted: 300 refusals log 20 lines in
+/// one 10 s window, then one summary line with the next (before: 300 lines).
+#[test]
+fn admin_changes_from_another_pod_are_refused_within_the_log_budget() {
+    if !require(&["ip"]) || !require_root() {
+        return;
+    }
+    const FLOOD: usize = 300;
+    const BURST: usize = 20;
+    let id = unique("dga");
+    let mut pods = Pods::switched(&id);
+    let hosts = "127.0.0.1 localhost\n";
+    let (pod, caller) = (
+        pods.join("pod", "198.18.0.1", hosts),
+        pods.join("caller", "198.18.0.2", hosts),
+    );
+    let dg = pods.distgate(pod, "distgate", None);
+    let (pod_ns, caller_ns) = (pods.pods[pod].ns.clone(), pods.pods[caller].ns.clone());
+    let ask = move |request: &'static str| {
+        in_netns(&caller_ns, move || {
+            let mut stream = StdStream::connect(("198.18.0.1", 9369)).unwrap();
+            stream.write_all(request.as_bytes()).unwrap();
+            let mut reply = String::new();
+            stream.read_to_string(&mut reply).unwrap();
+            assert!(reply.starts_with("HTTP/1.1 403"), "{reply}");
+        })
+    };
+    let post = "POST /reload HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+    let delete = "DELETE /bans HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    // Every line logged before is read once a release client's registration (never
+    // budgeted) is: lines are written in order.
+    let flush = |pods: &mut Pods, mark: &str| {
+        let mark = format!("rpc-{mark}");
+        let name = mark.clone();
+        let held = in_netns(&pod_ns, move || {
+            let node = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let alive2 = alive2(&name, node.local_addr().unwrap().port());
+            let mut registration = StdStream::connect("127.0.0.1:4369").unwrap();
+            let wire = distgate::epmd::message::encode_alive2_req(&alive2);
+            registration.write_all(&wire).unwrap();
+            (node, registration)
+        });
+        pods.output(dg).wait_line("the mark", DEADLINE, |l| {
+            l.contains("release client registered") && l.contains(&mark)
+        });
+        held
+    };
+    let refused = |pods: &mut Pods| {
+        let text = pods.output(dg).text();
+        let lines = |m: &str| text.lines().filter(|l| l.contains(m)).count();
+        (
+            lines("refused: not from loopback"),
+            lines("from other hosts refused than logged"),
+        )
+    };
+    let started = Instant::now();
+    for i in 0..FLOOD {
+        ask(if i % 2 == 0 { post } else { delete });
+    }
+    let took = started.elapsed();
+    let _first = flush(&mut pods, "one");
+    assert!(took < Duration::from_secs(10), "the flood took {took:?}");
+    assert_eq!(
+        refused(&mut pods),
+        (BURST, 0),
+        "lines of {FLOOD} refusals in {took:?}"
+    );
+    // The budget's window is time on distgate's clock: waiting it out is the test.
+    std::thread::sleep(Duration::from_secs(10).saturating_sub(started.elapsed()));
+    ask(post);
+    let _second = flush(&mut pods, "two");
+    assert_eq!(refused(&mut pods), (BURST + 1, 1));
+    let text = pods.output(dg).text();
+    let summary = (text.lines())
+        .find(|l| l.contains("from other hosts refused than logged"))
+        .unwrap();
+    assert!(
+        summary.contains(&format!("\"not_logged\":{}", FLOOD - BURST)),
+        "{summary}"
+    );
+}

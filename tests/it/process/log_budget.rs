@@ -4,12 +4,11 @@
 //! count every event. One test per kind, against the binary, its JSON log read back:
 //! non-local ALIVE2, non-local DUMP, NAMES, KILL and STOP, a client toggling
 //! `[epmd] max_connections`, accept errors behind a full descriptor table,
-//! `POST /reload` from another host, a node's real port that refuses, a routed
-//! upstream that no longer resolves.
+//! a node's real port that refuses, a routed upstream that no longer resolves. The
+//! admin port's changes from another host need one: `tests/it/pods/hostile.rs`.
 //!
 //! "Non-local" on loopback: `[epmd] register_from = ["127.0.0.1"]` makes 127.0.0.6
-//! another host (as behind a mesh sidecar). The admin port's rule is loopback itself,
-//! so that test listens on an address of this host's own network interfaces.
+//! another host (as behind a mesh sidecar).
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -352,49 +351,6 @@ async fn log_budget_a_client_toggling_max_connections() {
         refused >= (episodes + 1) as f64,
         "{refused} refusals counted"
     );
-}
-
-/// An address of this host's own, other than loopback (from `ip`): `None` when it has
-/// none.
-fn own_address() -> Option<IpAddr> {
-    let out = std::process::Command::new("ip")
-        .args(["-o", "-4", "addr", "show", "scope", "global"])
-        .output()
-        .ok()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let mut words = text.split_whitespace();
-    words.find(|&w| w == "inet")?;
-    words.next()?.split('/').next()?.parse().ok()
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn log_budget_post_reload_from_another_host() {
-    if !require(&["ip"]) {
-        return;
-    }
-    let Some(own) = own_address() else {
-        let ci = std::env::var("CI").is_ok_and(|v| v == "true");
-        assert!(!ci, "CI=true but this host has no address besides loopback");
-        eprintln!("skipped: this host has no address besides loopback");
-        return;
-    };
-    let gate = Gate::start("", "", own, "");
-    let not_logged = flood(
-        &gate,
-        &["POST /reload refused: not from loopback"],
-        "more POST /reload from other hosts refused than logged",
-        FLOOD,
-        |_| async {
-            let mut stream = connect_from(own, gate.admin).await;
-            let request = "POST /reload HTTP/1.1\r\nHost: distgate\r\nContent-Length: 0\r\n\
-                           Connection: close\r\n\r\n";
-            stream.write_all(request.as_bytes()).await.unwrap();
-            let reply = read_to_close(&mut stream).await;
-            assert!(reply.starts_with(b"HTTP/1.1 403"), "{reply:?}");
-        },
-    )
-    .await;
-    assert_eq!(not_logged, (FLOOD - BURST) as u64);
 }
 
 /// A caller's `send_name` on a new connection to `public`, and the close that follows.
