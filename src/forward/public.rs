@@ -96,6 +96,16 @@ pub(super) struct Opened {
     pub(super) _slot: Option<SourceSlot>,
 }
 
+/// A TLS link is forwarded unauthenticated (its handshake cannot be read): anyone can
+/// open and close one at will, so its access-log lines are budgeted. Authenticated
+/// links are logged whole: only a peer that proved the cookie makes them.
+static TLS_OPENED: SharedBudget = SharedBudget::new(
+    "more TLS links opened than logged (see distgate_dist_connections_active{peer=\"tls\"})",
+);
+static TLS_CLOSED: SharedBudget = SharedBudget::new(
+    "more TLS links closed than logged (see distgate_dist_connections_closed_total{peer=\"tls\"})",
+);
+
 /// The link is down: its close counted and logged. The log line is the access log:
 /// node, peer, source, bytes each way, duration, who closed it and why.
 fn link_down(carried: Carried, outcome: &super::Outcome) {
@@ -109,6 +119,10 @@ fn link_down(carried: Carried, outcome: &super::Outcome) {
     let reason = close_reason(&outcome.result);
     let closed_by = outcome.closed_by.as_str();
     let bytes = handshake_bytes + outcome.bytes;
+    if listed.link.peer() == m::PEER_TLS && !TLS_CLOSED.allow() {
+        link.close(reason, closed_by);
+        return;
+    }
     info!(
         node = link.node(),
         peer = listed.link.peer(),
@@ -330,7 +344,9 @@ impl Forwarder {
             None => PeerLabels::fixed(m::PEER_TLS),
         };
         let logged = peer_name.as_deref().unwrap_or(m::PEER_TLS);
-        info!(%node, peer = logged, direction, tls_sni, "dist connection opened");
+        if peer_name.is_some() || TLS_OPENED.allow() {
+            info!(%node, peer = logged, direction, tls_sni, "dist connection opened");
+        }
         let link = m::LinkMeters::open(node, peer, direction);
         link.from_peer.increment(handshake_bytes.from_peer);
         link.to_peer.increment(handshake_bytes.to_peer);

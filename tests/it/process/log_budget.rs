@@ -554,3 +554,41 @@ async fn log_budget_accept_failures_when_descriptors_run_out() {
         "{counted} accept errors counted, {logged} logged, {not_logged} not logged"
     );
 }
+
+/// A TLS link is forwarded unauthenticated (`dist.tls = "passthrough"`): anyone can
+/// open and close one at will, so its "opened" and "closed" lines are budgeted (an
+/// authenticated link's are not: only a peer that proved the cookie makes one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_budget_tls_links_opened_and_closed() {
+    let gate = Gate::start("", "", [127, 0, 0, 1].into(), "");
+    // A node that takes each link and closes it at once.
+    let node = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = node.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = node.accept().await {
+            drop(stream);
+        }
+    });
+    let (_registration, _) = register(gate.epmd, &alive2("app", port)).await;
+    let public = gate.public;
+    let not_logged = flood(
+        &gate,
+        // The close of the last link may be logged after the flush: counted below.
+        &["dist connection opened"],
+        "more TLS links opened than logged",
+        FLOOD,
+        |_| async move {
+            let mut caller = TcpStream::connect(public).await.unwrap();
+            let hello = crate::support::dist::client_hello();
+            caller.write_all(&hello).await.unwrap();
+            read_to_close(&mut caller).await;
+        },
+    )
+    .await;
+    assert_eq!(not_logged, (FLOOD - BURST) as u64);
+    let closed = gate.count("dist connection closed");
+    assert!(
+        (BURST..=BURST + 1).contains(&closed),
+        "{closed} closed lines"
+    );
+}
