@@ -352,7 +352,14 @@ async fn reload(req: &Request<Incoming>, views: &Views, peer: SocketAddr) -> Res
 /// sources lifted, `404` when no ban matched, `400` for a bad address.
 fn unban(path: &str, views: &Views, peer: SocketAddr) -> Response<Full<Bytes>> {
     let which = match path.strip_prefix("/bans") {
-        Some("" | "/") => None,
+        Some("") => None,
+        Some("/") => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                "DELETE /bans/ADDRESS needs an address or a prefix; DELETE /bans lifts all\n"
+                    .into(),
+            );
+        }
         Some(rest) => match rest.strip_prefix('/').map(unescape) {
             Some(which) => match which.parse::<crate::prefix::Prefix>() {
                 Ok(prefix) => Some(prefix),
@@ -389,7 +396,12 @@ fn unban(path: &str, views: &Views, peer: SocketAddr) -> Response<Full<Bytes>> {
         _ => StatusCode::OK,
     };
     if !lifted.is_empty() {
-        tracing::info!(lifted = ?lifted, "bans lifted by an operator (DELETE /bans)");
+        let first: Vec<&str> = lifted.iter().take(5).map(String::as_str).collect();
+        tracing::info!(
+            count = lifted.len(),
+            first = first.join(", "),
+            "bans lifted by an operator (DELETE /bans)"
+        );
     }
     let mut response = text(
         status,

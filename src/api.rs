@@ -94,8 +94,12 @@ pub struct BanView {
 /// What `/refusals` shows of a refused or failed dist connection.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RefusalView {
-    /// When, seconds since the Unix epoch.
+    /// When (the last time, for repeats), seconds since the Unix epoch.
     pub at: f64,
+    /// How many times this source was refused so, for this node (repeats are one
+    /// entry).
+    #[serde(default)]
+    pub count: u64,
     /// The caller's address.
     pub source: String,
     /// The node it asked for (by the public port it dialled); empty when no node

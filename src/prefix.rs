@@ -74,6 +74,14 @@ impl Prefix {
         self.addr
     }
 
+    /// The last address.
+    pub fn last(self) -> IpAddr {
+        match self.addr {
+            IpAddr::V4(v4) => Ipv4Addr::from(u32::from(v4) | !mask32(self.len)).into(),
+            IpAddr::V6(v6) => Ipv6Addr::from(u128::from(v6) | !mask128(self.len)).into(),
+        }
+    }
+
     /// Whether this is one whole address (an IPv4 /32 or IPv6 /128).
     pub fn is_host(self) -> bool {
         self.len == if self.addr.is_ipv4() { 32 } else { 128 }
@@ -161,10 +169,12 @@ mod tests {
         assert_eq!(v4.to_string(), "10.1.2.0/24");
         assert!(v4.contains(ip("10.1.2.200")) && !v4.contains(ip("10.1.3.1")));
         assert!(v4.contains(ip("::ffff:10.1.2.9")));
+        assert_eq!(v4.last(), ip("10.1.2.255"));
         let v6 = Prefix::of(ip("2001:db8:1:2::1"), 64).wider();
         assert_eq!(v6.to_string(), "2001:db8:1::/48");
         assert!(v6.covers(Prefix::of(ip("2001:db8:1:ff::1"), 64)));
         assert!(!v6.covers(Prefix::of(ip("2001:db8:2::1"), 64)));
+        assert_eq!(v6.last(), ip("2001:db8:1:ffff:ffff:ffff:ffff:ffff"));
         assert_eq!(
             Prefix::of(ip("2001:db8::1"), 32).wider().to_string(),
             "2001:db8::/32"

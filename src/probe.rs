@@ -184,10 +184,11 @@ impl fmt::Display for Failure {
             Failure::ClosedUnanswered(e) => write!(
                 f,
                 "the connection was closed before any answer to our handshake ({e}). The \
-                 target's distgate closes a source it bans or one over `dist.max_per_source` \
-                 at once: on the target's pod, `distgate refusals` says which (banned, \
-                 per_source, max_connections), `distgate bans` lists bans and `distgate unban \
-                 ADDRESS` lifts one. Without distgate, the node itself closed it."
+                 target's distgate closes at once a source it bans or one over \
+                 `dist.max_per_source`, and a caller whose node's real port does not accept: \
+                 on the target's pod, `distgate refusals` says which (banned, per_source, \
+                 max_connections, upstream_refused, no_node), `distgate bans` lists bans and \
+                 `distgate unban ADDRESS` lifts one. Without distgate, the node itself closed it."
             ),
             Failure::NameMismatch { actual } => write!(
                 f,

@@ -295,7 +295,11 @@ pub async fn unban(
 ) -> Result<(bool, String), ApiError> {
     let path = match which {
         "all" => "/bans".to_owned(),
-        one => format!("/bans/{one}"),
+        // Checked here: an empty or stray argument must never become "every ban".
+        one => match one.parse::<crate::prefix::Prefix>() {
+            Ok(prefix) => format!("/bans/{}", prefix.to_string().replace('/', "%2F")),
+            Err(e) => return Ok((false, format!("{e}; or `all`"))),
+        },
     };
     let (status, body) = ask(admin, hyper::Method::DELETE, &path, timeout).await?;
     let Ok(answer) = serde_json::from_slice::<UnbanAnswer>(&body) else {
@@ -317,6 +321,7 @@ pub async fn refusals(admin: SocketAddr, timeout: Duration) -> Result<String, Ap
         .map(|r| {
             vec![
                 seconds(now - r.at),
+                r.count.to_string(),
                 r.source.clone(),
                 or_dash(&r.node),
                 r.claimed.as_deref().map_or("-".into(), shortened),
@@ -324,7 +329,7 @@ pub async fn refusals(admin: SocketAddr, timeout: Duration) -> Result<String, Ap
             ]
         })
         .collect();
-    let head = ["AGO", "SOURCE", "NODE", "CLAIMED", "REASON"];
+    let head = ["AGO", "COUNT", "SOURCE", "NODE", "CLAIMED", "REASON"];
     let mut out = table(&head, &rows, "no refused or failed dist connections");
     if !rows.is_empty() {
         out.push_str(REASONS);

@@ -88,7 +88,7 @@ keys! {
     /// `[dist] max_per_source`.
     DistMaxPerSource = "dist.max_per_source", dist.max_per_source, live;
     /// `[dist] ipv6_prefix`.
-    DistIpv6Prefix = "dist.ipv6_prefix", dist.ipv6_prefix, live;
+    DistIpv6Prefix = "dist.ipv6_prefix", dist.ipv6_prefix, restart;
     /// `[dist] allow_peers`.
     DistAllowPeers = "dist.allow_peers", dist.allow_peers, live;
     /// `[dist] tls`.

@@ -14,7 +14,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tracing::{info, warn};
 
@@ -119,6 +119,9 @@ enum Strike {
 struct Tables {
     open: HashMap<Prefix, usize>,
     failures: HashMap<Prefix, Failures>,
+    /// Strikes of sources a full table forgot, by wide prefix (bounded by a quarter
+    /// of [`MAX_TRACKED`]).
+    wide: HashMap<Prefix, Wide>,
     banned: usize,
     /// Failed handshakes' lines.
     log: LogBudget,
@@ -131,7 +134,7 @@ struct Tables {
 pub(crate) struct Limits {
     /// `[dist] max_per_source`.
     pub(crate) max_per_source: usize,
-    /// `[dist] ipv6_prefix`.
+    /// `[dist] ipv6_prefix` (restart-only: bans and counts are keyed by it).
     pub(crate) ipv6_prefix: u8,
     /// `[dist.ban]`.
     pub(crate) ban: BanConfig,
@@ -180,6 +183,7 @@ impl Guard {
             tables: Mutex::new(Tables {
                 open: HashMap::new(),
                 failures: HashMap::new(),
+                wide: HashMap::new(),
                 banned: 0,
                 log: LogBudget::new(
                     "more dist handshakes failed than logged (see distgate_dist_handshakes_total)",
@@ -264,7 +268,7 @@ impl Guard {
             lifted(&mut tables, &[source], Lifted::Expired, now);
         }
         if !tables.failures.contains_key(&source) && tables.failures.len() >= MAX_TRACKED {
-            make_room(&mut tables, now, ban.within);
+            make_room(&mut tables, now, ban);
         }
         let entry = tables.failures.entry(source).or_insert(Failures {
             since: now,
@@ -325,6 +329,7 @@ impl Guard {
             Some(_) => true,
             None => now.duration_since(entry.since) <= within,
         });
+        (tables.wide).retain(|_, wide| now.duration_since(wide.since) <= within);
         lifted(&mut tables, &expired, Lifted::Expired, now);
     }
 
@@ -336,10 +341,12 @@ impl Guard {
         })
     }
 
-    /// Lifts the bans of sources `trusted` now allows (after a reload).
+    /// Lifts the bans of sources `trusted` now allows whole (after a reload): its
+    /// first and last address. A trusted address within a banned /64 or folded /24
+    /// gets in (trusted sources are not checked), the others stay banned.
     pub(crate) fn lift_trusted(&self, trusted: &Peers, now: Instant) -> Vec<Prefix> {
         self.lift_where(now, Lifted::Trusted, |source| {
-            trusted.allows(source.addr(), false)
+            trusted.allows(source.addr(), false) && trusted.allows(source.last(), false)
         })
     }
 
@@ -364,24 +371,28 @@ impl Guard {
 
     /// The bans in force, newest first.
     pub(crate) fn bans(&self, now: Instant) -> Vec<BanView> {
-        let tables = self.lock();
+        // Copied under the lock, formatted after: admission waits on this lock.
+        let mut bans: Vec<(Prefix, u32, u32, Ban)> = {
+            let tables = self.lock();
+            (tables.failures.iter())
+                .filter_map(|(source, e)| {
+                    let ban = e.ban.filter(|ban| ban.until > now)?;
+                    Some((*source, e.count, e.withdrawals, ban))
+                })
+                .collect()
+        };
+        bans.sort_by_key(|(_, _, _, ban)| std::cmp::Reverse(ban.at));
         let unix = |at: Instant| unix_seconds(wall_clock(at));
-        let mut bans: Vec<(Instant, BanView)> = (tables.failures.iter())
-            .filter_map(|(source, entry)| {
-                let ban = entry.ban.filter(|ban| ban.until > now)?;
-                let view = BanView {
-                    source: source.to_string(),
-                    failures: entry.count,
-                    withdrawals: entry.withdrawals,
-                    sources: ban.sources,
-                    since: unix(ban.at),
-                    until: unix(ban.until),
-                };
-                Some((ban.at, view))
+        (bans.into_iter())
+            .map(|(source, failures, withdrawals, ban)| BanView {
+                source: source.to_string(),
+                failures,
+                withdrawals,
+                sources: ban.sources,
+                since: unix(ban.at),
+                until: unix(ban.until),
             })
-            .collect();
-        bans.sort_by_key(|(at, _)| std::cmp::Reverse(*at));
-        bans.into_iter().map(|(_, view)| view).collect()
+            .collect()
     }
 
     /// Whether a failed handshake may be logged now; at the start of a new window,
@@ -404,9 +415,11 @@ fn banned(tables: &Tables, source: Prefix, now: Instant) -> bool {
     by(source) || (source.wider() != source && by(source.wider()))
 }
 
-/// Sets the gauge to the bans in the table.
+/// Sets the gauge to the sources banned in the table.
 fn recount(tables: &mut Tables) {
-    tables.banned = tables.failures.values().filter(|e| e.ban.is_some()).count();
+    // A ban folded from many sources counts each of them.
+    let sources = (tables.failures.values()).filter_map(|e| Some(e.ban?.sources as usize));
+    tables.banned = sources.sum();
     ::metrics::gauge!(m::DIST_BANNED_SOURCES).set(tables.banned as f64);
 }
 
@@ -416,7 +429,9 @@ fn lifted(tables: &mut Tables, gone: &[Prefix], why: Lifted, now: Instant) {
         return;
     }
     ::metrics::counter!(m::DIST_BANS_LIFTED, "reason" => why.label()).increment(gone.len() as u64);
-    for source in gone {
+    // An operator's lift is logged once, whole, by the admin server; the others here,
+    // each, within the budget.
+    for source in gone.iter().filter(|_| why != Lifted::Operator) {
         if tables.bans_log.allow(now) {
             info!(%source, reason = why.label(), "ban lifted");
         }
@@ -424,36 +439,64 @@ fn lifted(tables: &mut Tables, gone: &[Prefix], why: Lifted, now: Instant) {
     recount(tables);
 }
 
-/// Makes room in a full failure table, in one pass for many insertions to come,
-/// so that a new guesser is still banned after its `failures` whatever filled it:
-/// windows that closed go; then the least recently failing eighth of the unbanned
-/// sources; then, if bans fill it, they fold into wider prefixes (IPv4 /24, IPv6
-/// /48); and if even that leaves it full, the eighth of the bans closest to their end
-/// are lifted early.
-fn make_room(tables: &mut Tables, now: Instant, within: Duration) {
-    let failures = &mut tables.failures;
-    failures.retain(|_, e| e.ban.is_some() || now.duration_since(e.since) <= within);
-    if failures.len() < MAX_TRACKED {
+/// How many times `[dist.ban] failures` (or `withdrawals`) the sources of one wide
+/// prefix (IPv4 /24, IPv6 /48) may strike, once the table had to forget them, before
+/// the wide prefix is banned: a guesser cycling through more sources than the table
+/// holds (the 65,536 /64s of one /48) is still banned, a neighbour now and then is not.
+const WIDE_FACTOR: u32 = 4;
+
+/// Strikes of sources the full table forgot, by wide prefix.
+#[derive(Debug)]
+struct Wide {
+    since: Instant,
+    last: Instant,
+    count: u32,
+    withdrawals: u32,
+    sources: u32,
+}
+
+/// Makes room in a full failure table, at least an eighth of it in one pass (for the
+/// many insertions to come), so that a new guesser is still banned after its
+/// `failures` whatever filled it: windows that closed go; then the least recently
+/// failing unbanned sources, their strikes kept by wide prefix (a wide prefix past
+/// [`WIDE_FACTOR`] times a budget is banned whole); then, if bans fill it, they fold
+/// into wide prefixes (IPv4 /24, IPv6 /48); and if even that is not room enough, the
+/// bans closest to their end are lifted early.
+fn make_room(tables: &mut Tables, now: Instant, ban: &BanConfig) {
+    let target = MAX_TRACKED - MAX_TRACKED / 8;
+    // Room enough: the wide prefixes banned on the way take a few places back.
+    let roomy = MAX_TRACKED - MAX_TRACKED / 16;
+    let within = ban.within;
+    tables
+        .failures
+        .retain(|_, e| e.ban.is_some() || now.duration_since(e.since) <= within);
+    if tables.failures.len() <= target {
         return;
     }
-    let mut unbanned: Vec<(Instant, Prefix)> = (failures.iter())
+    let mut unbanned: Vec<(Instant, Prefix)> = (tables.failures.iter())
         .filter(|(_, e)| e.ban.is_none())
         .map(|(source, e)| (e.last, *source))
         .collect();
-    if !unbanned.is_empty() {
-        let doomed = (MAX_TRACKED / 8).min(unbanned.len());
-        if doomed < unbanned.len() {
-            unbanned.select_nth_unstable(doomed);
+    let doomed = (tables.failures.len() - target).min(unbanned.len());
+    if doomed < unbanned.len() {
+        unbanned.select_nth_unstable(doomed);
+    }
+    for (_, source) in &unbanned[..doomed] {
+        if let Some(forgotten) = tables.failures.remove(source) {
+            remember_wide(tables, *source, &forgotten, now, ban);
         }
-        for (_, source) in &unbanned[..doomed] {
-            failures.remove(source);
-        }
+    }
+    if tables.failures.len() <= roomy {
+        recount(tables);
         return;
     }
-    let before = failures.len();
+    let before = tables.failures.len();
     let mut folded: HashMap<Prefix, Failures> = HashMap::new();
-    for (source, entry) in failures.drain() {
-        let Some(ban) = entry.ban else { continue };
+    for (source, entry) in tables.failures.drain() {
+        let Some(ban) = entry.ban else {
+            folded.insert(source, entry);
+            continue;
+        };
         let into = folded.entry(source.wider()).or_insert(Failures {
             since: entry.since,
             last: entry.last,
@@ -464,32 +507,30 @@ fn make_room(tables: &mut Tables, now: Instant, within: Duration) {
         into.count = into.count.saturating_add(entry.count);
         into.withdrawals = into.withdrawals.saturating_add(entry.withdrawals);
         into.last = into.last.max(entry.last);
-        if let Some(wide) = &mut into.ban {
-            wide.at = wide.at.min(ban.at);
-            wide.until = wide.until.max(ban.until);
-            wide.sources = wide.sources.saturating_add(ban.sources);
-        }
+        let wide = into.ban.get_or_insert(Ban { sources: 0, ..ban });
+        wide.at = wide.at.min(ban.at);
+        wide.until = wide.until.max(ban.until);
+        wide.sources = wide.sources.saturating_add(ban.sources);
     }
-    *failures = folded;
+    tables.failures = folded;
     let mut evicted = Vec::new();
-    if failures.len() >= MAX_TRACKED {
-        let mut bans: Vec<(Instant, Prefix)> = (failures.iter())
+    if tables.failures.len() > roomy {
+        let mut bans: Vec<(Instant, Prefix)> = (tables.failures.iter())
             .filter_map(|(source, e)| Some((e.ban?.until, *source)))
             .collect();
-        let doomed = (MAX_TRACKED / 8).min(bans.len());
+        let doomed = (tables.failures.len() - target).min(bans.len());
         if doomed < bans.len() {
             bans.select_nth_unstable(doomed);
         }
         for (_, source) in &bans[..doomed] {
-            failures.remove(source);
+            tables.failures.remove(source);
             evicted.push(*source);
         }
     }
-    let after = failures.len();
     if tables.bans_log.allow(now) {
         warn!(
             bans = before,
-            now = after,
+            now = tables.failures.len(),
             lifted_early = evicted.len(),
             "the ban table is full of bans: they were folded into IPv4 /24 and IPv6 /48 prefixes"
         );
@@ -498,9 +539,81 @@ fn make_room(tables: &mut Tables, now: Instant, within: Duration) {
     recount(tables);
 }
 
+/// Keeps the strikes of `source`, forgotten by a full table, under its wide prefix,
+/// and bans the wide prefix when they pass [`WIDE_FACTOR`] times a budget.
+fn remember_wide(
+    tables: &mut Tables,
+    source: Prefix,
+    forgotten: &Failures,
+    now: Instant,
+    ban: &BanConfig,
+) {
+    let key = source.wider();
+    if !tables.wide.contains_key(&key) && tables.wide.len() >= MAX_TRACKED / 4 {
+        let within = ban.within;
+        tables
+            .wide
+            .retain(|_, w| now.duration_since(w.since) <= within);
+        if tables.wide.len() >= MAX_TRACKED / 4 {
+            let mut oldest: Vec<(Instant, Prefix)> =
+                tables.wide.iter().map(|(k, w)| (w.last, *k)).collect();
+            let doomed = MAX_TRACKED / 32;
+            oldest.select_nth_unstable(doomed);
+            for (_, k) in &oldest[..doomed] {
+                tables.wide.remove(k);
+            }
+        }
+    }
+    let wide = tables.wide.entry(key).or_insert(Wide {
+        since: now,
+        last: now,
+        count: 0,
+        withdrawals: 0,
+        sources: 0,
+    });
+    if now.duration_since(wide.since) > ban.within {
+        (wide.since, wide.count, wide.withdrawals, wide.sources) = (now, 0, 0, 0);
+    }
+    wide.last = now;
+    wide.count = wide.count.saturating_add(forgotten.count);
+    wide.withdrawals = wide.withdrawals.saturating_add(forgotten.withdrawals);
+    wide.sources = wide.sources.saturating_add(1);
+    let over = |count: u32, budget: u32| budget > 0 && count >= budget.saturating_mul(WIDE_FACTOR);
+    if !over(wide.count, ban.failures) && !over(wide.withdrawals, ban.withdrawals) {
+        return;
+    }
+    let (count, withdrawals, sources) = (wide.count, wide.withdrawals, wide.sources);
+    tables.wide.remove(&key);
+    tables.failures.insert(
+        key,
+        Failures {
+            since: now,
+            last: now,
+            count,
+            withdrawals,
+            ban: Some(Ban {
+                at: now,
+                until: now + ban.duration,
+                sources,
+            }),
+        },
+    );
+    if tables.bans_log.allow(now) {
+        warn!(
+            source = %key,
+            failures = count,
+            withdrawals,
+            sources,
+            for_s = ban.duration.as_secs(),
+            "prefix banned: more sources in it failed than the ban table holds; its dist connections are closed at accept"
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn ip(n: u32) -> Prefix {
         Prefix::of(IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + n)), 64)
@@ -684,7 +797,61 @@ mod tests {
             bans.iter()
                 .any(|b| b.source == "10.0.0.0/24" && b.sources > 1)
         );
-        assert_eq!(guard.banned(), bans.len());
+        let sources: u32 = bans.iter().map(|b| b.sources).sum();
+        assert_eq!(guard.banned(), sources as usize, "the gauge counts sources");
+    }
+
+    #[test]
+    fn a_guesser_cycling_through_more_sources_than_the_table_holds_is_banned() {
+        let guard = guard(3);
+        let now = Instant::now();
+        // The /64s of one /48, one failure each, round and round: each is forgotten
+        // before it comes back, so no /64 reaches its three failures.
+        let net = |n: u32| {
+            let ip = std::net::Ipv6Addr::new(0x2001, 0xdb8, 0x77, n as u16, 0, 0, 0, 1);
+            guard.source(ip.into())
+        };
+        let mut at = now;
+        let mut banned_after = None;
+        for attempt in 0..40_000u32 {
+            at += Duration::from_micros(10);
+            let source = net(attempt % 20_000);
+            if guard.admit(source, at).is_err() {
+                banned_after = Some(attempt);
+                break;
+            }
+            guard.failed(source, at);
+        }
+        let after = banned_after.expect("the /48 was never banned");
+        assert!(after < 20_000, "banned only after {after} attempts");
+        assert_eq!(guard.bans(at)[0].source, "2001:db8:77::/48");
+        assert!(guard.lock().wide.len() <= MAX_TRACKED / 4);
+    }
+
+    #[test]
+    fn two_sources_alternating_in_a_table_of_bans_are_banned() {
+        let guard = guard(2);
+        let now = Instant::now();
+        let mut at = now;
+        // Bans in distinct /24s fill the table but one entry.
+        for n in 0..(MAX_TRACKED as u32 - 1) {
+            at += Duration::from_micros(1);
+            guard.failed(ip(n << 8), at);
+            guard.failed(ip(n << 8), at);
+        }
+        let (a, b) = (
+            Prefix::of("192.0.2.1".parse().unwrap(), 64),
+            Prefix::of("198.51.100.1".parse().unwrap(), 64),
+        );
+        // The first of `a` is forgotten to make room (its /24 keeps it); then each
+        // is banned after its two failures.
+        for _ in 0..3 {
+            at += Duration::from_micros(1);
+            guard.failed(a, at);
+            guard.failed(b, at);
+        }
+        assert!(matches!(guard.admit(a, at), Err(Refusal::Banned)));
+        assert!(matches!(guard.admit(b, at), Err(Refusal::Banned)));
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! The last refused or failed dist connections, for `GET /refusals` and
 //! `distgate refusals`: the answer to "why doesn't my node connect?" in one place. A
 //! ring of [`Refusals::KEPT`] entries, each bounded (the claimed name cut to 255
-//! characters), so a flood of refusals costs a fixed amount of memory.
+//! characters), so a flood of refusals costs a fixed amount of memory. Repeats of one
+//! source (an IPv6 /64 counts as one), node and reason are one entry with a count,
+//! moved to the front: one caller retrying cannot push the others out.
 
 use std::collections::VecDeque;
 use std::net::IpAddr;
@@ -9,6 +11,7 @@ use std::sync::Mutex;
 use std::time::SystemTime;
 
 use crate::api::{RefusalView, unix_seconds};
+use crate::prefix::{DEFAULT_IPV6_PREFIX, Prefix};
 
 /// Why a dist connection was refused or failed (the `reason` of `/refusals`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +65,9 @@ const MAX_CLAIMED: usize = 255;
 #[derive(Debug)]
 struct Refused {
     at: SystemTime,
+    /// What repeats are merged by, with `node` and `reason`.
+    key: Prefix,
+    count: u64,
     source: IpAddr,
     node: String,
     claimed: Option<String>,
@@ -80,18 +86,27 @@ impl Refusals {
 
     /// Notes a refusal of a connection from `source` to `node` (`""`: none).
     pub(crate) fn note(&self, source: IpAddr, node: &str, claimed: Option<&str>, reason: Reason) {
-        let entry = Refused {
-            at: SystemTime::now(),
-            source: source.to_canonical(),
-            node: node.to_owned(),
-            claimed: claimed.map(|name| name.chars().take(MAX_CLAIMED).collect()),
-            reason,
-        };
+        let key = Prefix::of(source, DEFAULT_IPV6_PREFIX);
+        let claimed = claimed.map(|name| name.chars().take(MAX_CLAIMED).collect());
         let mut ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
+        let repeat =
+            (ring.iter()).position(|r| r.key == key && r.reason == reason && r.node == node);
+        let count = match repeat.and_then(|at| ring.remove(at)) {
+            Some(earlier) => earlier.count.saturating_add(1),
+            None => 1,
+        };
         if ring.len() >= Self::KEPT {
             ring.pop_back();
         }
-        ring.push_front(entry);
+        ring.push_front(Refused {
+            at: SystemTime::now(),
+            key,
+            count,
+            source: source.to_canonical(),
+            node: node.to_owned(),
+            claimed,
+            reason,
+        });
     }
 
     /// The refusals kept, newest first.
@@ -100,6 +115,7 @@ impl Refusals {
         (ring.iter())
             .map(|r| RefusalView {
                 at: unix_seconds(r.at),
+                count: r.count,
                 source: r.source.to_string(),
                 node: r.node.clone(),
                 claimed: r.claimed.clone(),
@@ -116,12 +132,13 @@ mod tests {
     #[test]
     fn the_ring_keeps_the_newest_and_cuts_names() {
         let refusals = Refusals::default();
-        let source: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
         let long = "x".repeat(10_000);
-        for n in 0..1000 {
+        for n in 0..1000u32 {
+            let source = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + n));
             let claimed = format!("{n}{long}");
             refusals.note(source, "app", Some(&claimed), Reason::Failed);
         }
+        let source: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
         refusals.note(source, "app", None, Reason::NotAllowed);
         let views = refusals.views();
         assert_eq!(views.len(), Refusals::KEPT);
@@ -133,5 +150,24 @@ mod tests {
                 .iter()
                 .all(|v| v.claimed.as_ref().is_none_or(|c| c.len() <= 255))
         );
+    }
+
+    #[test]
+    fn one_caller_retrying_is_one_entry_and_pushes_nobody_out() {
+        let refusals = Refusals::default();
+        let other: IpAddr = "10.9.9.9".parse().unwrap();
+        refusals.note(other, "app", Some("good@h"), Reason::Failed);
+        for n in 0..10_000u16 {
+            // One /64, any address in it.
+            let source = IpAddr::from(std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 1, 0, 0, 0, n));
+            refusals.note(source, "app", None, Reason::Banned);
+        }
+        let views = refusals.views();
+        assert_eq!(views.len(), 2);
+        assert_eq!(
+            (views[0].reason.as_str(), views[0].count),
+            ("banned", 10_000)
+        );
+        assert_eq!((views[1].source.as_str(), views[1].count), ("10.9.9.9", 1));
     }
 }

@@ -73,12 +73,18 @@ fn twenty_probes_under_a_narrowed_allow_peers_ban_nobody_and_name_the_refusal() 
     assert_eq!(metric(&dg, "distgate_dist_banned_sources", &[]), 0.0);
     let (code, text) = distgate(&["refusals", "--admin", &dg.admin.to_string()]);
     assert_eq!(code, 0, "{text}");
-    let refused = (text.lines())
-        .filter(|l| {
-            l.contains("distgate-probe@probe.distgate.invalid") && l.ends_with("not_allowed")
-        })
-        .count();
-    assert_eq!(refused, 20, "{text}");
+    // One caller refused again and again is one entry, with its count.
+    let rows: Vec<&str> = (text.lines())
+        .filter(|l| l.contains("distgate-probe@probe.distgate.invalid"))
+        .collect();
+    assert_eq!(rows.len(), 1, "{text}");
+    let cells: Vec<&str> = rows[0].split_whitespace().collect();
+    let probe = "distgate-probe@probe.distgate.invalid";
+    assert_eq!(
+        cells[1..],
+        ["20", "127.0.0.1", "app", probe, "not_allowed"],
+        "{text}"
+    );
 }
 
 /// A banned source is closed at accept: the probe says distgate may have closed it,
@@ -107,6 +113,13 @@ fn a_banned_prober_is_told_so_and_unban_lets_it_in() {
         text.lines().any(|l| l.starts_with("127.0.0.1  2 ")),
         "{text}"
     );
+    // An empty or stray argument (`unban "$IP"` with IP unset) lifts nothing.
+    for stray in ["", "?", "127.0.0.1/"] {
+        let (code, text) = distgate(&["unban", stray, "--admin", &admin]);
+        assert_eq!(code, 1, "{stray:?}: {text}");
+        assert!(text.contains("neither an address nor a prefix"), "{text}");
+    }
+    assert_eq!(metric(&dg, "distgate_dist_banned_sources", &[]), 1.0);
     let (code, text) = distgate(&["unban", "127.0.0.1", "--admin", &admin]);
     assert_eq!((code, text.trim()), (0, "lifted: 127.0.0.1"));
     let (code, text) = distgate(&["unban", "127.0.0.1", "--admin", &admin]);
