@@ -96,7 +96,12 @@ pub trait Lookup: Send + Sync {
 
 /// hickory-resolver, with the system's configuration (search domains and ndots as
 /// Kubernetes writes them into resolv.conf) or with given name servers.
-pub struct Hickory(TokioResolver);
+pub struct Hickory {
+    resolver: TokioResolver,
+    /// The longest one lookup may take, whatever the resolver does inside it (A and
+    /// AAAA, UDP then TCP, search suffixes): three quarters of `[dns] timeout`.
+    budget: Duration,
+}
 
 impl std::fmt::Debug for Hickory {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -113,7 +118,7 @@ impl Hickory {
         let mut builder = Resolver::builder_tokio().map_err(|source| DnsSetupError { source })?;
         bound(builder.options_mut(), timeout, attempts);
         let resolver = builder.build().map_err(|source| DnsSetupError { source })?;
-        Ok(Hickory(resolver))
+        Ok(Hickory::new(resolver, timeout))
     }
 
     /// These name servers (UDP, then TCP), no search domains, and `attempts` queries
@@ -137,7 +142,34 @@ impl Hickory {
         let mut builder = Resolver::builder_with_config(config, TokioRuntimeProvider::default());
         bound(builder.options_mut(), timeout, attempts);
         let resolver = builder.build().map_err(|source| DnsSetupError { source })?;
-        Ok(Hickory(resolver))
+        Ok(Hickory::new(resolver, timeout))
+    }
+
+    /// Three quarters of `timeout` for each lookup: the lookup gives up (and the cache
+    /// remembers the failure for `min_ttl`) before the caller's own `timeout`, which
+    /// started earlier, cancels it; a lookup cancelled each time would be asked again
+    /// by every caller.
+    fn new(resolver: TokioResolver, timeout: Duration) -> Hickory {
+        Hickory {
+            resolver,
+            budget: timeout * 3 / 4,
+        }
+    }
+
+    /// `lookup` within the budget; past it, a failure for `host`.
+    async fn within<T>(
+        &self,
+        host: &str,
+        lookup: impl Future<Output = Result<T, DnsError>>,
+    ) -> Result<T, DnsError> {
+        tokio::time::timeout(self.budget, lookup)
+            .await
+            .unwrap_or_else(|_| {
+                Err(DnsError::Failed {
+                    host: host.into(),
+                    reason: format!("no answer within {:?}", self.budget),
+                })
+            })
     }
 }
 
@@ -150,8 +182,18 @@ fn bound(options: &mut ResolverOpts, timeout: Duration, attempts: u32) {
 
 impl Lookup for Hickory {
     async fn lookup_ip(&self, host: &str) -> Result<Answer, DnsError> {
+        self.within(host, self.ip(host)).await
+    }
+
+    async fn lookup_srv(&self, name: &str) -> Result<SrvAnswer, DnsError> {
+        self.within(name, self.srv(name)).await
+    }
+}
+
+impl Hickory {
+    async fn ip(&self, host: &str) -> Result<Answer, DnsError> {
         let lookup = self
-            .0
+            .resolver
             .lookup_ip(host)
             .await
             .map_err(|e| failure(host, &e))?;
@@ -165,9 +207,9 @@ impl Lookup for Hickory {
         Ok(Answer { addrs, ttl })
     }
 
-    async fn lookup_srv(&self, name: &str) -> Result<SrvAnswer, DnsError> {
+    async fn srv(&self, name: &str) -> Result<SrvAnswer, DnsError> {
         let lookup = self
-            .0
+            .resolver
             .srv_lookup(name)
             .await
             .map_err(|e| failure(name, &e))?;

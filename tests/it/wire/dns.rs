@@ -333,6 +333,24 @@ async fn a_name_server_that_never_answers_is_asked_once_per_min_ttl_and_logged_w
     );
     assert!(asked <= bound, "{asked} queries in {elapsed:?}");
 
+    // Callers that give up at `[dns] timeout`, as the gateway's do: the resolver ends
+    // first (its budget is three quarters of it), so its failure is remembered and
+    // the next callers do not ask again.
+    let started = Instant::now();
+    for _ in 0..20 {
+        let answer = tokio::time::timeout(timeout, cache.resolve("late.cluster.test")).await;
+        assert!(
+            matches!(answer, Ok(Err(DnsError::Failed { .. }))),
+            "{answer:?}"
+        );
+    }
+    let asked = silent.queries("late.cluster.test").await;
+    let bound = per_lookup * windows(started.elapsed(), min_ttl);
+    assert!(
+        asked <= bound,
+        "{asked} queries for 20 callers giving up at the timeout"
+    );
+
     // 300 names at once: each asked once, the failures logged within the budget.
     let mut asks = tokio::task::JoinSet::new();
     for i in 0..300 {
