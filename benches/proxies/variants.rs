@@ -242,9 +242,13 @@ impl Variant {
                     Kind::DistgateCopy => "copy",
                     _ => "auto",
                 };
+                // The clients count as callers from outside the pod, so every
+                // connection goes through per-source admission (loopback is trusted by
+                // default); a TEST-NET address stands for the trusted list.
                 let config = format!(
                     "[epmd]\nlisten = [\"127.0.0.1:{epmd}\"]\n\
                      [dist]\nlisten = [\"127.0.0.1\"]\nports = [{}, {}, {}]\n\
+                     trusted = [\"192.0.2.1\"]\nmax_per_source = 10000\n\
                      [dist.pins]\nsink = {}\necho = {}\nhold = {}\n\
                      [forward]\nmode = \"{mode}\"\n",
                     public[0], public[1], public[2], public[0], public[1], public[2]
