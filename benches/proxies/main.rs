@@ -43,6 +43,8 @@ pub struct Plan {
     pub rounds: usize,
     pub bulk_bytes: u64,
     pub round_trips: usize,
+    /// Dist connections set up (connect and handshake) one after another.
+    pub setups: usize,
     pub idle_counts: &'static [usize],
     pub erl_round_trips: usize,
     pub erl_binaries: usize,
@@ -52,6 +54,7 @@ const FULL: Plan = Plan {
     rounds: 5,
     bulk_bytes: 2 << 30,
     round_trips: 20_000,
+    setups: 2_000,
     idle_counts: &[1_000, 9_000],
     erl_round_trips: 5_000,
     erl_binaries: 256,
@@ -62,6 +65,7 @@ const ERLANG: Plan = Plan {
     rounds: 5,
     bulk_bytes: 0,
     round_trips: 0,
+    setups: 0,
     idle_counts: &[],
     erl_round_trips: 5_000,
     erl_binaries: 512,
@@ -71,6 +75,7 @@ const QUICK: Plan = Plan {
     rounds: 5,
     bulk_bytes: 256 << 20,
     round_trips: 5_000,
+    setups: 500,
     idle_counts: &[1_000],
     erl_round_trips: 1_000,
     erl_binaries: 32,
@@ -153,6 +158,7 @@ fn main() {
             }
             variant.round_trips(&setup, &plan, false, &mut results);
             variant.round_trips(&setup, &plan, true, &mut results);
+            variant.setups(&plan, &mut results);
             for &count in plan.idle_counts {
                 if variant.kind == Kind::Socat && count > 1_000 {
                     continue;

@@ -267,6 +267,12 @@ pub fn describe(metric: &str) -> (String, bool) {
         "f_rtt_p50_pinned" => ("64 B round trip p50, all processes on CPU 0 (µs)", false),
         "g_rtt_p99_pinned" => ("64 B round trip p99, all processes on CPU 0 (µs)", false),
         "h_cpu_per_rt" => ("Proxy CPU microseconds per round trip (unpinned)", false),
+        "ha_setup_p50" => ("Dist handshake setup p50, connect to ack (µs)", false),
+        "hb_setup_p99" => ("Dist handshake setup p99, connect to ack (µs)", false),
+        "hc_cpu_per_setup" => (
+            "Proxy CPU microseconds per dist handshake setup (connect, handshake, close)",
+            false,
+        ),
         "i_rss_per_conn_1000" => ("Proxy RSS per idle connection, 1,000 open (KiB)", false),
         "j_pss_per_conn_1000" => ("Proxy PSS per idle connection, 1,000 open (KiB)", false),
         "k_slab_per_conn_1000" => (

@@ -1,7 +1,8 @@
 //! The processes a benchmark run is made of, each a plain blocking program so that its
 //! own cost is small and the same for every proxy: servers (sink, echo, hold) and
-//! clients (throughput, round trips, idle connections). The orchestrator starts them
-//! as child processes (`proxies --role NAME ...`), pinned to a CPU when it asks.
+//! clients (throughput, round trips, connection setups, idle connections). The
+//! orchestrator starts them as child processes (`proxies --role NAME ...`), pinned to a
+//! CPU when it asks.
 
 use std::io::{self, BufRead, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -27,6 +28,10 @@ pub fn run(args: &[String]) -> io::Result<()> {
             arg("--bytes").parse().unwrap(),
         ),
         "rr" => round_trips(
+            arg("--addr").parse().unwrap(),
+            arg("--count").parse().unwrap(),
+        ),
+        "setup" => setups(
             arg("--addr").parse().unwrap(),
             arg("--count").parse().unwrap(),
         ),
@@ -222,6 +227,29 @@ fn round_trips(addr: SocketAddr, count: usize) -> io::Result<()> {
     samples.sort_by(f64::total_cmp);
     let at = |q: f64| samples[((samples.len() - 1) as f64 * q) as usize];
     println!("RTT {} {}", at(0.50), at(0.99));
+    Ok(())
+}
+
+/// `count` dist connections one after another after a warm-up, each timed from the
+/// start of its connect to the node's ack (the end of the handshake), then closed;
+/// prints the p50 and p99 in microseconds.
+fn setups(addr: SocketAddr, count: usize) -> io::Result<()> {
+    let setup = || -> io::Result<f64> {
+        let start = Instant::now();
+        let mut stream = TcpStream::connect(addr)?;
+        stream.set_nodelay(true)?;
+        as_caller(&mut stream)?;
+        Ok(start.elapsed().as_nanos() as f64 / 1000.0)
+    };
+    for _ in 0..count / 10 {
+        setup()?;
+    }
+    let mut samples = (0..count)
+        .map(|_| setup())
+        .collect::<io::Result<Vec<_>>>()?;
+    samples.sort_by(f64::total_cmp);
+    let at = |q: f64| samples[((samples.len() - 1) as f64 * q) as usize];
+    println!("SETUP {} {}", at(0.50), at(0.99));
     Ok(())
 }
 

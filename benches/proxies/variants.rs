@@ -242,9 +242,13 @@ impl Variant {
                     Kind::DistgateCopy => "copy",
                     _ => "auto",
                 };
+                // The clients count as callers from outside the pod, so every
+                // connection goes through per-source admission (loopback is trusted by
+                // default); a TEST-NET address stands for the trusted list.
                 let config = format!(
                     "[epmd]\nlisten = [\"127.0.0.1:{epmd}\"]\n\
                      [dist]\nlisten = [\"127.0.0.1\"]\nports = [{}, {}, {}]\n\
+                     trusted = [\"192.0.2.1\"]\nmax_per_source = 10000\n\
                      [dist.pins]\nsink = {}\necho = {}\nhold = {}\n\
                      [forward]\nmode = \"{mode}\"\n",
                     public[0], public[1], public[2], public[0], public[1], public[2]
@@ -404,6 +408,39 @@ impl Variant {
                 "h_cpu_per_rt",
                 self.name(),
                 cpu as f64 / 1e3 / trips,
+            );
+        }
+    }
+
+    /// Dist connections set up one after another through the path (connect, the
+    /// handshake, close), timed to the node's ack, and the proxy's CPU per setup.
+    pub fn setups(&self, plan: &Plan, results: &mut Results) {
+        let cpu_before = measure::cpu_ns(&self.pids);
+        let client = Proc::role(
+            &[
+                "setup",
+                "--addr",
+                &self.echo.to_string(),
+                "--count",
+                &plan.setups.to_string(),
+            ],
+            None,
+        );
+        let line = client.expect("SETUP ");
+        client.finish();
+        let cpu = measure::cpu_ns(&self.pids) - cpu_before;
+        let mut values = line.split_whitespace().map(|v| v.parse::<f64>().unwrap());
+        record(results, "ha_setup_p50", self.name(), values.next().unwrap());
+        record(results, "hb_setup_p99", self.name(), values.next().unwrap());
+        // socat's per-connection children exit, taking their CPU time with them.
+        if !self.pids.is_empty() && self.kind != Kind::Socat {
+            // Warm-up setups are a tenth of the measured ones.
+            let setups = plan.setups as f64 * 1.1;
+            record(
+                results,
+                "hc_cpu_per_setup",
+                self.name(),
+                cpu as f64 / 1e3 / setups,
             );
         }
     }
