@@ -110,6 +110,7 @@ impl Forwarder {
         let mut opened = Box::new(Opened {
             node: attempt.node.clone(),
             source: attempt.source,
+            public_port,
             peer_name: None,
             tls_sni: None,
             direction,

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::timeout;
-use tracing::{info, info_span, warn};
+use tracing::{Instrument, info, info_span, warn};
 
 use super::ByteCounts;
 use super::guard::{Guard, Limits, SourceSlot};
@@ -87,6 +87,8 @@ pub(super) struct Opened {
     pub(super) node: String,
     /// The peer's address.
     pub(super) source: SocketAddr,
+    /// The public port it dialled.
+    pub(super) public_port: u16,
     /// The authenticated peer's node name; `None` for TLS.
     pub(super) peer_name: Option<String>,
     pub(super) tls_sni: Option<String>,
@@ -229,7 +231,10 @@ impl Forwarder {
         public_port: u16,
         stop: tokio_util::sync::CancellationToken,
     ) {
-        let span = |peer: SocketAddr| info_span!("dist", %peer, public_port);
+        // No span for the connection's life: `handle` gives admission one. An open
+        // link's lines name their node, peer and source themselves, and a span kept for
+        // a link's life is a registry record (about 0.5 KiB) per idle link.
+        let span = |_| tracing::Span::none();
         let handle = |client, source| self.connection(client, source, public_port);
         let refusals = Arc::clone(&self.refusals);
         let directory = Arc::clone(&self.directory);
@@ -264,7 +269,9 @@ impl Forwarder {
     async fn handle(&self, peer: TcpStream, source: SocketAddr, public_port: u16) {
         // Boxed: the handshake phase is over once the link is up, and every open
         // link's task would otherwise carry its size for the link's whole life.
-        if let Some((peer, node, opened)) = Box::pin(self.open(peer, source, public_port)).await {
+        let admission = info_span!("dist", peer = %source, public_port);
+        let open = self.open(peer, source, public_port).instrument(admission);
+        if let Some((peer, node, opened)) = Box::pin(open).await {
             self.carry(peer, node, opened).await;
         }
     }
@@ -329,6 +336,7 @@ impl Forwarder {
         let Opened {
             node,
             source,
+            public_port,
             peer_name,
             tls_sni,
             direction,
@@ -345,7 +353,7 @@ impl Forwarder {
         };
         let logged = peer_name.as_deref().unwrap_or(m::PEER_TLS);
         if peer_name.is_some() || TLS_OPENED.allow() {
-            info!(%node, peer = logged, direction, tls_sni, "dist connection opened");
+            info!(%node, peer = logged, %source, public_port, direction, tls_sni, "dist connection opened");
         }
         let link = m::LinkMeters::open(node, peer, direction);
         link.from_peer.increment(handshake_bytes.from_peer);
