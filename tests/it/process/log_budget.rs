@@ -353,6 +353,17 @@ async fn log_budget_a_client_toggling_max_connections() {
     );
 }
 
+/// Floods `gate` with callers to `node` whose upstream fails with `line`: within the
+/// budget, the summary names the counter, and the counter has every failure.
+async fn upstream_failures_flooded(gate: &Gate, node: &str, line: &str, summary: &str) {
+    let summary = format!("{summary} (see distgate_dist_upstream_connect_failures_total)");
+    let not_logged = flood(gate, &[line], &summary, FLOOD, |_| call(gate.public)).await;
+    assert_eq!(not_logged, (FLOOD - BURST) as u64);
+    let failures = "distgate_dist_upstream_connect_failures_total";
+    let counted = gate.metric(failures, &[("node", node)]).await;
+    assert_eq!(counted, (FLOOD + 1) as f64, "every failure counted");
+}
+
 /// A caller's `send_name` on a new connection to `public`, and the close that follows.
 async fn call(public: SocketAddr) {
     let mut caller = TcpStream::connect(public).await.unwrap();
@@ -369,23 +380,13 @@ async fn log_budget_a_real_port_that_refuses() {
     let port = closed.local_addr().unwrap().port();
     drop(closed);
     let (_registration, _) = register(gate.epmd, &alive2("app", port)).await;
-    let not_logged = flood(
+    upstream_failures_flooded(
         &gate,
-        &["node's real port did not accept"],
-        "more nodes' real ports did not accept than logged \
-         (see distgate_dist_upstream_connect_failures_total)",
-        FLOOD,
-        |_| call(gate.public),
+        "app",
+        "node's real port did not accept",
+        "more nodes' real ports did not accept than logged",
     )
     .await;
-    assert_eq!(not_logged, (FLOOD - BURST) as u64);
-    let counted = gate
-        .metric(
-            "distgate_dist_upstream_connect_failures_total",
-            &[("node", "app")],
-        )
-        .await;
-    assert_eq!(counted, (FLOOD + 1) as f64, "every failure counted");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -440,23 +441,13 @@ async fn log_budget_an_upstream_that_does_not_resolve() {
     })
     .await;
 
-    let not_logged = flood(
+    upstream_failures_flooded(
         &gate,
-        &["upstream does not resolve"],
-        "more upstreams did not resolve than logged \
-         (see distgate_dist_upstream_connect_failures_total)",
-        FLOOD,
-        |_| call(gate.public),
+        "app-0",
+        "upstream does not resolve",
+        "more upstreams did not resolve than logged",
     )
     .await;
-    assert_eq!(not_logged, (FLOOD - BURST) as u64);
-    let counted = gate
-        .metric(
-            "distgate_dist_upstream_connect_failures_total",
-            &[("node", "app-0")],
-        )
-        .await;
-    assert_eq!(counted, (FLOOD + 1) as f64, "every failure counted");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
