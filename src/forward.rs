@@ -10,6 +10,7 @@
 
 mod admission;
 mod copy;
+mod direction;
 mod follow;
 mod guard;
 mod identify;
@@ -34,6 +35,7 @@ use tokio::net::TcpStream;
 
 use crate::api::{BanView, RefusalView};
 use crate::prefix::Prefix;
+use direction::Direction;
 
 /// What the admin server reads and changes of admission: the bans (`GET /bans`,
 /// `DELETE /bans`) and the last refusals (`GET /refusals`).
@@ -123,26 +125,23 @@ impl ClosedBy {
     }
 }
 
-/// Counts the bytes of one direction: a total for the outcome, and either a live
-/// counter or a listed link (its metrics and its flow in the table of open links).
+/// Counts the bytes of one direction: a total for the outcome and, for a listed link,
+/// its flow in the table of open links (one relaxed atomic add; the link's metrics are
+/// brought up to date from the flow by the table's sweep and at close).
 #[derive(Debug)]
-pub struct Meter {
+pub(crate) struct Meter {
     total: u64,
-    into: Into,
-}
-
-#[derive(Debug)]
-enum Into {
-    Counter(metrics::Counter),
-    Link(Arc<crate::links::Link>, crate::links::Way),
+    link: Option<Arc<crate::links::Link>>,
+    way: crate::links::Way,
 }
 
 impl Meter {
-    /// A meter at 0 that also counts into `live`.
-    pub fn new(live: metrics::Counter) -> Meter {
+    /// A meter at 0 that counts nowhere else.
+    fn unlisted() -> Meter {
         Meter {
             total: 0,
-            into: Into::Counter(live),
+            link: None,
+            way: crate::links::Way::FromPeer,
         }
     }
 
@@ -150,21 +149,21 @@ impl Meter {
     pub(crate) fn listed(link: Arc<crate::links::Link>, way: crate::links::Way) -> Meter {
         Meter {
             total: 0,
-            into: Into::Link(link, way),
+            link: Some(link),
+            way,
         }
     }
 
     /// Records `n` bytes passed on.
-    pub fn add(&mut self, n: usize) {
+    pub(crate) fn add(&mut self, n: usize) {
         self.total += n as u64;
-        match &self.into {
-            Into::Counter(live) => live.increment(n as u64),
-            Into::Link(link, way) => link.carried(*way, n as u64),
+        if let Some(link) = &self.link {
+            link.carried(self.way, n as u64);
         }
     }
 
     /// Bytes counted so far.
-    pub fn total(&self) -> u64 {
+    pub(crate) fn total(&self) -> u64 {
         self.total
     }
 }
@@ -205,52 +204,43 @@ impl Engine {
     /// side ends both, and both sockets close when this returns. No idle timeout: dist
     /// links are quiet but for ticks and live for days.
     pub async fn proxy(&self, peer: TcpStream, node: TcpStream) -> Outcome {
-        let noop = || Meter::new(metrics::Counter::noop());
-        self.proxy_metered(peer, node, noop(), noop()).await
+        self.proxy_link(peer, node, Meter::unlisted(), Meter::unlisted(), None)
+            .await
     }
 
-    /// [`Engine::proxy`], counting each direction's bytes live as they pass.
-    pub async fn proxy_metered(
+    /// [`Engine::proxy`] for a dist link, counting each direction's bytes into its
+    /// meter as they pass: once one side has closed, the other has `linger` (when
+    /// given) to finish, then both are closed (OTP never keeps a half-closed link). An
+    /// error on either side, or a linger that ran out, closes both with a reset, so a
+    /// reset on one side reaches the other as a reset.
+    pub(crate) async fn proxy_link(
         &self,
-        peer: TcpStream,
-        node: TcpStream,
+        mut peer: TcpStream,
+        mut node: TcpStream,
         from_peer: Meter,
         to_peer: Meter,
-    ) -> Outcome {
-        self.proxy_link(peer, node, from_peer, to_peer, None).await
-    }
-
-    /// [`Engine::proxy_metered`] for a dist link: once one side has closed, the other
-    /// has `linger` (when given) to finish, then both are closed (OTP never keeps a
-    /// half-closed link). An error on either side, or a linger that ran out, closes
-    /// both with a reset, so a reset on one side reaches the other as a reset.
-    pub async fn proxy_link(
-        &self,
-        peer: TcpStream,
-        node: TcpStream,
-        mut from_peer: Meter,
-        mut to_peer: Meter,
         linger: Option<Duration>,
     ) -> Outcome {
         let mut first: Option<ClosedBy> = None;
-        let result = {
-            let a = self.direction(&peer, &node, &mut from_peer);
-            let b = self.direction(&node, &peer, &mut to_peer);
-            tokio::pin!(a, b);
+        let (result, bytes) = {
+            let (peer_in, peer_out) = peer.split();
+            let (node_in, node_out) = node.split();
+            let mut a = Direction::new(peer_in, node_out, from_peer, self.mode);
+            let mut b = Direction::new(node_in, peer_out, to_peer, self.mode);
             // Polled by hand, in this one future: it lives as long as the link, and the
             // states of `select!`, `try_join!` or another `async fn` around it would add
             // to every idle link's memory.
             let (mut a_done, mut b_done) = (false, false);
             let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
-            std::future::poll_fn(|cx| {
-                if !a_done && let Poll::Ready(result) = a.as_mut().poll(cx) {
+            let result = std::future::poll_fn(|cx| {
+                if !a_done && let Poll::Ready(result) = a.poll(self, cx) {
                     if first.is_none() {
                         first = Some(ClosedBy::from_end(ClosedBy::Peer, &result));
                     }
                     result?;
                     a_done = true;
                 }
-                if !b_done && let Poll::Ready(result) = b.as_mut().poll(cx) {
+                if !b_done && let Poll::Ready(result) = b.poll(self, cx) {
                     if first.is_none() {
                         first = Some(ClosedBy::from_end(ClosedBy::Node, &result));
                     }
@@ -273,7 +263,12 @@ impl Engine {
                 }
                 Poll::Pending
             })
-            .await
+            .await;
+            let bytes = ByteCounts {
+                from_peer: a.meter().total(),
+                to_peer: b.meter().total(),
+            };
+            (result, bytes)
         };
         if result.is_err() {
             for stream in [&peer, &node] {
@@ -282,54 +277,10 @@ impl Engine {
             }
         }
         Outcome {
-            bytes: ByteCounts {
-                from_peer: from_peer.total(),
-                to_peer: to_peer.total(),
-            },
+            bytes,
             result,
             closed_by: first.unwrap_or(ClosedBy::Distgate),
         }
-    }
-
-    /// One direction: all of `src` into `dst`, then a half-close of `dst`.
-    async fn direction(
-        &self,
-        src: &TcpStream,
-        dst: &TcpStream,
-        count: &mut Meter,
-    ) -> io::Result<()> {
-        use copy::Until;
-        let (buffers, pipes) = (&self.buffers, &self.pipes);
-        match self.mode {
-            Mode::Copy => {
-                copy::pump(buffers, src, dst, count, Until::Eof).await?;
-            }
-            Mode::Splice => {
-                if let splice::End::NoPipe(e) = splice::pump(pipes, src, dst, count, false).await? {
-                    no_pipe(&e);
-                    copy::pump(buffers, src, dst, count, Until::Eof).await?;
-                }
-            }
-            Mode::Auto => loop {
-                if copy::pump(buffers, src, dst, count, Until::Bulk).await? == copy::End::Eof {
-                    break;
-                }
-                match splice::pump(pipes, src, dst, count, true).await? {
-                    splice::End::Eof => break,
-                    splice::End::Idle => {}
-                    // This burst goes by copy; the next one asks for a pipe again.
-                    splice::End::NoPipe(e) => {
-                        no_pipe(&e);
-                        let bulk = &self.bulk_buffers;
-                        let end = copy::pump(bulk, src, dst, count, Until::Idle).await?;
-                        if end == copy::End::Eof {
-                            break;
-                        }
-                    }
-                }
-            },
-        }
-        half_close(dst)
     }
 
     /// Closes the idle pipes unused for a while and frees the idle bulk buffers
@@ -347,12 +298,12 @@ impl Engine {
 pub struct LingerOver;
 
 /// Counted, and logged at debug: the pool warns once when the quota is the cause.
-fn no_pipe(e: &splice::NoPipe) {
+pub(super) fn no_pipe(e: &splice::NoPipe) {
     ::metrics::counter!(crate::metrics::SPLICE_COPY_FALLBACKS).increment(1);
     tracing::debug!("no pipe for splice ({e}); this burst moves by copy");
 }
 
-fn half_close(stream: &TcpStream) -> io::Result<()> {
+pub(super) fn half_close(stream: &TcpStream) -> io::Result<()> {
     match socket2::SockRef::from(stream).shutdown(Shutdown::Write) {
         // The peer may already be gone; the other direction reports that.
         Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(()),

@@ -4,7 +4,8 @@
 //! A link enters the table when its handshake is done (or when a TLS link is handed to
 //! the engine) and leaves it when it closes. The engine counts each direction's bytes
 //! into the link's [`Flow`]s (one atomic add, no lock, no clock). A sweep every second
-//! notes which counts moved, so idle times are known to the second, and marks a
+//! notes which counts moved, so idle times are known to the second, adds what moved
+//! to the link's byte metrics (the close adds the rest), and marks a
 //! direction *silent* once it has carried nothing for
 //! `[dist] silent_after`: an idle dist link still carries a tick each way every
 //! `net_ticktime/4` (15 s by default), so silence that long means a peer, a node or
@@ -89,13 +90,22 @@ impl Flow {
         Duration::from_millis(now.saturating_sub(self.changed_ms.load(Ordering::Relaxed)))
     }
 
-    /// Notes whether bytes went since the last sweep; the idle time after that.
-    fn sweep(&self, now: u64) -> Duration {
-        let bytes = self.bytes.load(Ordering::Relaxed);
-        if self.seen.swap(bytes, Ordering::Relaxed) != bytes {
+    /// Notes whether bytes went since the last sweep, adding them to `counter`; the
+    /// idle time after that.
+    fn sweep(&self, now: u64, counter: &::metrics::Counter) -> Duration {
+        if self.settle(counter) {
             self.changed_ms.store(now, Ordering::Relaxed);
         }
         self.idle(now)
+    }
+
+    /// Adds the bytes gone since the last look to `counter`; whether there were any.
+    /// Each byte is added once, whichever of the sweep and the close looks.
+    fn settle(&self, counter: &::metrics::Counter) -> bool {
+        let bytes = self.bytes.load(Ordering::Relaxed);
+        let seen = self.seen.swap(bytes, Ordering::Relaxed);
+        counter.increment(bytes.wrapping_sub(seen));
+        seen != bytes
     }
 }
 
@@ -141,7 +151,7 @@ impl Listed {
 impl Drop for Listed {
     fn drop(&mut self) {
         self.links.lock().1.remove(&self.link.id);
-        for (flow, way) in self.link.flows() {
+        for (flow, way, _) in self.link.flows() {
             if flow.silent.load(Ordering::Relaxed) {
                 ::metrics::gauge!(m::DIST_SILENT_LINKS, "way" => way).decrement(1.0);
             }
@@ -231,8 +241,8 @@ impl Links {
         let silent_after = Duration::from_millis(self.silent_after_ms.load(Ordering::Relaxed));
         let links: Vec<Arc<Link>> = self.lock().1.values().cloned().collect();
         for link in links {
-            for (flow, way) in link.flows() {
-                let idle = flow.sweep(now);
+            for (flow, way, counter) in link.flows() {
+                let idle = flow.sweep(now, counter);
                 let silent = idle >= silent_after;
                 if flow.silent.swap(silent, Ordering::Relaxed) == silent {
                     continue;
@@ -269,8 +279,12 @@ impl Links {
 const WAYS: [&str; 2] = ["from_peer", "to_peer"];
 
 impl Link {
-    fn flows(&self) -> [(&Flow, &'static str); 2] {
-        [(&self.from_peer, WAYS[0]), (&self.to_peer, WAYS[1])]
+    /// Each way's flow, `way` label and byte counter.
+    fn flows(&self) -> [(&Flow, &'static str, &::metrics::Counter); 2] {
+        [
+            (&self.from_peer, WAYS[0], &self.metrics.from_peer),
+            (&self.to_peer, WAYS[1], &self.metrics.to_peer),
+        ]
     }
 
     /// The link's metrics.
@@ -283,17 +297,19 @@ impl Link {
         self.unlabelled.as_deref().unwrap_or(self.metrics.peer())
     }
 
-    /// `n` bytes went `way`: counted in the metrics and the flow.
+    /// `n` bytes went `way`: one relaxed add to its flow. The byte counters of the
+    /// link's metrics follow each second (the sweep) and at close ([`Link::settle`]).
     pub(crate) fn carried(&self, way: Way, n: u64) {
         match way {
-            Way::FromPeer => {
-                self.metrics.from_peer.increment(n);
-                self.from_peer.add(n);
-            }
-            Way::ToPeer => {
-                self.metrics.to_peer.increment(n);
-                self.to_peer.add(n);
-            }
+            Way::FromPeer => self.from_peer.add(n),
+            Way::ToPeer => self.to_peer.add(n),
+        }
+    }
+
+    /// Brings the link's byte counters up to date (before its close is counted).
+    pub(crate) fn settle(&self) {
+        for (flow, _, counter) in self.flows() {
+            flow.settle(counter);
         }
     }
 

@@ -19,10 +19,15 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(command: &mut Command) -> Proc {
+        Proc::spawn_to(command, Stdio::inherit())
+    }
+
+    /// [`Proc::spawn`] with its standard error going to `stderr`.
+    pub fn spawn_to(command: &mut Command, stderr: Stdio) -> Proc {
         let mut child = command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .unwrap_or_else(|e| panic!("{command:?}: {e}"));
         let stdout = child.stdout.take().unwrap();

@@ -167,12 +167,13 @@ pub fn distgate_binary(
         }
     }
     std::fs::write(&path, config).unwrap();
-    Proc::spawn(as_user(uid, binary).args([
-        "--config",
-        path.to_str().unwrap(),
-        "--log-level",
-        "warn",
-    ]))
+    // At the default log level, as it runs: an open link logs its opening and its
+    // close. The lines go to a file, as to a log collector that keeps up.
+    let log = std::fs::File::create(dir.0.join(format!("{name}.log"))).unwrap();
+    Proc::spawn_to(
+        as_user(uid, binary).args(["--config", path.to_str().unwrap()]),
+        log.into(),
+    )
 }
 
 /// Starts haproxy in tcp mode with splice both ways, forwarding `listen → server`.

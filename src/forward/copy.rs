@@ -1,8 +1,6 @@
-//! Buffered forwarding of one direction: read into a user-space buffer, write it out.
-//! The fallback where splice(2) is unavailable, and the path `mode = "copy"` selects.
-//!
-//! An idle direction holds no buffer: buffers come from a [`BufferPool`] when the
-//! source turns readable and go back when it is drained.
+//! Buffers of the copy path (`mode = "copy"`, small messages in `auto`, the fallback
+//! where no pipe can be had), shared by every link: a direction holds one only while
+//! bytes wait for a slow destination, or through a bulk burst moved without a pipe.
 
 use std::io;
 
@@ -47,13 +45,13 @@ impl BufferPool {
         }
     }
 
-    fn take(&self) -> Box<[u8]> {
+    pub(super) fn take(&self) -> Box<[u8]> {
         self.idle
             .take()
             .unwrap_or_else(|| vec![0u8; self.size].into_boxed_slice())
     }
 
-    fn put(&self, buffer: Box<[u8]>) {
+    pub(super) fn put(&self, buffer: Box<[u8]>) {
         self.idle.put(buffer);
     }
 
@@ -63,67 +61,7 @@ impl BufferPool {
     }
 }
 
-/// How a copy pump ended without an I/O error.
-#[derive(Debug, PartialEq, Eq)]
-pub(super) enum End {
-    /// The source reached EOF and every byte was passed on.
-    Eof,
-    /// A read filled a whole buffer: bulk data is queued (only with [`Until::Bulk`]).
-    Bulk,
-    /// The source was drained (only with [`Until::Idle`]).
-    Idle,
-}
-
-/// When a copy pump hands back before EOF.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Until {
-    /// Never: it runs to EOF.
-    Eof,
-    /// Once a read fills a whole buffer (bulk: splice may take over).
-    Bulk,
-    /// Once the source is drained (a burst moved by copy is over).
-    Idle,
-}
-
-/// Moves bytes from `src` to `dst` until EOF on `src` (or as `until` says), adding each
-/// byte written to `count`. Does not shut `dst` down.
-pub(super) async fn pump(
-    pool: &BufferPool,
-    src: &TcpStream,
-    dst: &TcpStream,
-    count: &mut super::Meter,
-    until: Until,
-) -> io::Result<End> {
-    loop {
-        src.readable().await?;
-        let mut buffer = pool.take();
-        let end = loop {
-            tokio::task::consume_budget().await;
-            match src.try_read(&mut buffer) {
-                Ok(0) => break Ok(Some(End::Eof)),
-                Ok(n) => {
-                    if let Err(e) = write_all(dst, &buffer[..n]).await {
-                        break Err(e);
-                    }
-                    count.add(n);
-                    if until == Until::Bulk && n == buffer.len() {
-                        break Ok(Some(End::Bulk));
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock && until == Until::Idle => {
-                    break Ok(Some(End::Idle));
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break Ok(None),
-                Err(e) => break Err(e),
-            }
-        };
-        pool.put(buffer);
-        if let Some(end) = end? {
-            return Ok(end);
-        }
-    }
-}
-
+/// Writes all of `bytes` to `dst` (the handshake follower's writes).
 pub(super) async fn write_all(dst: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
     while !bytes.is_empty() {
         dst.writable().await?;

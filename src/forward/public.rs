@@ -117,6 +117,7 @@ fn link_down(carried: Carried, outcome: &super::Outcome) {
         _in_use,
         listed,
     } = carried;
+    listed.link.settle();
     let link = listed.link.metrics();
     let reason = close_reason(&outcome.result);
     let closed_by = outcome.closed_by.as_str();

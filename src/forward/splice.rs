@@ -4,8 +4,8 @@
 //! Driven by tokio readiness: reads from the source go through `try_io` only while the
 //! pipe is empty, because only then does EAGAIN mean "the socket is drained" (with bytes
 //! in the pipe it may mean "the pipe is full", and clearing the socket's readiness on
-//! that would stall the stream). The pump counts the bytes sitting in the pipe for that
-//! reason. An idle direction holds no pipe: pipes come from a [`PipePool`] when data
+//! that would stall the stream). A splicing direction (`direction.rs`) counts the bytes
+//! sitting in the pipe for that reason. An idle direction holds no pipe: pipes come from a [`PipePool`] when data
 //! arrives and go back once empty. A pipe that still holds data is dropped, never
 //! reused.
 //!
@@ -193,7 +193,7 @@ impl PipePool {
     }
 
     /// Returns an empty pipe for reuse.
-    fn put(&self, pipe: Pipe) {
+    pub(super) fn put(&self, pipe: Pipe) {
         self.idle.put((Instant::now(), pipe));
     }
 
@@ -223,18 +223,6 @@ fn max_pipe_size() -> usize {
         .unwrap_or(DEFAULT_PIPE_SIZE)
 }
 
-/// How a splice pump ended without an I/O error.
-#[derive(Debug)]
-pub(super) enum End {
-    /// The source reached EOF and every byte was passed on.
-    Eof,
-    /// The source was drained and the pipe is empty (only with `until_idle`).
-    Idle,
-    /// No pipe worth splicing through could be had (descriptors or the pipe quota
-    /// exhausted); nothing was read, so the caller may carry on with a buffered copy.
-    NoPipe(NoPipe),
-}
-
 fn flags() -> SpliceFFlags {
     // No SPLICE_F_MORE: it may hold back the small frames dist links live on.
     SpliceFFlags::SPLICE_F_NONBLOCK | SpliceFFlags::SPLICE_F_MOVE
@@ -245,7 +233,7 @@ fn would_block(e: &io::Error) -> bool {
 }
 
 /// Passes what the pipe holds on to `dst`; whether `dst` would block.
-fn drain(
+pub(super) fn drain(
     p: &Pipe,
     dst: &TcpStream,
     in_pipe: &mut usize,
@@ -266,7 +254,12 @@ fn drain(
 /// Adds to a pipe that holds bytes already; whether anything happened (bytes or EOF).
 /// EAGAIN may mean a full pipe here, so the socket's readiness is left alone and the
 /// drain decides what to wait for.
-fn top_up(src: &TcpStream, p: &Pipe, in_pipe: &mut usize, eof: &mut bool) -> io::Result<bool> {
+pub(super) fn top_up(
+    src: &TcpStream,
+    p: &Pipe,
+    in_pipe: &mut usize,
+    eof: &mut bool,
+) -> io::Result<bool> {
     match splice(src, None, &p.write, None, p.capacity - *in_pipe, flags()) {
         Ok(0) => {
             *eof = true;
@@ -281,75 +274,9 @@ fn top_up(src: &TcpStream, p: &Pipe, in_pipe: &mut usize, eof: &mut bool) -> io:
     }
 }
 
-/// Moves bytes from `src` to `dst` until EOF on `src` with the pipe drained (or, with
-/// `until_idle`, until `src` has nothing more for now), adding each byte passed to
-/// `dst` to `count`. Does not shut `dst` down.
-pub(super) async fn pump(
-    pool: &PipePool,
-    src: &TcpStream,
-    dst: &TcpStream,
-    count: &mut super::Meter,
-    until_idle: bool,
-) -> io::Result<End> {
-    let mut pipe: Option<Pipe> = None;
-    let mut in_pipe = 0usize;
-    let mut eof = false;
-    loop {
-        tokio::task::consume_budget().await;
-        let dst_blocked = match pipe.as_ref().filter(|_| in_pipe > 0) {
-            Some(p) => drain(p, dst, &mut in_pipe, count)?,
-            None => false,
-        };
-        if eof {
-            if in_pipe == 0 {
-                if let Some(p) = pipe {
-                    pool.put(p);
-                }
-                return Ok(End::Eof);
-            }
-            if dst_blocked {
-                dst.writable().await?;
-            }
-            continue;
-        }
-        if in_pipe == 0 {
-            // Empty pipe: EAGAIN can only mean the socket is drained.
-            let p = match pipe.take() {
-                Some(p) => p,
-                None => {
-                    src.readable().await?;
-                    match pool.take() {
-                        Ok(p) => p,
-                        Err(e) => return Ok(End::NoPipe(e)),
-                    }
-                }
-            };
-            let fill =
-                || splice(src, None, &p.write, None, p.capacity, flags()).map_err(io::Error::from);
-            match src.try_io(Interest::READABLE, fill) {
-                Ok(0) => eof = true,
-                Ok(n) => in_pipe = n,
-                // Idle: the pipe goes back until data arrives.
-                Err(e) if would_block(&e) => {
-                    pool.put(p);
-                    if until_idle {
-                        return Ok(End::Idle);
-                    }
-                    continue;
-                }
-                Err(e) => return Err(e),
-            }
-            pipe = Some(p);
-            continue;
-        }
-        let Some(p) = pipe.as_ref() else {
-            continue;
-        };
-        if in_pipe < p.capacity && top_up(src, p, &mut in_pipe, &mut eof)? {
-            continue;
-        }
-        if dst_blocked {
-            dst.writable().await?;
-        }
-    }
+/// Fills an empty pipe from `src`: bytes moved, 0 at EOF, `WouldBlock` when `src` is
+/// drained (its readiness cleared, since with the pipe empty nothing else can block).
+pub(super) fn fill(src: &TcpStream, p: &Pipe) -> io::Result<usize> {
+    let fill = || splice(src, None, &p.write, None, p.capacity, flags()).map_err(io::Error::from);
+    src.try_io(Interest::READABLE, fill)
 }
