@@ -28,7 +28,7 @@ use std::io;
 use std::net::Shutdown;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::net::TcpStream;
@@ -168,6 +168,113 @@ impl Meter {
     }
 }
 
+/// A link's two directions, moving bytes until both have ended: what an open link's
+/// task holds for the link's life. A struct polled by hand rather than an `async fn`:
+/// an `async fn` keeps its arguments beside the locals they were moved into, and a
+/// `select!` or `join!` around the directions adds its own state, each once per idle
+/// link.
+#[derive(Debug)]
+pub(crate) struct Bridge {
+    peer: TcpStream,
+    node: TcpStream,
+    /// From the peer to the node, and back.
+    from_peer: Direction,
+    to_peer: Direction,
+    from_peer_done: bool,
+    to_peer_done: bool,
+    /// Once one side has closed, how long the other has to follow (`None`: for ever).
+    linger: Option<Duration>,
+    /// Boxed: the timer exists only while a link closes.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    first: Option<ClosedBy>,
+}
+
+impl Bridge {
+    /// The bridge between `peer` and `node`, counting each way into its meter, moving
+    /// bytes as `engine` does. With `linger`, once one side has closed the other has
+    /// that long to finish, then both are closed (OTP never keeps a half-closed link).
+    pub(crate) fn new(
+        peer: TcpStream,
+        node: TcpStream,
+        from_peer: Meter,
+        to_peer: Meter,
+        linger: Option<Duration>,
+        engine: &Engine,
+    ) -> Bridge {
+        Bridge {
+            peer,
+            node,
+            from_peer: Direction::new(from_peer, engine.mode),
+            to_peer: Direction::new(to_peer, engine.mode),
+            from_peer_done: false,
+            to_peer_done: false,
+            linger,
+            timer: None,
+            first: None,
+        }
+    }
+
+    /// Moves bytes with `engine` (always the same one) until both directions have
+    /// ended, one failed or the linger ran out. An error, or a linger that ran out,
+    /// closes both sockets with a reset when the bridge is dropped, so a reset on one
+    /// side reaches the other as a reset. Not to be polled once it returned `Ready`.
+    pub(crate) fn poll(&mut self, engine: &Engine, cx: &mut Context<'_>) -> Poll<Outcome> {
+        let result = match self.poll_directions(engine, cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(result) => result,
+        };
+        if result.is_err() {
+            for stream in [&self.peer, &self.node] {
+                // Best effort: the socket may be gone already.
+                let _ = socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO));
+            }
+        }
+        Poll::Ready(Outcome {
+            bytes: ByteCounts {
+                from_peer: self.from_peer.meter().total(),
+                to_peer: self.to_peer.meter().total(),
+            },
+            result,
+            closed_by: self.first.unwrap_or(ClosedBy::Distgate),
+        })
+    }
+
+    fn poll_directions(&mut self, engine: &Engine, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let (mut peer_in, mut peer_out) = self.peer.split();
+        let (mut node_in, mut node_out) = self.node.split();
+        if !self.from_peer_done
+            && let Poll::Ready(result) =
+                self.from_peer.poll(&mut peer_in, &mut node_out, engine, cx)
+        {
+            if self.first.is_none() {
+                self.first = Some(ClosedBy::from_end(ClosedBy::Peer, &result));
+            }
+            result?;
+            self.from_peer_done = true;
+        }
+        if !self.to_peer_done
+            && let Poll::Ready(result) = self.to_peer.poll(&mut node_in, &mut peer_out, engine, cx)
+        {
+            if self.first.is_none() {
+                self.first = Some(ClosedBy::from_end(ClosedBy::Node, &result));
+            }
+            result?;
+            self.to_peer_done = true;
+        }
+        if self.from_peer_done && self.to_peer_done {
+            return Poll::Ready(Ok(()));
+        }
+        if let (true, Some(linger)) = (self.from_peer_done || self.to_peer_done, self.linger) {
+            let timer = (self.timer).get_or_insert_with(|| Box::pin(tokio::time::sleep(linger)));
+            if timer.as_mut().poll(cx).is_ready() {
+                self.first = Some(ClosedBy::Distgate);
+                return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, LingerOver)));
+            }
+        }
+        Poll::Pending
+    }
+}
+
 /// Moves stream bytes; shared by every connection.
 #[derive(Debug)]
 pub struct Engine {
@@ -204,83 +311,8 @@ impl Engine {
     /// side ends both, and both sockets close when this returns. No idle timeout: dist
     /// links are quiet but for ticks and live for days.
     pub async fn proxy(&self, peer: TcpStream, node: TcpStream) -> Outcome {
-        self.proxy_link(peer, node, Meter::unlisted(), Meter::unlisted(), None)
-            .await
-    }
-
-    /// [`Engine::proxy`] for a dist link, counting each direction's bytes into its
-    /// meter as they pass: once one side has closed, the other has `linger` (when
-    /// given) to finish, then both are closed (OTP never keeps a half-closed link). An
-    /// error on either side, or a linger that ran out, closes both with a reset, so a
-    /// reset on one side reaches the other as a reset.
-    pub(crate) async fn proxy_link(
-        &self,
-        mut peer: TcpStream,
-        mut node: TcpStream,
-        from_peer: Meter,
-        to_peer: Meter,
-        linger: Option<Duration>,
-    ) -> Outcome {
-        let mut first: Option<ClosedBy> = None;
-        let (result, bytes) = {
-            let (peer_in, peer_out) = peer.split();
-            let (node_in, node_out) = node.split();
-            let mut a = Direction::new(peer_in, node_out, from_peer, self.mode);
-            let mut b = Direction::new(node_in, peer_out, to_peer, self.mode);
-            // Polled by hand, in this one future: it lives as long as the link, and the
-            // states of `select!`, `try_join!` or another `async fn` around it would add
-            // to every idle link's memory.
-            let (mut a_done, mut b_done) = (false, false);
-            let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
-            let result = std::future::poll_fn(|cx| {
-                if !a_done && let Poll::Ready(result) = a.poll(self, cx) {
-                    if first.is_none() {
-                        first = Some(ClosedBy::from_end(ClosedBy::Peer, &result));
-                    }
-                    result?;
-                    a_done = true;
-                }
-                if !b_done && let Poll::Ready(result) = b.poll(self, cx) {
-                    if first.is_none() {
-                        first = Some(ClosedBy::from_end(ClosedBy::Node, &result));
-                    }
-                    result?;
-                    b_done = true;
-                }
-                if a_done && b_done {
-                    return Poll::Ready(Ok(()));
-                }
-                if let (true, Some(linger)) = (a_done || b_done, linger) {
-                    // Boxed: the timer exists only while a link closes.
-                    let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(linger)));
-                    if timer.as_mut().poll(cx).is_ready() {
-                        first = Some(ClosedBy::Distgate);
-                        return Poll::Ready(Err(io::Error::new(
-                            io::ErrorKind::TimedOut,
-                            LingerOver,
-                        )));
-                    }
-                }
-                Poll::Pending
-            })
-            .await;
-            let bytes = ByteCounts {
-                from_peer: a.meter().total(),
-                to_peer: b.meter().total(),
-            };
-            (result, bytes)
-        };
-        if result.is_err() {
-            for stream in [&peer, &node] {
-                // Best effort: the socket may be gone already.
-                let _ = socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO));
-            }
-        }
-        Outcome {
-            bytes,
-            result,
-            closed_by: first.unwrap_or(ClosedBy::Distgate),
-        }
+        let mut bridge = Bridge::new(peer, node, Meter::unlisted(), Meter::unlisted(), None, self);
+        std::future::poll_fn(|cx| bridge.poll(self, cx)).await
     }
 
     /// Closes the idle pipes unused for a while and frees the idle bulk buffers

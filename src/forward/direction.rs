@@ -28,17 +28,32 @@ use super::copy::BUFFER_SIZE;
 use super::splice::{self, Pipe};
 use super::{Engine, Meter, Mode};
 
-/// One direction: everything read from `src` is written to `dst`.
-pub(super) struct Direction<'a> {
-    ends: Ends<'a>,
+/// One direction: everything read from its source is written to its destination. It
+/// holds neither socket (the link's [`super::Bridge`] holds both and lends them to each
+/// poll), so a link's state is a plain struct with nothing borrowed.
+pub(super) struct Direction {
+    ends: Ends,
     state: State,
 }
 
-struct Ends<'a> {
-    src: ReadHalf<'a>,
-    dst: WriteHalf<'a>,
+struct Ends {
     meter: Meter,
     via: Via,
+}
+
+impl std::fmt::Debug for Direction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Direction")
+            .field("via", &self.ends.via)
+            .field("bytes", &self.ends.meter.total())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The two sockets' halves one poll of a direction uses.
+struct Io<'s, 'r, 'w> {
+    src: &'s mut ReadHalf<'r>,
+    dst: &'s mut WriteHalf<'w>,
 }
 
 /// How the next burst moves.
@@ -100,20 +115,15 @@ macro_rules! tried {
     };
 }
 
-impl<'a> Direction<'a> {
-    /// A direction from `src` to `dst` counting into `meter`, starting as `mode` says.
-    pub(super) fn new(src: ReadHalf<'a>, dst: WriteHalf<'a>, meter: Meter, mode: Mode) -> Self {
+impl Direction {
+    /// A direction counting into `meter`, starting as `mode` says.
+    pub(super) fn new(meter: Meter, mode: Mode) -> Self {
         let via = match mode {
             Mode::Splice => Via::Splice,
             Mode::Copy | Mode::Auto => Via::Copy,
         };
         Direction {
-            ends: Ends {
-                src,
-                dst,
-                meter,
-                via,
-            },
+            ends: Ends { meter, via },
             state: State::Idle,
         }
     }
@@ -123,16 +133,24 @@ impl<'a> Direction<'a> {
         &self.ends.meter
     }
 
-    /// Moves bytes until `src` reached EOF and it was passed on as a half-close of
-    /// `dst` (`Ready(Ok)`), or an error.
-    pub(super) fn poll(&mut self, engine: &Engine, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    /// Moves bytes from `src` to `dst` until `src` reached EOF and it was passed on as
+    /// a half-close of `dst` (`Ready(Ok)`), or an error. Always the same two halves.
+    pub(super) fn poll(
+        &mut self,
+        src: &mut ReadHalf<'_>,
+        dst: &mut WriteHalf<'_>,
+        engine: &Engine,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<()>> {
+        let mut io = Io { src, dst };
         loop {
             let state = std::mem::replace(&mut self.state, State::Done);
+            let ends = &mut self.ends;
             let step = match state {
                 State::Done => return Poll::Ready(Ok(())),
-                State::Idle => self.ends.idle(engine, cx),
-                State::Copying(held) => self.ends.copying(held, engine, cx),
-                State::Splicing(spliced) => self.ends.splicing(spliced, engine, cx),
+                State::Idle => ends.idle(&mut io, engine, cx),
+                State::Copying(held) => ends.copying(&mut io, held, engine, cx),
+                State::Splicing(spliced) => ends.splicing(&mut io, spliced, engine, cx),
             };
             match step {
                 Step::Go(next) => self.state = next,
@@ -146,10 +164,10 @@ impl<'a> Direction<'a> {
     }
 }
 
-impl Ends<'_> {
-    fn idle(&mut self, engine: &Engine, cx: &mut Context<'_>) -> Step {
+impl Ends {
+    fn idle(&mut self, io: &mut Io<'_, '_, '_>, engine: &Engine, cx: &mut Context<'_>) -> Step {
         match self.via {
-            Via::Copy => self.copy_small(engine, cx),
+            Via::Copy => self.copy_small(io, engine, cx),
             Via::Bulk => Step::Go(State::Copying(Held {
                 buffer: engine.bulk_buffers.take(),
                 from: 0,
@@ -158,7 +176,7 @@ impl Ends<'_> {
             })),
             Via::Splice => {
                 // The pipe is taken only once there is something to put in it.
-                match self.src.as_ref().poll_read_ready(cx) {
+                match io.src.as_ref().poll_read_ready(cx) {
                     Poll::Pending => return Step::Wait(State::Idle),
                     Poll::Ready(ready) => tried!(ready),
                 }
@@ -185,23 +203,28 @@ impl Ends<'_> {
 
     /// One read onto the stack, written on at once; what `dst` does not take now waits
     /// in a pooled buffer.
-    fn copy_small(&mut self, engine: &Engine, cx: &mut Context<'_>) -> Step {
+    fn copy_small(
+        &mut self,
+        io: &mut Io<'_, '_, '_>,
+        engine: &Engine,
+        cx: &mut Context<'_>,
+    ) -> Step {
         let mut stack = [MaybeUninit::<u8>::uninit(); BUFFER_SIZE];
         let mut read = ReadBuf::uninit(&mut stack);
-        match Pin::new(&mut self.src).poll_read(cx, &mut read) {
+        match Pin::new(&mut *io.src).poll_read(cx, &mut read) {
             Poll::Pending => return Step::Wait(State::Idle),
             Poll::Ready(ready) => tried!(ready),
         }
         let bytes = read.filled();
         if bytes.is_empty() {
-            return self.eof();
+            return eof(io);
         }
         if bytes.len() == BUFFER_SIZE && engine.mode == Mode::Auto {
             self.via = Via::Splice;
         }
         let mut from = 0;
         while from < bytes.len() {
-            match self.write(cx, &bytes[from..]) {
+            match self.write(io, cx, &bytes[from..]) {
                 Poll::Ready(written) => from += tried!(written),
                 Poll::Pending => {
                     let rest = &bytes[from..];
@@ -219,9 +242,15 @@ impl Ends<'_> {
         Step::Go(State::Idle)
     }
 
-    fn copying(&mut self, mut held: Held, engine: &Engine, cx: &mut Context<'_>) -> Step {
+    fn copying(
+        &mut self,
+        io: &mut Io<'_, '_, '_>,
+        mut held: Held,
+        engine: &Engine,
+        cx: &mut Context<'_>,
+    ) -> Step {
         while held.from < held.to {
-            match self.write(cx, &held.buffer[held.from..held.to]) {
+            match self.write(io, cx, &held.buffer[held.from..held.to]) {
                 Poll::Ready(written) => held.from += tried!(written),
                 Poll::Pending => return Step::Wait(State::Copying(held)),
             }
@@ -231,10 +260,10 @@ impl Ends<'_> {
             return Step::Go(State::Idle);
         }
         // A bulk burst reads on until the source would block, as the pipe would.
-        match self.src.as_ref().try_read(&mut held.buffer) {
+        match io.src.as_ref().try_read(&mut held.buffer) {
             Ok(0) => {
                 engine.bulk_buffers.put(held.buffer);
-                self.eof()
+                eof(io)
             }
             Ok(n) => {
                 held.from = 0;
@@ -250,7 +279,13 @@ impl Ends<'_> {
         }
     }
 
-    fn splicing(&mut self, mut s: Spliced, engine: &Engine, cx: &mut Context<'_>) -> Step {
+    fn splicing(
+        &mut self,
+        io: &mut Io<'_, '_, '_>,
+        mut s: Spliced,
+        engine: &Engine,
+        cx: &mut Context<'_>,
+    ) -> Step {
         loop {
             // Splicing never waits while both sides keep up: give the other tasks
             // their turn now and then.
@@ -258,7 +293,7 @@ impl Ends<'_> {
                 Poll::Pending => return Step::Wait(State::Splicing(s)),
                 Poll::Ready(coop) => coop.made_progress(),
             }
-            let dst = self.dst.as_ref();
+            let dst = io.dst.as_ref();
             let dst_blocked = match s.in_pipe {
                 0 => false,
                 _ => tried!(splice::drain(&s.pipe, dst, &mut s.in_pipe, &mut self.meter)),
@@ -266,11 +301,11 @@ impl Ends<'_> {
             if s.eof {
                 if s.in_pipe == 0 {
                     engine.pipes.put(s.pipe);
-                    return self.eof();
+                    return eof(io);
                 }
             } else if s.in_pipe == 0 {
                 // Empty pipe: EAGAIN can only mean the source is drained.
-                match splice::fill(self.src.as_ref(), &s.pipe) {
+                match splice::fill(io.src.as_ref(), &s.pipe) {
                     Ok(0) => s.eof = true,
                     Ok(n) => s.in_pipe = n,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -286,7 +321,7 @@ impl Ends<'_> {
                 continue;
             } else if s.in_pipe < s.pipe.capacity()
                 && tried!(splice::top_up(
-                    self.src.as_ref(),
+                    io.src.as_ref(),
                     &s.pipe,
                     &mut s.in_pipe,
                     &mut s.eof
@@ -304,8 +339,13 @@ impl Ends<'_> {
     }
 
     /// One write, counted.
-    fn write(&mut self, cx: &mut Context<'_>, bytes: &[u8]) -> Poll<io::Result<usize>> {
-        match Pin::new(&mut self.dst).poll_write(cx, bytes) {
+    fn write(
+        &mut self,
+        io: &mut Io<'_, '_, '_>,
+        cx: &mut Context<'_>,
+        bytes: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match Pin::new(&mut *io.dst).poll_write(cx, bytes) {
             Poll::Ready(Ok(0)) => Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
             Poll::Ready(Ok(n)) => {
                 self.meter.add(n);
@@ -314,11 +354,11 @@ impl Ends<'_> {
             other => other,
         }
     }
+}
 
-    /// EOF from the source: passed on as a half-close.
-    fn eof(&mut self) -> Step {
-        Step::End(super::half_close(self.dst.as_ref()))
-    }
+/// EOF from the source: passed on as a half-close.
+fn eof(io: &mut Io<'_, '_, '_>) -> Step {
+    Step::End(super::half_close(io.dst.as_ref()))
 }
 
 #[cfg(test)]
@@ -326,11 +366,11 @@ mod tests {
     use super::*;
 
     /// Both directions of every open link live in its task for the link's whole life:
-    /// two sockets' halves, a meter and a few words of state, no buffer, pipe or waiter.
+    /// a meter and a few words of state, no socket, buffer, pipe or waiter.
     #[test]
     fn a_direction_stays_a_few_words() {
-        let size = std::mem::size_of::<Direction<'static>>();
+        let size = std::mem::size_of::<Direction>();
         eprintln!("a direction: {size} bytes");
-        assert!(size <= 96, "a direction is {size} bytes");
+        assert!(size <= 72, "a direction is {size} bytes");
     }
 }

@@ -405,6 +405,10 @@ fn with_dist_listen_false_release_clients_do_not_register_at_all() {
     );
     assert!(out.contains("RPC-ok"), "{out}");
     let (mut shell, mut keys) = remote_shell(&bin, epmd);
+    // Keys typed before the shell is up may be flushed when it sets up the terminal.
+    shell.wait_line("the remote prompt", node_deadline(), |l| {
+        l.contains("iex(app@127.0.0.1)1>")
+    });
     keys.write_all(b"IO.puts(\"REMOTE \" <> Atom.to_string(node()))\r")
         .unwrap();
     assert_eq!(shell.wait_for("REMOTE ", node_deadline()), "app@127.0.0.1");
