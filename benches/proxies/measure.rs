@@ -115,10 +115,19 @@ impl Drop for Proc {
     }
 }
 
-/// Whether `program` is on PATH.
+/// Where `program` is: on PATH, else in the sbin directories a user's PATH may lack
+/// (Debian installs haproxy and nginx in /usr/sbin).
+pub fn find(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/local/sbin", "/usr/sbin", "/sbin"].map(PathBuf::from))
+        .map(|dir| dir.join(program))
+        .find(|p| p.is_file())
+}
+
+/// Whether `program` is installed (see [`find`]).
 pub fn have(program: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
+    find(program).is_some()
 }
 
 /// Raises the open-file limit (for 10,000 connections through one proxy).
@@ -352,7 +361,10 @@ pub fn machine() -> String {
         .and_then(|kb| kb.parse::<f64>().ok())
         .map_or(0.0, |kb| kb / 1024.0 / 1024.0);
     let kernel = command_line("uname", &["-r"]);
-    let haproxy = command_line("haproxy", &["-v"]);
+    let haproxy = find("haproxy").map_or_else(
+        || "haproxy not installed".into(),
+        |path| command_line(&path.to_string_lossy(), &["-v"]),
+    );
     let erl = command_line(
         "erl",
         &[

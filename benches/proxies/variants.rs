@@ -1,6 +1,6 @@
-//! The paths measured (direct, distgate with splice, distgate with copy, haproxy with
-//! splice, socat; another commit's distgate when asked) and the measurements taken on
-//! each.
+//! The paths measured (direct, distgate with splice, distgate with copy, haproxy
+//! without and with splice, socat; another commit's distgate when asked) and the
+//! measurements taken on each.
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
@@ -20,7 +20,10 @@ pub enum Kind {
     DistgateBaseline,
     DistgateSplice,
     DistgateCopy,
+    /// haproxy in tcp mode, copying through its buffers.
     Haproxy,
+    /// haproxy in tcp mode with `option splice-request` and `option splice-response`.
+    HaproxySplice,
     Socat,
     /// A gateway distgate in front of a sidecar distgate (both `auto`): two hops.
     Gateway,
@@ -34,10 +37,21 @@ impl Kind {
             Kind::DistgateBaseline => crate::paths::BASELINE,
             Kind::DistgateSplice => "distgate-splice",
             Kind::DistgateCopy => "distgate-copy",
-            Kind::Haproxy => "haproxy-splice",
+            Kind::Haproxy => "haproxy",
+            Kind::HaproxySplice => "haproxy-splice",
             Kind::Socat => "socat",
             Kind::Gateway => "gateway+sidecar",
         }
+    }
+
+    /// Why this path cannot run on this machine (a program not installed), if so.
+    pub fn missing(self) -> Option<String> {
+        let program = match self {
+            Kind::Haproxy | Kind::HaproxySplice => "haproxy",
+            Kind::Socat => "socat",
+            _ => return None,
+        };
+        (!measure::have(program)).then(|| format!("{program} not installed"))
     }
 }
 
@@ -183,11 +197,21 @@ pub fn haproxy(dir: &TempDir, routes: &[(u16, u16)]) -> Proc {
 
 /// [`haproxy`] as `uid` when given.
 pub fn haproxy_as(dir: &TempDir, routes: &[(u16, u16)], uid: Option<u32>) -> Proc {
-    let mut config = String::from(
-        "global\n    maxconn 9100\n    maxpipes 512\n\
-         defaults\n    mode tcp\n    timeout connect 5s\n    timeout client 1h\n    timeout server 1h\n\
-         \x20   option splice-request\n    option splice-response\n",
-    );
+    haproxy_with(dir, routes, uid, true)
+}
+
+/// Starts haproxy in tcp mode forwarding `listen → server`, as `uid` when given; with
+/// splice both ways (and pipes for it) when `splice`, else copying through its buffers.
+fn haproxy_with(dir: &TempDir, routes: &[(u16, u16)], uid: Option<u32>, splice: bool) -> Proc {
+    let mut config = String::from("global\n    maxconn 9100\n");
+    if splice {
+        config += "    maxpipes 512\n";
+    }
+    config += "defaults\n    mode tcp\n    timeout connect 5s\n    timeout client 1h\n    \
+               timeout server 1h\n";
+    if splice {
+        config += "    option splice-request\n    option splice-response\n";
+    }
     for (i, (listen, server)) in routes.iter().enumerate() {
         config +=
             &format!("listen p{i}\n    bind 127.0.0.1:{listen}\n    server s 127.0.0.1:{server}\n");
@@ -202,13 +226,9 @@ pub fn haproxy_as(dir: &TempDir, routes: &[(u16, u16)], uid: Option<u32>) -> Pro
     proc
 }
 
-/// Where `program` is on PATH.
+/// Where `program` is (see [`measure::find`]), or its bare name.
 fn which(program: &str) -> PathBuf {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(program))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| PathBuf::from(program))
+    measure::find(program).unwrap_or_else(|| PathBuf::from(program))
 }
 
 /// One path under test.
@@ -296,10 +316,15 @@ impl Variant {
                 }
                 names.map(|name| port_please(gateway_epmd, name))
             }
-            Kind::Haproxy => {
+            Kind::Haproxy | Kind::HaproxySplice => {
                 let listen: [u16; 3] = free_ports();
                 let routes: Vec<_> = listen.iter().copied().zip(servers).collect();
-                procs.push(haproxy(&dir, &routes));
+                procs.push(haproxy_with(
+                    &dir,
+                    &routes,
+                    None,
+                    kind == Kind::HaproxySplice,
+                ));
                 listen
             }
             Kind::Socat => {
