@@ -1,5 +1,5 @@
 //! distgate side by side with direct loopback, haproxy (tcp mode, without and with
-//! splice) and socat, interleaved in one run on one machine:
+//! splice), nginx (stream module) and socat, interleaved in one run on one machine:
 //!
 //! ```sh
 //! cargo bench --bench proxies             # the full run recorded in BENCHMARKS.md
@@ -9,8 +9,9 @@
 //!     --paths direct,distgate-auto,distgate-baseline,haproxy-splice
 //! ```
 //!
-//! Uses `haproxy` (Debian package; its paths are skipped with a note when it is not
-//! installed), optionally `socat`, `taskset`, and `erl` for the Erlang part. Runs as root or not; as root it raises the descriptor limit for the
+//! Uses `haproxy` and `nginx` with `libnginx-mod-stream` (Debian packages; a path whose
+//! program is not installed is skipped with a note), optionally `socat`, `taskset`,
+//! and `erl` for the Erlang part. Runs as root or not; as root it raises the descriptor limit for the
 //! 10,000-connection memory figure and also runs the proxies as the unprivileged UID
 //! 65532 with `setpriv` (`quota`: the pipe quota root is exempt from; `-- --uid-only`
 //! runs that part alone). Prints a Markdown report and writes it to
@@ -137,6 +138,7 @@ fn main() {
         Kind::DistgateCopy,
         Kind::Haproxy,
         Kind::HaproxySplice,
+        Kind::Nginx,
         Kind::Gateway,
         Kind::Socat,
     ];

@@ -14,7 +14,7 @@ pub const BASELINE_VAR: &str = "DISTGATE_BENCH_BASELINE";
 pub const BASELINE: &str = "distgate-baseline";
 
 /// Every path name a report can hold, in the order its tables list them.
-pub const NAMES: [&str; 16] = [
+pub const NAMES: [&str; 17] = [
     "direct",
     "distgate-auto",
     BASELINE,
@@ -22,6 +22,7 @@ pub const NAMES: [&str; 16] = [
     "distgate-copy",
     "haproxy",
     "haproxy-splice",
+    "nginx",
     "socat",
     "gateway+sidecar",
     "distgate-root",
