@@ -264,7 +264,9 @@ pub fn nginx_stream_module() -> Result<Option<PathBuf>, String> {
 /// Starts nginx as a TCP proxy (stream module) forwarding `listen → server`: in the
 /// foreground, a master and `worker_processes auto` (a worker per CPU, as haproxy runs
 /// a thread per CPU), descriptors and connections for the 9,000-connection step, no
-/// access log, its error log, pid file and anything else it writes in `dir`. Returns
+/// access log, its error log, pid file and anything else it writes in `dir`. A side's
+/// end of writing is passed on (`proxy_half_close`, as haproxy does by default): the
+/// bulk client shuts down its sending side and waits for the sink's count. Returns
 /// the master once every worker accepts; dropped, it stops its workers (SIGTERM).
 pub fn nginx(dir: &TempDir, routes: &[(u16, u16)]) -> Proc {
     let module = nginx_stream_module().unwrap_or_else(|why| panic!("{why}"));
@@ -281,7 +283,8 @@ pub fn nginx(dir: &TempDir, routes: &[(u16, u16)]) -> Proc {
     for (listen, server) in routes {
         config += &format!(
             "    server {{\n        listen 127.0.0.1:{listen};\n        \
-             proxy_pass 127.0.0.1:{server};\n        proxy_timeout 1h;\n    }}\n"
+             proxy_pass 127.0.0.1:{server};\n        proxy_timeout 1h;\n        \
+             proxy_half_close on;\n    }}\n"
         );
     }
     config += "}\n";
