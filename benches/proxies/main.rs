@@ -11,11 +11,11 @@
 //!
 //! Uses `haproxy` and `nginx` with `libnginx-mod-stream` (Debian packages; a path whose
 //! program is not installed is skipped with a note), optionally `socat`, `taskset`,
-//! and `erl` for the Erlang part. Runs as root or not; as root it raises the descriptor limit for the
-//! 10,000-connection memory figure and also runs the proxies as the unprivileged UID
-//! 65532 with `setpriv` (`quota`: the pipe quota root is exempt from; `-- --uid-only`
-//! runs that part alone). Prints a Markdown report and writes it to
-//! `target/bench/report.md`.
+//! and `erl` for the Erlang part. Runs as root or not; as root it raises the
+//! descriptor limit for the 10,000-connection memory figure and also runs the proxies
+//! as the unprivileged UID 65532 with `setpriv` (`quota`: the pipe quota root is
+//! exempt from; `-- --uid-only` runs that part alone). Prints a Markdown report and
+//! writes it to `target/bench/report.md`.
 
 #![allow(
     clippy::unwrap_used,
