@@ -14,7 +14,7 @@ use distgate::registry::Registry;
 use distgate::{Distgate, Listeners};
 use tokio_util::sync::CancellationToken;
 
-use crate::measure::Proc;
+use crate::measure::{self, Proc};
 use crate::paths::{BASELINE, Paths};
 use crate::variants::{TempDir, distgate, distgate_binary, free_ports, haproxy};
 use crate::{Plan, Results, record};
@@ -189,6 +189,7 @@ pub fn run(plan: &Plan, paths: &Paths, results: &mut Results) {
     ]
     .into_iter()
     .filter(|kind| paths.wants(kind))
+    .filter(|&kind| kind != "haproxy-splice" || measure::have("haproxy"))
     .collect();
     if kinds.len() < 2 {
         return; // direct alone: no proxy of this part was asked for

@@ -1,20 +1,21 @@
-//! distgate side by side with direct loopback, haproxy (tcp mode, splice) and socat,
-//! interleaved in one run on one machine:
+//! distgate side by side with direct loopback, haproxy (tcp mode, without and with
+//! splice), nginx (stream module) and socat, interleaved in one run on one machine:
 //!
 //! ```sh
 //! cargo bench --bench proxies             # the full run recorded in BENCHMARKS.md
 //! cargo bench --bench proxies -- --quick  # smaller sizes, for a first look
 //! # before and after a change, in one run: another commit's release binary beside this one
 //! DISTGATE_BENCH_BASELINE=/tmp/distgate-before cargo bench --bench proxies -- \
-//!     --paths direct,distgate-auto,distgate-baseline,haproxy
+//!     --paths direct,distgate-auto,distgate-baseline,haproxy-splice
 //! ```
 //!
-//! Needs `haproxy` (Debian package), optionally `socat`, `taskset`, and `erl` for the
-//! Erlang part. Runs as root or not; as root it raises the descriptor limit for the
-//! 10,000-connection memory figure and also runs the proxies as the unprivileged UID
-//! 65532 with `setpriv` (`quota`: the pipe quota root is exempt from; `-- --uid-only`
-//! runs that part alone). Prints a Markdown report and writes it to
-//! `target/bench/report.md`.
+//! Uses `haproxy` and `nginx` with `libnginx-mod-stream` (Debian packages; a path whose
+//! program is not installed is skipped with a note), optionally `socat`, `taskset`,
+//! and `erl` for the Erlang part. Runs as root or not; as root it raises the
+//! descriptor limit for the 10,000-connection memory figure and also runs the proxies
+//! as the unprivileged UID 65532 with `setpriv` (`quota`: the pipe quota root is
+//! exempt from; `-- --uid-only` runs that part alone). Prints a Markdown report and
+//! writes it to `target/bench/report.md`.
 
 #![allow(
     clippy::unwrap_used,
@@ -129,23 +130,28 @@ fn main() {
         println!("{}", report(&plan, &paths, &results));
         return;
     }
-    let mut kinds = vec![
+    let kinds = [
         Kind::Direct,
         Kind::DistgateAuto,
         Kind::DistgateBaseline,
         Kind::DistgateSplice,
         Kind::DistgateCopy,
         Kind::Haproxy,
+        Kind::HaproxySplice,
+        Kind::Nginx,
         Kind::Gateway,
+        Kind::Socat,
     ];
-    if measure::have("socat") {
-        kinds.push(Kind::Socat);
-    } else if paths.wants(Kind::Socat.name()) && paths.flag().is_some() {
-        eprintln!("socat not installed: its path is skipped");
-    }
     let variants: Vec<Variant> = kinds
         .into_iter()
         .filter(|k| paths.wants(k.name()))
+        .filter(|k| match k.missing() {
+            Some(why) => {
+                eprintln!("{why}: the path {} is skipped", k.name());
+                false
+            }
+            None => true,
+        })
         .map(|k| Variant::start(k, &setup))
         .collect();
     let bulk_only = args.iter().any(|a| a == "--bulk-only");
@@ -229,7 +235,7 @@ fn report(plan: &Plan, paths: &Paths, results: &Results) -> String {
         let _ = writeln!(out, "### {title}\n");
         let _ = writeln!(
             out,
-            "| variant | median | min | max | vs direct | vs haproxy |"
+            "| variant | median | min | max | vs direct | vs haproxy-splice |"
         );
         let _ = writeln!(out, "| --- | ---: | ---: | ---: | ---: | ---: |");
         let median_of = |v: &str| by_variant.get(v).map(|x| Stats::of(x).median);

@@ -10,11 +10,14 @@ use std::time::Duration;
 /// How long any step may take before the run is abandoned.
 pub const STEP: Duration = Duration::from_secs(120);
 
-/// A child process whose output lines arrive on a channel; killed when dropped.
+/// A child process whose output lines arrive on a channel; killed when dropped (see
+/// [`Proc::stopped_by_term`] for a master of worker processes).
 pub struct Proc {
     pub child: Child,
     lines: Receiver<String>,
     pub stdin: Option<ChildStdin>,
+    /// Whether drop sends SIGTERM and waits, rather than SIGKILL.
+    term: bool,
 }
 
 impl Proc {
@@ -44,7 +47,16 @@ impl Proc {
             child,
             lines,
             stdin,
+            term: false,
         }
+    }
+
+    /// This process is a master whose workers would outlive a SIGKILL to it (nginx):
+    /// when dropped it gets SIGTERM and is waited for, as it stops its workers before
+    /// it exits; if it has not within [`STEP`], it and they are killed.
+    pub fn stopped_by_term(mut self) -> Proc {
+        self.term = true;
+        self
     }
 
     /// A role of this benchmark binary, pinned to `cpus` when given.
@@ -110,15 +122,42 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
+        if self.term && matches!(self.child.try_wait(), Ok(None)) {
+            use nix::sys::signal::{Signal, kill};
+            use nix::unistd::Pid;
+            let workers = all_processes(&[self.pid()]);
+            let pid = Pid::from_raw(i32::try_from(self.pid()).unwrap());
+            let _ = kill(pid, Signal::SIGTERM);
+            let start = std::time::Instant::now();
+            while matches!(self.child.try_wait(), Ok(None)) {
+                if start.elapsed() > STEP {
+                    for &worker in &workers[1..] {
+                        let worker = Pid::from_raw(i32::try_from(worker).unwrap());
+                        let _ = kill(worker, Signal::SIGKILL);
+                    }
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }
 
-/// Whether `program` is on PATH.
+/// Where `program` is: on PATH, else in the sbin directories a user's PATH may lack
+/// (Debian installs haproxy and nginx in /usr/sbin).
+pub fn find(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/local/sbin", "/usr/sbin", "/sbin"].map(PathBuf::from))
+        .map(|dir| dir.join(program))
+        .find(|p| p.is_file())
+}
+
+/// Whether `program` is installed (see [`find`]).
 pub fn have(program: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
+    find(program).is_some()
 }
 
 /// Raises the open-file limit (for 10,000 connections through one proxy).
@@ -148,9 +187,35 @@ pub fn cpu_ns(pids: &[u32]) -> u64 {
         .sum()
 }
 
+/// The child processes of `pid`.
+pub fn children(pid: u32) -> Vec<u32> {
+    parents()
+        .into_iter()
+        .filter(|&(_, parent)| parent == pid)
+        .map(|(child, _)| child)
+        .collect()
+}
+
 /// `pids` and all their descendants.
 fn all_processes(pids: &[u32]) -> Vec<u32> {
     let mut all: Vec<u32> = pids.to_vec();
+    let parents = parents();
+    let mut i = 0;
+    while i < all.len() {
+        let parent = all[i];
+        all.extend(
+            parents
+                .iter()
+                .filter(|(_, pp)| *pp == parent)
+                .map(|(p, _)| *p),
+        );
+        i += 1;
+    }
+    all
+}
+
+/// (pid, parent pid) of every process.
+fn parents() -> Vec<(u32, u32)> {
     let mut parents: Vec<(u32, u32)> = vec![];
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
@@ -165,18 +230,7 @@ fn all_processes(pids: &[u32]) -> Vec<u32> {
             parents.push((pid, ppid));
         }
     }
-    let mut i = 0;
-    while i < all.len() {
-        let parent = all[i];
-        all.extend(
-            parents
-                .iter()
-                .filter(|(_, pp)| *pp == parent)
-                .map(|(p, _)| *p),
-        );
-        i += 1;
-    }
-    all
+    parents
 }
 
 /// Resident and proportional set sizes in KiB of `pids` and their descendants.
@@ -352,7 +406,23 @@ pub fn machine() -> String {
         .and_then(|kb| kb.parse::<f64>().ok())
         .map_or(0.0, |kb| kb / 1024.0 / 1024.0);
     let kernel = command_line("uname", &["-r"]);
-    let haproxy = command_line("haproxy", &["-v"]);
+    let haproxy = find("haproxy").map_or_else(
+        || "haproxy not installed".into(),
+        |path| command_line(&path.to_string_lossy(), &["-v"]),
+    );
+    // nginx -v answers on standard error.
+    let nginx = find("nginx")
+        .and_then(|path| Command::new(path).arg("-v").output().ok())
+        .and_then(|o| {
+            let text = String::from_utf8_lossy(&o.stderr);
+            let line = text.lines().next()?.trim();
+            Some(
+                line.strip_prefix("nginx version: ")
+                    .unwrap_or(line)
+                    .to_owned(),
+            )
+        })
+        .unwrap_or_else(|| "nginx not installed".into());
     let erl = command_line(
         "erl",
         &[
@@ -373,6 +443,7 @@ pub fn machine() -> String {
         })
         .unwrap_or_else(|| "socat not installed".into());
     format!(
-        "Machine: {cpu}, {cores} cores, {mem:.0} GiB, Linux {kernel}. {haproxy}. {socat}. {erl}."
+        "Machine: {cpu}, {cores} cores, {mem:.0} GiB, Linux {kernel}. {haproxy}. {nginx}. \
+         {socat}. {erl}."
     )
 }

@@ -14,13 +14,15 @@ pub const BASELINE_VAR: &str = "DISTGATE_BENCH_BASELINE";
 pub const BASELINE: &str = "distgate-baseline";
 
 /// Every path name a report can hold, in the order its tables list them.
-pub const NAMES: [&str; 15] = [
+pub const NAMES: [&str; 17] = [
     "direct",
     "distgate-auto",
     BASELINE,
     "distgate-splice",
     "distgate-copy",
+    "haproxy",
     "haproxy-splice",
+    "nginx",
     "socat",
     "gateway+sidecar",
     "distgate-root",
@@ -67,15 +69,12 @@ impl Paths {
             Some(list) => {
                 let mut only = vec![];
                 for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-                    // haproxy's path is `haproxy-splice` in the report.
-                    let name = if name == "haproxy" {
-                        "haproxy-splice"
-                    } else {
-                        name
-                    };
+                    // `haproxy` is haproxy without splice (it once stood for
+                    // haproxy-splice, which is now named as itself).
                     let Some(&known) = NAMES.iter().find(|&&n| n == name) else {
                         return Err(format!(
-                            "--paths: no path {name:?}; the paths are {} (haproxy for haproxy-splice)",
+                            "--paths: no path {name:?}; the paths are {} (haproxy is haproxy \
+                             without splice, haproxy-splice with it)",
                             NAMES.join(", ")
                         ));
                     };

@@ -1,6 +1,6 @@
-//! The paths measured (direct, distgate with splice, distgate with copy, haproxy with
-//! splice, socat; another commit's distgate when asked) and the measurements taken on
-//! each.
+//! The paths measured (direct, distgate with splice, distgate with copy, haproxy
+//! without and with splice, nginx, socat; another commit's distgate when asked) and
+//! the measurements taken on each.
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
@@ -20,7 +20,12 @@ pub enum Kind {
     DistgateBaseline,
     DistgateSplice,
     DistgateCopy,
+    /// haproxy in tcp mode, copying through its buffers.
     Haproxy,
+    /// haproxy in tcp mode with `option splice-request` and `option splice-response`.
+    HaproxySplice,
+    /// nginx's stream module: a master and a worker per CPU.
+    Nginx,
     Socat,
     /// A gateway distgate in front of a sidecar distgate (both `auto`): two hops.
     Gateway,
@@ -34,10 +39,23 @@ impl Kind {
             Kind::DistgateBaseline => crate::paths::BASELINE,
             Kind::DistgateSplice => "distgate-splice",
             Kind::DistgateCopy => "distgate-copy",
-            Kind::Haproxy => "haproxy-splice",
+            Kind::Haproxy => "haproxy",
+            Kind::HaproxySplice => "haproxy-splice",
+            Kind::Nginx => "nginx",
             Kind::Socat => "socat",
             Kind::Gateway => "gateway+sidecar",
         }
+    }
+
+    /// Why this path cannot run on this machine (a program not installed), if so.
+    pub fn missing(self) -> Option<String> {
+        let program = match self {
+            Kind::Haproxy | Kind::HaproxySplice => "haproxy",
+            Kind::Nginx => return nginx_stream_module().err(),
+            Kind::Socat => "socat",
+            _ => return None,
+        };
+        (!measure::have(program)).then(|| format!("{program} not installed"))
     }
 }
 
@@ -183,11 +201,21 @@ pub fn haproxy(dir: &TempDir, routes: &[(u16, u16)]) -> Proc {
 
 /// [`haproxy`] as `uid` when given.
 pub fn haproxy_as(dir: &TempDir, routes: &[(u16, u16)], uid: Option<u32>) -> Proc {
-    let mut config = String::from(
-        "global\n    maxconn 9100\n    maxpipes 512\n\
-         defaults\n    mode tcp\n    timeout connect 5s\n    timeout client 1h\n    timeout server 1h\n\
-         \x20   option splice-request\n    option splice-response\n",
-    );
+    haproxy_with(dir, routes, uid, true)
+}
+
+/// Starts haproxy in tcp mode forwarding `listen → server`, as `uid` when given; with
+/// splice both ways (and pipes for it) when `splice`, else copying through its buffers.
+fn haproxy_with(dir: &TempDir, routes: &[(u16, u16)], uid: Option<u32>, splice: bool) -> Proc {
+    let mut config = String::from("global\n    maxconn 9100\n");
+    if splice {
+        config += "    maxpipes 512\n";
+    }
+    config += "defaults\n    mode tcp\n    timeout connect 5s\n    timeout client 1h\n    \
+               timeout server 1h\n";
+    if splice {
+        config += "    option splice-request\n    option splice-response\n";
+    }
     for (i, (listen, server)) in routes.iter().enumerate() {
         config +=
             &format!("listen p{i}\n    bind 127.0.0.1:{listen}\n    server s 127.0.0.1:{server}\n");
@@ -202,13 +230,138 @@ pub fn haproxy_as(dir: &TempDir, routes: &[(u16, u16)], uid: Option<u32>) -> Pro
     proc
 }
 
-/// Where `program` is on PATH.
+/// How nginx gets its stream module: the module file to load (Debian builds it as a
+/// dynamic module, package libnginx-mod-stream), `None` when built in, or why nginx
+/// cannot proxy TCP here.
+pub fn nginx_stream_module() -> Result<Option<PathBuf>, String> {
+    let nginx = measure::find("nginx").ok_or("nginx not installed")?;
+    let out = Command::new(&nginx)
+        .arg("-V")
+        .output()
+        .map_err(|e| format!("{}: {e}", nginx.display()))?;
+    let built = String::from_utf8_lossy(&out.stderr);
+    let mut options = built.split_whitespace();
+    if built.contains("--with-stream=dynamic") {
+        let dir = options
+            .find_map(|o| o.strip_prefix("--modules-path="))
+            .unwrap_or("/usr/lib/nginx/modules");
+        let module = Path::new(dir).join("ngx_stream_module.so");
+        if module.is_file() {
+            Ok(Some(module))
+        } else {
+            Err(format!(
+                "nginx's stream module not installed ({}; Debian: libnginx-mod-stream)",
+                module.display()
+            ))
+        }
+    } else if options.any(|o| o == "--with-stream") {
+        Ok(None)
+    } else {
+        Err("nginx built without the stream module".into())
+    }
+}
+
+/// Starts nginx as a TCP proxy (stream module) forwarding `listen → server`: in the
+/// foreground, a master and `worker_processes auto` (a worker per CPU, as haproxy runs
+/// a thread per CPU), descriptors and connections for the 9,000-connection step, no
+/// access log, its error log, pid file and anything else it writes in `dir`. A side's
+/// end of writing is passed on (`proxy_half_close`, as haproxy does by default): the
+/// bulk client shuts down its sending side and waits for the sink's count. Returns
+/// the master once every worker accepts; dropped, it stops its workers (SIGTERM).
+pub fn nginx(dir: &TempDir, routes: &[(u16, u16)]) -> Proc {
+    let module = nginx_stream_module().unwrap_or_else(|why| panic!("{why}"));
+    let d = dir.0.display();
+    let mut config = module.map_or(String::new(), |m| format!("load_module {};\n", m.display()));
+    // Each proxied connection is two of nginx's connections, one per side.
+    config += &format!(
+        "daemon off;\nmaster_process on;\nworker_processes auto;\n\
+         worker_rlimit_nofile 20000;\nerror_log {d}/nginx-error.log;\n\
+         pid {d}/nginx.pid;\nlock_file {d}/nginx.lock;\n\
+         events {{\n    worker_connections 18200;\n}}\n\
+         stream {{\n    access_log off;\n"
+    );
+    for (listen, server) in routes {
+        config += &format!(
+            "    server {{\n        listen 127.0.0.1:{listen};\n        \
+             proxy_pass 127.0.0.1:{server};\n        proxy_timeout 1h;\n        \
+             proxy_half_close on;\n    }}\n"
+        );
+    }
+    config += "}\n";
+    let path = dir.0.join("nginx.conf");
+    std::fs::write(&path, config).unwrap();
+    let log = dir.0.join("nginx-error.log");
+    let nginx = which("nginx");
+    // -e: the error log before the configuration is read, not the built-in path.
+    let command = || {
+        let mut command = Command::new(&nginx);
+        command
+            .arg("-p")
+            .arg(&dir.0)
+            .arg("-c")
+            .arg(&path)
+            .arg("-e")
+            .arg(&log);
+        command
+    };
+    let test = command().arg("-t").output().unwrap();
+    assert!(
+        test.status.success(),
+        "nginx -t refused {} ({}):\n{}",
+        path.display(),
+        test.status,
+        String::from_utf8_lossy(&test.stderr)
+    );
+    let mut proc = Proc::spawn(&mut command()).stopped_by_term();
+    nginx_ready(&mut proc, routes.len(), &log);
+    for (listen, _) in routes {
+        proc.wait_listening(*listen);
+    }
+    proc
+}
+
+/// Waits until nginx's workers are up: each watches the listening sockets and more
+/// (its channel to the master) with epoll, so it has allocated its connections, and
+/// the same workers are there 100 ms later. Fails with the error log if nginx exits.
+fn nginx_ready(proc: &mut Proc, listeners: usize, log: &Path) {
+    let start = Instant::now();
+    let mut ready = vec![];
+    loop {
+        if let Ok(Some(status)) = proc.child.try_wait() {
+            panic!(
+                "nginx exited ({status}); {}:\n{}",
+                log.display(),
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        let workers = measure::children(proc.pid());
+        if !workers.is_empty() && workers.iter().all(|&w| epoll_watched(w) > listeners) {
+            if workers == ready {
+                return;
+            }
+            ready = workers;
+        } else {
+            ready.clear();
+        }
+        assert!(start.elapsed() < STEP, "nginx's workers did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// How many descriptors the epoll instances of process `pid` watch.
+fn epoll_watched(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|fd| std::fs::read_to_string(fd.path()).ok())
+        .map(|info| info.lines().filter(|l| l.starts_with("tfd:")).count())
+        .sum()
+}
+
+/// Where `program` is (see [`measure::find`]), or its bare name.
 fn which(program: &str) -> PathBuf {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(program))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| PathBuf::from(program))
+    measure::find(program).unwrap_or_else(|| PathBuf::from(program))
 }
 
 /// One path under test.
@@ -296,10 +449,21 @@ impl Variant {
                 }
                 names.map(|name| port_please(gateway_epmd, name))
             }
-            Kind::Haproxy => {
+            Kind::Nginx => {
                 let listen: [u16; 3] = free_ports();
                 let routes: Vec<_> = listen.iter().copied().zip(servers).collect();
-                procs.push(haproxy(&dir, &routes));
+                procs.push(nginx(&dir, &routes));
+                listen
+            }
+            Kind::Haproxy | Kind::HaproxySplice => {
+                let listen: [u16; 3] = free_ports();
+                let routes: Vec<_> = listen.iter().copied().zip(servers).collect();
+                procs.push(haproxy_with(
+                    &dir,
+                    &routes,
+                    None,
+                    kind == Kind::HaproxySplice,
+                ));
                 listen
             }
             Kind::Socat => {
