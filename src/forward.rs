@@ -342,3 +342,90 @@ pub(super) fn half_close(stream: &TcpStream) -> io::Result<()> {
         other => other,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream as StdStream};
+
+    use super::*;
+
+    /// A connected pair of loopback sockets: (the accepted end, the dialling end).
+    fn pair() -> (StdStream, StdStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let dialled = StdStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        for s in [&accepted, &dialled] {
+            s.set_nodelay(true).unwrap();
+        }
+        (accepted, dialled)
+    }
+
+    fn nonblocking(stream: StdStream) -> TcpStream {
+        stream.set_nonblocking(true).unwrap();
+        TcpStream::from_std(stream).unwrap()
+    }
+
+    /// Small messages through a link, in every mode, allocate nothing in distgate's
+    /// thread once the link is up: no buffer, waker, span or channel per message.
+    #[test]
+    fn a_small_message_allocates_nothing() {
+        const WARM: u64 = 10;
+        const MEASURED: u64 = 1_000;
+        for mode in [Mode::Auto, Mode::Copy, Mode::Splice] {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let _entered = rt.enter();
+            let (peer, mut client) = pair();
+            let (mut node, to_node) = pair();
+            let engine = Engine::new(mode, 1 << 20);
+            let (peer, to_node) = (nonblocking(peer), nonblocking(to_node));
+            let mut bridge = Bridge::new(
+                peer,
+                to_node,
+                Meter::unlisted(),
+                Meter::unlisted(),
+                None,
+                &engine,
+            );
+            // The node echoes 64-byte messages; the peer sends one and waits for it.
+            let echo = std::thread::spawn(move || {
+                let mut message = [0u8; 64];
+                while node.read_exact(&mut message).is_ok() {
+                    node.write_all(&message).unwrap();
+                }
+            });
+            let peer_side = std::thread::spawn(move || {
+                let mut message = [7u8; 64];
+                for _ in 0..WARM + MEASURED {
+                    client.write_all(&message).unwrap();
+                    client.read_exact(&mut message).unwrap();
+                }
+                client
+            });
+            let mut until = |messages: u64| {
+                rt.block_on(std::future::poll_fn(|cx| {
+                    if let Poll::Ready(outcome) = bridge.poll(&engine, cx) {
+                        panic!("the link ended: {outcome:?}");
+                    }
+                    match bridge.to_peer.meter().total() >= messages * 64 {
+                        true => Poll::Ready(()),
+                        false => Poll::Pending,
+                    }
+                }))
+            };
+            until(WARM);
+            let allocated = allocation_counter::measure(|| until(WARM + MEASURED));
+            assert_eq!(
+                (allocated.count_total, allocated.bytes_total),
+                (0, 0),
+                "{mode:?}: {MEASURED} round trips allocated"
+            );
+            drop(peer_side.join().unwrap());
+            drop(bridge);
+            echo.join().unwrap();
+        }
+    }
+}

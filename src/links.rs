@@ -358,6 +358,15 @@ mod tests {
         }
     }
 
+    /// Every open link holds one (in an `Arc`, shared with its two meters) for its
+    /// whole life: its metrics' handles, its names and two flows of four words.
+    #[test]
+    fn a_link_stays_small() {
+        let size = std::mem::size_of::<Link>();
+        eprintln!("a link: {size} bytes");
+        assert!(size <= 256, "a link is {size} bytes");
+    }
+
     #[test]
     fn links_are_listed_while_open_with_their_bytes() {
         let links = Links::new(Duration::from_secs(30));
