@@ -104,8 +104,11 @@ impl Flow {
     fn settle(&self, counter: &::metrics::Counter) -> bool {
         let bytes = self.bytes.load(Ordering::Relaxed);
         let seen = self.seen.swap(bytes, Ordering::Relaxed);
+        if seen == bytes {
+            return false;
+        }
         counter.increment(bytes.wrapping_sub(seen));
-        seen != bytes
+        true
     }
 }
 
