@@ -1,12 +1,12 @@
 //! Dist forwarding: accepting on public ports (`public`), admitting peers
 //! (`admission`: by source with `guard`, by handshake with `identify` for the first
 //! frame and `follow` for the rest, by copy), and moving the bytes of an
-//! authenticated link between the peer and the node ([`Engine::proxy_link`], with
-//! `linger`; [`Engine::proxy`] without).
+//! authenticated link between the peer and the node ([`Bridge`], with `linger`;
+//! [`Engine::proxy`] without).
 //!
-//! The engine moves each direction with splice(2) (`splice`) or a buffered copy
-//! (`copy`) as `[forward] mode` says, falling back to the copy when no pipe can be
-//! made.
+//! Each direction (`direction`) moves small messages by one read onto the stack and
+//! one write, and bulk by splice(2) (`splice`) or a buffered copy (`copy`) as
+//! `[forward] mode` says, falling back to the copy when no pipe can be made.
 
 mod admission;
 mod copy;
