@@ -1,5 +1,6 @@
 //! distgate side by side with direct loopback, haproxy (tcp mode, without and with
-//! splice), nginx (stream module) and socat, interleaved in one run on one machine:
+//! splice), nginx (stream module), socat and a blocking relay of the bench's own (the
+//! floor of one more hop), interleaved in one run on one machine:
 //!
 //! ```sh
 //! cargo bench --bench proxies             # the full run recorded in BENCHMARKS.md
@@ -141,6 +142,7 @@ fn main() {
         Kind::Nginx,
         Kind::Gateway,
         Kind::Socat,
+        Kind::Relay,
     ];
     let variants: Vec<Variant> = kinds
         .into_iter()
@@ -165,8 +167,10 @@ fn main() {
             variant.round_trips(&setup, &plan, false, &mut results);
             variant.round_trips(&setup, &plan, true, &mut results);
             variant.setups(&plan, &mut results);
+            // The relay holds two threads per connection: not a design whose idle
+            // memory says anything.
             for &count in plan.idle_counts {
-                if variant.kind == Kind::Socat && count > 1_000 {
+                if variant.kind == Kind::Relay || (variant.kind == Kind::Socat && count > 1_000) {
                     continue;
                 }
                 // A fresh proxy, so freed memory its allocator kept does not hide the cost.

@@ -1,6 +1,6 @@
 //! The paths measured (direct, distgate with splice, distgate with copy, haproxy
-//! without and with splice, nginx, socat; another commit's distgate when asked) and
-//! the measurements taken on each.
+//! without and with splice, nginx, socat, the blocking relay; another commit's
+//! distgate when asked) and the measurements taken on each.
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
@@ -27,6 +27,9 @@ pub enum Kind {
     /// nginx's stream module: a master and a worker per CPU.
     Nginx,
     Socat,
+    /// The bench's own blocking relay (`--role relay`): two threads per connection,
+    /// each a loop of read and write; the floor of one more TCP hop in user space.
+    Relay,
     /// A gateway distgate in front of a sidecar distgate (both `auto`): two hops.
     Gateway,
 }
@@ -43,6 +46,7 @@ impl Kind {
             Kind::HaproxySplice => "haproxy-splice",
             Kind::Nginx => "nginx",
             Kind::Socat => "socat",
+            Kind::Relay => "relay",
             Kind::Gateway => "gateway+sidecar",
         }
     }
@@ -478,6 +482,21 @@ impl Variant {
                 }
                 listen
             }
+            Kind::Relay => servers.map(|server| {
+                let proc = Proc::role(
+                    &[
+                        "relay",
+                        "--listen-port",
+                        "0",
+                        "--to",
+                        &loopback(server).to_string(),
+                    ],
+                    None,
+                );
+                let port = proc.expect("PORT ").parse().unwrap();
+                procs.push(proc);
+                port
+            }),
         };
         Variant {
             kind,
