@@ -325,6 +325,8 @@ pub fn describe(metric: &str) -> (String, bool) {
         "c_cpu_per_gb" => ("Proxy CPU seconds per GB forwarded (bulk runs)", false),
         "d_rtt_p50" => ("64 B round trip p50, unpinned (µs)", false),
         "e_rtt_p99" => ("64 B round trip p99, unpinned (µs)", false),
+        "ea_rtt_p999" => ("64 B round trip p99.9, unpinned (µs)", false),
+        "eb_rtt_max" => ("64 B round trip max, unpinned (µs)", false),
         "f_rtt_p50_pinned" => ("64 B round trip p50, all processes on CPU 0 (µs)", false),
         "g_rtt_p99_pinned" => ("64 B round trip p99, all processes on CPU 0 (µs)", false),
         "h_cpu_per_rt" => ("Proxy CPU microseconds per round trip (unpinned)", false),

@@ -262,8 +262,9 @@ fn throughput(addr: SocketAddr, streams: usize, bytes: u64) -> io::Result<()> {
     Ok(())
 }
 
-/// `count` 64-byte round trips on one connection after a warm-up; prints the p50 and
-/// p99 in microseconds.
+/// `count` 64-byte round trips on one connection after a warm-up; prints `RTT` and the
+/// p50, p99, p99.9 and maximum in microseconds (p50 and p99 first, as before the other
+/// two were added).
 fn round_trips(addr: SocketAddr, count: usize) -> io::Result<()> {
     let mut stream = TcpStream::connect(addr)?;
     stream.set_nodelay(true)?;
@@ -282,7 +283,13 @@ fn round_trips(addr: SocketAddr, count: usize) -> io::Result<()> {
     }
     samples.sort_by(f64::total_cmp);
     let at = |q: f64| samples[((samples.len() - 1) as f64 * q) as usize];
-    println!("RTT {} {}", at(0.50), at(0.99));
+    println!(
+        "RTT {} {} {} {}",
+        at(0.50),
+        at(0.99),
+        at(0.999),
+        samples[samples.len() - 1]
+    );
     Ok(())
 }
 
