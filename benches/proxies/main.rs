@@ -1,9 +1,11 @@
 //! distgate side by side with direct loopback, haproxy (tcp mode, without and with
-//! splice), nginx (stream module) and socat, interleaved in one run on one machine:
+//! splice), nginx (stream module), socat and a blocking relay of the bench's own (the
+//! floor of one more hop), interleaved in one run on one machine:
 //!
 //! ```sh
 //! cargo bench --bench proxies             # the full run recorded in BENCHMARKS.md
 //! cargo bench --bench proxies -- --quick  # smaller sizes, for a first look
+//! cargo bench --bench proxies -- --round-trips-only  # the 64 B round trips alone
 //! # before and after a change, in one run: another commit's release binary beside this one
 //! DISTGATE_BENCH_BASELINE=/tmp/distgate-before cargo bench --bench proxies -- \
 //!     --paths direct,distgate-auto,distgate-baseline,haproxy-splice
@@ -119,15 +121,18 @@ fn main() {
     });
     measure::raise_fd_limit(1 << 18);
     let mut results = Results::new();
-    if args.iter().any(|a| a == "--erlang-only") {
+    let only = ONLY
+        .into_iter()
+        .find(|&flag| args.iter().any(|a| a == flag));
+    if only == Some("--erlang-only") {
         erlang::run(&ERLANG, &paths, &mut results);
-        println!("{}", report(&plan, &paths, &results));
+        println!("{}", report(&plan, &paths, only, &results));
         return;
     }
     let setup = Setup::start(paths.baseline.clone());
-    if args.iter().any(|a| a == "--uid-only") {
+    if only == Some("--uid-only") {
         quota::run(&setup, &plan, &paths, &mut results);
-        println!("{}", report(&plan, &paths, &results));
+        println!("{}", report(&plan, &paths, only, &results));
         return;
     }
     let kinds = [
@@ -141,6 +146,7 @@ fn main() {
         Kind::Nginx,
         Kind::Gateway,
         Kind::Socat,
+        Kind::Relay,
     ];
     let variants: Vec<Variant> = kinds
         .into_iter()
@@ -154,10 +160,23 @@ fn main() {
         })
         .map(|k| Variant::start(k, &setup))
         .collect();
-    let bulk_only = args.iter().any(|a| a == "--bulk-only");
+    let bulk_only = only == Some("--bulk-only");
+    let round_trips_only = only == Some("--round-trips-only");
     for round in 0..plan.rounds {
         eprintln!("round {} of {}", round + 1, plan.rounds);
         for variant in &variants {
+            if round_trips_only {
+                for pinned in [false, true] {
+                    let [p50, p99, p999, max] =
+                        variant.round_trips(&setup, &plan, pinned, &mut results);
+                    eprintln!(
+                        "  {} {}: p50 {p50:.1} p99 {p99:.1} p99.9 {p999:.1} max {max:.1} µs",
+                        variant.kind.name(),
+                        if pinned { "pinned" } else { "unpinned" }
+                    );
+                }
+                continue;
+            }
             variant.bulk(&setup, &plan, &mut results);
             if bulk_only {
                 continue;
@@ -165,8 +184,10 @@ fn main() {
             variant.round_trips(&setup, &plan, false, &mut results);
             variant.round_trips(&setup, &plan, true, &mut results);
             variant.setups(&plan, &mut results);
+            // The relay holds two threads per connection: not a design whose idle
+            // memory says anything.
             for &count in plan.idle_counts {
-                if variant.kind == Kind::Socat && count > 1_000 {
+                if variant.kind == Kind::Relay || (variant.kind == Kind::Socat && count > 1_000) {
                     continue;
                 }
                 // A fresh proxy, so freed memory its allocator kept does not hide the cost.
@@ -175,9 +196,13 @@ fn main() {
         }
     }
     drop(variants);
+    if round_trips_only {
+        publish(&report(&plan, &paths, only, &results));
+        return;
+    }
     quota::run(&setup, &plan, &paths, &mut results);
     if bulk_only {
-        println!("{}", report(&plan, &paths, &results));
+        println!("{}", report(&plan, &paths, only, &results));
         return;
     }
     if measure::have("erl") {
@@ -185,15 +210,30 @@ fn main() {
     } else {
         eprintln!("erl not installed: the Erlang part is skipped");
     }
-    let report = report(&plan, &paths, &results);
+    publish(&report(&plan, &paths, only, &results));
+}
+
+/// The flags that run one part alone (of several given, the first here): the Erlang
+/// part; the unprivileged-UID part; the round trips (unpinned and pinned, of the paths
+/// selected, for the plan's rounds; each step's figures also on standard error); bulk.
+const ONLY: [&str; 4] = [
+    "--erlang-only",
+    "--uid-only",
+    "--round-trips-only",
+    "--bulk-only",
+];
+
+/// Prints the report and writes it to `target/bench/report.md`.
+fn publish(report: &str) {
     println!("{report}");
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("report.md"), &report).unwrap();
+    std::fs::write(dir.join("report.md"), report).unwrap();
 }
 
-/// The report: machine, then each metric as median (min–max) per variant with ratios.
-fn report(plan: &Plan, paths: &Paths, results: &Results) -> String {
+/// The report: machine, then each metric as median (min–max) per variant with ratios;
+/// `only` is the flag that ran one part alone, if any.
+fn report(plan: &Plan, paths: &Paths, only: Option<&str>, results: &Results) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "## Run of {}\n", measure::now());
     let _ = writeln!(out, "{}\n", measure::machine());
@@ -201,6 +241,7 @@ fn report(plan: &Plan, paths: &Paths, results: &Results) -> String {
     if plan.bulk_bytes != FULL.bulk_bytes {
         flags.push("--quick".to_owned());
     }
+    flags.extend(only.map(str::to_owned));
     flags.extend(paths.flag());
     let _ = writeln!(
         out,

@@ -170,19 +170,21 @@ pub fn raise_fd_limit(want: u64) {
     }
 }
 
-/// CPU time in nanoseconds of every thread of `pids` and their child processes.
+/// CPU time in nanoseconds of `pids` and their child processes: each process's CPU
+/// clock, the sum over all its threads, those that have ended included (a thread per
+/// connection ends with its connection, and its time leaves `/proc/PID/task` with it).
 pub fn cpu_ns(pids: &[u32]) -> u64 {
+    use nix::time::{clock_getcpuclockid, clock_gettime};
+    use nix::unistd::Pid;
     all_processes(pids)
         .iter()
-        .map(|pid| {
-            let dir = PathBuf::from(format!("/proc/{pid}/task"));
-            std::fs::read_dir(dir)
-                .into_iter()
-                .flatten()
-                .flatten()
-                .filter_map(|task| std::fs::read_to_string(task.path().join("schedstat")).ok())
-                .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-                .sum::<u64>()
+        .filter_map(|&pid| {
+            let clock = clock_getcpuclockid(Pid::from_raw(i32::try_from(pid).ok()?)).ok()?;
+            let time = clock_gettime(clock).ok()?;
+            Some(
+                u64::try_from(time.tv_sec()).ok()? * 1_000_000_000
+                    + u64::try_from(time.tv_nsec()).ok()?,
+            )
         })
         .sum()
 }
@@ -323,6 +325,8 @@ pub fn describe(metric: &str) -> (String, bool) {
         "c_cpu_per_gb" => ("Proxy CPU seconds per GB forwarded (bulk runs)", false),
         "d_rtt_p50" => ("64 B round trip p50, unpinned (µs)", false),
         "e_rtt_p99" => ("64 B round trip p99, unpinned (µs)", false),
+        "ea_rtt_p999" => ("64 B round trip p99.9, unpinned (µs)", false),
+        "eb_rtt_max" => ("64 B round trip max, unpinned (µs)", false),
         "f_rtt_p50_pinned" => ("64 B round trip p50, all processes on CPU 0 (µs)", false),
         "g_rtt_p99_pinned" => ("64 B round trip p99, all processes on CPU 0 (µs)", false),
         "h_cpu_per_rt" => ("Proxy CPU microseconds per round trip (unpinned)", false),

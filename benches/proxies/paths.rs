@@ -14,7 +14,7 @@ pub const BASELINE_VAR: &str = "DISTGATE_BENCH_BASELINE";
 pub const BASELINE: &str = "distgate-baseline";
 
 /// Every path name a report can hold, in the order its tables list them.
-pub const NAMES: [&str; 17] = [
+pub const NAMES: [&str; 18] = [
     "direct",
     "distgate-auto",
     BASELINE,
@@ -24,6 +24,7 @@ pub const NAMES: [&str; 17] = [
     "haproxy-splice",
     "nginx",
     "socat",
+    "relay",
     "gateway+sidecar",
     "distgate-root",
     "distgate-uid",

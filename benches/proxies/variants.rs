@@ -1,6 +1,6 @@
 //! The paths measured (direct, distgate with splice, distgate with copy, haproxy
-//! without and with splice, nginx, socat; another commit's distgate when asked) and
-//! the measurements taken on each.
+//! without and with splice, nginx, socat, the blocking relay; another commit's
+//! distgate when asked) and the measurements taken on each.
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
@@ -27,6 +27,9 @@ pub enum Kind {
     /// nginx's stream module: a master and a worker per CPU.
     Nginx,
     Socat,
+    /// The bench's own blocking relay (`--role relay`): two threads per connection,
+    /// each a loop of read and write; the floor of one more TCP hop in user space.
+    Relay,
     /// A gateway distgate in front of a sidecar distgate (both `auto`): two hops.
     Gateway,
 }
@@ -43,6 +46,7 @@ impl Kind {
             Kind::HaproxySplice => "haproxy-splice",
             Kind::Nginx => "nginx",
             Kind::Socat => "socat",
+            Kind::Relay => "relay",
             Kind::Gateway => "gateway+sidecar",
         }
     }
@@ -478,6 +482,21 @@ impl Variant {
                 }
                 listen
             }
+            Kind::Relay => servers.map(|server| {
+                let proc = Proc::role(
+                    &[
+                        "relay",
+                        "--listen-port",
+                        "0",
+                        "--to",
+                        &loopback(server).to_string(),
+                    ],
+                    None,
+                );
+                let port = proc.expect("PORT ").parse().unwrap();
+                procs.push(proc);
+                port
+            }),
         };
         Variant {
             kind,
@@ -528,8 +547,15 @@ impl Variant {
         }
     }
 
-    /// 64-byte round trips, unpinned or with every process on CPU 0.
-    pub fn round_trips(&self, setup: &Setup, plan: &Plan, pinned: bool, results: &mut Results) {
+    /// 64-byte round trips, unpinned or with every process on CPU 0; returns the p50,
+    /// p99, p99.9 and maximum (µs). The last two are recorded for the unpinned run.
+    pub fn round_trips(
+        &self,
+        setup: &Setup,
+        plan: &Plan,
+        pinned: bool,
+        results: &mut Results,
+    ) -> [f64; 4] {
         let mut pids = self.pids.clone();
         pids.push(setup.echo_proc.pid());
         if pinned {
@@ -557,14 +583,16 @@ impl Variant {
             measure::pin(&pids, &all);
         }
         let mut values = line.split_whitespace().map(|v| v.parse::<f64>().unwrap());
-        let (p50, p99) = (values.next().unwrap(), values.next().unwrap());
-        let (m50, m99) = if pinned {
-            ("f_rtt_p50_pinned", "g_rtt_p99_pinned")
+        let [p50, p99, p999, max] = std::array::from_fn(|_| values.next().unwrap());
+        if pinned {
+            record(results, "f_rtt_p50_pinned", self.name(), p50);
+            record(results, "g_rtt_p99_pinned", self.name(), p99);
         } else {
-            ("d_rtt_p50", "e_rtt_p99")
-        };
-        record(results, m50, self.name(), p50);
-        record(results, m99, self.name(), p99);
+            record(results, "d_rtt_p50", self.name(), p50);
+            record(results, "e_rtt_p99", self.name(), p99);
+            record(results, "ea_rtt_p999", self.name(), p999);
+            record(results, "eb_rtt_max", self.name(), max);
+        }
         if !pinned && !self.pids.is_empty() && self.kind != Kind::Socat {
             // Warm-up trips are a tenth of the measured ones.
             let trips = plan.round_trips as f64 * 1.1;
@@ -575,6 +603,7 @@ impl Variant {
                 cpu as f64 / 1e3 / trips,
             );
         }
+        [p50, p99, p999, max]
     }
 
     /// Dist connections set up one after another through the path (connect, the
