@@ -245,8 +245,9 @@ fn report(plan: &Plan, paths: &Paths, only: Option<&str>, results: &Results) -> 
     flags.extend(paths.flag());
     let _ = writeln!(
         out,
-        "Command: `{}cargo bench --bench proxies{}`; {} rounds, variants interleaved in each \
+        "Command: `{}{}cargo bench --bench proxies{}`; {} rounds, variants interleaved in each \
          round; median (min–max).\n",
+        variants::proxy_uid().map_or(String::new(), |uid| format!("BENCH_PROXY_UID={uid} ")),
         paths.baseline.as_ref().map_or(String::new(), |b| format!(
             "{}={} ",
             paths::BASELINE_VAR,

@@ -337,6 +337,7 @@ pub fn describe(metric: &str) -> (String, bool) {
             false,
         ),
         "i_rss_per_conn_1000" => ("Proxy RSS per idle connection, 1,000 open (KiB)", false),
+        "ia_fresh_rss" => ("Proxy RSS, fresh, before the 1,000 idle links (KiB)", false),
         "j_pss_per_conn_1000" => ("Proxy PSS per idle connection, 1,000 open (KiB)", false),
         "k_slab_per_conn_1000" => (
             "Kernel slab per idle connection, whole path, 1,000 open (KiB)",

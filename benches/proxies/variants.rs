@@ -105,6 +105,14 @@ fn loopback(port: u16) -> SocketAddr {
     SocketAddr::from((Ipv4Addr::LOCALHOST, port))
 }
 
+/// The user the one-hop proxies (distgate, haproxy, nginx) run as: `BENCH_PROXY_UID`
+/// when set (as Kubernetes runs them, with no capabilities: run the bench as root),
+/// this process's user without.
+pub fn proxy_uid() -> Option<u32> {
+    let uid = std::env::var("BENCH_PROXY_UID").ok()?;
+    Some(uid.parse().unwrap_or_else(|_| panic!("BENCH_PROXY_UID={uid}: not a UID")))
+}
+
 /// A directory removed on drop.
 pub struct TempDir(pub PathBuf);
 
@@ -113,6 +121,11 @@ impl TempDir {
         let dir =
             std::env::temp_dir().join(format!("distgate-bench-{}-{name}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
+        if proxy_uid().is_some() {
+            // nginx writes its pid, lock and error log here as the proxies' user.
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        }
         TempDir(dir)
     }
 }
@@ -153,7 +166,7 @@ fn port_please(epmd: u16, name: &str) -> u16 {
 
 /// Starts the distgate binary with `config` (TOML); returns the process.
 pub fn distgate(dir: &TempDir, config: &str) -> Proc {
-    distgate_named(dir, "distgate", config, None)
+    distgate_named(dir, "distgate", config, proxy_uid())
 }
 
 #[path = "../../tests/it/support/as_user.rs"]
@@ -298,7 +311,7 @@ pub fn nginx(dir: &TempDir, routes: &[(u16, u16)]) -> Proc {
     let nginx = which("nginx");
     // -e: the error log before the configuration is read, not the built-in path.
     let command = || {
-        let mut command = Command::new(&nginx);
+        let mut command = as_user(proxy_uid(), &nginx);
         command
             .arg("-p")
             .arg(&dir.0)
@@ -413,7 +426,7 @@ impl Variant {
                 );
                 let mut proc = if kind == Kind::DistgateBaseline {
                     let binary = setup.baseline.as_deref().expect("checked in main");
-                    distgate_binary(binary, &dir, "distgate", &config, None)
+                    distgate_binary(binary, &dir, "distgate", &config, proxy_uid())
                 } else {
                     distgate(&dir, &config)
                 };
@@ -465,7 +478,7 @@ impl Variant {
                 procs.push(haproxy_with(
                     &dir,
                     &routes,
-                    None,
+                    proxy_uid(),
                     kind == Kind::HaproxySplice,
                 ));
                 listen
@@ -670,6 +683,10 @@ impl Variant {
         }
         let n = count as f64;
         let suffix = count.to_string();
+        if !self.pids.is_empty() && count <= 1000 {
+            // Each idle step starts a fresh proxy: what it holds before any link.
+            record(results, "ia_fresh_rss", self.name(), rss0);
+        }
         if !self.pids.is_empty() {
             record(
                 results,
