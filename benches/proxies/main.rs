@@ -165,24 +165,26 @@ fn main() {
     for round in 0..plan.rounds {
         eprintln!("round {} of {}", round + 1, plan.rounds);
         for variant in &variants {
-            if round_trips_only {
+            // Each step's figures as it goes: a round unlike the others shows here.
+            let round_trips = |results: &mut Results| {
                 for pinned in [false, true] {
-                    let [p50, p99, p999, max] =
-                        variant.round_trips(&setup, &plan, pinned, &mut results);
+                    let [p50, p99, p999, max] = variant.round_trips(&setup, &plan, pinned, results);
                     eprintln!(
                         "  {} {}: p50 {p50:.1} p99 {p99:.1} p99.9 {p999:.1} max {max:.1} µs",
                         variant.kind.name(),
                         if pinned { "pinned" } else { "unpinned" }
                     );
                 }
+            };
+            if round_trips_only {
+                round_trips(&mut results);
                 continue;
             }
             variant.bulk(&setup, &plan, &mut results);
             if bulk_only {
                 continue;
             }
-            variant.round_trips(&setup, &plan, false, &mut results);
-            variant.round_trips(&setup, &plan, true, &mut results);
+            round_trips(&mut results);
             variant.setups(&plan, &mut results);
             // The relay holds two threads per connection: not a design whose idle
             // memory says anything.

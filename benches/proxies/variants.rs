@@ -110,7 +110,10 @@ fn loopback(port: u16) -> SocketAddr {
 /// this process's user without.
 pub fn proxy_uid() -> Option<u32> {
     let uid = std::env::var("BENCH_PROXY_UID").ok()?;
-    Some(uid.parse().unwrap_or_else(|_| panic!("BENCH_PROXY_UID={uid}: not a UID")))
+    Some(
+        uid.parse()
+            .unwrap_or_else(|_| panic!("BENCH_PROXY_UID={uid}: not a UID")),
+    )
 }
 
 /// A directory removed on drop.
