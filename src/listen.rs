@@ -61,8 +61,12 @@ pub fn bind(addr: SocketAddr, key: &str) -> Result<Option<TcpListener>, BindErro
 /// What usually holds an address of `key`, and the fix.
 fn in_use_hint(key: &str) -> &'static str {
     if key.starts_with("epmd") {
-        ": an epmd is running, most often one a node started for itself because it lacked \
-         `-start_epmd false`; stop it with `epmd -kill`, add the flag, and start distgate again"
+        ": an epmd is running, most often one that a node or a release command \
+         (`bin/app rpc`, `remote`, `eval`) started while distgate was down, lacking \
+         `-start_epmd false` (set ERL_AFLAGS=\"-start_epmd false\" in the app container: \
+         every erl reads it). Stop it with `epmd -kill`; where that answers `Killing not \
+         allowed - living nodes in database.`, end that epmd by its PID (`pkill -x epmd` in \
+         the app container) or restart the app container; then start distgate again"
     } else {
         ": another distgate, or another program, holds the port"
     }

@@ -75,6 +75,13 @@ fn build_release(dir: &Path, remote_vm_args: Option<&str>) -> PathBuf {
 
 /// `bin/app <args>` for node `app@127.0.0.1`, registering with the EPMD at `epmd`.
 fn app(bin: &Path, epmd: u16, args: &[&str]) -> Command {
+    let mut command = app_bare(bin, epmd, args);
+    command.env("ELIXIR_ERL_OPTIONS", "-start_epmd false");
+    command
+}
+
+/// [`app`] without `-start_epmd false`: as a release runs where nothing sets it.
+fn app_bare(bin: &Path, epmd: u16, args: &[&str]) -> Command {
     let mut command = Command::new(bin);
     command
         .args(args)
@@ -82,7 +89,8 @@ fn app(bin: &Path, epmd: u16, args: &[&str]) -> Command {
         .env("RELEASE_NODE", "app@127.0.0.1")
         .env("RELEASE_COOKIE", COOKIE)
         .env("ERL_EPMD_PORT", epmd.to_string())
-        .env("ELIXIR_ERL_OPTIONS", "-start_epmd false");
+        .env_remove("ERL_AFLAGS")
+        .env_remove("ELIXIR_ERL_OPTIONS");
     command
 }
 
@@ -423,5 +431,157 @@ fn with_dist_listen_false_release_clients_do_not_register_at_all() {
         ["app"],
         "only the app registers"
     );
+    assert!(started.process.exited().is_none(), "the app died");
+}
+
+/// An epmd this test caused (a release command started it as a daemon), ended by its
+/// PID when the test ends, whatever happened.
+struct StrayEpmd(u32);
+
+impl Drop for StrayEpmd {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").arg(self.0.to_string()).status();
+    }
+}
+
+/// The PID of the process listening on 127.0.0.1:`port`, if any (`ss`).
+fn listener_pid(port: u16) -> Option<u32> {
+    let out = Command::new("ss")
+        .args(["-ltnpH", &format!("sport = :{port}")])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let at = text.find("pid=")? + 4;
+    text[at..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
+fn listening(port: u16) -> bool {
+    std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+}
+
+/// The names the EPMD at `port` answers (`epmd -names`, the real client).
+fn epmd_names(port: u16) -> String {
+    let out = Command::new("epmd")
+        .args(["-port", &port.to_string(), "-names"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The stray epmd (README, "Set ERL_AFLAGS"): distgate down, a release command run in
+/// the app's container, distgate back. A command run without `-start_epmd false`
+/// leaves an epmd on distgate's port, and distgate, started again, cannot listen and
+/// says how out; with `ERL_AFLAGS="-start_epmd false"`, as the shipped manifests set
+/// it, the command starts none and distgate comes back.
+#[test]
+fn a_release_command_run_while_distgate_is_down_starts_no_epmd_with_erl_aflags() {
+    if !require(&["erl", "elixir", "mix", "epmd", "ss"]) {
+        return;
+    }
+    let dir = TempDir(std::env::temp_dir().join(unique("distgate-stray-")));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    // The release as `mix release` makes it: nothing in its vm.args files.
+    let bin = build_release(&dir.0, None);
+    let port = free_port();
+    let config = dir.0.join("distgate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[epmd]\nlisten = [\"127.0.0.1:{port}\"]\n[dist]\nlisten = [\"127.0.0.1\"]\n\
+             ports = [{}]\n[admin]\nlisten = []\n",
+            free_port()
+        ),
+    )
+    .unwrap();
+    let distgate = || {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_distgate"));
+        command
+            .args(["--log-format", "json", "--config"])
+            .arg(&config);
+        Output::spawn("distgate", &mut command)
+    };
+    let up = |dg: &mut Output| {
+        dg.wait_line("EPMD listening", node_deadline(), |l| {
+            l.contains("\"EPMD listening\"")
+        });
+    };
+    let mut dg = distgate();
+    up(&mut dg);
+    // The app as the manifests start it.
+    let with_aflags = |mut command: Command| {
+        command.env("ERL_AFLAGS", "-start_epmd false");
+        command
+    };
+    let mut started = Output::spawn(
+        "bin/app start",
+        &mut with_aflags(app_bare(&bin, port, &["start"])),
+    );
+    eventually_blocking(node_deadline(), "the app to register with distgate", || {
+        if let Some(status) = started.process.exited() {
+            panic!("bin/app start exited ({status}):\n{}", started.text());
+        }
+        epmd_names(port).contains("name app ").then_some(())
+    });
+
+    // distgate goes down (a sidecar restart, an OOM kill).
+    let stop = |dg: &mut Output| {
+        let pid = dg.process.pid().to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        dg.wait_exit(node_deadline());
+    };
+    stop(&mut dg);
+    assert!(
+        !listening(port),
+        "distgate's port still held after it exited"
+    );
+
+    // A release command without the flag starts an epmd of its own there.
+    let _ = app_bare(&bin, port, &["rpc", "IO.puts(:hello)"])
+        .output()
+        .unwrap();
+    let stray = StrayEpmd(listener_pid(port).expect("the release command left an epmd"));
+    let comm = std::fs::read_to_string(format!("/proc/{}/comm", stray.0)).unwrap();
+    assert_eq!(comm.trim(), "epmd");
+    // distgate cannot come back, and says how out.
+    let mut refused = distgate();
+    let status = refused.wait_exit(node_deadline());
+    assert!(!status.success());
+    let said = refused.text();
+    for needle in [
+        "in use",
+        "ERL_AFLAGS",
+        "by its PID",
+        "restart the app container",
+    ] {
+        assert!(said.contains(needle), "no {needle:?} in:\n{said}");
+    }
+    drop(stray);
+    eventually_blocking(node_deadline(), "the stray epmd to go", || {
+        (!listening(port)).then_some(())
+    });
+
+    // The same command with ERL_AFLAGS, as the manifests set it: no epmd.
+    let out = with_aflags(app_bare(&bin, port, &["rpc", "IO.puts(:hello)"]))
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "rpc reached a node with no EPMD up");
+    assert_eq!(
+        listener_pid(port),
+        None,
+        "a release command started an epmd"
+    );
+    let mut back = distgate();
+    up(&mut back);
+    assert_eq!(listener_pid(port), Some(back.process.pid()));
     assert!(started.process.exited().is_none(), "the app died");
 }

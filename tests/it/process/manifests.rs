@@ -283,3 +283,84 @@ fn the_gateway_runs_replicas_that_are_never_all_down() {
         assert!(rendered.contains(needle), "no {needle}:\n{rendered}");
     }
 }
+
+/// The containers of every pod template in `rendered` (`kubectl kustomize` output:
+/// list items at their key's indentation, fields two spaces deeper), init containers
+/// apart: each one's name and its lines.
+fn containers(rendered: &str) -> Vec<(String, Vec<&str>)> {
+    let indent = |l: &str| l.len() - l.trim_start().len();
+    let lines: Vec<&str> = rendered.lines().collect();
+    let mut found = vec![];
+    let mut i = 0;
+    while i < lines.len() {
+        if lines[i].trim() != "containers:" {
+            i += 1;
+            continue;
+        }
+        let key = indent(lines[i]);
+        i += 1;
+        while i < lines.len() && indent(lines[i]) == key && lines[i].trim_start().starts_with("- ")
+        {
+            let mut block = vec![lines[i]];
+            i += 1;
+            while i < lines.len() && indent(lines[i]) > key {
+                block.push(lines[i]);
+                i += 1;
+            }
+            let name = block
+                .iter()
+                .filter(|l| indent(l) == key + 2 || indent(l) == key)
+                .find_map(|l| {
+                    l.trim_start()
+                        .trim_start_matches("- ")
+                        .strip_prefix("name: ")
+                })
+                .unwrap_or("")
+                .to_owned();
+            found.push((name, block));
+        }
+    }
+    found
+}
+
+/// Every app container the manifests ship starts no epmd, whatever command runs in it:
+/// `ERL_AFLAGS` is read by every `erl`, `bin/app rpc`, `remote` and `eval` included
+/// (README, "Set ERL_AFLAGS"), where `vm.args` reaches only the node.
+#[test]
+fn every_app_container_sets_erl_aflags_start_epmd_false() {
+    if !require(&["kubectl"]) {
+        return;
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut renders: Vec<(String, String)> = ["base", "statefulset", "sidecar-legacy", "openshift"]
+        .iter()
+        .map(|dir| {
+            (
+                dir.to_string(),
+                render(&root.join("deploy/kubernetes").join(dir)),
+            )
+        })
+        .collect();
+    renders.push((
+        "distgate.yaml".into(),
+        std::fs::read_to_string(root.join("deploy/distgate.yaml")).unwrap(),
+    ));
+    for (what, rendered) in renders {
+        let apps: Vec<_> = containers(&rendered)
+            .into_iter()
+            .filter(|(name, _)| name != "distgate")
+            .collect();
+        assert!(!apps.is_empty(), "{what}: no app container found");
+        for (name, block) in apps {
+            let flag = block.windows(2).any(|pair| {
+                pair[0].trim() == "- name: ERL_AFLAGS"
+                    && pair[1].trim().starts_with("value:")
+                    && pair[1].contains("-start_epmd false")
+            });
+            assert!(
+                flag,
+                "{what}: container {name} has no ERL_AFLAGS with -start_epmd false"
+            );
+        }
+    }
+}
