@@ -364,3 +364,37 @@ fn every_app_container_sets_erl_aflags_start_epmd_false() {
         }
     }
 }
+
+/// kube-prometheus-stack ignores a PodMonitor or PrometheusRule without its `release`
+/// label: every monitoring object carries it, and a PodMonitor selects the gateway's
+/// pods as well as the sidecars'.
+#[test]
+fn the_monitoring_objects_carry_the_stacks_selector_label() {
+    if !require(&["kubectl"]) {
+        return;
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let rendered = render(&root.join("deploy/kubernetes/monitoring"));
+    let docs: Vec<&str> = rendered.split("\n---\n").collect();
+    let kinds = |kind: &str| -> Vec<&str> {
+        docs.iter()
+            .copied()
+            .filter(|d| d.lines().any(|l| l == format!("kind: {kind}")))
+            .collect()
+    };
+    let monitors = kinds("PodMonitor");
+    let rules = kinds("PrometheusRule");
+    assert_eq!((monitors.len(), rules.len()), (2, 1), "{rendered}");
+    for doc in monitors.iter().chain(&rules) {
+        assert!(doc.contains("    release: kube-prometheus-stack"), "{doc}");
+    }
+    let gateway = render(&root.join("deploy/kubernetes/gateway"));
+    assert!(gateway.contains("app.kubernetes.io/name: distgate-gateway"));
+    assert!(
+        monitors
+            .iter()
+            .any(|m| m.contains("app.kubernetes.io/name: distgate-gateway")
+                && m.contains("port: admin")),
+        "no PodMonitor for the gateway's pods"
+    );
+}
