@@ -112,7 +112,10 @@ fn remote_shell(bin: &Path, epmd: u16) -> (Output, std::process::ChildStdin) {
     let mut command = Command::new("script");
     command.args(["-qec", &format!("{} remote", bin.display()), "/dev/null"]);
     for (key, value) in app(bin, epmd, &[]).get_envs() {
-        command.env(key, value.unwrap());
+        match value {
+            Some(value) => command.env(key, value),
+            None => command.env_remove(key),
+        };
     }
     Output::spawn_interactive("bin/app remote", &mut command)
 }
