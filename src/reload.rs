@@ -15,7 +15,7 @@ use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 
 use hyper::StatusCode;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::config::{self, Config, ConfigError, Key};
 use crate::dns::DnsSetupError;
@@ -216,6 +216,9 @@ impl Reloader {
                 by, file, hash = %done.hash, changed = %names(&done.changed),
                 "configuration reloaded; open links go on as they are"
             ),
+            // Nothing to read again: no configuration went wrong, nothing to fix but
+            // how distgate is started.
+            Err(e @ ReloadError::NoFile) => warn!(by, result = e.result(), "{e}"),
             Err(e) => error!(
                 by,
                 file,

@@ -288,28 +288,33 @@ fn the_gateway_runs_replicas_that_are_never_all_down() {
 /// list items at their key's indentation, fields two spaces deeper), init containers
 /// apart: each one's name and its lines.
 fn containers(rendered: &str) -> Vec<(String, Vec<&str>)> {
+    listed(rendered, "containers:")
+}
+
+/// The items of every list under `key` (`containers:`, `initContainers:`) in
+/// `rendered`: each one's name and its lines.
+fn listed<'a>(rendered: &'a str, key: &str) -> Vec<(String, Vec<&'a str>)> {
     let indent = |l: &str| l.len() - l.trim_start().len();
     let lines: Vec<&str> = rendered.lines().collect();
     let mut found = vec![];
     let mut i = 0;
     while i < lines.len() {
-        if lines[i].trim() != "containers:" {
+        if lines[i].trim() != key {
             i += 1;
             continue;
         }
-        let key = indent(lines[i]);
+        let at = indent(lines[i]);
         i += 1;
-        while i < lines.len() && indent(lines[i]) == key && lines[i].trim_start().starts_with("- ")
-        {
+        while i < lines.len() && indent(lines[i]) == at && lines[i].trim_start().starts_with("- ") {
             let mut block = vec![lines[i]];
             i += 1;
-            while i < lines.len() && indent(lines[i]) > key {
+            while i < lines.len() && indent(lines[i]) > at {
                 block.push(lines[i]);
                 i += 1;
             }
             let name = block
                 .iter()
-                .filter(|l| indent(l) == key + 2 || indent(l) == key)
+                .filter(|l| indent(l) == at + 2 || indent(l) == at)
                 .find_map(|l| {
                     l.trim_start()
                         .trim_start_matches("- ")
@@ -396,5 +401,67 @@ fn the_monitoring_objects_carry_the_stacks_selector_label() {
             .any(|m| m.contains("app.kubernetes.io/name: distgate-gateway")
                 && m.contains("port: admin")),
         "no PodMonitor for the gateway's pods"
+    );
+}
+
+/// Every shipped sidecar reads its configuration file from the ConfigMap
+/// `distgate-sidecar` (mounted whole, no subPath, so an edit reaches the pod), so
+/// `distgate reload`, SIGHUP and POST /reload work as shipped; the file is valid.
+#[test]
+fn every_sidecar_reads_its_configmap() {
+    if !require(&["kubectl"]) {
+        return;
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut renders: Vec<(String, String)> = ["base", "statefulset", "sidecar-legacy", "openshift"]
+        .iter()
+        .map(|dir| {
+            (
+                dir.to_string(),
+                render(&root.join("deploy/kubernetes").join(dir)),
+            )
+        })
+        .collect();
+    renders.push((
+        "distgate.yaml".into(),
+        std::fs::read_to_string(root.join("deploy/distgate.yaml")).unwrap(),
+    ));
+    for (what, rendered) in renders {
+        let sidecars: Vec<_> = listed(&rendered, "containers:")
+            .into_iter()
+            .chain(listed(&rendered, "initContainers:"))
+            .filter(|(name, _)| name == "distgate")
+            .collect();
+        assert_eq!(sidecars.len(), 1, "{what}");
+        let block = sidecars[0].1.join("\n");
+        assert!(
+            block.contains("- --config\n") && block.contains("- /etc/distgate/distgate.toml"),
+            "{what}: the sidecar runs without --config:\n{block}"
+        );
+        assert!(
+            block.contains("mountPath: /etc/distgate") && !block.contains("subPath"),
+            "{what}"
+        );
+        assert!(rendered.contains("kind: ConfigMap"), "{what}");
+        assert!(rendered.contains("  name: distgate-sidecar\n"), "{what}");
+        assert!(rendered.contains("  distgate.toml: |"), "{what}");
+        let lines: Vec<&str> = rendered.lines().map(str::trim).collect();
+        assert!(
+            lines
+                .windows(2)
+                .any(|w| w == ["- configMap:", "name: distgate-sidecar"]),
+            "{what}: no volume of the ConfigMap"
+        );
+    }
+    let file = root.join("deploy/kubernetes/sidecar-config/distgate.toml");
+    let out = Command::new(env!("CARGO_BIN_EXE_distgate"))
+        .arg("check-config")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
 }
