@@ -190,6 +190,18 @@ const DURATION_BUCKETS: &[f64] = &[
     0.01, 0.1, 1.0, 10.0, 60.0, 600.0, 3600.0, 21600.0, 86400.0, 604800.0,
 ];
 
+/// DNS lookups: a cached answer on the node's resolver to a server that times out.
+const DNS_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+/// Every histogram with its buckets: exported as Prometheus histograms (`_bucket`,
+/// `_sum`, `_count`), never as summaries, so they aggregate across pods.
+const HISTOGRAMS: [(&str, &[f64]); 2] = [
+    (DIST_DURATION, DURATION_BUCKETS),
+    (DNS_DURATION, DNS_BUCKETS),
+];
+
 /// What every process starts with, so dashboards and alerts see zeros, not gaps.
 fn start() {
     gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
@@ -243,6 +255,11 @@ fn describe() {
         DIST_DURATION,
         Unit::Seconds,
         "How long dist connections lasted"
+    );
+    describe_histogram!(
+        DNS_DURATION,
+        Unit::Seconds,
+        "How long DNS lookups of routed names' upstreams took"
     );
     describe_counter!(
         DIST_UPSTREAM_FAILURES,

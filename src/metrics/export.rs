@@ -10,7 +10,9 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+use metrics_exporter_prometheus::{
+    BuildError, Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
 use metrics_util::MetricKindMask;
 
 use super::*;
@@ -97,15 +99,19 @@ impl Recorder for Split {
     }
 }
 
+/// `builder` with the buckets of every histogram (a histogram without buckets would be
+/// exported as a summary).
+fn buckets(builder: PrometheusBuilder) -> Result<PrometheusBuilder, BuildError> {
+    HISTOGRAMS
+        .iter()
+        .try_fold(builder, |builder, (name, buckets)| {
+            builder.set_buckets_for_metric(Matcher::Full((*name).into()), buckets)
+        })
+}
+
 /// Installs the recorders for this process (per-link series dropped after
 /// `idle_timeout` without change) and describes every metric.
 pub fn install(idle_timeout: Duration) -> Result<Exporter, InstallError> {
-    let buckets = |builder: PrometheusBuilder| {
-        builder.set_buckets_for_metric(
-            metrics_exporter_prometheus::Matcher::Full(DIST_DURATION.into()),
-            DURATION_BUCKETS,
-        )
-    };
     let links = buckets(PrometheusBuilder::new())?
         .idle_timeout(MetricKindMask::ALL, Some(idle_timeout))
         .build_recorder();
@@ -185,5 +191,31 @@ pub fn touch_live_links() {
         live.active.increment(0.0);
         live.received.increment(0);
         live.sent.increment(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A histogram left without buckets is exported as a summary, which cannot be
+    /// summed across pods: every one distgate records comes out as a histogram.
+    #[test]
+    fn every_histogram_is_exported_with_buckets() {
+        let recorder = buckets(PrometheusBuilder::new()).unwrap().build_recorder();
+        let handle = recorder.handle();
+        let metadata = metrics::Metadata::new("test", metrics::Level::INFO, None);
+        for (name, _) in HISTOGRAMS {
+            let key = Key::from_name(name);
+            recorder.register_histogram(&key, &metadata).record(0.003);
+        }
+        let text = handle.render();
+        for (name, _) in HISTOGRAMS {
+            assert!(
+                text.contains(&format!("# TYPE {name} histogram")),
+                "{name} is not a histogram:\n{text}"
+            );
+            assert!(text.contains(&format!("{name}_bucket{{le=")), "{text}");
+        }
     }
 }
