@@ -64,6 +64,7 @@ fn run(cli: Cli) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    info!(version = env!("CARGO_PKG_VERSION"), "distgate starting");
     let (config, file) = match loaded {
         Some(Ok((config, hash))) => {
             let path = cli.config.clone().unwrap_or_default();
@@ -74,7 +75,10 @@ fn run(cli: Cli) -> ExitCode {
             error!("invalid configuration: {e}");
             return ExitCode::from(EXIT_CONFIG);
         }
-        None => (Config::default(), None),
+        None => {
+            info!("no configuration file: the built-in defaults (--config FILE to give one)");
+            (Config::default(), None)
+        }
     };
     if cli.log_level.is_some() && config.log.level.is_some() {
         warn!("`log.level` of the configuration is not used: --log-level (or DISTGATE_LOG) wins");

@@ -167,6 +167,13 @@ fn sigterm_stops_distgate_cleanly() {
     assert!(run.wait_exit(DEADLINE).success());
     assert!(run.text().contains("\"signal\":\"SIGTERM\""));
     assert!(run.text().contains("drain complete"));
+    // The first line says which distgate runs.
+    let first = run.text().lines().next().unwrap_or_default().to_owned();
+    let version = format!("\"version\":\"{}\"", env!("CARGO_PKG_VERSION"));
+    assert!(
+        first.contains("distgate starting") && first.contains(&version),
+        "{first}"
+    );
 }
 
 #[test]
