@@ -22,6 +22,9 @@ pub struct LinkView {
     pub direction: String,
     /// The peer's address as distgate sees it.
     pub source: String,
+    /// The public dist port the peer dialled.
+    #[serde(default)]
+    pub public_port: u16,
     /// `ok` (the node acknowledged the handshake) or `tls` (not followed).
     pub handshake: String,
     /// When the link came up, seconds since the Unix epoch.

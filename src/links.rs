@@ -121,6 +121,8 @@ pub struct Link {
     /// The peer's name where its `peer` label is not it (past `max_peers`).
     unlabelled: Option<String>,
     source: SocketAddr,
+    /// The public dist port the peer dialled.
+    public_port: u16,
     tls: bool,
     /// From the peer towards the node.
     pub from_peer: Flow,
@@ -171,6 +173,8 @@ pub(crate) struct NewLink {
     pub(crate) unlabelled: Option<String>,
     /// The peer's address.
     pub(crate) source: SocketAddr,
+    /// The public dist port the peer dialled.
+    pub(crate) public_port: u16,
     /// A TLS link (its handshake not followed).
     pub(crate) tls: bool,
     /// Bytes already passed on during the handshake.
@@ -209,6 +213,7 @@ impl Links {
             metrics: new.metrics,
             unlabelled: new.unlabelled,
             source: new.source,
+            public_port: new.public_port,
             tls: new.tls,
             from_peer: Flow::new(new.bytes.from_peer),
             to_peer: Flow::new(new.bytes.to_peer),
@@ -323,6 +328,7 @@ impl Link {
             peer: self.peer().to_owned(),
             direction: self.metrics.direction().to_owned(),
             source: self.source.to_string(),
+            public_port: self.public_port,
             handshake: if self.tls { "tls" } else { "ok" }.to_owned(),
             opened_at,
             bytes_from_peer: self.from_peer.bytes.load(Ordering::Relaxed),
@@ -353,6 +359,7 @@ mod tests {
             metrics: m::LinkMeters::open("app".into(), peer, "inbound"),
             unlabelled: Some("peer@host".into()),
             source: "127.0.0.1:5000".parse().unwrap(),
+            public_port: 43691,
             tls: false,
             bytes: ByteCounts {
                 from_peer: 10,

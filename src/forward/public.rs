@@ -417,6 +417,7 @@ impl Forwarder {
             metrics: link,
             unlabelled,
             source,
+            public_port,
             tls,
             bytes: handshake_bytes,
         });

@@ -55,6 +55,7 @@ async fn links_show_who_talks_and_how_long_each_way_has_been_quiet() {
     assert_eq!(link["peer"], "peer@127.0.0.1");
     assert_eq!(link["handshake"], "ok");
     assert_eq!(link["source"], client.local_addr().unwrap().to_string());
+    assert_eq!(link["public_port"], running.public.port());
     let handshake_bytes = link["bytes_from_peer"].as_u64().unwrap();
 
     // Paused: the seconds since the last byte grow; past silent_after it is silent.
@@ -100,6 +101,11 @@ async fn links_show_who_talks_and_how_long_each_way_has_been_quiet() {
     // The same as tables, for people.
     let table = cli("links", &running);
     assert!(table.starts_with("NODE"), "{table}");
+    assert!(table.lines().next().unwrap().contains(" PORT "), "{table}");
+    assert!(
+        table.contains(&format!(" {} ", running.public.port())),
+        "{table}"
+    );
     assert!(
         table.contains("app") && table.contains("peer@127.0.0.1"),
         "{table}"
