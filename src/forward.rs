@@ -239,6 +239,23 @@ impl Bridge {
         })
     }
 
+    /// The link cut by distgate while open (at shutdown): both sockets reset when the
+    /// bridge is dropped; what it carried so far.
+    pub(crate) fn cut(&mut self) -> Outcome {
+        for stream in [&self.peer, &self.node] {
+            // Best effort: the socket may be gone already.
+            let _ = socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO));
+        }
+        Outcome {
+            bytes: ByteCounts {
+                from_peer: self.from_peer.meter().total(),
+                to_peer: self.to_peer.meter().total(),
+            },
+            result: Err(io::Error::other(ShutdownCut)),
+            closed_by: ClosedBy::Distgate,
+        }
+    }
+
     fn poll_directions(&mut self, engine: &Engine, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let (mut peer_in, mut peer_out) = self.peer.split();
         let (mut node_in, mut node_out) = self.node.split();
@@ -322,6 +339,12 @@ impl Engine {
         self.bulk_buffers.clear();
     }
 }
+
+/// The error of a link distgate cut at shutdown, `[shutdown] grace` having run out
+/// while it was open.
+#[derive(Debug, thiserror::Error)]
+#[error("distgate shut down with the link open (`shutdown.grace` ran out)")]
+pub struct ShutdownCut;
 
 /// The error of a link closed because its other side did not follow a close within
 /// `[dist] linger`.

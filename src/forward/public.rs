@@ -45,6 +45,12 @@ pub(crate) fn close_reason(result: &std::io::Result<()>) -> &'static str {
         {
             "linger"
         }
+        Err(e)
+            if e.get_ref()
+                .is_some_and(|inner| inner.is::<super::ShutdownCut>()) =>
+        {
+            "shutdown"
+        }
         Err(e) => match e.kind() {
             ConnectionReset | ConnectionAborted | BrokenPipe => "reset",
             TimedOut => "timeout",
@@ -158,8 +164,7 @@ enum Connection<F> {
     },
     Carrying {
         forwarder: Arc<Forwarder>,
-        bridge: Bridge,
-        carried: Box<Carried>,
+        open: Open,
     },
     Done,
 }
@@ -191,26 +196,43 @@ where
                     );
                     *this = Connection::Carrying {
                         forwarder: Arc::clone(forwarder),
-                        bridge,
-                        carried,
+                        open: Open {
+                            bridge,
+                            carried: Some(carried),
+                        },
                     };
                 }
-                Connection::Carrying {
-                    forwarder, bridge, ..
-                } => {
-                    let outcome = ready!(bridge.poll(&forwarder.engine, cx));
-                    if let Connection::Carrying {
-                        bridge, carried, ..
-                    } = std::mem::replace(this, Connection::Done)
-                    {
-                        // The sockets close before the close is told.
-                        drop(bridge);
+                Connection::Carrying { forwarder, open } => {
+                    let outcome = ready!(open.bridge.poll(&forwarder.engine, cx));
+                    let carried = open.carried.take();
+                    // The sockets close before the close is told.
+                    *this = Connection::Done;
+                    if let Some(carried) = carried {
                         link_down(*carried, &outcome);
                     }
                     return Poll::Ready(());
                 }
                 Connection::Done => return Poll::Ready(()),
             }
+        }
+    }
+}
+
+/// An open link: its bridge, and what it keeps until its close is told.
+struct Open {
+    bridge: Bridge,
+    /// Taken when the close is told.
+    carried: Option<Box<Carried>>,
+}
+
+/// A link dropped while open (distgate shutting down past `[shutdown] grace`) still
+/// tells its close: the access-log line and the close metrics, `reason` `shutdown`,
+/// closed by distgate.
+impl Drop for Open {
+    fn drop(&mut self) {
+        if let Some(carried) = self.carried.take() {
+            let outcome = self.bridge.cut();
+            link_down(*carried, &outcome);
         }
     }
 }

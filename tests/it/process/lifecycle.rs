@@ -108,6 +108,14 @@ async fn a_stream_that_outlives_the_grace_is_cut_and_said_so() {
         text.contains("distgate stopped with connections cut"),
         "{text}"
     );
+    // The cut link still has its access-log line.
+    let closed = text
+        .lines()
+        .find(|l| l.contains("\"dist connection closed\""))
+        .unwrap_or_else(|| panic!("no access-log line for the cut link:\n{text}"));
+    for needle in ["\"reason\":\"shutdown\"", "\"closed_by\":\"distgate\""] {
+        assert!(closed.contains(needle), "{closed}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
