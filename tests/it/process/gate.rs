@@ -161,5 +161,9 @@ fn a_reload_that_trusts_a_banned_source_lifts_its_ban() {
         (metric(&dg, "distgate_dist_bans_lifted_total", &trusted) == 1.0).then_some(())
     });
     assert_eq!(metric(&dg, "distgate_dist_banned_sources", &[]), 0.0);
+    // The line is written by the log thread, after the counter moved.
+    eventually_blocking(DEADLINE, "the lift logged", || {
+        (dg.said("ban lifted") >= 1).then_some(())
+    });
     assert_eq!(dg.said("ban lifted"), 1);
 }
