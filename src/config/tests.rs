@@ -520,3 +520,13 @@ fn the_ipv6_prefix_is_a_prefix_length() {
         assert_eq!(key, "dist.ipv6_prefix", "{bad}: {message}");
     }
 }
+
+/// Of several unknown keys, the first in the file is named (not the first in
+/// alphabetical order), with its line.
+#[test]
+fn the_first_unknown_key_in_the_file_is_named() {
+    let (key, line, _) = error_of("[epmd]\nzeta = 1\nalpha = 2\n");
+    assert_eq!((key.as_str(), line), ("epmd.zeta", Some(2)));
+    let (key, line, _) = error_of("[zulu]\nx = 1\n[alpha]\ny = 2\n");
+    assert_eq!((key.as_str(), line), ("zulu", Some(1)));
+}

@@ -29,7 +29,7 @@ pub fn pool_report(config: &Config) -> Vec<String> {
             ),
             LeaseRule::Hash => match (even_odds(size, 0.1), even_odds(size, 0.5)) {
                 (Some(ten), Some(half)) => format!(
-                    "; two names want the same home port with a chance of 10 % or more from {ten} names on, 50 % from {half} (a collision: docs/gateway.md#replicas)"
+                    "; two names want the same home port with a chance of 10 % or more from {ten} names on, 50 % from {half} (a collision: docs/gateway.md#which-port-a-name-gets)"
                 ),
                 _ => String::new(),
             },
