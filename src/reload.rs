@@ -39,7 +39,7 @@ pub enum ReloadError {
     #[error(transparent)]
     Invalid(#[from] ConfigError),
     /// The file changes keys that only a restart applies.
-    #[error("{} cannot change without a restart (the running configuration stays; restart distgate to apply it)", quoted(.0))]
+    #[error("{} cannot change without a restart: restart distgate to apply it", quoted(.0))]
     RestartNeeded(Vec<Key>),
     /// A public port added to the pool cannot be bound.
     #[error(transparent)]
