@@ -265,6 +265,51 @@ fn the_gateways_config_is_valid() {
     assert_eq!(config.routes[0].lease, distgate::route::LeaseRule::Ordinal);
 }
 
+/// The Deployment overlay (the gateway way): its gateway discovers the app's pods
+/// behind the headless Service, its sidecars let the gateway list their names, its
+/// nodes are named after their pods at the gateway's host, and the gateway's pods may
+/// reach the app's EPMD and dist ports.
+#[test]
+fn the_deployment_overlay_puts_the_gateway_way_together() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes/deployment");
+    let gateway =
+        distgate::config::load(&dir.join("gateway.toml")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(gateway.routes.len(), 1);
+    assert!(gateway.routes[0].nodes.matches("app-7f9c8d-x2x1z"));
+    assert!(matches!(
+        &gateway.routes[0].upstream,
+        distgate::route::Upstream::Discover { service, .. } if service == "app-headless"
+    ));
+    let sidecar =
+        distgate::config::load(&dir.join("sidecar.toml")).unwrap_or_else(|e| panic!("{e}"));
+    assert_ne!(
+        sidecar.epmd.names_from,
+        distgate::config::Config::default().epmd.names_from
+    );
+    if !require(&["kubectl"]) {
+        return;
+    }
+    let rendered = render(&dir);
+    for needle in [
+        "value: $(POD_NAME)@distgate-gateway.$(POD_NAMESPACE)",
+        "fieldPath: metadata.name",
+        "name: app-headless",
+        "clusterIP: None",
+        "name: app-from-gateway",
+        "app.kubernetes.io/name: distgate-gateway",
+        "discover = \"app-headless\"",
+    ] {
+        assert!(
+            rendered.contains(needle),
+            "no {needle:?} in the rendered overlay"
+        );
+    }
+    // POD_NAME and POD_NAMESPACE come before the name that refers to them.
+    let at = |needle: &str| rendered.find(needle).unwrap();
+    assert!(at("name: POD_NAME") < at("name: RELEASE_NODE"));
+    assert!(at("name: POD_NAMESPACE") < at("name: RELEASE_NODE"));
+}
+
 #[test]
 fn the_gateway_runs_replicas_that_are_never_all_down() {
     if !require(&["kubectl"]) {
@@ -337,15 +382,21 @@ fn every_app_container_sets_erl_aflags_start_epmd_false() {
         return;
     }
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut renders: Vec<(String, String)> = ["base", "statefulset", "sidecar-legacy", "openshift"]
-        .iter()
-        .map(|dir| {
-            (
-                dir.to_string(),
-                render(&root.join("deploy/kubernetes").join(dir)),
-            )
-        })
-        .collect();
+    let mut renders: Vec<(String, String)> = [
+        "base",
+        "statefulset",
+        "sidecar-legacy",
+        "openshift",
+        "deployment",
+    ]
+    .iter()
+    .map(|dir| {
+        (
+            dir.to_string(),
+            render(&root.join("deploy/kubernetes").join(dir)),
+        )
+    })
+    .collect();
     renders.push((
         "distgate.yaml".into(),
         std::fs::read_to_string(root.join("deploy/distgate.yaml")).unwrap(),
@@ -413,15 +464,21 @@ fn every_sidecar_reads_its_configmap() {
         return;
     }
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut renders: Vec<(String, String)> = ["base", "statefulset", "sidecar-legacy", "openshift"]
-        .iter()
-        .map(|dir| {
-            (
-                dir.to_string(),
-                render(&root.join("deploy/kubernetes").join(dir)),
-            )
-        })
-        .collect();
+    let mut renders: Vec<(String, String)> = [
+        "base",
+        "statefulset",
+        "sidecar-legacy",
+        "openshift",
+        "deployment",
+    ]
+    .iter()
+    .map(|dir| {
+        (
+            dir.to_string(),
+            render(&root.join("deploy/kubernetes").join(dir)),
+        )
+    })
+    .collect();
     renders.push((
         "distgate.yaml".into(),
         std::fs::read_to_string(root.join("deploy/distgate.yaml")).unwrap(),
@@ -432,16 +489,19 @@ fn every_sidecar_reads_its_configmap() {
             .chain(listed(&rendered, "initContainers:"))
             .filter(|(name, _)| name == "distgate")
             .collect();
-        assert_eq!(sidecars.len(), 1, "{what}");
-        let block = sidecars[0].1.join("\n");
-        assert!(
-            block.contains("- --config\n") && block.contains("- /etc/distgate/distgate.toml"),
-            "{what}: the sidecar runs without --config:\n{block}"
-        );
-        assert!(
-            block.contains("mountPath: /etc/distgate") && !block.contains("subPath"),
-            "{what}"
-        );
+        // The sidecar, and in the Deployment overlay the gateway too.
+        assert!(!sidecars.is_empty(), "{what}");
+        for (_, block) in &sidecars {
+            let block = block.join("\n");
+            assert!(
+                block.contains("- --config\n") && block.contains("- /etc/distgate/distgate.toml"),
+                "{what}: distgate runs without --config:\n{block}"
+            );
+            assert!(
+                block.contains("mountPath: /etc/distgate") && !block.contains("subPath"),
+                "{what}"
+            );
+        }
         assert!(rendered.contains("kind: ConfigMap"), "{what}");
         assert!(rendered.contains("  name: distgate-sidecar\n"), "{what}");
         assert!(rendered.contains("  distgate.toml: |"), "{what}");
