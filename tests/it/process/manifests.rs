@@ -17,12 +17,18 @@ fn validator() -> Option<PathBuf> {
         .or_else(|| have("kubernetes-validate").then(|| PathBuf::from("kubernetes-validate")))
 }
 
+/// Every directory under deploy/kubernetes that renders on its own (components, which
+/// only modify others, apart).
 fn kustomizations() -> Vec<PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes");
+    let renders = |p: &PathBuf| {
+        std::fs::read_to_string(p.join("kustomization.yaml"))
+            .is_ok_and(|text| !text.lines().any(|l| l == "kind: Component"))
+    };
     let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root)
         .unwrap()
         .map(|e| e.unwrap().path())
-        .filter(|p| p.join("kustomization.yaml").is_file())
+        .filter(renders)
         .collect();
     dirs.sort();
     dirs
@@ -65,10 +71,13 @@ fn every_manifest_renders_and_validates() {
         names,
         [
             "base",
+            "deployment",
             "gateway",
             "monitoring",
             "network-policy",
             "openshift",
+            "openshift-deployment",
+            "sidecar-config",
             "sidecar-legacy",
             "statefulset"
         ]
@@ -219,6 +228,57 @@ fn the_openshift_overlay_leaves_the_uid_to_the_platform() {
         .map(|l| format!("{l}\n"))
         .collect();
     assert_eq!(openshift, without);
+}
+
+/// Every workload has an OpenShift form: the component openshift-uid removes every
+/// fixed UID, GID and fsGroup from whatever it is applied to (restricted-v2 refuses a
+/// pod that asks for them), and the two shipped OpenShift overlays carry none.
+#[test]
+fn no_openshift_form_carries_a_fixed_uid() {
+    if !require(&["kubectl"]) {
+        return;
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let scratch = root.join("target").join(unique("openshift-"));
+    std::fs::create_dir_all(&scratch).unwrap();
+    let mut forms = vec![];
+    for base in [
+        "base",
+        "gateway",
+        "sidecar-legacy",
+        "deployment",
+        "statefulset",
+    ] {
+        // kustomize takes relative paths only: the scratch directory is two levels down.
+        std::fs::write(
+            scratch.join("kustomization.yaml"),
+            format!(
+                "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n\
+                 resources:\n  - ../../deploy/kubernetes/{base}\n\
+                 components:\n  - ../../deploy/kubernetes/openshift-uid\n"
+            ),
+        )
+        .unwrap();
+        let plain = render(&root.join("deploy/kubernetes").join(base));
+        assert!(
+            plain.contains("runAsUser: 65532"),
+            "{base} sets no UID to remove"
+        );
+        forms.push((format!("{base} + openshift-uid"), render(&scratch)));
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
+    for dir in ["openshift", "openshift-deployment"] {
+        forms.push((
+            dir.to_owned(),
+            render(&root.join("deploy/kubernetes").join(dir)),
+        ));
+    }
+    for (what, rendered) in forms {
+        for key in ["runAsUser", "runAsGroup", "fsGroup"] {
+            assert!(!rendered.contains(key), "{what} sets {key}");
+        }
+        assert!(rendered.contains("runAsNonRoot: true"), "{what}");
+    }
 }
 
 #[test]
