@@ -9,5 +9,6 @@ mod gateway;
 mod openshift;
 mod otp;
 mod probe;
+mod quickstart;
 mod release;
 mod reload;

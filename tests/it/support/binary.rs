@@ -28,7 +28,7 @@ fn config_text(epmd: &str, ports: &str, dist: &str, more: &str) -> String {
 }
 
 /// The address a listener line of the JSON log names.
-fn listening(out: &mut Output, message: &str) -> SocketAddr {
+pub fn listening(out: &mut Output, message: &str) -> SocketAddr {
     let line = out.wait_line(message, DEADLINE, |l| l.contains(message));
     let value: serde_json::Value = serde_json::from_str(&line).unwrap();
     value["addr"].as_str().unwrap().parse().unwrap()
