@@ -137,6 +137,8 @@ pub const CONFIG_RELOADS: &str = "distgate_config_reloads_total";
 /// 1 for the configuration in force, labelled with the `hash` of its file (the first
 /// 16 hex digits of its SHA-256, or `defaults`); 0 for configurations reloaded away.
 pub const CONFIG_INFO: &str = "distgate_config_info";
+/// 1 when distgate runs with a configuration file, 0 on its built-in defaults.
+pub const CONFIG_FILE: &str = "distgate_config_file";
 /// Splice pipes held now, in use and idle (each counts against the UID's pipe quota).
 pub const SPLICE_PIPES: &str = "distgate_splice_pipes";
 /// Pipes that came back smaller than asked, by `result`: `smaller` (still used) or
@@ -179,6 +181,7 @@ pub const ALL: &[&str] = &[
     DIST_BANS_LIFTED,
     CONFIG_RELOADS,
     CONFIG_INFO,
+    CONFIG_FILE,
     SPLICE_PIPES,
     SPLICE_PIPES_SHORT,
     SPLICE_COPY_FALLBACKS,
@@ -324,6 +327,10 @@ fn describe() {
     describe_gauge!(
         CONFIG_INFO,
         "1 for the configuration in force, labelled with the hash of its file"
+    );
+    describe_gauge!(
+        CONFIG_FILE,
+        "1 when distgate runs with a configuration file (--config), 0 on its built-in defaults"
     );
     describe_gauge!(SPLICE_PIPES, "Splice pipes held now, in use and idle");
     describe_counter!(

@@ -197,6 +197,8 @@ impl Reloader {
         let state = self.state.lock().await;
         start();
         ::metrics::gauge!(m::CONFIG_INFO, "hash" => state.hash.clone()).set(1.0);
+        let file = if self.file.get().is_some() { 1.0 } else { 0.0 };
+        ::metrics::gauge!(m::CONFIG_FILE).set(file);
         for result in ["ok", "invalid", "refused", "failed"] {
             ::metrics::counter!(m::CONFIG_RELOADS, "result" => result).increment(0);
         }

@@ -191,6 +191,8 @@ async fn ten_sighups_in_a_second_under_load_drop_nothing() {
         &[("result", "ok")],
     );
     assert!(ok.is_some_and(|n| (1.0..=10.0).contains(&n)), "{metrics}");
+    // Started with --config: a refused reload would be worth an alert.
+    assert_eq!(sample(&metrics, "distgate_config_file", &[]), Some(1.0));
     upstream.write_all(b"still linked").await.unwrap();
     let mut back = [0u8; 12];
     client.read_exact(&mut back).await.unwrap();
