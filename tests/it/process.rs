@@ -10,3 +10,4 @@ mod manifests;
 mod observability;
 mod pipe_quota;
 mod prometheus;
+mod workflows;
