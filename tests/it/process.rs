@@ -3,6 +3,7 @@
 
 mod cli;
 mod gate;
+mod helm;
 mod lifecycle;
 mod log_budget;
 mod logging;

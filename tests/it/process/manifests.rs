@@ -17,6 +17,22 @@ fn validator() -> Option<PathBuf> {
         .or_else(|| have("kubernetes-validate").then(|| PathBuf::from("kubernetes-validate")))
 }
 
+/// `kubernetes-validate --strict` of `file` against Kubernetes `version`: its report,
+/// or the report of what failed.
+pub(super) fn validated(validate: &Path, file: &Path, version: &str) -> Result<String, String> {
+    let out = Command::new(validate)
+        .args(["--strict", "--quiet", "-k", version])
+        .arg(file)
+        .output()
+        .unwrap();
+    let report =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    match out.status.success() && !report.contains("ERROR") {
+        true => Ok(report),
+        false => Err(report),
+    }
+}
+
 /// Every directory under deploy/kubernetes that renders on its own (components, which
 /// only modify others, apart).
 fn kustomizations() -> Vec<PathBuf> {
@@ -93,17 +109,8 @@ fn every_manifest_renders_and_validates() {
         } else {
             "1.29.0"
         };
-        let out = Command::new(&validate)
-            .args(["--strict", "--quiet", "-k", version])
-            .arg(&file)
-            .output()
-            .unwrap();
-        let report = String::from_utf8_lossy(&out.stdout).into_owned()
-            + &String::from_utf8_lossy(&out.stderr);
-        assert!(
-            out.status.success() && !report.contains("ERROR"),
-            "{name}:\n{report}"
-        );
+        let report = validated(&validate, &file, version)
+            .unwrap_or_else(|report| panic!("{name}:\n{report}"));
         // Only the operator's CRDs lack a built-in schema.
         for line in report.lines().filter(|l| l.contains("WARN")) {
             assert!(
