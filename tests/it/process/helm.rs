@@ -158,3 +158,30 @@ fn an_apps_chart_gets_the_kustomize_sidecar() {
     assert_eq!(sidecar(&rendered), sidecar(&kustomized), "{rendered}");
     assert!(rendered.contains("name: distgate-sidecar"), "{rendered}");
 }
+
+/// The chart carries copies of files the kustomize bases and Prometheus use (a chart
+/// cannot read outside its directory): they stay the same files.
+#[test]
+fn the_charts_files_are_the_repositorys() {
+    for (copy, source) in [
+        (
+            "files/distgate-rules.yaml",
+            "deploy/prometheus/distgate-rules.yaml",
+        ),
+        (
+            "files/sidecar.toml",
+            "deploy/kubernetes/sidecar-config/distgate.toml",
+        ),
+        (
+            "files/gateway.toml",
+            "deploy/kubernetes/gateway/distgate.toml",
+        ),
+    ] {
+        let read = |path: &Path| std::fs::read_to_string(path).unwrap();
+        assert_eq!(
+            read(&root().join("deploy/helm/distgate").join(copy)),
+            read(&root().join(source)),
+            "deploy/helm/distgate/{copy} differs from {source}: copy it again"
+        );
+    }
+}
