@@ -182,6 +182,8 @@ pub(crate) struct Bridge {
     to_peer: Direction,
     from_peer_done: bool,
     to_peer_done: bool,
+    /// Whether the node's direction went first in the last poll.
+    node_first: bool,
     /// Once one side has closed, how long the other has to follow (`None`: for ever).
     linger: Option<Duration>,
     /// Boxed: the timer exists only while a link closes.
@@ -208,6 +210,7 @@ impl Bridge {
             to_peer: Direction::new(to_peer, engine.mode),
             from_peer_done: false,
             to_peer_done: false,
+            node_first: true,
             linger,
             timer: None,
             first: None,
@@ -239,9 +242,9 @@ impl Bridge {
         })
     }
 
-    /// The link cut by distgate while open (at shutdown): both sockets reset when the
-    /// bridge is dropped; what it carried so far.
-    pub(crate) fn cut(&mut self) -> Outcome {
+    /// The link cut by distgate while open, for `why` (at shutdown: [`ShutdownCut`]):
+    /// both sockets reset when the bridge is dropped; what it carried so far.
+    pub(crate) fn cut(&mut self, why: io::Error) -> Outcome {
         for stream in [&self.peer, &self.node] {
             // Best effort: the socket may be gone already.
             let _ = socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO));
@@ -251,7 +254,7 @@ impl Bridge {
                 from_peer: self.from_peer.meter().total(),
                 to_peer: self.to_peer.meter().total(),
             },
-            result: Err(io::Error::other(ShutdownCut)),
+            result: Err(why),
             closed_by: ClosedBy::Distgate,
         }
     }
@@ -259,24 +262,34 @@ impl Bridge {
     fn poll_directions(&mut self, engine: &Engine, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let (mut peer_in, mut peer_out) = self.peer.split();
         let (mut node_in, mut node_out) = self.node.split();
-        if !self.from_peer_done
-            && let Poll::Ready(result) =
-                self.from_peer.poll(&mut peer_in, &mut node_out, engine, cx)
-        {
-            if self.first.is_none() {
-                self.first = Some(ClosedBy::from_end(ClosedBy::Peer, &result));
+        // The two directions take turns going first: one whose source never runs dry
+        // would otherwise spend the task's budget on every poll, and the other, ticks
+        // included, would wait.
+        self.node_first = !self.node_first;
+        for node_side in [self.node_first, !self.node_first] {
+            let (done, direction, src, dst, sender) = match node_side {
+                false => (
+                    &mut self.from_peer_done,
+                    &mut self.from_peer,
+                    &mut peer_in,
+                    &mut node_out,
+                    ClosedBy::Peer,
+                ),
+                true => (
+                    &mut self.to_peer_done,
+                    &mut self.to_peer,
+                    &mut node_in,
+                    &mut peer_out,
+                    ClosedBy::Node,
+                ),
+            };
+            if !*done && let Poll::Ready(result) = direction.poll(src, dst, engine, cx) {
+                if self.first.is_none() {
+                    self.first = Some(ClosedBy::from_end(sender, &result));
+                }
+                result?;
+                *done = true;
             }
-            result?;
-            self.from_peer_done = true;
-        }
-        if !self.to_peer_done
-            && let Poll::Ready(result) = self.to_peer.poll(&mut node_in, &mut peer_out, engine, cx)
-        {
-            if self.first.is_none() {
-                self.first = Some(ClosedBy::from_end(ClosedBy::Node, &result));
-            }
-            result?;
-            self.to_peer_done = true;
         }
         if self.from_peer_done && self.to_peer_done {
             return Poll::Ready(Ok(()));
@@ -390,7 +403,8 @@ mod tests {
     }
 
     /// Small messages through a link, in every mode, allocate nothing in distgate's
-    /// thread once the link is up: no buffer, waker, span or channel per message.
+    /// thread once the link is up: no buffer, waker, span, log line, metric or channel
+    /// per message.
     #[test]
     fn a_small_message_allocates_nothing() {
         const WARM: u64 = 10;
@@ -440,7 +454,18 @@ mod tests {
                 }))
             };
             until(WARM);
-            let allocated = allocation_counter::measure(|| until(WARM + MEASURED));
+            // With a subscriber that takes every level and a metrics recorder, so a
+            // span, a log line or a metric per message would show as allocations.
+            let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+            let subscriber = tracing_subscriber::fmt()
+                .with_max_level(tracing::Level::TRACE)
+                .with_writer(std::io::sink)
+                .finish();
+            let allocated = tracing::subscriber::with_default(subscriber, || {
+                ::metrics::with_local_recorder(&recorder, || {
+                    allocation_counter::measure(|| until(WARM + MEASURED))
+                })
+            });
             assert_eq!(
                 (allocated.count_total, allocated.bytes_total),
                 (0, 0),

@@ -102,12 +102,18 @@ impl Flow {
     /// Adds the bytes gone since the last look to `counter`; whether there were any.
     /// Each byte is added once, whichever of the sweep and the close looks.
     fn settle(&self, counter: &::metrics::Counter) -> bool {
-        let bytes = self.bytes.load(Ordering::Relaxed);
-        let seen = self.seen.swap(bytes, Ordering::Relaxed);
-        if seen == bytes {
+        self.settle_to(self.bytes.load(Ordering::Relaxed), counter)
+    }
+
+    /// [`Flow::settle`] with `bytes` as read (possibly a while ago, by a sweep).
+    fn settle_to(&self, bytes: u64, counter: &::metrics::Counter) -> bool {
+        // `seen` only grows: a sweep that read `bytes` before the close settled a
+        // larger count adds nothing and never moves the counter back.
+        let seen = self.seen.fetch_max(bytes, Ordering::Relaxed);
+        if bytes <= seen {
             return false;
         }
-        counter.increment(bytes.wrapping_sub(seen));
+        counter.increment(bytes - seen);
         true
     }
 }
@@ -375,6 +381,23 @@ mod tests {
         let size = std::mem::size_of::<Link>();
         eprintln!("a link: {size} bytes");
         assert!(size <= 256, "a link is {size} bytes");
+    }
+
+    /// The sweep and the close both add what a flow carried to its counter: a sweep
+    /// that read the bytes before the close settled more adds nothing, and the
+    /// counter never goes back (it did with a swap: the stale sweep wrapped it).
+    #[test]
+    fn a_stale_sweep_never_moves_a_counter_back() {
+        let total = Arc::new(AtomicU64::new(0));
+        let counter = ::metrics::Counter::from_arc(Arc::clone(&total));
+        let flow = Flow::new(0);
+        flow.add(20);
+        assert!(flow.settle(&counter)); // the close: 20
+        assert!(!flow.settle_to(10, &counter)); // the sweep, with the 10 it read before
+        assert_eq!(total.load(Ordering::Relaxed), 20);
+        flow.add(5);
+        assert!(flow.settle(&counter));
+        assert_eq!(total.load(Ordering::Relaxed), 25);
     }
 
     #[test]

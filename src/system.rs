@@ -178,10 +178,12 @@ impl System {
         self.loops
             .spawn(Arc::clone(&self.forwarder).trim_pipes(stop()));
         self.loops.spawn(touch_live_links(self.touch_every, stop()));
-        self.loops.spawn(Arc::clone(&self.links).watch(stop()));
         self.loops.close();
         let admin_stop = CancellationToken::new();
         let admin_loops = TaskTracker::new();
+        // The links sweep brings their byte counters up to date: it goes on while the
+        // drain lets open links finish, as /metrics does.
+        admin_loops.spawn(Arc::clone(&self.links).watch(admin_stop.clone()));
         self.serve_admin(admin, metrics, control, &admin_stop, &admin_loops);
         self.health.set_listening();
         self.shutdown.cancelled().await;

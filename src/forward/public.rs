@@ -231,7 +231,12 @@ struct Open {
 impl Drop for Open {
     fn drop(&mut self) {
         if let Some(carried) = self.carried.take() {
-            let outcome = self.bridge.cut();
+            // Dropped by a panic of its own task rather than by shutdown: an error.
+            let why = match std::thread::panicking() {
+                true => std::io::Error::other("the link's task failed"),
+                false => std::io::Error::other(super::ShutdownCut),
+            };
+            let outcome = self.bridge.cut(why);
             link_down(*carried, &outcome);
         }
     }
