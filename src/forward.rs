@@ -226,36 +226,31 @@ impl Bridge {
             Poll::Pending => return Poll::Pending,
             Poll::Ready(result) => result,
         };
+        Poll::Ready(self.outcome(result))
+    }
+
+    /// The link cut by distgate while open, for `why` (at shutdown: [`ShutdownCut`]):
+    /// both sockets reset when the bridge is dropped; what it carried so far.
+    pub(crate) fn cut(&mut self, why: io::Error) -> Outcome {
+        self.first = Some(ClosedBy::Distgate);
+        self.outcome(Err(why))
+    }
+
+    /// How the link ended with `result`; on an error both sockets are set to reset.
+    fn outcome(&mut self, result: io::Result<()>) -> Outcome {
         if result.is_err() {
             for stream in [&self.peer, &self.node] {
                 // Best effort: the socket may be gone already.
                 let _ = socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO));
             }
         }
-        Poll::Ready(Outcome {
+        Outcome {
             bytes: ByteCounts {
                 from_peer: self.from_peer.meter().total(),
                 to_peer: self.to_peer.meter().total(),
             },
             result,
             closed_by: self.first.unwrap_or(ClosedBy::Distgate),
-        })
-    }
-
-    /// The link cut by distgate while open, for `why` (at shutdown: [`ShutdownCut`]):
-    /// both sockets reset when the bridge is dropped; what it carried so far.
-    pub(crate) fn cut(&mut self, why: io::Error) -> Outcome {
-        for stream in [&self.peer, &self.node] {
-            // Best effort: the socket may be gone already.
-            let _ = socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO));
-        }
-        Outcome {
-            bytes: ByteCounts {
-                from_peer: self.from_peer.meter().total(),
-                to_peer: self.to_peer.meter().total(),
-            },
-            result: Err(why),
-            closed_by: ClosedBy::Distgate,
         }
     }
 

@@ -440,6 +440,33 @@ fn listed<'a>(rendered: &'a str, key: &str) -> Vec<(String, Vec<&'a str>)> {
     found
 }
 
+/// Every shipped workload of app pods, rendered: the kustomize directories that carry a
+/// sidecar, and the one-file install.
+fn app_workloads() -> Vec<(String, String)> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dirs = [
+        "base",
+        "statefulset",
+        "sidecar-legacy",
+        "openshift",
+        "deployment",
+    ];
+    let mut renders: Vec<(String, String)> = dirs
+        .iter()
+        .map(|dir| {
+            (
+                dir.to_string(),
+                render(&root.join("deploy/kubernetes").join(dir)),
+            )
+        })
+        .collect();
+    renders.push((
+        "distgate.yaml".into(),
+        std::fs::read_to_string(root.join("deploy/distgate.yaml")).unwrap(),
+    ));
+    renders
+}
+
 /// Every app container the manifests ship starts no epmd, whatever command runs in it:
 /// `ERL_AFLAGS` is read by every `erl`, `bin/app rpc`, `remote` and `eval` included
 /// (README, "Set ERL_AFLAGS"), where `vm.args` reaches only the node.
@@ -448,27 +475,7 @@ fn every_app_container_sets_erl_aflags_start_epmd_false() {
     if !require(&["kubectl"]) {
         return;
     }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut renders: Vec<(String, String)> = [
-        "base",
-        "statefulset",
-        "sidecar-legacy",
-        "openshift",
-        "deployment",
-    ]
-    .iter()
-    .map(|dir| {
-        (
-            dir.to_string(),
-            render(&root.join("deploy/kubernetes").join(dir)),
-        )
-    })
-    .collect();
-    renders.push((
-        "distgate.yaml".into(),
-        std::fs::read_to_string(root.join("deploy/distgate.yaml")).unwrap(),
-    ));
-    for (what, rendered) in renders {
+    for (what, rendered) in app_workloads() {
         let apps: Vec<_> = containers(&rendered)
             .into_iter()
             .filter(|(name, _)| name != "distgate")
@@ -531,26 +538,7 @@ fn every_sidecar_reads_its_configmap() {
         return;
     }
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut renders: Vec<(String, String)> = [
-        "base",
-        "statefulset",
-        "sidecar-legacy",
-        "openshift",
-        "deployment",
-    ]
-    .iter()
-    .map(|dir| {
-        (
-            dir.to_string(),
-            render(&root.join("deploy/kubernetes").join(dir)),
-        )
-    })
-    .collect();
-    renders.push((
-        "distgate.yaml".into(),
-        std::fs::read_to_string(root.join("deploy/distgate.yaml")).unwrap(),
-    ));
-    for (what, rendered) in renders {
+    for (what, rendered) in app_workloads() {
         let sidecars: Vec<_> = listed(&rendered, "containers:")
             .into_iter()
             .chain(listed(&rendered, "initContainers:"))
