@@ -175,7 +175,20 @@ impl Federation {
             let every = self.config.get().watch_every;
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(every) => self.materials.refresh(None),
+                _ = tokio::time::sleep(every) => {}
+            }
+            // Off the runtime's threads: a mount that hangs (a CSI driver, a network
+            // file system) holds one blocking thread, never the links.
+            let this = Arc::clone(&self);
+            let read = tokio::task::spawn_blocking(move || this.materials.refresh(None));
+            if tokio::time::timeout(every.max(Duration::from_secs(10)), read)
+                .await
+                .is_err()
+                && self.may_log()
+            {
+                warn!(
+                    "reading the federation certificate files takes more than 10 s; the old material stays in force"
+                );
             }
         }
     }
@@ -252,7 +265,9 @@ impl Federation {
         peer: &Federate,
         request: &Request,
     ) -> Result<(Stream, Reply), Failure> {
-        let config = self.material().client(&peer.identity);
+        let Some(config) = self.material().client(&peer.identity) else {
+            return Err(Failure::Handshake(Handshake::Protocol));
+        };
         let sni = ServerName::try_from(peer.identity_host().to_owned())
             .map_err(|_| Failure::Handshake(Handshake::Protocol))?;
         let connector = tokio_rustls::TlsConnector::from(config);

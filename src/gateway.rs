@@ -179,6 +179,12 @@ impl Gateway {
         }
         self.leases.adopt(&old.leases, |routed| {
             let target = self.route_match(&routed.name)?;
+            // A name whose route now federates, or no longer does, is confirmed anew:
+            // its old port is another kind's (a node's, or a peer gateway's).
+            let was = old.route_match(&routed.name).and_then(|m| m.federate);
+            if was != target.federate {
+                return None;
+            }
             let terms = self.terms(target.route, &routed.name);
             let routed = Routed {
                 host: target.host.unwrap_or_else(|| routed.host.clone()),

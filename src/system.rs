@@ -316,6 +316,7 @@ impl System {
         if let Some(federation) = &self.federation {
             federation.set_config(&new.federation);
         }
+        (self.federation_limit).set_max(new.federation.max_connections.get());
         self.dist_limit.set_max(new.dist.max_connections.get());
         self.links.set_silent_after(new.dist.silent_after);
         self.health.set_ready_when(new.admin.ready_when.clone());

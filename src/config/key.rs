@@ -130,7 +130,7 @@ keys! {
     /// `[federation] handshake_timeout`.
     FederationHandshakeTimeout = "federation.handshake_timeout", federation.handshake_timeout, live;
     /// `[federation] max_connections`.
-    FederationMaxConnections = "federation.max_connections", federation.max_connections, restart;
+    FederationMaxConnections = "federation.max_connections", federation.max_connections, live;
     /// `[federation] watch_every`.
     FederationWatchEvery = "federation.watch_every", federation.watch_every, live;
 }

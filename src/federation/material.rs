@@ -88,6 +88,21 @@ impl fmt::Debug for Material {
     }
 }
 
+/// Largest certificate, key or bundle file read (a bundle of a few hundred CAs).
+const MAX_FILE: u64 = 1 << 20;
+
+fn read_bounded(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(MAX_FILE + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_FILE {
+        return Err(std::io::Error::other("larger than 1 MiB"));
+    }
+    Ok(bytes)
+}
+
 /// The three files' bytes.
 struct Files {
     cert: Vec<u8>,
@@ -97,7 +112,7 @@ struct Files {
 
 impl Files {
     fn read(paths: &Paths) -> Result<Files, MaterialError> {
-        let read = |p: &Path| std::fs::read(p).map_err(|e| fault(p, e));
+        let read = |p: &Path| read_bounded(p).map_err(|e| fault(p, e));
         Ok(Files {
             cert: read(&paths.cert)?,
             key: read(&paths.key)?,
@@ -177,7 +192,7 @@ impl Material {
     /// What to dial the peer gateway `identity` with: this gateway's certificate, and
     /// a verifier that wants the chain to end at `ca` and the certificate to be
     /// `identity` (a SPIFFE ID or DNS name).
-    pub fn client(&self, identity: &str) -> Arc<ClientConfig> {
+    pub fn client(&self, identity: &str) -> Option<Arc<ClientConfig>> {
         let verifier = Arc::new(PeerVerifier {
             roots: Arc::clone(&self.roots),
             provider: Arc::clone(&self.provider),
@@ -187,33 +202,16 @@ impl Material {
             self.chain.clone(),
             Arc::clone(&self.key),
         ));
-        let builder = ClientConfig::builder_with_provider(Arc::clone(&self.provider))
-            .with_protocol_versions(&[&rustls::version::TLS13]);
-        let mut config = match builder {
-            Ok(b) => b
-                .dangerous()
-                .with_custom_certificate_verifier(verifier)
-                .with_client_cert_resolver(Arc::new(Resolver(certified))),
-            // Unreachable: the provider supports TLS 1.3 (checked when loaded).
-            Err(_) => return Arc::new(self.fallback_client()),
-        };
+        // Fails only for a provider without TLS 1.3 (never this one): then no config.
+        let mut config = ClientConfig::builder_with_provider(Arc::clone(&self.provider))
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .ok()?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_client_cert_resolver(Arc::new(Resolver(certified)));
         config.alpn_protocols = vec![ALPN.to_vec()];
         config.resumption = rustls::client::Resumption::disabled();
-        Arc::new(config)
-    }
-
-    fn fallback_client(&self) -> ClientConfig {
-        ClientConfig::builder_with_provider(Arc::clone(&self.provider))
-            .with_safe_default_protocol_versions()
-            .map(|b| {
-                b.with_root_certificates(RootCertStore::empty())
-                    .with_no_client_auth()
-            })
-            .unwrap_or_else(|_| {
-                ClientConfig::builder()
-                    .with_root_certificates(RootCertStore::empty())
-                    .with_no_client_auth()
-            })
+        Some(Arc::new(config))
     }
 }
 

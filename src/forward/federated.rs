@@ -35,6 +35,9 @@ pub(crate) const FEDERATION_OUT: &str = "federation_out";
 /// The `direction` label of links a peer gateway carried in.
 pub(crate) const FEDERATION_IN: &str = "federation_in";
 
+/// Federation connections one source may have in their TLS handshake at once.
+pub(super) const HANDSHAKES_PER_SOURCE: usize = 64;
+
 /// Read size of a federated link's copy, each way.
 const CHUNK: usize = 64 * 1024;
 
@@ -122,7 +125,16 @@ impl Forwarder {
 
     /// B: one peer gateway's connection, from TLS to its request's end.
     async fn federated(&self, federation: Arc<Federation>, tcp: TcpStream, source: SocketAddr) {
-        let (mut tls, gateway, request, early) = match federation.accept(tcp, source).await {
+        let prefix = self.handshaking.source(source.ip());
+        let Ok(handshaking) = self.handshaking.admit(prefix, Instant::now()) else {
+            metrics::counter!(m::CONNECTIONS_REFUSED, "listener" => "federation", "reason" => "per_source")
+                .increment(1);
+            debug!(%source, "federation connection closed at accept: {HANDSHAKES_PER_SOURCE} from this source in their handshake");
+            return;
+        };
+        let accepted = federation.accept(tcp, source).await;
+        drop(handshaking);
+        let (mut tls, gateway, request, early) = match accepted {
             Ok(accepted) => accepted,
             Err(refused) => {
                 let reason = match refused {
@@ -293,8 +305,8 @@ impl Forwarder {
         N: AsyncRead + AsyncWrite + Unpin + Send,
     {
         let gateway = label;
-        let open = ::metrics::gauge!(m::FEDERATION_LINKS_OPEN, "peer" => gateway.clone());
-        open.increment(1.0);
+        let open =
+            OpenGauge::up(::metrics::gauge!(m::FEDERATION_LINKS_OPEN, "peer" => gateway.clone()));
         let carried = self.link_up(opened);
         let link = Arc::clone(&carried.listed.link);
         let linger = self.config.get().linger;
@@ -305,7 +317,7 @@ impl Forwarder {
             Way::ToPeer => (received, sent),
         };
         let outcome = bridge(peer, node, &link, [from_peer, to_peer], linger).await;
-        open.decrement(1.0);
+        drop(open);
         super::public::link_down(*carried, &outcome);
     }
 }
@@ -331,9 +343,20 @@ fn federated_source(gateway: &str, caller: IpAddr) -> IpAddr {
 
 /// Sends `reply` to the peer gateway.
 async fn send(tls: &mut Stream, reply: &Reply) -> std::io::Result<()> {
-    tls.write_all(&reply.encode()).await?;
-    tls.flush().await
+    let sending = async {
+        tls.write_all(&reply.encode()).await?;
+        tls.flush().await
+    };
+    // A few bytes into an empty socket: a peer that reads nothing still cannot hold
+    // the task past this.
+    match timeout(REPLY_TIMEOUT, sending).await {
+        Ok(sent) => sent,
+        Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+    }
 }
+
+/// How long a reply to a peer gateway may take to be written.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// B: the caller's first frame, read off the TLS stream after `early` (it cannot be
 /// peeked at): who it is and every byte read, to be passed on. `None`: closed first.
@@ -429,6 +452,23 @@ where
     }
 }
 
+/// `distgate_federation_links_open` for one link: up while it lives, down when it
+/// ends, however it ends (a task dropped at the end of the drain included).
+struct OpenGauge(::metrics::Gauge);
+
+impl OpenGauge {
+    fn up(gauge: ::metrics::Gauge) -> OpenGauge {
+        gauge.increment(1.0);
+        OpenGauge(gauge)
+    }
+}
+
+impl Drop for OpenGauge {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
+}
+
 enum Either {
     Up,
     Down,
@@ -457,5 +497,36 @@ where
         dst.flush().await?;
         link.carried(way, n as u64);
         gateway.increment(n as u64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reported_caller_is_keyed_with_its_gateway_apart_from_local_sources() {
+        let caller: IpAddr = "10.0.0.7".parse().unwrap();
+        let a = federated_source("spiffe://a.test/gw", caller);
+        assert_ne!(a, caller, "never the cluster's own 10.0.0.7");
+        assert_ne!(
+            a,
+            federated_source("spiffe://c.test/gw", caller),
+            "per gateway"
+        );
+        assert_ne!(
+            a,
+            federated_source("spiffe://a.test/gw", "10.0.0.8".parse().unwrap())
+        );
+        assert_eq!(a, federated_source("spiffe://a.test/gw", caller));
+        // An IPv6 caller is its /64, as on a public port.
+        let one = federated_source("g", "fd00:1:2:3::1".parse().unwrap());
+        assert_eq!(
+            one,
+            federated_source("g", "fd00:1:2:3::ffff".parse().unwrap())
+        );
+        let IpAddr::V6(v6) = one else { panic!() };
+        assert_eq!(v6.octets()[0], 0xfd);
+        assert_eq!(&v6.octets()[8..], &[0u8; 8], "one /64 per key");
     }
 }

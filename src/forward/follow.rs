@@ -3,7 +3,7 @@
 //! node sends. Once the node has sent its challenge ack the link is authenticated and
 //! the caller moves it to the engine (splice); this phase never holds a pipe.
 //!
-//! Memory: one buffer of [`BUFFER`] bytes, freed when the phase ends, and the
+//! Memory: one buffer of [`BUFFER`] bytes per side, freed when the phase ends, and the
 //! follower's one frame per side. Time: the caller bounds the phase with
 //! `[dist] handshake_timeout`.
 

@@ -89,6 +89,9 @@ pub(crate) struct Forwarder {
     log_unreachable: SharedBudget,
     /// Peer gateways are dialled with it (`None`: no `[federation]` material).
     federation: Live<Option<Arc<crate::federation::Federation>>>,
+    /// Federation connections still in their TLS handshake, per source: one source
+    /// cannot hold every federation slot before proving anything.
+    pub(super) handshaking: Arc<Guard>,
 }
 
 /// A link whose peer has proved itself (or speaks TLS), ready for the engine.
@@ -287,6 +290,10 @@ impl Forwarder {
                  (see distgate_dist_upstream_connect_failures_total)",
             ),
             federation: Live::new(None),
+            handshaking: Arc::new(Guard::new(Limits {
+                max_per_source: super::federated::HANDSHAKES_PER_SOURCE,
+                ..limits(config)
+            })),
         }
     }
 

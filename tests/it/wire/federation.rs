@@ -214,7 +214,7 @@ async fn a_silent_peer_and_an_endless_request_are_closed_at_the_deadline() {
         ca: files.ca.clone(),
     })
     .unwrap();
-    let connector = tokio_rustls::TlsConnector::from(material.client(B_ID));
+    let connector = tokio_rustls::TlsConnector::from(material.client(B_ID).unwrap());
     let started = Instant::now();
     let tcp = TcpStream::connect(b).await.unwrap();
     let name = rustls::pki_types::ServerName::try_from("b.test").unwrap();
@@ -251,7 +251,7 @@ async fn served_serial(p: &Pair) -> String {
         ca: p.dir.join("a-ca.crt"),
     })
     .unwrap();
-    let connector = tokio_rustls::TlsConnector::from(material.client(B_ID));
+    let connector = tokio_rustls::TlsConnector::from(material.client(B_ID).unwrap());
     let tcp = TcpStream::connect(p.b.federation.unwrap()).await.unwrap();
     let name = rustls::pki_types::ServerName::try_from("b.test").unwrap();
     let tls = connector.connect(name, tcp).await.unwrap();
@@ -315,4 +315,39 @@ async fn certificates_rotate_under_an_open_link_and_a_broken_file_keeps_the_old(
         port_please(p.a.epmd, "b-1").await.is_some(),
         "A still gets through"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_source_cannot_hold_every_federation_slot_before_its_handshake() {
+    let p = pair(Duration::from_secs(30)).await;
+    let b = p.b.federation.unwrap();
+    // 64 connections from 127.0.0.1 that never start TLS hold their places...
+    let mut held = vec![];
+    for _ in 0..64 {
+        held.push(TcpStream::connect(b).await.unwrap());
+    }
+    eventually("B to hold 64 federation connections", || async {
+        let m = metrics(&p.b).await;
+        let open = sample(
+            &m,
+            "distgate_connections_open",
+            &[("listener", "federation")],
+        );
+        (open == Some(64.0)).then_some(())
+    })
+    .await;
+    // ...and the 65th is closed at once, long before `handshake_timeout`.
+    let mut extra = TcpStream::connect(b).await.unwrap();
+    let mut buf = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_secs(10), extra.read(&mut buf)).await;
+    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "closed: {read:?}");
+    let m = metrics(&p.b).await;
+    let refused = [("listener", "federation"), ("reason", "per_source")];
+    assert_eq!(
+        sample(&m, "distgate_connections_refused_total", &refused),
+        Some(1.0)
+    );
+    // A itself, from the same address, waits for a place: one frees when a holder goes.
+    held.truncate(10);
+    assert!(port_please(p.a.epmd, "b-1").await.is_some());
 }
