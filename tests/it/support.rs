@@ -6,9 +6,12 @@ pub mod as_user;
 pub mod beam;
 pub mod binary;
 pub mod bytes;
+pub mod capture;
+pub mod clusters;
 pub mod dist;
 pub mod dnsmasq;
 pub mod netns;
+pub mod pki;
 
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
