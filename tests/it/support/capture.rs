@@ -20,9 +20,11 @@ impl Capture {
     pub fn start(ns: &str, dev: &str, file: &Path) -> Capture {
         let mut command = Command::new("ip");
         command
-            .args([
-                "netns", "exec", ns, "tcpdump", "-i", dev, "-n", "-s", "0", "-U",
-            ])
+            .args(["netns", "exec", ns, "tcpdump", "-i", dev, "-n", "-s", "0"])
+            // Each packet handed over and written as it comes: without it the packets
+            // of the last buffer timeout (1 s) are still in the kernel's ring when
+            // tcpdump is told to stop, and are lost.
+            .args(["--immediate-mode", "-U"])
             // Debian's tcpdump drops to its own user before it opens the file.
             .args(["-Z", "root", "-w"])
             .arg(file);
