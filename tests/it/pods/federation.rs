@@ -289,7 +289,7 @@ impl World {
              Chunk = rand:bytes(65536), \
              Streamer = spawn(fun() -> Send = fun Go(N) -> receive {{stop, From}} -> Sink ! {{count, self()}}, \
              receive {{sink, M, Bytes}} -> From ! {{streamed, N, M, Bytes}} end \
-             after 1 -> Sink ! {{chunk, Chunk}}, Go(N + 1) end end, Send(0) end), \
+             after 2 -> Sink ! {{chunk, Chunk}}, Go(N + 1) end end, Send(0) end), \
              register(fed_streamer, Streamer)"
         );
         assert_eq!(self.ask_a1(&start), "true");
@@ -331,7 +331,10 @@ impl World {
         let fields: Vec<u64> = stopped
             .trim_matches(|c| c == '{' || c == '}')
             .split(',')
-            .map(|f| f.parse().unwrap())
+            .map(|f| {
+                f.parse()
+                    .unwrap_or_else(|_| panic!("the stream's end: {stopped}"))
+            })
             .collect();
         assert_eq!(fields[0], fields[1], "sent and received differ: {stopped}");
         assert_eq!(fields[2], fields[1] * 65536, "{stopped}");
