@@ -37,6 +37,9 @@ pub struct LinkView {
     pub idle_from_peer: f64,
     /// Seconds since the last byte to the peer.
     pub idle_to_peer: f64,
+    /// The peer gateway (its identity) a link across gateways goes through.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_gateway: Option<String>,
 }
 
 /// A registered node as `/nodes` shows it.

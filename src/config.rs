@@ -53,6 +53,55 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// `[log]`.
     pub log: LogConfig,
+    /// `[federation]`: links to and from peer gateways over mutual TLS.
+    pub federation: FederationConfig,
+}
+
+/// `[federation]`: where peer gateways connect, this gateway's certificate, and whom
+/// it trusts. Routes with `federate` dial peer gateways with the same material.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FederationConfig {
+    /// Where peer gateways connect; empty (the default) turns the listener off.
+    pub listen: Vec<SocketAddr>,
+    /// This gateway's certificate chain (PEM), leaf first.
+    pub cert: Option<std::path::PathBuf>,
+    /// Its private key (PEM).
+    pub key: Option<std::path::PathBuf>,
+    /// Trust anchors for peer gateways' certificates (a PEM bundle).
+    pub ca: Option<std::path::PathBuf>,
+    /// Globs over the URI and DNS SANs of the peer gateways allowed to connect.
+    pub peers: Vec<String>,
+    /// The TLS handshake and the request header, each way, must end within this.
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// Federation connections (lookups and links) served at once.
+    pub max_connections: NonZeroUsize,
+    /// How often the certificate, key and trust anchors are read again for a change.
+    #[serde(with = "humantime_serde")]
+    pub watch_every: Duration,
+}
+
+impl Default for FederationConfig {
+    fn default() -> Self {
+        FederationConfig {
+            listen: Vec::new(),
+            cert: None,
+            key: None,
+            ca: None,
+            peers: Vec::new(),
+            handshake_timeout: Duration::from_secs(5),
+            max_connections: NonZeroUsize::new(1024).unwrap_or(NonZeroUsize::MIN),
+            watch_every: Duration::from_secs(2),
+        }
+    }
+}
+
+impl FederationConfig {
+    /// Whether any part of federation is configured: a listener, or material.
+    pub fn wanted(&self, routes: &[Route]) -> bool {
+        !self.listen.is_empty() || routes.iter().any(Route::federates)
+    }
 }
 
 /// `[log]`: what is logged. The format is chosen on the command line.
@@ -374,7 +423,7 @@ impl Default for MetricsConfig {
 }
 
 /// The name part of a node name as epmd stores it: no `@`, 1..=255 characters.
-fn check_node_name(name: &str) -> Result<(), String> {
+pub(crate) fn check_node_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.chars().count() > 255 {
         return Err("a node name has 1 to 255 characters".into());
     }

@@ -18,6 +18,7 @@ use crate::epmd::message::Port2Resp;
 use crate::live::Live;
 use crate::ports::{Holder, PortPlan, Ports};
 use crate::registry::Registry;
+use crate::route::Federate;
 
 /// A boxed future, for the async methods of [`Routes`].
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -27,10 +28,14 @@ pub trait Routes: Send + Sync + fmt::Debug {
     /// PORT2_RESP for routed name `name` (its public port), or `None` when no route
     /// takes it, its upstream does not have it or no public port is left.
     fn port_please<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Option<Port2Resp>>;
+    /// [`Routes::port_please`] by the routes that do not federate: what a peer gateway
+    /// is told (a name is never passed on from one peer gateway to another).
+    fn port_please_here<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Option<Port2Resp>>;
     /// Routed names holding public ports, with those ports, oldest first.
     fn names(&self) -> Vec<(String, u16)>;
-    /// The upstream host and dist port of routed name `name`.
-    fn upstream(&self, name: &str) -> Option<(String, u16)>;
+    /// The upstream host and dist port of routed name `name`, and the peer gateway
+    /// when a route federates it.
+    fn upstream(&self, name: &str) -> Option<(String, u16, Option<Federate>)>;
     /// The address to dial for an upstream host.
     fn resolve<'a>(&'a self, host: &'a str) -> BoxFuture<'a, Result<IpAddr, DnsError>>;
     /// A hold on routed name `name` for one connection, kept while it is open.
@@ -72,6 +77,9 @@ pub enum Destination {
         host: String,
         /// The upstream's dist port.
         port: u16,
+        /// The peer gateway that holds the name (then `host:port` is its federation
+        /// listener).
+        federate: Option<Federate>,
     },
 }
 
@@ -131,6 +139,18 @@ impl Directory {
         }
     }
 
+    /// PORT2_RESP for `name` as a peer gateway is told: the local node, else a name
+    /// the routes that do not federate take.
+    pub async fn port_please_here(&self, name: &str) -> Option<Port2Resp> {
+        if let Some(node) = self.registry.get(name) {
+            return Some(node.port2_resp());
+        }
+        match self.routes() {
+            Some(routes) => routes.port_please_here(name).await,
+            None => None,
+        }
+    }
+
     /// What NAMES lists: local nodes newest first, then routed names oldest first.
     pub fn names(&self) -> Vec<(String, u16)> {
         let mut names: Vec<(String, u16)> = (self.registry.nodes().into_iter())
@@ -153,8 +173,13 @@ impl Directory {
                 Some(Destination::Local { name, addr })
             }
             Holder::Routed(name) => {
-                let (host, port) = self.routes()?.upstream(&name)?;
-                Some(Destination::Routed { name, host, port })
+                let (host, port, federate) = self.routes()?.upstream(&name)?;
+                Some(Destination::Routed {
+                    name,
+                    host,
+                    port,
+                    federate,
+                })
             }
         }
     }

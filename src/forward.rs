@@ -11,6 +11,7 @@
 mod admission;
 mod copy;
 mod direction;
+mod federated;
 mod follow;
 mod guard;
 mod identify;

@@ -55,6 +55,10 @@ pub struct Gateway {
     discovering: Arc<AtomicUsize>,
     /// Peers ask at will: the warnings of failed lookups are bounded.
     log: SharedBudget,
+    /// Peer gateways are asked with it (routes with `federate`).
+    federation: Option<Arc<crate::federation::Federation>>,
+    /// `[dist] connect_timeout`, for dialling peer gateways.
+    connect_timeout: Duration,
 }
 
 /// Why a routed name has no answer; the `result` of `distgate_gateway_lookups_total`.
@@ -130,7 +134,7 @@ impl Gateway {
                     *records,
                     route.epmd_port,
                 )),
-                Upstream::Host(_) => None,
+                Upstream::Host(_) | Upstream::Federate(_) => None,
             })
             .collect();
         let labels = routes.iter().map(Route::label).collect();
@@ -145,7 +149,20 @@ impl Gateway {
             log: SharedBudget::new(
                 "more routed lookups failed than logged (see distgate_gateway_lookups_total)",
             ),
+            federation: None,
+            connect_timeout: crate::config::DistConfig::default().connect_timeout,
         }
+    }
+
+    /// Asks peer gateways with `federation`, dialling within `connect_timeout`.
+    pub fn with_federation(
+        mut self,
+        federation: Option<Arc<crate::federation::Federation>>,
+        connect_timeout: Duration,
+    ) -> Gateway {
+        self.federation = federation;
+        self.connect_timeout = connect_timeout;
+        self
     }
 
     /// Takes over from `old`, the gateway a reload replaces, before serving: the
@@ -367,6 +384,9 @@ impl Gateway {
     /// Where `name` lives upstream and what it registered there (the lease's public
     /// port left 0), or why not.
     async fn confirm(&self, name: &str, target: &route::Match) -> Result<Routed, Miss> {
+        if let Some(peer) = &target.federate {
+            return self.confirm_across(name, peer).await;
+        }
         let (host, epmd) = match &target.host {
             Some(host) => match self.resolve(host).await {
                 Ok(ip) => (host.clone(), SocketAddr::new(ip, target.epmd_port)),
@@ -417,6 +437,41 @@ impl Gateway {
     }
 }
 
+impl Gateway {
+    /// Asks peer gateway `peer` whether `name` lives behind it.
+    async fn confirm_across(&self, name: &str, peer: &route::Federate) -> Result<Routed, Miss> {
+        let Some(federation) = &self.federation else {
+            return Err(Miss::Upstream);
+        };
+        let ip = match self.resolve(&peer.host).await {
+            Ok(ip) => ip,
+            Err(e) => {
+                if self.may_log() {
+                    warn!(node = name, host = %peer.host, "peer gateway does not resolve: {e}");
+                }
+                return Err(Miss::Dns);
+            }
+        };
+        let addr = SocketAddr::new(ip, peer.port);
+        match federation
+            .lookup(addr, peer, name, self.connect_timeout)
+            .await
+        {
+            Ok(Some(info)) => Ok(Routed {
+                name: name.to_owned(),
+                host: peer.host.clone(),
+                dist_port: peer.port,
+                info,
+            }),
+            Ok(None) => Err(Miss::Unknown),
+            Err(failure) => {
+                debug!(node = name, gateway = %peer.identity, ?failure, "peer gateway lookup failed");
+                Err(Miss::Upstream)
+            }
+        }
+    }
+}
+
 impl Routes for Gateway {
     fn port_please<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Option<Port2Resp>> {
         Box::pin(async move {
@@ -431,8 +486,22 @@ impl Routes for Gateway {
         leases.map(|l| (l.routed.name, l.public_port)).collect()
     }
 
-    fn upstream(&self, name: &str) -> Option<(String, u16)> {
-        (self.leases.get(name)).map(|l| (l.routed.host, l.routed.dist_port))
+    fn port_please_here<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Option<Port2Resp>> {
+        Box::pin(async move {
+            let federates = self.route_match(name)?.federate.is_some();
+            if federates {
+                return None;
+            }
+            Gateway::port_please(self, name)
+                .await
+                .map(|l| l.port2_resp())
+        })
+    }
+
+    fn upstream(&self, name: &str) -> Option<(String, u16, Option<route::Federate>)> {
+        let lease = self.leases.get(name)?;
+        let federate = self.route_match(name).and_then(|m| m.federate);
+        Some((lease.routed.host, lease.routed.dist_port, federate))
     }
 
     fn resolve<'a>(&'a self, host: &'a str) -> BoxFuture<'a, Result<IpAddr, DnsError>> {

@@ -57,6 +57,7 @@ pub mod config;
 pub mod directory;
 pub mod dns;
 pub mod epmd;
+pub mod federation;
 pub mod forward;
 pub mod gateway;
 pub mod glob;
@@ -99,6 +100,8 @@ pub struct Listeners {
     pub dist: Vec<(u16, TcpListener)>,
     /// Admin HTTP listeners (metrics and probes).
     pub admin: Vec<TcpListener>,
+    /// Federation listeners (`[federation] listen`): peer gateways connect there.
+    pub federation: Vec<TcpListener>,
 }
 
 /// How the drain at shutdown ended.
@@ -119,6 +122,9 @@ pub enum SetupError {
     /// The DNS resolver for the routes.
     #[error(transparent)]
     Dns(#[from] dns::DnsSetupError),
+    /// The federation certificate, key or trust anchors.
+    #[error("`[federation]` material: {0}")]
+    Federation(#[from] federation::MaterialError),
 }
 
 impl SetupError {
@@ -126,6 +132,7 @@ impl SetupError {
     pub fn reason(&self) -> &'static str {
         match self {
             SetupError::Dns(e) => e.reason(),
+            SetupError::Federation(_) => "federation_material",
         }
     }
 }
@@ -209,9 +216,16 @@ impl Distgate {
     /// in force then) for open connections to end. The admin endpoints serve until
     /// the drain is over, with `/readyz` failing from the moment shutdown begins.
     pub async fn run(self, listeners: Listeners) -> Drain {
-        let Listeners { epmd, dist, admin } = listeners;
+        let Listeners {
+            epmd,
+            dist,
+            admin,
+            federation,
+        } = listeners;
         let system = Arc::clone(&self.system);
-        self.reloader.start(|| system.start(epmd, dist)).await;
+        self.reloader
+            .start(|| system.start(epmd, dist, federation))
+            .await;
         let control = self.reloader as Arc<dyn admin::Control>;
         self.system.serve(admin, self.metrics, control).await
     }

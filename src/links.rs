@@ -67,6 +67,11 @@ pub struct Flow {
 }
 
 impl Flow {
+    /// Bytes gone this way so far.
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
     fn new(bytes: u64) -> Flow {
         Flow {
             bytes: AtomicU64::new(bytes),
@@ -130,6 +135,8 @@ pub struct Link {
     /// The public dist port the peer dialled.
     public_port: u16,
     tls: bool,
+    /// The peer gateway, for a link across gateways.
+    gateway: Option<String>,
     /// From the peer towards the node.
     pub from_peer: Flow,
     /// From the node towards the peer.
@@ -183,6 +190,8 @@ pub(crate) struct NewLink {
     pub(crate) public_port: u16,
     /// A TLS link (its handshake not followed).
     pub(crate) tls: bool,
+    /// The peer gateway, for a link across gateways.
+    pub(crate) gateway: Option<String>,
     /// Bytes already passed on during the handshake.
     pub(crate) bytes: ByteCounts,
 }
@@ -221,6 +230,7 @@ impl Links {
             source: new.source,
             public_port: new.public_port,
             tls: new.tls,
+            gateway: new.gateway,
             from_peer: Flow::new(new.bytes.from_peer),
             to_peer: Flow::new(new.bytes.to_peer),
         });
@@ -341,6 +351,7 @@ impl Link {
             bytes_to_peer: self.to_peer.bytes.load(Ordering::Relaxed),
             idle_from_peer: self.from_peer.idle(now).as_secs_f64(),
             idle_to_peer: self.to_peer.idle(now).as_secs_f64(),
+            peer_gateway: self.gateway.clone(),
         }
     }
 }
@@ -367,6 +378,7 @@ mod tests {
             source: "127.0.0.1:5000".parse().unwrap(),
             public_port: 43691,
             tls: false,
+            gateway: None,
             bytes: ByteCounts {
                 from_peer: 10,
                 to_peer: 20,

@@ -149,6 +149,22 @@ pub const SPLICE_PIPES_SHORT: &str = "distgate_splice_pipes_short_total";
 pub const SPLICE_COPY_FALLBACKS: &str = "distgate_splice_copy_fallbacks_total";
 /// Log lines that could not be written (stderr closed or full) and were dropped.
 pub const LOG_LINES_DROPPED: &str = "distgate_log_lines_dropped_total";
+/// Federated links open, by peer gateway.
+pub const FEDERATION_LINKS_OPEN: &str = "distgate_federation_links_open";
+/// TLS handshakes with peer gateways, by peer, side and result.
+pub const FEDERATION_HANDSHAKES: &str = "distgate_federation_handshakes_total";
+/// Lookups across gateways, by peer, side and result.
+pub const FEDERATION_LOOKUPS: &str = "distgate_federation_lookups_total";
+/// Dist bytes received from peer gateways, by peer.
+pub const FEDERATION_RECEIVED: &str = "distgate_federation_received_bytes_total";
+/// Dist bytes sent to peer gateways, by peer.
+pub const FEDERATION_SENT: &str = "distgate_federation_sent_bytes_total";
+/// Whether the last dial of a peer gateway worked.
+pub const FEDERATION_PEER_UP: &str = "distgate_federation_peer_up";
+/// Federation certificate material read again, by result.
+pub const FEDERATION_CERT_RELOADS: &str = "distgate_federation_certificate_reloads_total";
+/// This gateway's certificate's not-after.
+pub const FEDERATION_CERT_EXPIRY: &str = "distgate_federation_certificate_expiry_seconds";
 
 /// Every metric name, for documentation and for checking dashboards.
 pub const ALL: &[&str] = &[
@@ -186,6 +202,14 @@ pub const ALL: &[&str] = &[
     SPLICE_PIPES_SHORT,
     SPLICE_COPY_FALLBACKS,
     LOG_LINES_DROPPED,
+    FEDERATION_LINKS_OPEN,
+    FEDERATION_HANDSHAKES,
+    FEDERATION_LOOKUPS,
+    FEDERATION_RECEIVED,
+    FEDERATION_SENT,
+    FEDERATION_PEER_UP,
+    FEDERATION_CERT_RELOADS,
+    FEDERATION_CERT_EXPIRY,
 ];
 
 /// Dist link durations: from a failed handshake to links that live for days.
@@ -229,6 +253,35 @@ fn start() {
 }
 
 fn describe() {
+    describe_gauge!(
+        FEDERATION_LINKS_OPEN,
+        "Federated dist links open now, by peer gateway"
+    );
+    describe_counter!(
+        FEDERATION_HANDSHAKES,
+        "TLS handshakes with peer gateways, by peer, side (client: dialled, server: accepted) and result (ok, untrusted, not_allowed, timeout, protocol)"
+    );
+    describe_counter!(
+        FEDERATION_LOOKUPS,
+        "Name lookups across gateways, by peer, side and result"
+    );
+    describe_counter!(
+        FEDERATION_RECEIVED,
+        "Dist bytes received from peer gateways, by peer"
+    );
+    describe_counter!(FEDERATION_SENT, "Dist bytes sent to peer gateways, by peer");
+    describe_gauge!(
+        FEDERATION_PEER_UP,
+        "1 when the last dial of the peer gateway (TLS and its answer) worked, 0 when it failed"
+    );
+    describe_counter!(
+        FEDERATION_CERT_RELOADS,
+        "Federation certificate, key and trust anchors read again after a change, by result (ok, error: the old material stays)"
+    );
+    describe_gauge!(
+        FEDERATION_CERT_EXPIRY,
+        "When this gateway's federation certificate expires, seconds since the Unix epoch"
+    );
     describe_gauge!(BUILD_INFO, "distgate's version, as a label; always 1");
     describe_counter!(EPMD_REQUESTS, "EPMD requests served, by type and result");
     describe_gauge!(

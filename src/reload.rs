@@ -282,11 +282,16 @@ impl Reloader {
             .any(|key| changed.contains(key));
         let routes_changed =
             plan_changed || changed.contains(&Key::Route) || changed.contains(&Key::Dns);
+        let federation = self.system.federation();
+        if federation.is_none() && new.federation.wanted(&new.routes) {
+            // Federation turned on where it was off: its material and listener come with a restart.
+            return Err(ReloadError::RestartNeeded(vec![Key::FederationCert]));
+        }
         let gateway = match routes_changed {
-            true => Some(Gateway::from_config(
-                &new,
-                Arc::clone(self.system.directory.ports()),
-            )?),
+            true => Some(
+                Gateway::from_config(&new, Arc::clone(self.system.directory.ports()))?
+                    .map(|g| g.with_federation(federation, new.dist.connect_timeout)),
+            ),
             false => None,
         };
         Ok(Change {

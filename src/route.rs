@@ -35,12 +35,23 @@ pub enum RouteError {
     /// `records` with `upstream`.
     #[error("`records` belongs to `discover`, not `upstream`")]
     RecordsWithoutDiscover,
-    /// Both `upstream` and `discover`.
-    #[error("give `upstream` or `discover`, not both")]
+    /// More than one of `upstream`, `discover` and `federate`.
+    #[error("give one of `upstream`, `discover` and `federate`")]
     Both,
-    /// Neither `upstream` nor `discover`.
-    #[error("missing `upstream` (a host template) or `discover` (a service name)")]
+    /// Neither `upstream` nor `discover` nor `federate`.
+    #[error(
+        "missing `upstream` (a host template), `discover` (a service name) or `federate` (a peer gateway)"
+    )]
     Neither,
+    /// A `federate` that is no `host:port`.
+    #[error("`federate`: `{0}` is not host:port (the peer gateway's `federation.listen`)")]
+    NotAGateway(String),
+    /// `identity` without `federate`.
+    #[error("`identity` belongs to `federate`")]
+    IdentityWithoutFederate,
+    /// An `identity` that is neither a SPIFFE ID nor a DNS name.
+    #[error("`identity`: `{0}` is neither a SPIFFE ID (spiffe://trust-domain/path) nor a DNS name")]
+    NotAnIdentity(String),
     /// `lease_idle = "0s"`.
     #[error("`lease_idle` must be more than 0: a peer looks a name up, then connects")]
     ZeroLeaseIdle,
@@ -57,6 +68,9 @@ impl RouteError {
             RouteError::RecordsWithoutDiscover => "records_without_discover",
             RouteError::Both => "upstream_and_discover",
             RouteError::Neither => "no_upstream",
+            RouteError::NotAGateway(_) => "not_a_gateway",
+            RouteError::IdentityWithoutFederate => "identity_without_federate",
+            RouteError::NotAnIdentity(_) => "not_an_identity",
             RouteError::ZeroLeaseIdle => "zero_lease_idle",
         }
     }
@@ -244,6 +258,11 @@ impl Route {
     pub fn label(&self) -> String {
         self.nodes.to_string()
     }
+
+    /// Whether the route sends its names to a peer gateway.
+    pub fn federates(&self) -> bool {
+        matches!(self.upstream, Upstream::Federate { .. })
+    }
 }
 
 /// How long a lease must go unused before the pool may take it back.
@@ -262,6 +281,69 @@ pub enum Upstream {
         /// Which records list its members.
         records: Records,
     },
+    /// `federate = "gw-b.example:43690"`: a peer gateway, over mutual TLS, which
+    /// answers for the name from its own routes and nodes.
+    Federate(Federate),
+}
+
+/// A peer gateway a route federates with.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Federate {
+    /// Its federation listener's host (resolved at each connect).
+    pub host: String,
+    /// Its federation port.
+    pub port: u16,
+    /// What its certificate must carry: a SPIFFE ID (its one URI SAN) or a DNS name.
+    pub identity: String,
+}
+
+impl Federate {
+    /// `federate = "host:port"` with `identity` (default: the host).
+    pub fn new(federate: &str, identity: Option<String>) -> Result<Federate, RouteError> {
+        let bad = || RouteError::NotAGateway(federate.to_owned());
+        let (host, port) = federate.rsplit_once(':').ok_or_else(bad)?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let port: u16 = port.parse().ok().filter(|&p| p != 0).ok_or_else(bad)?;
+        if host.is_empty() || host.contains(char::is_whitespace) || host.contains('/') {
+            return Err(bad());
+        }
+        let identity = identity.unwrap_or_else(|| host.to_owned());
+        if !is_identity(&identity) {
+            return Err(RouteError::NotAnIdentity(identity));
+        }
+        Ok(Federate {
+            host: host.to_owned(),
+            port,
+            identity,
+        })
+    }
+
+    /// The host of its identity: the SPIFFE trust domain, or the DNS name (what TLS
+    /// sends as SNI).
+    pub fn identity_host(&self) -> &str {
+        identity_host(&self.identity)
+    }
+}
+
+/// The host part of an identity: a SPIFFE ID's trust domain, else the name itself.
+pub fn identity_host(identity: &str) -> &str {
+    match identity.strip_prefix("spiffe://") {
+        Some(rest) => rest.split('/').next().unwrap_or(rest),
+        None => identity,
+    }
+}
+
+/// Whether `s` is a SPIFFE ID (`spiffe://` + a trust domain + an optional path) or a
+/// DNS name or address.
+fn is_identity(s: &str) -> bool {
+    let host = identity_host(s);
+    let host_ok = !host.is_empty()
+        && host.len() <= 253
+        && (host.bytes()).all(|b| b.is_ascii_alphanumeric() || b"-._:".contains(&b));
+    match s.strip_prefix("spiffe://") {
+        Some(rest) => host_ok && (rest.len() == host.len() || rest[host.len()..].starts_with('/')),
+        None => host_ok,
+    }
 }
 
 /// Which DNS records list a discovery route's members.
@@ -283,6 +365,8 @@ struct RawRoute {
     upstream: Option<Template>,
     discover: Option<String>,
     records: Option<Records>,
+    federate: Option<String>,
+    identity: Option<String>,
     #[serde(default = "default_dist_port")]
     port: UpstreamPort,
     #[serde(default = "default_epmd_port")]
@@ -299,14 +383,24 @@ impl TryFrom<RawRoute> for Route {
         if raw.lease_idle.is_zero() {
             return Err(RouteError::ZeroLeaseIdle);
         }
-        let upstream = match (raw.upstream, raw.discover) {
-            (Some(template), None) => {
+        if raw.identity.is_some() && raw.federate.is_none() {
+            return Err(RouteError::IdentityWithoutFederate);
+        }
+        let upstream = match (raw.upstream, raw.discover, raw.federate) {
+            (None, None, Some(federate)) => {
+                if raw.records.is_some() {
+                    return Err(RouteError::RecordsWithoutDiscover);
+                }
+                Upstream::Federate(Federate::new(&federate, raw.identity)?)
+            }
+            (Some(_), _, Some(_)) | (_, Some(_), Some(_)) => return Err(RouteError::Both),
+            (Some(template), None, None) => {
                 if raw.records.is_some() {
                     return Err(RouteError::RecordsWithoutDiscover);
                 }
                 Upstream::Host(template)
             }
-            (None, Some(service)) => {
+            (None, Some(service), None) => {
                 if service.is_empty() || service.contains(char::is_whitespace) {
                     return Err(RouteError::NotAService(service));
                 }
@@ -315,8 +409,8 @@ impl TryFrom<RawRoute> for Route {
                     records: raw.records.unwrap_or(Records::A),
                 }
             }
-            (Some(_), Some(_)) => return Err(RouteError::Both),
-            (None, None) => return Err(RouteError::Neither),
+            (Some(_), Some(_), None) => return Err(RouteError::Both),
+            (None, None, None) => return Err(RouteError::Neither),
         };
         Ok(Route {
             nodes: raw.nodes,
@@ -353,6 +447,8 @@ pub struct Match {
     pub port: UpstreamPort,
     /// Where the upstream answers EPMD.
     pub epmd_port: u16,
+    /// The peer gateway, for a federating route.
+    pub federate: Option<Federate>,
 }
 
 /// The first route whose glob matches `name`; `None` when no route takes it (the name
@@ -363,15 +459,18 @@ pub fn first_match(routes: &[Route], name: &str) -> Option<Match> {
         .iter()
         .enumerate()
         .find(|(_, r)| r.nodes.matches(name))?;
-    let host = match &route.upstream {
-        Upstream::Host(template) => Some(template.expand(name)?),
-        Upstream::Discover { .. } => None,
+    let (host, federate) = match &route.upstream {
+        Upstream::Host(template) => (Some(template.expand(name)?), None),
+        Upstream::Discover { .. } => (None, None),
+        // A peer gateway checks the name itself (its own routes and nodes).
+        Upstream::Federate(f) => (Some(f.host.clone()), Some(f.clone())),
     };
     Some(Match {
         route: index,
         host,
         port: route.port,
         epmd_port: route.epmd_port,
+        federate,
     })
 }
 
@@ -439,6 +538,7 @@ mod tests {
                 host: Some("app-db1.db.svc".into()),
                 port: UpstreamPort::Epmd,
                 epmd_port: 4369,
+                federate: None,
             })
         );
         assert_eq!(
@@ -451,6 +551,40 @@ mod tests {
         // A template route cannot put a non-label name in a host; nor can it pass it on.
         assert_eq!(first_match(&routes[..2], "app-X_1"), None);
         assert_eq!(first_match(&routes[..2], "web-1"), None);
+    }
+
+    #[test]
+    fn federate_routes_name_a_gateway_and_its_identity() {
+        let f = Federate::new("gw-b.example:43690", None).unwrap();
+        assert_eq!((f.host.as_str(), f.port), ("gw-b.example", 43690));
+        assert_eq!(
+            (f.identity.as_str(), f.identity_host()),
+            ("gw-b.example", "gw-b.example")
+        );
+        let spiffe = Some("spiffe://b.example/ns/distgate/sa/gateway".to_owned());
+        let f = Federate::new("[::1]:43690", spiffe).unwrap();
+        assert_eq!((f.host.as_str(), f.identity_host()), ("::1", "b.example"));
+        for bad in ["gw-b", "gw-b:0", "gw-b:x", ":43690", "a b:1"] {
+            assert_eq!(
+                Federate::new(bad, None),
+                Err(RouteError::NotAGateway(bad.into())),
+                "{bad}"
+            );
+        }
+        for bad in ["spiffe://", "spiffe://b x/y", "spiffe://b.example?x", ""] {
+            let bad = Some(bad.to_owned());
+            assert!(matches!(
+                Federate::new("gw:1", bad),
+                Err(RouteError::NotAnIdentity(_))
+            ));
+        }
+        let route = Route::new(
+            glob("b-*"),
+            Upstream::Federate(Federate::new("gw:1", None).unwrap()),
+        );
+        let m = first_match(std::slice::from_ref(&route), "b-X_1").unwrap();
+        assert_eq!(m.host.as_deref(), Some("gw"));
+        assert_eq!(m.federate.unwrap().port, 1);
     }
 
     #[test]

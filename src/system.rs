@@ -19,6 +19,7 @@ use tracing::{info, warn};
 use crate::accept::Acceptor;
 use crate::config::Config;
 use crate::directory::{Directory, Routes};
+use crate::federation::Federation;
 use crate::forward::public::Forwarder;
 use crate::gateway::Gateway;
 use crate::limit::Limit;
@@ -44,6 +45,9 @@ pub(crate) struct System {
     pub(crate) public: PublicPorts,
     /// The gateway in force (the admin's `/nodes` reads it too).
     gateway: Live<Option<Arc<Gateway>>>,
+    /// What peer gateways are dialled and served with (`[federation]`).
+    federation: Option<Arc<Federation>>,
+    federation_limit: Arc<Limit>,
     /// Stops the maintenance loops of the gateway in force.
     maintain: Mutex<Option<CancellationToken>>,
     /// `[shutdown] grace` in force, read when the drain begins.
@@ -78,6 +82,13 @@ pub(crate) struct Change {
 }
 
 impl System {
+    /// What peer gateways are dialled and served with.
+    pub(crate) fn federation(&self) -> Option<Arc<Federation>> {
+        self.federation.clone()
+    }
+}
+
+impl System {
     /// Composes a distgate for `config` whose public ports are `plan`; cancelling
     /// `shutdown` stops it.
     pub(crate) fn build(
@@ -86,7 +97,10 @@ impl System {
         shutdown: CancellationToken,
     ) -> Result<System, SetupError> {
         let ports = Arc::new(Ports::new(plan));
-        let gateway = Gateway::from_config(config, Arc::clone(&ports))?.map(Arc::new);
+        let federation = Federation::from_config(&config.federation, &config.routes)?.map(Arc::new);
+        let gateway = Gateway::from_config(config, Arc::clone(&ports))?
+            .map(|g| g.with_federation(federation.clone(), config.dist.connect_timeout))
+            .map(Arc::new);
         let routes = gateway.clone().map(|g| g as Arc<dyn Routes>);
         let directory = Arc::new(Directory::new(ports, routes));
         let connections = TaskTracker::new();
@@ -124,7 +138,14 @@ impl System {
             shutdown.clone(),
         ));
         health.set_discovery(gateway.as_ref().map(|g| g.discovering()));
+        forwarder.set_federation(federation.clone());
+        let federation_limit = Arc::new(Limit::new(
+            "federation",
+            config.federation.max_connections.get(),
+        ));
         Ok(System {
+            federation,
+            federation_limit,
             public: PublicPorts::new(Arc::clone(&forwarder), loops.clone(), shutdown.clone()),
             directory,
             links,
@@ -153,9 +174,33 @@ impl System {
     /// Starts serving EPMD on `epmd` and the public dist ports on `dist`, and the
     /// gateway's maintenance: called once, under the reload lock (a reload waits for
     /// it, and one before it is refused as `Starting`).
-    pub(crate) fn start(&self, epmd: Vec<TcpListener>, dist: Vec<(u16, TcpListener)>) {
+    pub(crate) fn start(
+        &self,
+        epmd: Vec<TcpListener>,
+        dist: Vec<(u16, TcpListener)>,
+        federation: Vec<TcpListener>,
+    ) {
         for listener in epmd {
             self.loops.spawn(Arc::clone(&self.epmd).serve(listener));
+        }
+        if let Some(fed) = &self.federation {
+            let acceptor = Acceptor {
+                listener: "federation",
+                limit: Some(Arc::clone(&self.federation_limit)),
+                shutdown: self.shutdown.clone(),
+                tracker: self.connections.clone(),
+                on_full: None,
+            };
+            for listener in federation {
+                let serve = Arc::clone(&self.forwarder).serve_federation(
+                    listener,
+                    Arc::clone(fed),
+                    acceptor.clone(),
+                );
+                self.loops.spawn(serve);
+            }
+            self.loops
+                .spawn(Arc::clone(fed).watch(self.shutdown.clone()));
         }
         self.public.start(dist);
         self.start_maintenance(self.gateway());
@@ -268,6 +313,9 @@ impl System {
         self.epmd.set_config(new.epmd.clone());
         self.epmd_limit.set_max(new.epmd.max_connections.get());
         self.forwarder.set_config(&new.dist);
+        if let Some(federation) = &self.federation {
+            federation.set_config(&new.federation);
+        }
         self.dist_limit.set_max(new.dist.max_connections.get());
         self.links.set_silent_after(new.dist.silent_after);
         self.health.set_ready_when(new.admin.ready_when.clone());

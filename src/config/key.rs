@@ -117,6 +117,22 @@ keys! {
     Metrics = "metrics", metrics, restart;
     /// `[log] level`.
     LogLevel = "log.level", log.level, live;
+    /// `[federation] listen`.
+    FederationListen = "federation.listen", federation.listen, restart;
+    /// `[federation] cert`.
+    FederationCert = "federation.cert", federation.cert, live;
+    /// `[federation] key`.
+    FederationKey = "federation.key", federation.key, live;
+    /// `[federation] ca`.
+    FederationCa = "federation.ca", federation.ca, live;
+    /// `[federation] peers`.
+    FederationPeers = "federation.peers", federation.peers, live;
+    /// `[federation] handshake_timeout`.
+    FederationHandshakeTimeout = "federation.handshake_timeout", federation.handshake_timeout, live;
+    /// `[federation] max_connections`.
+    FederationMaxConnections = "federation.max_connections", federation.max_connections, restart;
+    /// `[federation] watch_every`.
+    FederationWatchEvery = "federation.watch_every", federation.watch_every, live;
 }
 
 impl fmt::Display for Key {

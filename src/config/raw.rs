@@ -15,9 +15,9 @@ use serde::de::{self, Deserializer};
 use toml::Spanned;
 
 use super::{
-    AdminConfig, AllowPeers, BanConfig, Config, DistConfig, DnsConfig, EpmdConfig, ForwardConfig,
-    LogConfig, MAX_POOL_PORTS, MIN_PIPE_SIZE, MetricsConfig, Peers, ShutdownConfig, Tls,
-    check_node_name,
+    AdminConfig, AllowPeers, BanConfig, Config, DistConfig, DnsConfig, EpmdConfig,
+    FederationConfig, ForwardConfig, LogConfig, MAX_POOL_PORTS, MIN_PIPE_SIZE, MetricsConfig,
+    Peers, ShutdownConfig, Tls, check_node_name,
 };
 use crate::ports::ClientNames;
 use crate::route::Route;
@@ -34,6 +34,7 @@ pub(super) struct RawConfig {
     dns: DnsConfig,
     metrics: MetricsConfig,
     log: LogConfig,
+    federation: FederationConfig,
 }
 
 #[derive(Debug, Deserialize)]
@@ -244,6 +245,7 @@ impl RawConfig {
                 (key, span, message)
             },
         )?;
+        let federation = check_federation(self.federation, &self.route)?;
         let mut pins = BTreeMap::new();
         let mut pinned_ports: BTreeMap<u16, String> = BTreeMap::new();
         for (name, port) in dist.pins {
@@ -297,6 +299,7 @@ impl RawConfig {
             dns: self.dns,
             metrics: self.metrics,
             log: self.log,
+            federation,
         })
     }
 }
@@ -373,4 +376,50 @@ impl de::Visitor<'_> for PortSpecVisitor {
         }
         Ok(PortSpec(first..=last))
     }
+}
+
+/// `[federation]`: material wherever federation is used, timings above zero, peers
+/// that can match.
+fn check_federation(
+    federation: FederationConfig,
+    routes: &[Route],
+) -> Result<FederationConfig, Invalid> {
+    if federation.wanted(routes) {
+        let why = match federation.listen.is_empty() {
+            false => "`federation.listen` is set",
+            true => "a route has `federate`",
+        };
+        for (key, path) in [
+            ("federation.cert", &federation.cert),
+            ("federation.key", &federation.key),
+            ("federation.ca", &federation.ca),
+        ] {
+            if path.is_none() {
+                let message = format!(
+                    "is missing: {why}, and peer gateways are reached and served only over mutual TLS"
+                );
+                return Err((key.into(), None, message));
+            }
+        }
+    }
+    if !federation.listen.is_empty() && federation.peers.is_empty() {
+        let message = "is empty: with `federation.listen` set, no peer gateway could connect; \
+                       list the SPIFFE IDs or DNS names (globs) of the peer gateways"
+            .into();
+        return Err(("federation.peers".into(), None, message));
+    }
+    for (i, peer) in federation.peers.iter().enumerate() {
+        if peer.is_empty() {
+            return Err((format!("federation.peers[{i}]"), None, "is empty".into()));
+        }
+    }
+    for (key, d) in [
+        ("federation.handshake_timeout", federation.handshake_timeout),
+        ("federation.watch_every", federation.watch_every),
+    ] {
+        if d.is_zero() {
+            return Err((key.into(), None, "must be more than 0".into()));
+        }
+    }
+    Ok(federation)
 }

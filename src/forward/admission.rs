@@ -9,6 +9,7 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tracing::{debug, warn};
@@ -33,27 +34,27 @@ const MAX_LOGGED_NAME: usize = 255;
 
 /// One connection on its way in: where it goes, where it came from.
 #[derive(Debug)]
-struct Attempt {
-    node: String,
-    source: SocketAddr,
+pub(super) struct Attempt {
+    pub(super) node: String,
+    pub(super) source: SocketAddr,
     /// The source as limits and bans count it (its IPv6 prefix).
-    prefix: Prefix,
+    pub(super) prefix: Prefix,
     /// A `[dist] trusted` source: never banned nor limited per source.
-    trusted: bool,
+    pub(super) trusted: bool,
     /// From the pod itself (loopback or the pod's own address).
-    local: bool,
-    started: Instant,
+    pub(super) local: bool,
+    pub(super) started: Instant,
 }
 
 /// The handshake status OTP sends a name it refuses: `u16` length, `s`, the status.
-const NOT_ALLOWED: &[u8] = b"\x00\x0csnot_allowed";
+pub(super) const NOT_ALLOWED: &[u8] = b"\x00\x0csnot_allowed";
 
 impl Forwarder {
     /// Everything before the link is up: admission, the first frame, the allow-list,
     /// the connection to the node and the handshake. `None`: closed, counted, logged.
     pub(super) async fn open(
         &self,
-        peer: TcpStream,
+        mut peer: TcpStream,
         source: SocketAddr,
         public_port: u16,
     ) -> Option<(TcpStream, TcpStream, Box<Opened>)> {
@@ -99,7 +100,15 @@ impl Forwarder {
             }
             return None;
         }
-        let Some((node, direction)) = self.connect_to(&attempt.node, destination).await else {
+        if let Destination::Routed {
+            federate: Some(gateway),
+            ..
+        } = destination
+        {
+            // Boxed: a federated link's future is large, and rare.
+            return Box::pin(self.carry_out(peer, attempt, slot, public_port, gateway)).await;
+        }
+        let Some((mut node, direction)) = self.connect_to(&attempt.node, destination).await else {
             self.note(&attempt, caller.name(), Reason::UpstreamRefused);
             return None;
         };
@@ -115,12 +124,13 @@ impl Forwarder {
             tls_sni: None,
             direction,
             handshake_bytes: ByteCounts::default(),
+            gateway: None,
             _slot: slot,
         });
         match caller {
             Caller::Tls { sni } => opened.tls_sni = sni,
             _ => {
-                self.authenticate(&attempt, &peer, &node, &mut opened)
+                self.authenticate(&attempt, &mut peer, &mut node, &[], &mut opened)
                     .await?
             }
         }
@@ -170,18 +180,29 @@ impl Forwarder {
 
     /// Follows the handshake until the node's ack (`Some`, counted `ok`, the caller's
     /// name in `opened`) or its end without one (`None`, counted and judged).
-    async fn authenticate(
+    pub(super) async fn authenticate<P, N>(
         &self,
         attempt: &Attempt,
-        peer: &TcpStream,
-        node: &TcpStream,
+        peer: &mut P,
+        node: &mut N,
+        early: &[u8],
         opened: &mut Opened,
-    ) -> Option<()> {
+    ) -> Option<()>
+    where
+        P: AsyncRead + AsyncWrite + Unpin,
+        N: AsyncRead + AsyncWrite + Unpin,
+    {
         let mut handshake = Handshake::new();
         let left = (self.config.get().handshake_timeout).saturating_sub(attempt.started.elapsed());
         let followed = timeout(
             left,
-            follow(peer, node, &mut handshake, &mut opened.handshake_bytes),
+            follow(
+                peer,
+                node,
+                early,
+                &mut handshake,
+                &mut opened.handshake_bytes,
+            ),
         )
         .await;
         let claimed = handshake.caller().and_then(Caller::name);
@@ -245,7 +266,7 @@ impl Forwarder {
     /// Whether a peer named `name` may reach a node: `[dist] allow_peers`, or a
     /// release client (`[dist] client_names`: `bin/app rpc`, `remote`) calling from
     /// the pod itself, whatever `allow_peers` says.
-    fn allows(&self, name: &str, local: bool) -> bool {
+    pub(super) fn allows(&self, name: &str, local: bool) -> bool {
         let config = self.config.get();
         config.allow_peers.allows(name) || (local && config.client_names.matches(name))
     }
@@ -271,12 +292,12 @@ impl Forwarder {
     }
 
     /// Notes a refusal in the ring of `GET /refusals`.
-    fn note(&self, attempt: &Attempt, claimed: Option<&str>, reason: Reason) {
+    pub(super) fn note(&self, attempt: &Attempt, claimed: Option<&str>, reason: Reason) {
         (self.refusals).note(attempt.source.ip(), &attempt.node, claimed, reason);
     }
 
     /// A connection closed at accept by the source guard.
-    fn refused(&self, node: &str, source: SocketAddr, refusal: Refusal) {
+    pub(super) fn refused(&self, node: &str, source: SocketAddr, refusal: Refusal) {
         let reason = refusal.reason();
         let noted = match refusal {
             Refusal::Banned => Reason::Banned,
@@ -294,7 +315,7 @@ impl Forwarder {
     /// A handshake that did not authenticate, for a reason against the caller:
     /// counted, logged (rate-limited), and counted towards a ban of its source unless
     /// the source is trusted.
-    fn failed<T>(
+    pub(super) fn failed<T>(
         &self,
         attempt: &Attempt,
         result: HandshakeResult,

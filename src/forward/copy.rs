@@ -2,10 +2,6 @@
 //! where no pipe can be had), shared by every link: a direction holds one only while
 //! bytes wait for a slow destination, or through a bulk burst moved without a pipe.
 
-use std::io;
-
-use tokio::net::TcpStream;
-
 use super::pool::Pool;
 
 /// Size of one copy buffer.
@@ -59,17 +55,4 @@ impl BufferPool {
     pub(super) fn clear(&self) {
         self.idle.retain(|_| false);
     }
-}
-
-/// Writes all of `bytes` to `dst` (the handshake follower's writes).
-pub(super) async fn write_all(dst: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
-    while !bytes.is_empty() {
-        dst.writable().await?;
-        match dst.try_write(bytes) {
-            Ok(n) => bytes = &bytes[n..],
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }

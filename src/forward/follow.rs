@@ -9,7 +9,7 @@
 
 use std::io;
 
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::ByteCounts;
 use crate::handshake::follow::{Handshake, Progress, Side};
@@ -43,29 +43,40 @@ fn failed(reason: &'static str, against_caller: bool) -> Followed {
 
 /// Copies between `peer` and `node` while following the handshake, until it is
 /// authenticated or fails, counting the bytes passed on into `passed`. A peer's frame
-/// that breaks the handshake is not passed on.
-pub(super) async fn follow(
-    peer: &TcpStream,
-    node: &TcpStream,
+/// that breaks the handshake is not passed on. `early` holds caller bytes already
+/// taken off its stream (behind a federation request), followed first.
+///
+/// Either side may be a TCP socket or a TLS stream (a link across gateways).
+pub(super) async fn follow<P, N>(
+    peer: &mut P,
+    node: &mut N,
+    early: &[u8],
     handshake: &mut Handshake,
     passed: &mut ByteCounts,
-) -> Followed {
-    let mut buffer = vec![0u8; BUFFER];
+) -> Followed
+where
+    P: AsyncRead + AsyncWrite + Unpin,
+    N: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut buffer = vec![0u8; 2 * BUFFER];
     // The node's refusal, when it sent one: `nok` is a race, `not_allowed` is not.
     let mut refused: Option<bool> = None;
+    let mut early = Some(early).filter(|e| !e.is_empty());
     loop {
-        let (side, ready) = tokio::select! {
-            ready = peer.readable() => (Side::Caller, ready),
-            ready = node.readable() => (Side::Node, ready),
+        let (from_peer, from_node) = buffer.split_at_mut(BUFFER);
+        let (side, read) = match early.take() {
+            Some(bytes) => {
+                let (now, later) = bytes.split_at(bytes.len().min(BUFFER));
+                from_peer[..now.len()].copy_from_slice(now);
+                early = Some(later).filter(|l| !l.is_empty());
+                (Side::Caller, Ok(now.len()))
+            }
+            None => tokio::select! {
+                read = peer.read(from_peer) => (Side::Caller, read),
+                read = node.read(from_node) => (Side::Node, read),
+            },
         };
-        if ready.is_err() {
-            return failed("io_error", false);
-        }
-        let (src, dst) = match side {
-            Side::Caller => (peer, node),
-            Side::Node => (node, peer),
-        };
-        let n = match src.try_read(&mut buffer) {
+        let n = match read {
             Ok(0) => {
                 return match (refused, side) {
                     (Some(true), _) => failed("simultaneous", false),
@@ -76,12 +87,14 @@ pub(super) async fn follow(
                 };
             }
             Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             // A node that resets is a node that refused; a caller that resets called off.
             Err(_) if side == Side::Node => return failed("node_reset", true),
             Err(_) => return failed("caller_reset", false),
         };
-        let bytes = &buffer[..n];
+        let bytes = match side {
+            Side::Caller => &from_peer[..n],
+            Side::Node => &from_node[..n],
+        };
         let progress = match handshake.feed(side, bytes) {
             Ok(progress) => progress,
             Err(violation) => {
@@ -89,12 +102,16 @@ pub(super) async fn follow(
                 // (so that `distgate probe` can tell what listens there). A caller's
                 // bytes that break the handshake never reach the node.
                 if side == Side::Node {
-                    let _ = super::copy::write_all(dst, bytes).await;
+                    let _ = write_all(peer, bytes).await;
                 }
                 return failed(violation.reason(), side == Side::Caller);
             }
         };
-        if super::copy::write_all(dst, bytes).await.is_err() {
+        let written = match side {
+            Side::Caller => write_all(node, bytes).await,
+            Side::Node => write_all(peer, bytes).await,
+        };
+        if written.is_err() {
             // The side written to is gone: judged as if it had reset.
             return match side {
                 Side::Caller => failed("node_reset", true),
@@ -111,4 +128,10 @@ pub(super) async fn follow(
             Progress::Pending => {}
         }
     }
+}
+
+/// Writes all of `bytes` and flushes them (a TLS stream holds them until then).
+async fn write_all<W: AsyncWrite + Unpin>(dst: &mut W, bytes: &[u8]) -> io::Result<()> {
+    dst.write_all(bytes).await?;
+    dst.flush().await
 }

@@ -87,6 +87,8 @@ pub(crate) struct Forwarder {
     /// logged are budgeted.
     log_unresolved: SharedBudget,
     log_unreachable: SharedBudget,
+    /// Peer gateways are dialled with it (`None`: no `[federation]` material).
+    federation: Live<Option<Arc<crate::federation::Federation>>>,
 }
 
 /// A link whose peer has proved itself (or speaks TLS), ready for the engine.
@@ -103,6 +105,8 @@ pub(super) struct Opened {
     pub(super) direction: &'static str,
     /// Bytes passed on during the handshake.
     pub(super) handshake_bytes: ByteCounts,
+    /// The peer gateway's identity, for a link across gateways.
+    pub(super) gateway: Option<String>,
     pub(super) _slot: Option<SourceSlot>,
 }
 
@@ -118,7 +122,7 @@ static TLS_CLOSED: SharedBudget = SharedBudget::new(
 
 /// The link is down: its close counted and logged. The log line is the access log:
 /// node, peer, source, bytes each way, duration, who closed it and why.
-fn link_down(carried: Carried, outcome: &super::Outcome) {
+pub(super) fn link_down(carried: Carried, outcome: &super::Outcome) {
     let Carried {
         handshake_bytes,
         _slot,
@@ -244,14 +248,14 @@ impl Drop for Open {
 
 /// What a link's task keeps while the link runs, in one box.
 #[derive(Debug)]
-struct Carried {
+pub(super) struct Carried {
     /// Bytes passed on during the handshake.
     handshake_bytes: ByteCounts,
     _slot: Option<SourceSlot>,
     /// A routed name's lease, in use while the link is open.
     _in_use: Option<InUse>,
     /// The link's place in the table of open links.
-    listed: Listed,
+    pub(super) listed: Listed,
 }
 
 impl Forwarder {
@@ -282,7 +286,18 @@ impl Forwarder {
                 "more nodes' real ports did not accept than logged \
                  (see distgate_dist_upstream_connect_failures_total)",
             ),
+            federation: Live::new(None),
         }
+    }
+
+    /// Dials peer gateways with `federation` from now on.
+    pub(crate) fn set_federation(&self, federation: Option<Arc<crate::federation::Federation>>) {
+        self.federation.set(federation);
+    }
+
+    /// What peer gateways are dialled with, if anything.
+    pub(super) fn federation(&self) -> Option<Arc<crate::federation::Federation>> {
+        (*self.federation.get()).clone()
     }
 
     /// Puts `config` in force for the connections that come next (a reload); links
@@ -410,7 +425,7 @@ impl Forwarder {
     }
 
     /// The link is up: its metrics open, the opening logged.
-    fn link_up(&self, opened: Opened) -> Box<Carried> {
+    pub(super) fn link_up(&self, opened: Opened) -> Box<Carried> {
         let Opened {
             node,
             source,
@@ -419,6 +434,7 @@ impl Forwarder {
             tls_sni,
             direction,
             handshake_bytes,
+            gateway,
             _slot,
         } = opened;
         let peer = match &peer_name {
@@ -431,7 +447,7 @@ impl Forwarder {
         };
         let logged = peer_name.as_deref().unwrap_or(m::PEER_TLS);
         if peer_name.is_some() || TLS_OPENED.allow() {
-            info!(%node, peer = logged, %source, public_port, direction, tls_sni, "dist connection opened");
+            info!(%node, peer = logged, %source, public_port, direction, tls_sni, gateway, "dist connection opened");
         }
         let link = m::LinkMeters::open(node, peer, direction);
         link.from_peer.increment(handshake_bytes.from_peer);
@@ -446,6 +462,7 @@ impl Forwarder {
             source,
             public_port,
             tls,
+            gateway,
             bytes: handshake_bytes,
         });
         Box::new(Carried {

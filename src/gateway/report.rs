@@ -15,6 +15,7 @@ pub fn pool_report(config: &Config) -> Vec<String> {
         let kind = match &route.upstream {
             Upstream::Host(_) => "upstream",
             Upstream::Discover { .. } => "discover",
+            Upstream::Federate(_) => "federate",
         };
         let holds = format!(
             "route `{}` ({kind}, lease = \"{}\"): `dist.ports` holds at most {free} routed name{} at once",

@@ -113,6 +113,9 @@ pub struct InProcess {
     pub registry: Arc<Registry>,
     /// The gateway, when the options have routes.
     pub gateway: Option<Arc<Gateway>>,
+    /// The federation listener (on 127.0.0.1, an ephemeral port), when the config
+    /// has `[federation] listen`.
+    pub federation: Option<SocketAddr>,
     pub shutdown: CancellationToken,
     pub task: tokio::task::JoinHandle<distgate::Drain>,
 }
@@ -195,6 +198,12 @@ impl InProcess {
             admin = Some(listener.local_addr().unwrap());
             listeners.admin.push(listener);
         }
+        let mut federation = None;
+        if !options.config.federation.listen.is_empty() {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            federation = Some(listener.local_addr().unwrap());
+            listeners.federation.push(listener);
+        }
         let shutdown = CancellationToken::new();
         // The recorder first, so metrics set up with the sidecar are recorded too.
         let metrics = options.admin.then(recorder);
@@ -211,6 +220,7 @@ impl InProcess {
             public_ports,
             registry,
             gateway,
+            federation,
             shutdown,
             task,
         }

@@ -6,6 +6,7 @@ mod dashboard;
 mod dns;
 mod engine;
 mod epmd;
+mod federation;
 mod forward;
 mod gate;
 mod properties;

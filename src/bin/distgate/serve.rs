@@ -141,6 +141,17 @@ fn bind_all(config: &Config) -> anyhow::Result<Listeners> {
             listeners.admin.push(listener);
         }
     }
+    for &addr in &config.federation.listen {
+        if let Some(listener) = bind(addr, "federation.listen")? {
+            listeners.federation.push(listener);
+        }
+    }
+    if !config.federation.listen.is_empty() && listeners.federation.is_empty() {
+        bail!("no `federation.listen` address could be bound");
+    }
+    for listener in listeners.federation.iter() {
+        info!(addr = %display_addr(listener), "federation listening (peer gateways, mutual TLS)");
+    }
     for listener in listeners.epmd.iter() {
         info!(addr = %display_addr(listener), "EPMD listening");
     }

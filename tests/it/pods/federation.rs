@@ -99,11 +99,11 @@ impl World {
 
         let ca = Ca::new("distgate federation test CA");
         let ca_file = dir.join("ca.crt");
-        std::fs::write(&ca_file, &ca.pem).unwrap();
-        let b_leaf = ca.leaf(&gateway_id("b.test"), 2);
+        std::fs::write(&ca_file, ca.pem()).unwrap();
+        let b_leaf = ca.issue(&gateway_id("b.test"), 2);
         let certs = Certs {
             ca: ca_file,
-            a: ca.leaf(&gateway_id("a.test"), 1).write(&dir.join(""), "a"),
+            a: ca.issue(&gateway_id("a.test"), 1).write(&dir.join(""), "a"),
             b: b_leaf.write(&dir.join(""), "b"),
         };
         let federation = format!(
@@ -309,7 +309,7 @@ impl World {
 
         let rotated = Instant::now();
         let at_rotation = count(self);
-        let new = self.ca.leaf(&gateway_id("b.test"), 3);
+        let new = self.ca.issue(&gateway_id("b.test"), 3);
         assert_ne!(new.serial, self.b_serial);
         new.replace(&self.certs.b);
         eventually_blocking(node_deadline(), "B to serve its new certificate", || {
@@ -413,8 +413,8 @@ impl World {
     fn strangers_are_refused_and_counted(&mut self) {
         let stranger_ca = Ca::new("another CA");
         let strangers = [
-            ("untrusted", stranger_ca.leaf(&gateway_id("a.test"), 7)),
-            ("not_allowed", self.ca.leaf(&gateway_id("c.test"), 8)),
+            ("untrusted", stranger_ca.issue(&gateway_id("a.test"), 7)),
+            ("not_allowed", self.ca.issue(&gateway_id("c.test"), 8)),
         ];
         for (result, leaf) in strangers {
             let before = self.b.handshakes(result);

@@ -65,6 +65,15 @@ fn render(dir: &Path) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// The custom resources the manifests use, which `kubernetes-validate` has no schema
+/// for: kind and API version.
+const CRDS: [(&str, &str); 4] = [
+    ("PodMonitor", "monitoring.coreos.com/v1"),
+    ("PrometheusRule", "monitoring.coreos.com/v1"),
+    ("Certificate", "cert-manager.io/v1"),
+    ("Issuer", "cert-manager.io/v1"),
+];
+
 #[test]
 fn every_manifest_renders_and_validates() {
     if !require(&["kubectl"]) {
@@ -88,6 +97,8 @@ fn every_manifest_renders_and_validates() {
         [
             "base",
             "deployment",
+            "federation",
+            "federation-spiffe",
             "gateway",
             "monitoring",
             "network-policy",
@@ -111,10 +122,13 @@ fn every_manifest_renders_and_validates() {
         };
         let report = validated(&validate, &file, version)
             .unwrap_or_else(|report| panic!("{name}:\n{report}"));
-        // Only the operator's CRDs lack a built-in schema.
+        // Only the CRDs of the prometheus-operator and cert-manager lack a built-in
+        // schema.
         for line in report.lines().filter(|l| l.contains("WARN")) {
             assert!(
-                line.contains("kind PodMonitor") || line.contains("kind PrometheusRule"),
+                CRDS.iter()
+                    .any(|(kind, api)| line
+                        .contains(&format!("kind {kind} with api version {api} "))),
                 "{name}: {line}"
             );
         }
@@ -579,4 +593,218 @@ fn every_sidecar_reads_its_configmap() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// The documents of `rendered` (`kubectl kustomize` output) of `kind`, each with its
+/// name.
+fn objects<'a>(rendered: &'a str, kind: &str) -> Vec<(String, &'a str)> {
+    rendered
+        .split("\n---\n")
+        .filter(|doc| doc.lines().any(|l| l == format!("kind: {kind}")))
+        .map(|doc| {
+            let name = doc
+                .lines()
+                .skip_while(|l| *l != "metadata:")
+                .find_map(|l| l.strip_prefix("  name: "))
+                .unwrap_or_default();
+            (name.to_owned(), doc)
+        })
+        .collect()
+}
+
+/// The one object of `kind` in `rendered`, or the one named `name` when given.
+fn object<'a>(rendered: &'a str, kind: &str, name: Option<&str>) -> &'a str {
+    let found: Vec<&str> = objects(rendered, kind)
+        .into_iter()
+        .filter(|(n, _)| name.is_none_or(|name| n == name))
+        .map(|(_, doc)| doc)
+        .collect();
+    assert_eq!(found.len(), 1, "{kind} {name:?}:\n{rendered}");
+    found[0]
+}
+
+/// The value of the first line of `doc` that starts with `key: ` once trimmed.
+fn field<'a>(doc: &'a str, key: &str) -> &'a str {
+    doc.lines()
+        .find_map(|l| {
+            l.trim_start()
+                .trim_start_matches("- ")
+                .strip_prefix(&format!("{key}: "))
+        })
+        .unwrap_or_else(|| panic!("no {key}:\n{doc}"))
+}
+
+/// The federation overlay (one cluster's side, docs/federation.md) holds together:
+/// the Certificate's SPIFFE ID names the namespace and ServiceAccount the gateway
+/// runs as, for client and server auth, from an Issuer it renders; the files
+/// `[federation]` reads are in the Secret's mount; the federation Service reaches the
+/// container's 43690, which the config listens on; from outside the cluster the
+/// NetworkPolicy admits 43690 and nothing else; CoreDNS maps both gateways' FQDNs to
+/// the local gateway's Service; the route to cluster B is the documented one. The
+/// csi-driver-spiffe overlay swaps the Certificate for the driver's volume.
+#[test]
+fn the_federation_overlay_holds_together() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes");
+    // The gateway's configuration, read as TOML (distgate's loader takes it once the
+    // federation keys are in; config.example.toml lists them).
+    let config: toml::Table =
+        toml::from_str(&std::fs::read_to_string(root.join("federation/distgate.toml")).unwrap())
+            .unwrap();
+    let federation = config["federation"].as_table().unwrap();
+    let mut keys: Vec<&str> = federation.keys().map(String::as_str).collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            "ca",
+            "cert",
+            "handshake_timeout",
+            "key",
+            "listen",
+            "max_connections",
+            "peers",
+            "watch_every"
+        ]
+    );
+    assert_eq!(federation["listen"].as_array().unwrap().len(), 1);
+    assert_eq!(federation["listen"][0].as_str(), Some("0.0.0.0:43690"));
+    let routes = config["route"].as_array().unwrap();
+    let to_b = routes
+        .iter()
+        .find(|r| r.get("federate").is_some())
+        .expect("a federated route");
+    assert_eq!(to_b["nodes"].as_str(), Some("b-*"));
+    assert_eq!(to_b["federate"].as_str(), Some("gw-b.public.example:43690"));
+    let b = "spiffe://b.example/ns/distgate/sa/gateway";
+    assert_eq!(to_b["identity"].as_str(), Some(b));
+    assert_eq!(federation["peers"].as_array().unwrap()[0].as_str(), Some(b));
+
+    if !require(&["kubectl"]) {
+        return;
+    }
+    let rendered = render(&root.join("federation"));
+    let deployment = object(&rendered, "Deployment", Some("distgate-gateway"));
+    let namespace = field(deployment, "namespace");
+    let account = field(deployment, "serviceAccountName");
+    assert_eq!((namespace, account), ("distgate", "gateway"));
+    object(&rendered, "ServiceAccount", Some(account));
+    object(&rendered, "Namespace", Some(namespace));
+
+    // The certificate: this gateway's SPIFFE ID, both usages, an issuer rendered here.
+    let certificate = object(&rendered, "Certificate", None);
+    let own = format!("  - spiffe://a.example/ns/{namespace}/sa/{account}\n");
+    assert!(
+        certificate.contains(&format!("  uris:\n{own}")),
+        "{certificate}"
+    );
+    for usage in ["  - server auth", "  - client auth"] {
+        assert!(certificate.lines().any(|l| l == usage), "{certificate}");
+    }
+    let issuer = certificate
+        .split("issuerRef:\n")
+        .nth(1)
+        .expect("an issuerRef");
+    object(
+        &rendered,
+        field(issuer, "kind"),
+        Some(field(issuer, "name")),
+    );
+
+    // Its Secret is mounted where the configuration reads its files.
+    let secret = field(certificate, "secretName");
+    let volume = deployment
+        .split("  volumes:\n")
+        .nth(1)
+        .unwrap()
+        .split("\n      - ")
+        .find(|v| v.contains(&format!("secretName: {secret}")))
+        .expect("a volume of the certificate's Secret");
+    let volume_name = field(volume, "name");
+    let mount = deployment
+        .split("volumeMounts:\n")
+        .nth(1)
+        .unwrap()
+        .split("\n        - ")
+        .find(|m| m.contains(&format!("name: {volume_name}")))
+        .expect("a mount of that volume");
+    let dir = field(mount, "mountPath");
+    for (key, file) in [("cert", "tls.crt"), ("key", "tls.key"), ("ca", "ca.crt")] {
+        assert_eq!(
+            federation[key].as_str(),
+            Some(format!("{dir}/{file}").as_str()),
+            "federation.{key}"
+        );
+    }
+
+    // The federation Service reaches the container port the config listens on.
+    let service = object(&rendered, "Service", Some("distgate-federation"));
+    assert_eq!(field(service, "type"), "LoadBalancer");
+    assert_eq!(field(service, "port"), "43690");
+    let target = field(service, "targetPort");
+    let lines: Vec<&str> = deployment.lines().map(str::trim).collect();
+    assert!(
+        lines
+            .windows(2)
+            .any(|w| w == ["- containerPort: 43690", &format!("name: {target}")]),
+        "no container port {target} = 43690:\n{deployment}"
+    );
+
+    // From outside the cluster (an ipBlock), 43690 only.
+    let policy = object(&rendered, "NetworkPolicy", None);
+    let rules: Vec<&str> = policy
+        .split("  ingress:\n")
+        .nth(1)
+        .unwrap()
+        .split("\n  - from:")
+        .collect();
+    let outside: Vec<&&str> = rules.iter().filter(|r| r.contains("ipBlock")).collect();
+    assert_eq!(outside.len(), 1, "{policy}");
+    let ports: Vec<&str> = outside[0]
+        .lines()
+        .filter(|l| l.contains("port:") || l.contains("endPort:"))
+        .map(str::trim)
+        .collect();
+    assert_eq!(ports, ["- port: 43690"], "{policy}");
+    assert!(policy.contains("app.kubernetes.io/name: distgate-gateway"));
+
+    // CoreDNS: both gateway FQDNs to this gateway's Service, answered back as asked.
+    let coredns = object(&rendered, "ConfigMap", Some("coredns-custom"));
+    assert_eq!(field(coredns, "namespace"), "kube-system");
+    let local = format!("distgate-gateway.{namespace}.svc.cluster.local.");
+    object(&rendered, "Service", Some("distgate-gateway"));
+    for fqdn in ["gw.a.example", "gw.b.example"] {
+        let pattern = format!("^{}\\.$", fqdn.replace('.', "\\."));
+        assert!(
+            coredns.contains(&format!("name regex {pattern} {local}\n")),
+            "{fqdn}:\n{coredns}"
+        );
+        assert!(
+            coredns.contains(&format!(
+                "answer name ^{}$ {fqdn}.\n",
+                local.replace('.', "\\.")
+            )),
+            "{fqdn}:\n{coredns}"
+        );
+    }
+
+    // csi-driver-spiffe instead: no Certificate, the driver's volume at the same mount,
+    // and the ServiceAccount may ask for it.
+    let spiffe = render(&root.join("federation-spiffe"));
+    assert!(objects(&spiffe, "Certificate").is_empty());
+    let deployment = object(&spiffe, "Deployment", Some("distgate-gateway"));
+    assert!(
+        deployment.contains(&format!(
+            "      - csi:\n          driver: spiffe.csi.cert-manager.io\n          readOnly: true\n        name: {volume_name}\n"
+        )),
+        "{deployment}"
+    );
+    assert!(!deployment.contains(&format!("secretName: {secret}")));
+    let binding = object(&spiffe, "RoleBinding", None);
+    assert!(
+        binding.contains(&format!(
+            "- kind: ServiceAccount\n  name: {account}\n  namespace: {namespace}"
+        )),
+        "{binding}"
+    );
+    assert!(object(&spiffe, "Role", None).contains("- certificaterequests"));
 }

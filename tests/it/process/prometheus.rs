@@ -154,6 +154,7 @@ const LABELS: &[&str] = &[
     "le",
     "way",
     "route",
+    "side",
     "__name__",
     "namespace",
     "pod",
@@ -310,6 +311,12 @@ async fn a_real_prometheus_scrapes_links_and_answers_every_dashboard_query_and_a
     let mut checked = vec![];
     for (title, expr) in dashboard_queries() {
         let result = query(prom, &expr).await;
+        // The Federation row's series need a peer gateway: its queries must evaluate,
+        // and may be empty here.
+        if expr.contains("distgate_federation_") {
+            checked.push(format!("{title}: {} series (federation)", result.len()));
+            continue;
+        }
         assert!(!result.is_empty(), "{title}: `{expr}` returned nothing");
         for series in &result {
             let labels = series["metric"].as_object().unwrap();

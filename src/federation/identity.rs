@@ -1,0 +1,149 @@
+//! Who a peer gateway is: the names its certificate carries (URI and DNS SANs), and
+//! whether they are the identity a route expects or one that `[federation] peers`
+//! admits. rustls checks the chain; it does not read URI SANs, so SPIFFE IDs are
+//! checked here: a SPIFFE identity is a certificate's one and only URI SAN, and a
+//! certificate that is a CA is nobody's identity.
+
+use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+
+use crate::glob::wildcard_match;
+
+/// Longest identity kept (in a label, a log line, `/links`).
+pub const MAX_IDENTITY: usize = 255;
+
+/// The names a certificate carries.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Names {
+    /// URI SANs.
+    pub uris: Vec<String>,
+    /// DNS SANs.
+    pub dns: Vec<String>,
+    /// Whether it says it is a CA (`basicConstraints CA:TRUE`).
+    pub is_ca: bool,
+    /// Its serial, hex with `:` (as `openssl x509 -serial` groups it).
+    pub serial: String,
+    /// Its not-after, seconds since the Unix epoch.
+    pub not_after: i64,
+}
+
+/// The names of DER certificate `der`, or why it cannot be read.
+pub fn names(der: &[u8]) -> Result<Names, String> {
+    let (_, cert) = X509Certificate::from_der(der).map_err(|e| e.to_string())?;
+    let mut names = Names {
+        is_ca: cert.is_ca(),
+        serial: cert.raw_serial_as_string(),
+        not_after: cert.validity().not_after.timestamp(),
+        ..Names::default()
+    };
+    let san = cert.subject_alternative_name().map_err(|e| e.to_string())?;
+    for name in san.iter().flat_map(|san| &san.value.general_names) {
+        match name {
+            GeneralName::URI(uri) => names.uris.push(bounded(uri)),
+            GeneralName::DNSName(dns) => names.dns.push(bounded(dns)),
+            _ => {}
+        }
+    }
+    Ok(names)
+}
+
+fn bounded(s: &str) -> String {
+    s.chars().take(MAX_IDENTITY).collect()
+}
+
+impl Names {
+    /// The identities this certificate can stand for: its URI SAN when it has exactly
+    /// one (a SPIFFE SVID has one), then its DNS names. None for a CA.
+    fn identities(&self) -> impl Iterator<Item = &str> {
+        let uri = (self.uris.len() == 1).then(|| self.uris[0].as_str());
+        let all = (!self.is_ca).then(|| uri.into_iter().chain(self.dns.iter().map(String::as_str)));
+        all.into_iter().flatten()
+    }
+
+    /// Whether the certificate is `expected`: a SPIFFE ID equal to its one URI SAN,
+    /// or a DNS name among its DNS SANs (letter case aside).
+    pub fn is(&self, expected: &str) -> bool {
+        let spiffe = expected.starts_with("spiffe://");
+        self.identities().any(|id| match spiffe {
+            true => id == expected,
+            false => !id.contains("://") && id.eq_ignore_ascii_case(expected),
+        })
+    }
+
+    /// The first of its identities that a glob of `peers` matches.
+    pub fn admitted_by(&self, peers: &[String]) -> Option<String> {
+        let admitted = |id: &&str| peers.iter().any(|glob| wildcard_match(glob, id));
+        self.identities().find(admitted).map(str::to_owned)
+    }
+
+    /// What a log line says the certificate is, bounded.
+    pub fn shown(&self) -> String {
+        let all: Vec<&str> = (self.uris.iter().chain(&self.dns))
+            .map(String::as_str)
+            .collect();
+        let shown = all.join(",");
+        bounded(if shown.is_empty() { "(no SAN)" } else { &shown })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(uris: &[&str], dns: &[&str], is_ca: bool) -> Names {
+        Names {
+            uris: uris.iter().map(|s| s.to_string()).collect(),
+            dns: dns.iter().map(|s| s.to_string()).collect(),
+            is_ca,
+            ..Names::default()
+        }
+    }
+
+    #[test]
+    fn a_spiffe_identity_is_the_one_uri_san() {
+        let id = "spiffe://b.example/ns/distgate/sa/gateway";
+        assert!(names(&[id], &[], false).is(id));
+        assert!(!names(&[id, "spiffe://b.example/other"], &[], false).is(id));
+        assert!(!names(&[id], &[], true).is(id), "a CA is nobody");
+        assert!(!names(&["spiffe://b.example/ns/distgate/sa/gatewayX"], &[], false).is(id));
+        // A DNS SAN that spells the ID is no URI SAN.
+        assert!(!names(&[], &[id], false).is(id));
+    }
+
+    #[test]
+    fn a_dns_identity_is_any_dns_san() {
+        let n = names(
+            &["spiffe://b.example/x"],
+            &["gw-b.example", "GW.b.example"],
+            false,
+        );
+        assert!(n.is("gw-b.example") && n.is("gw.B.example"));
+        assert!(!n.is("b.example"));
+    }
+
+    #[test]
+    fn peers_admit_by_glob_over_uri_and_dns_sans() {
+        let peers = vec![
+            "spiffe://b.example/ns/*/sa/gateway".to_owned(),
+            "*.gw.example".into(),
+        ];
+        let n = names(&["spiffe://b.example/ns/distgate/sa/gateway"], &[], false);
+        assert_eq!(
+            n.admitted_by(&peers).as_deref(),
+            Some("spiffe://b.example/ns/distgate/sa/gateway")
+        );
+        let n = names(
+            &["spiffe://c.example/ns/distgate/sa/gateway"],
+            &["c.gw.example"],
+            false,
+        );
+        assert_eq!(n.admitted_by(&peers).as_deref(), Some("c.gw.example"));
+        assert_eq!(
+            names(&["spiffe://c.example/x"], &["gw.c.example"], false).admitted_by(&peers),
+            None
+        );
+        assert_eq!(
+            names(&[], &["c.gw.example"], true).admitted_by(&peers),
+            None
+        );
+    }
+}

@@ -1,0 +1,417 @@
+//! Links across gateways. On the caller's side (A), a public port leased to a name
+//! that a `federate` route sends to a peer gateway: admission runs as on any public
+//! port, then the link goes to the peer gateway over TLS instead of to a node. On the
+//! node's side (B), a peer gateway's request to carry a link: the caller it reports is
+//! admitted as on a public port (limits and bans keyed on that source, `allow_peers`
+//! before the node is dialled, the handshake followed), then forwarded to where the
+//! name lives here. Both ways the bytes are copied (one side is TLS), half-closes
+//! passed on, and the link listed with its peer gateway.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::timeout;
+use tracing::{Instrument, debug, info_span, warn};
+
+use super::admission::Attempt;
+use super::guard::SourceSlot;
+use super::public::{Forwarder, Opened};
+use super::refusals::Reason;
+use super::{ByteCounts, ClosedBy, LingerOver, Outcome};
+use crate::accept::{Acceptor, Admit};
+use crate::federation::wire::{Reply, Request};
+use crate::federation::{Federation, Stream};
+use crate::handshake::{self, Caller, Peek};
+use crate::links::{Link, Way};
+use crate::metrics::{self as m, HandshakeResult};
+use crate::route::Federate;
+
+/// The `direction` label of links sent to a peer gateway.
+pub(crate) const FEDERATION_OUT: &str = "federation_out";
+/// The `direction` label of links a peer gateway carried in.
+pub(crate) const FEDERATION_IN: &str = "federation_in";
+
+/// Read size of a federated link's copy, each way.
+const CHUNK: usize = 64 * 1024;
+
+impl Forwarder {
+    /// A: the caller passed admission; its link goes to the peer gateway `peer`.
+    /// Runs the link to its end; `None` always (the link never reaches the engine).
+    pub(super) async fn carry_out(
+        &self,
+        mut caller: TcpStream,
+        attempt: Attempt,
+        slot: Option<SourceSlot>,
+        public_port: u16,
+        peer: Federate,
+    ) -> Option<(TcpStream, TcpStream, Box<Opened>)> {
+        let Some(federation) = self.federation() else {
+            warn!(node = %attempt.node, "a route federates but `[federation]` has no material; connection closed");
+            self.note(&attempt, None, Reason::UpstreamRefused);
+            return None;
+        };
+        let config = self.config.get();
+        let addr = match Box::pin(self.directory.resolve(&peer.host)).await {
+            Ok(ip) => SocketAddr::new(ip, peer.port),
+            Err(e) => {
+                warn!(node = %attempt.node, gateway = %peer.identity, host = %peer.host, "peer gateway does not resolve: {e}");
+                ::metrics::counter!(m::DIST_UPSTREAM_FAILURES, "node" => attempt.node.clone())
+                    .increment(1);
+                self.note(&attempt, None, Reason::UpstreamRefused);
+                return None;
+            }
+        };
+        let connected = (federation.connect(
+            addr,
+            &peer,
+            &attempt.node,
+            attempt.source,
+            config.connect_timeout,
+        ))
+        .await;
+        let mut tls = match connected {
+            Ok(tls) => tls,
+            Err(failure) => {
+                debug!(node = %attempt.node, gateway = %peer.identity, ?failure, "peer gateway did not take the link");
+                ::metrics::counter!(m::DIST_UPSTREAM_FAILURES, "node" => attempt.node.clone())
+                    .increment(1);
+                self.note(&attempt, None, Reason::UpstreamRefused);
+                return None;
+            }
+        };
+        let _ = caller.set_nodelay(true);
+        let mut opened = Box::new(Opened {
+            node: attempt.node.clone(),
+            source: attempt.source,
+            public_port,
+            peer_name: None,
+            tls_sni: None,
+            direction: FEDERATION_OUT,
+            handshake_bytes: ByteCounts::default(),
+            gateway: Some(peer.identity.clone()),
+            _slot: slot,
+        });
+        self.authenticate(&attempt, &mut caller, &mut tls, &[], &mut opened)
+            .await?;
+        self.carry(caller, tls, *opened, Way::FromPeer).await;
+        None
+    }
+
+    /// B: serves peer gateways on `listener` until `stop`.
+    pub(crate) async fn serve_federation(
+        self: Arc<Self>,
+        listener: TcpListener,
+        federation: Arc<Federation>,
+        acceptor: Acceptor,
+    ) {
+        let span = |source| info_span!("federation", peer = %source);
+        let handle = |tcp, source| {
+            let forwarder = Arc::clone(&self);
+            let federation = Arc::clone(&federation);
+            async move { forwarder.federated(federation, tcp, source).await }
+        };
+        acceptor
+            .run(listener, |_, _| Admit::Limited, span, handle)
+            .await;
+    }
+
+    /// B: one peer gateway's connection, from TLS to its request's end.
+    async fn federated(&self, federation: Arc<Federation>, tcp: TcpStream, source: SocketAddr) {
+        let Some((mut tls, gateway, request, early)) = federation.accept(tcp, source).await else {
+            return;
+        };
+        match request {
+            Request::Ping => {
+                let _ = send(&mut tls, &Reply::Ok(None)).await;
+            }
+            Request::Lookup(name) => {
+                let found = Box::pin(self.directory.port_please_here(&name)).await;
+                let result = if found.is_some() { "ok" } else { "unknown" };
+                ::metrics::counter!(m::FEDERATION_LOOKUPS, "peer" => gateway.clone(), "side" => "server", "result" => result)
+                    .increment(1);
+                let reply = match found {
+                    Some(resp) => Reply::Ok(Some(resp.info)),
+                    None => Reply::Unknown,
+                };
+                let _ = send(&mut tls, &reply).await;
+            }
+            Request::Connect { name, caller } => {
+                let link = self.carry_in(tls, gateway, name, caller, early);
+                link.instrument(info_span!("dist", peer = %caller)).await;
+            }
+        }
+    }
+
+    /// B: a link the peer gateway `gateway` carries from `caller` to `name`.
+    async fn carry_in(
+        &self,
+        mut tls: Stream,
+        gateway: String,
+        name: String,
+        caller: SocketAddr,
+        early: Vec<u8>,
+    ) {
+        let started = Instant::now();
+        let destination = match Box::pin(self.directory.port_please_here(&name)).await {
+            Some(resp) => self.directory.destination(resp.port),
+            None => None,
+        };
+        let Some(destination) = destination else {
+            debug!(node = %name, %gateway, "federated link to a name not here");
+            metrics::counter!(m::DIST_NO_NODE).increment(1);
+            self.refusals.note(caller.ip(), &name, None, Reason::NoNode);
+            let _ = send(&mut tls, &Reply::Unknown).await;
+            return;
+        };
+        // The caller's source as the peer gateway reports it: never trusted here (its
+        // addresses are another cluster's), limited and banned by its prefix.
+        let prefix = self.guard.source(caller.ip());
+        let slot = match self.guard.admit(prefix, started) {
+            Ok(slot) => Some(slot),
+            Err(refusal) => {
+                self.refused(&name, caller, refusal);
+                let _ = send(&mut tls, &Reply::Refused).await;
+                return;
+            }
+        };
+        let attempt = Attempt {
+            node: name,
+            source: caller,
+            prefix,
+            trusted: false,
+            local: false,
+            started,
+        };
+        if send(&mut tls, &Reply::Ok(None)).await.is_err() {
+            return;
+        }
+        let first = timeout(
+            self.config.get().first_frame_timeout,
+            first_frame(&mut tls, early),
+        )
+        .await;
+        let (caller_id, early) = match first {
+            Err(_) => {
+                self.failed::<()>(
+                    &attempt,
+                    HandshakeResult::Timeout,
+                    "no first frame in time",
+                    None,
+                    Reason::Timeout,
+                );
+                return;
+            }
+            Ok(None) => return,
+            Ok(Some(first)) => first,
+        };
+        match &caller_id {
+            Caller::Node { name, .. } if !self.allows(name, false) => {
+                HandshakeResult::NotAllowed.count(attempt.node.clone());
+                self.note(&attempt, Some(name), Reason::NotAllowed);
+                let _ = async {
+                    tls.write_all(super::admission::NOT_ALLOWED).await?;
+                    tls.shutdown().await
+                }
+                .await;
+                if self.guard.may_log(Instant::now()) {
+                    let claimed: String = name.chars().take(255).collect();
+                    warn!(node = %attempt.node, source = %caller, %gateway, claimed, "federated dist connection refused: the peer's name matches no `dist.allow_peers` glob (answered not_allowed)");
+                }
+                return;
+            }
+            Caller::Node { .. } => {}
+            Caller::Tls { .. } | Caller::Unknown => {
+                self.failed::<()>(
+                    &attempt,
+                    HandshakeResult::Failed,
+                    "not_a_handshake",
+                    None,
+                    Reason::NotAHandshake,
+                );
+                return;
+            }
+        }
+        let Some((mut node, _)) = self.connect_to(&attempt.node, destination).await else {
+            self.note(&attempt, caller_id.name(), Reason::UpstreamRefused);
+            return;
+        };
+        let mut opened = Box::new(Opened {
+            node: attempt.node.clone(),
+            source: caller,
+            public_port: 0,
+            peer_name: None,
+            tls_sni: None,
+            direction: FEDERATION_IN,
+            handshake_bytes: ByteCounts::default(),
+            gateway: Some(gateway),
+            _slot: slot,
+        });
+        if self
+            .authenticate(&attempt, &mut tls, &mut node, &early, &mut opened)
+            .await
+            .is_none()
+        {
+            return;
+        }
+        self.carry(tls, node, *opened, Way::ToPeer).await;
+    }
+
+    /// The link is up: listed, counted by peer gateway, its bytes copied both ways
+    /// until both sides closed (or one closed and the other did not follow within
+    /// `linger`), then told. `to_gateway` is the way whose bytes go to the peer gateway.
+    async fn carry<P, N>(&self, peer: P, node: N, opened: Opened, to_gateway: Way)
+    where
+        P: AsyncRead + AsyncWrite + Unpin + Send,
+        N: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        let gateway = opened.gateway.clone().unwrap_or_default();
+        let open = ::metrics::gauge!(m::FEDERATION_LINKS_OPEN, "peer" => gateway.clone());
+        open.increment(1.0);
+        let carried = self.link_up(opened);
+        let link = Arc::clone(&carried.listed.link);
+        let linger = self.config.get().linger;
+        let sent = ::metrics::counter!(m::FEDERATION_SENT, "peer" => gateway.clone());
+        let received = ::metrics::counter!(m::FEDERATION_RECEIVED, "peer" => gateway);
+        let (from_peer, to_peer) = match to_gateway {
+            Way::FromPeer => (sent, received),
+            Way::ToPeer => (received, sent),
+        };
+        let outcome = bridge(peer, node, &link, [from_peer, to_peer], linger).await;
+        open.decrement(1.0);
+        super::public::link_down(*carried, &outcome);
+    }
+}
+
+/// Sends `reply` to the peer gateway.
+async fn send(tls: &mut Stream, reply: &Reply) -> std::io::Result<()> {
+    tls.write_all(&reply.encode()).await?;
+    tls.flush().await
+}
+
+/// B: the caller's first frame, read off the TLS stream after `early` (it cannot be
+/// peeked at): who it is and every byte read, to be passed on. `None`: closed first.
+async fn first_frame(tls: &mut Stream, mut bytes: Vec<u8>) -> Option<(Caller, Vec<u8>)> {
+    let mut chunk = [0u8; 1024];
+    loop {
+        match handshake::classify(&bytes) {
+            Peek::Done(caller) => return Some((caller, bytes)),
+            Peek::NeedMore(_) if bytes.len() > handshake::MAX_TLS_RECORD => {
+                return Some((Caller::Unknown, bytes));
+            }
+            Peek::NeedMore(_) => {}
+        }
+        match tls.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => bytes.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// Copies both ways between `peer` and `node`, each way's bytes counted into `link`
+/// and `gateway` (from the peer, to the peer); a side's close is passed on as a
+/// half-close, and the other side gets `linger` to follow.
+async fn bridge<P, N>(
+    peer: P,
+    node: N,
+    link: &Arc<Link>,
+    gateway: [::metrics::Counter; 2],
+    linger: Duration,
+) -> Outcome
+where
+    P: AsyncRead + AsyncWrite + Unpin + Send,
+    N: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let [from_peer_gw, to_peer_gw] = gateway;
+    let (mut peer_read, mut peer_write) = tokio::io::split(peer);
+    let (mut node_read, mut node_write) = tokio::io::split(node);
+    let before = (link.from_peer.bytes(), link.to_peer.bytes());
+    let up = pump(
+        &mut peer_read,
+        &mut node_write,
+        link,
+        Way::FromPeer,
+        &from_peer_gw,
+    );
+    let down = pump(
+        &mut node_read,
+        &mut peer_write,
+        link,
+        Way::ToPeer,
+        &to_peer_gw,
+    );
+    tokio::pin!(up, down);
+    let (first, sender, rest) = tokio::select! {
+        r = &mut up => (r, ClosedBy::Peer, Either::Down),
+        r = &mut down => (r, ClosedBy::Node, Either::Up),
+    };
+    let closed_by = match &first {
+        Ok(_) => sender,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => match sender {
+            ClosedBy::Peer => ClosedBy::Node,
+            _ => ClosedBy::Peer,
+        },
+        Err(_) => sender,
+    };
+    let second = match first {
+        Err(e) => Err(e),
+        Ok(_) => {
+            let rest = async {
+                match rest {
+                    Either::Up => (&mut up).await,
+                    Either::Down => (&mut down).await,
+                }
+            };
+            match timeout(linger, rest).await {
+                Ok(r) => r.map(|_| ()),
+                Err(_) => Err(std::io::Error::other(LingerOver)),
+            }
+        }
+    };
+    let bytes = ByteCounts {
+        from_peer: link.from_peer.bytes() - before.0,
+        to_peer: link.to_peer.bytes() - before.1,
+    };
+    let closed_by = match &second {
+        Err(e) if e.get_ref().is_some_and(|inner| inner.is::<LingerOver>()) => ClosedBy::Distgate,
+        _ => closed_by,
+    };
+    Outcome {
+        bytes,
+        result: second,
+        closed_by,
+    }
+}
+
+enum Either {
+    Up,
+    Down,
+}
+
+/// One way of a federated link: reads, writes on at once, counts; at the source's end,
+/// passes the close on.
+async fn pump<R, W>(
+    src: &mut R,
+    dst: &mut W,
+    link: &Link,
+    way: Way,
+    gateway: &::metrics::Counter,
+) -> std::io::Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        let n = src.read(&mut buf).await?;
+        if n == 0 {
+            return dst.shutdown().await;
+        }
+        dst.write_all(&buf[..n]).await?;
+        dst.flush().await?;
+        link.carried(way, n as u64);
+        gateway.increment(n as u64);
+    }
+}
