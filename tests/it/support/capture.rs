@@ -21,10 +21,11 @@ impl Capture {
         let mut command = Command::new("ip");
         command
             .args(["netns", "exec", ns, "tcpdump", "-i", dev, "-n", "-s", "0"])
-            // Each packet handed over and written as it comes: without it the packets
-            // of the last buffer timeout (1 s) are still in the kernel's ring when
-            // tcpdump is told to stop, and are lost.
-            .args(["--immediate-mode", "-U"])
+            // Each packet handed over as it comes (without it the packets of the last
+            // buffer timeout, 1 s, are still in the kernel's ring when tcpdump is told
+            // to stop, and are lost), into a ring of 128 MiB that holds a burst of
+            // GSO-sized packets at veth speed while tcpdump writes them out.
+            .args(["--immediate-mode", "-B", "131072"])
             // Debian's tcpdump drops to its own user before it opens the file.
             .args(["-Z", "root", "-w"])
             .arg(file);
@@ -39,12 +40,19 @@ impl Capture {
     }
 
     /// Ends the capture (SIGINT, so it writes what it holds and reports) and returns
-    /// what tcpdump said: how many packets it captured and dropped.
+    /// what tcpdump said; fails if the kernel dropped packets it could not take (a
+    /// capture with holes proves nothing absent).
     pub fn stop(mut self) -> String {
         let pid = nix::unistd::Pid::from_raw(self.out.process.pid() as i32);
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
-        self.out.wait_exit(DEADLINE);
-        self.out.text()
+        assert!(self.out.wait_exit(DEADLINE).success());
+        let said = self.out.text();
+        assert!(
+            said.lines()
+                .any(|l| l.trim() == "0 packets dropped by kernel"),
+            "the capture lost packets:\n{said}"
+        );
+        said
     }
 }
 
