@@ -58,6 +58,7 @@ fn federation_refuses_strangers_and_closes_silent_peers_at_the_deadline() {
     let mut world = World::start(false);
     world.strangers_are_refused_and_counted();
     world.silent_peers_and_endless_headers_close_at_the_deadline();
+    world.strangers_are_listed_in_refusals();
 }
 
 fn required() -> bool {
@@ -360,6 +361,12 @@ impl World {
             &[("result", "ok")],
         );
         assert!(reloads >= 1.0, "no certificate reload counted");
+        let log = self.b.gateway_log();
+        let material = log.lines().filter(|l| l.contains("certificate"));
+        eprintln!(
+            "B on its material:\n{}",
+            material.collect::<Vec<_>>().join("\n")
+        );
     }
 
     /// The serial of the certificate B's federation port serves now, seen by
@@ -429,6 +436,11 @@ impl World {
             eprintln!("B counted the stranger `{result}` ({before} -> {now})");
             self.a.pods.stop(index);
         }
+    }
+
+    /// B's `/refusals` lists the strangers (docs/federation.md): checked last, so the
+    /// steps before it run whatever it finds.
+    fn strangers_are_listed_in_refusals(&mut self) {
         let refusals = admin_in(&self.b.gw_ns(), "/refusals");
         for reason in ["federation_untrusted", "federation_not_allowed"] {
             assert!(
