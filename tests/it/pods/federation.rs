@@ -48,6 +48,7 @@ fn nodes_in_two_clusters_meet_through_federated_gateways_only() {
     world.nodes_meet_across_in_both_directions();
     world.the_joining_link_carried_only_ciphertext_on_the_federation_port();
     world.certificates_rotate_under_a_streaming_link();
+    world.the_links_table_names_the_peer_gateway();
 }
 
 #[test]
@@ -222,11 +223,47 @@ impl World {
         // Each gateway served the other's connection as a federation server.
         assert!(self.a.handshakes("ok") > before[0], "A served no link");
         assert!(self.b.handshakes("ok") > before[1], "B served no link");
-        let a_links = admin_in(&self.b.gw_ns(), "/links");
-        assert!(
-            a_links.contains(&format!("\"peer_gateway\":\"{}\"", gateway_id("a.test"))),
-            "B's /links names no link from gateway A:\n{a_links}"
-        );
+        // Each gateway counts both links, the one it dialled and the one it served,
+        // under the other's identity, and the 32 MiB each way they carried.
+        for (me, other) in [(&self.a, &self.b), (&self.b, &self.a)] {
+            let metrics = me.metrics();
+            let id = gateway_id(&other.domain());
+            let peer = [("peer", id.as_str())];
+            let at = |name: &str| total(&metrics, name, &peer);
+            let what = format!("gateway {} on {id}", me.letter);
+            assert_eq!(at("distgate_federation_links_open"), 2.0, "{what}");
+            assert_eq!(at("distgate_federation_peer_up"), 1.0, "{what}");
+            for way in ["sent", "received"] {
+                let bytes = at(&format!("distgate_federation_{way}_bytes_total"));
+                assert!(bytes >= (2 * BULK) as f64, "{what}: {way} {bytes} bytes");
+            }
+            let links = admin_in(&me.gw_ns(), "/links");
+            let named = format!("\"peer_gateway\":\"{id}\"");
+            assert_eq!(links.matches(&named).count(), 2, "{what}: /links\n{links}");
+        }
+    }
+
+    /// `distgate links` on each gateway shows the peer gateway of every federated
+    /// link (a GATEWAY column): checked last, so the steps before it run whatever it
+    /// finds.
+    fn the_links_table_names_the_peer_gateway(&mut self) {
+        for (me, other) in [(&self.a, &self.b), (&self.b, &self.a)] {
+            let id = gateway_id(&other.domain());
+            let mut cli = me.pods.command(me.gw, env!("CARGO_BIN_EXE_distgate"));
+            let out = cli.arg("links").output().unwrap();
+            let table = String::from_utf8_lossy(&out.stdout);
+            let federated: Vec<&str> = table
+                .lines()
+                .filter(|l| l.contains("federation_"))
+                .collect();
+            assert!(
+                table.contains("GATEWAY")
+                    && !federated.is_empty()
+                    && federated.iter().all(|l| l.contains(&id)),
+                "gateway {}: `distgate links` does not name {id}:\n{table}",
+                me.letter
+            );
+        }
     }
 
     /// The capture on the joining link: only TCP on the federation port, at least the
