@@ -35,6 +35,10 @@ use wire::{Reply, Request};
 /// A TLS stream to or from a peer gateway.
 pub type Stream = tokio_rustls::TlsStream<TcpStream>;
 
+/// How often a gateway pings each peer gateway its routes federate with, so that
+/// `distgate_federation_peer_up` is current when no link or lookup crosses.
+pub const PING_EVERY: Duration = Duration::from_secs(30);
+
 /// The `peer` label where no trusted identity is known.
 pub const UNKNOWN_PEER: &str = "unknown";
 
@@ -312,6 +316,19 @@ impl Federation {
         answer
     }
 
+    /// Asks peer gateway `peer` at `addr` whether it is there and trusts this gateway
+    /// (`distgate_federation_peer_up`).
+    pub async fn ping(
+        &self,
+        addr: SocketAddr,
+        peer: &Federate,
+        connect: Duration,
+    ) -> Result<(), Failure> {
+        self.ask(addr, peer, &Request::Ping, connect)
+            .await
+            .map(|_| ())
+    }
+
     /// Asks peer gateway `peer` at `addr` to carry a dist connection from `caller` to
     /// `name`: the stream, ready for the caller's first frame.
     pub async fn connect(
@@ -334,13 +351,13 @@ impl Federation {
 
     /// Serves a peer gateway's connection: TLS within `handshake_timeout`, a
     /// certificate that chains to `ca` and that `peers` admits, and its request.
-    /// `None`: refused, counted and logged. Else the stream, the peer's identity, its
+    /// `Err`: refused (how), counted and logged. Else the stream, the peer's identity, its
     /// request, and any bytes that came after the request.
     pub async fn accept(
         &self,
         tcp: TcpStream,
         source: SocketAddr,
-    ) -> Option<(Stream, String, Request, Vec<u8>)> {
+    ) -> Result<(Stream, String, Request, Vec<u8>), Handshake> {
         let started = Instant::now();
         let limit = self.config.get().handshake_timeout;
         let _ = tcp.set_nodelay(true);
@@ -417,7 +434,7 @@ impl Federation {
             Ok(Ok((request, rest))) => {
                 Handshake::Ok.count(&peer, "server");
                 debug!(%source, %peer, ?request, "federation request");
-                Some((tls, peer, request, rest))
+                Ok((tls, peer, request, rest))
             }
             Ok(Err(why)) => self.refuse(source, &peer, Handshake::Protocol, &why),
             Err(_) => self.refuse(
@@ -429,11 +446,17 @@ impl Federation {
         }
     }
 
-    fn refuse<T>(&self, source: SocketAddr, peer: &str, result: Handshake, why: &str) -> Option<T> {
+    fn refuse<T>(
+        &self,
+        source: SocketAddr,
+        peer: &str,
+        result: Handshake,
+        why: &str,
+    ) -> Result<T, Handshake> {
         result.count(peer, "server");
         if self.may_log() {
             warn!(%source, peer, result = result.label(), "federation connection refused: {why}");
         }
-        None
+        Err(result)
     }
 }

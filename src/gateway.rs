@@ -245,6 +245,30 @@ impl Gateway {
                 gateway.recheck().await;
             }
         });
+        if let Some(federation) = self.federation.clone() {
+            let mut peers: Vec<route::Federate> = (self.routes.iter())
+                .filter_map(|r| match &r.upstream {
+                    Upstream::Federate(f) => Some(f.clone()),
+                    _ => None,
+                })
+                .collect();
+            peers.dedup();
+            let gateway = Arc::clone(&self);
+            tasks.spawn(async move {
+                loop {
+                    for peer in &peers {
+                        let Ok(ip) = gateway.resolve(&peer.host).await else {
+                            let up = ::metrics::gauge!(m::FEDERATION_PEER_UP, "peer" => peer.identity.clone());
+                            up.set(0.0);
+                            continue;
+                        };
+                        let addr = SocketAddr::new(ip, peer.port);
+                        let _ = federation.ping(addr, peer, gateway.connect_timeout).await;
+                    }
+                    tokio::time::sleep(crate::federation::PING_EVERY).await;
+                }
+            });
+        }
         for index in 0..self.discoveries.len() {
             let gateway = Arc::clone(&self);
             tasks.spawn(async move {

@@ -165,6 +165,7 @@ pub async fn links(admin: SocketAddr, timeout: Duration) -> Result<String, ApiEr
                 l.bytes_to_peer.to_string(),
                 seconds(l.idle_from_peer),
                 seconds(l.idle_to_peer),
+                l.peer_gateway.clone().unwrap_or_else(|| "-".into()),
             ]
         })
         .collect();
@@ -180,6 +181,7 @@ pub async fn links(admin: SocketAddr, timeout: Duration) -> Result<String, ApiEr
         "BYTES_OUT",
         "IDLE_IN",
         "IDLE_OUT",
+        "GATEWAY",
     ];
     Ok(table(&head, &rows, "no open links"))
 }

@@ -316,7 +316,15 @@ fn a_route_needs_one_upstream_or_discover() {
         ("[[route]]\nnodes = \"a\"\n", "missing `upstream`"),
         (
             "[[route]]\nnodes = \"a\"\nupstream = \"x\"\ndiscover = \"y\"\n",
-            "not both",
+            "give one of",
+        ),
+        (
+            "[[route]]\nnodes = \"a\"\nupstream = \"x\"\nidentity = \"gw\"\n",
+            "`identity` belongs to `federate`",
+        ),
+        (
+            "[[route]]\nnodes = \"a\"\nfederate = \"gw\"\n",
+            "not host:port",
         ),
         (
             "[[route]]\nnodes = \"a\"\nupstream = \"x\"\nrecords = \"srv\"\n",
@@ -327,6 +335,35 @@ fn a_route_needs_one_upstream_or_discover() {
         assert_eq!(key, "route[0]", "{text}");
         assert!(message.contains(says), "{text}: {message}");
     }
+}
+
+#[test]
+fn federation_needs_its_material_and_peers() {
+    let (key, _, message) = error_of("[federation]\nlisten = [\"127.0.0.1:43690\"]\n");
+    assert_eq!(key, "federation.cert");
+    assert!(message.contains("`federation.listen` is set"), "{message}");
+    let (key, _, message) = error_of(
+        "[[route]]\nnodes = \"b-*\"\nfederate = \"gw:43690\"\n[federation]\ncert = \"c\"\n",
+    );
+    assert_eq!(key, "federation.key");
+    assert!(message.contains("a route has `federate`"), "{message}");
+    let files = "cert = \"c\"\nkey = \"k\"\nca = \"a\"\n";
+    let (key, _, _) = error_of(&format!(
+        "[federation]\nlisten = [\"127.0.0.1:1\"]\n{files}"
+    ));
+    assert_eq!(key, "federation.peers");
+    let (key, _, _) = error_of(&format!("[federation]\n{files}watch_every = \"0s\"\n"));
+    assert_eq!(key, "federation.watch_every");
+    let config = parse(&format!(
+        "[federation]\nlisten = [\"127.0.0.1:1\"]\npeers = [\"spiffe://a/*\"]\n{files}"
+    ))
+    .unwrap();
+    assert!(config.federation.wanted(&config.routes));
+    assert!(!distgate_defaults().federation.wanted(&[]));
+}
+
+fn distgate_defaults() -> Config {
+    parse("").unwrap()
 }
 
 #[test]

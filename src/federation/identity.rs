@@ -54,19 +54,29 @@ impl Names {
     /// The identities this certificate can stand for: its URI SAN when it has exactly
     /// one (a SPIFFE SVID has one), then its DNS names. None for a CA.
     fn identities(&self) -> impl Iterator<Item = &str> {
-        let uri = (self.uris.len() == 1).then(|| self.uris[0].as_str());
-        let all = (!self.is_ca).then(|| uri.into_iter().chain(self.dns.iter().map(String::as_str)));
-        all.into_iter().flatten()
+        self.uri().into_iter().chain(self.dns_names())
+    }
+
+    /// Its one URI SAN (a SPIFFE SVID carries exactly one); none for a CA.
+    fn uri(&self) -> Option<&str> {
+        (!self.is_ca && self.uris.len() == 1).then(|| self.uris[0].as_str())
+    }
+
+    /// Its DNS SANs (none for a CA), leaving out any that look like a URI.
+    fn dns_names(&self) -> impl Iterator<Item = &str> {
+        let names = self.dns.iter().map(String::as_str);
+        names.filter(|name| !self.is_ca && !name.contains("://"))
     }
 
     /// Whether the certificate is `expected`: a SPIFFE ID equal to its one URI SAN,
     /// or a DNS name among its DNS SANs (letter case aside).
     pub fn is(&self, expected: &str) -> bool {
-        let spiffe = expected.starts_with("spiffe://");
-        self.identities().any(|id| match spiffe {
-            true => id == expected,
-            false => !id.contains("://") && id.eq_ignore_ascii_case(expected),
-        })
+        match expected.starts_with("spiffe://") {
+            true => self.uri() == Some(expected),
+            false => self
+                .dns_names()
+                .any(|name| name.eq_ignore_ascii_case(expected)),
+        }
     }
 
     /// The first of its identities that a glob of `peers` matches.

@@ -23,7 +23,7 @@ use super::refusals::Reason;
 use super::{ByteCounts, ClosedBy, LingerOver, Outcome};
 use crate::accept::{Acceptor, Admit};
 use crate::federation::wire::{Reply, Request};
-use crate::federation::{Federation, Stream};
+use crate::federation::{Federation, Handshake, Stream};
 use crate::handshake::{self, Caller, Peek};
 use crate::links::{Link, Way};
 use crate::metrics::{self as m, HandshakeResult};
@@ -120,8 +120,17 @@ impl Forwarder {
 
     /// B: one peer gateway's connection, from TLS to its request's end.
     async fn federated(&self, federation: Arc<Federation>, tcp: TcpStream, source: SocketAddr) {
-        let Some((mut tls, gateway, request, early)) = federation.accept(tcp, source).await else {
-            return;
+        let (mut tls, gateway, request, early) = match federation.accept(tcp, source).await {
+            Ok(accepted) => accepted,
+            Err(refused) => {
+                let reason = match refused {
+                    Handshake::Untrusted => Reason::FederationUntrusted,
+                    Handshake::NotAllowed => Reason::FederationNotAllowed,
+                    _ => return,
+                };
+                self.refusals.note(source.ip(), "", None, reason);
+                return;
+            }
         };
         match request {
             Request::Ping => {

@@ -38,6 +38,10 @@ pub(crate) enum Reason {
     NoNode,
     /// The node's real port (or the routed upstream) did not accept.
     UpstreamRefused,
+    /// A peer gateway whose certificate does not chain to `[federation] ca`.
+    FederationUntrusted,
+    /// A peer gateway trusted, but admitted by no `[federation] peers` glob.
+    FederationNotAllowed,
 }
 
 impl Reason {
@@ -55,6 +59,8 @@ impl Reason {
             Reason::NotAHandshake => "not_a_handshake",
             Reason::NoNode => "no_node",
             Reason::UpstreamRefused => "upstream_refused",
+            Reason::FederationUntrusted => "federation_untrusted",
+            Reason::FederationNotAllowed => "federation_not_allowed",
         }
     }
 }

@@ -39,6 +39,7 @@ async fn pair(handshake_timeout: Duration) -> Pair {
     b.config.federation.listen = vec!["127.0.0.1:0".parse().unwrap()];
     b.config.federation.peers = vec!["spiffe://a.test/*".into()];
     b.config.federation.handshake_timeout = handshake_timeout;
+    b.config.federation.watch_every = Duration::from_millis(100);
     let b = InProcess::start(b).await;
     let node = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let (registration, _) =
@@ -238,4 +239,78 @@ async fn a_silent_peer_and_an_endless_request_are_closed_at_the_deadline() {
         both.then_some(())
     })
     .await;
+}
+
+/// The serial of the certificate B serves now, as a peer gateway sees it.
+async fn served_serial(p: &Pair) -> String {
+    let material = distgate::federation::Material::load(&distgate::federation::Paths {
+        cert: p.dir.join("a.crt"),
+        key: p.dir.join("a.key"),
+        ca: p.dir.join("a-ca.crt"),
+    })
+    .unwrap();
+    let connector = tokio_rustls::TlsConnector::from(material.client(B_ID));
+    let tcp = TcpStream::connect(p.b.federation.unwrap()).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("b.test").unwrap();
+    let tls = connector.connect(name, tcp).await.unwrap();
+    let leaf = &tls.get_ref().1.peer_certificates().unwrap()[0];
+    distgate::federation::identity::names(leaf).unwrap().serial
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_rotate_under_an_open_link_and_a_broken_file_keeps_the_old() {
+    let p = pair(Duration::from_secs(5)).await;
+    let port = port_please(p.a.epmd, "b-1").await.unwrap();
+    let public = std::net::SocketAddr::new([127, 0, 0, 1].into(), port);
+    let (mut caller, mut at_node) =
+        crate::support::dist::link(public, &p.node, "peer@a.test").await;
+    assert_eq!(served_serial(&p).await, "02");
+
+    // A new certificate (serial 22) and key, swapped in as Kubernetes does: the files
+    // replaced whole by a rename.
+    let (cert, key) = p.ca.leaf(B_ID, 0x22);
+    std::fs::write(p.dir.join("b.crt.new"), cert).unwrap();
+    std::fs::write(p.dir.join("b.key.new"), key).unwrap();
+    std::fs::rename(p.dir.join("b.key.new"), p.dir.join("b.key")).unwrap();
+    std::fs::rename(p.dir.join("b.crt.new"), p.dir.join("b.crt")).unwrap();
+    eventually("B to serve the new certificate", || async {
+        (served_serial(&p).await == "22").then_some(())
+    })
+    .await;
+    // The link opened before goes on, both ways.
+    caller.write_all(b"still here").await.unwrap();
+    let mut got = [0u8; 10];
+    at_node.read_exact(&mut got).await.unwrap();
+    at_node.write_all(b"yes").await.unwrap();
+    let mut back = [0u8; 3];
+    caller.read_exact(&mut back).await.unwrap();
+    assert_eq!((&got, &back), (b"still here", b"yes"));
+
+    // A certificate file that does not parse: the old material stays, counted once
+    // (a poll that caught the key renamed before the certificate counted one before).
+    let errors = |m: &str| {
+        sample(
+            m,
+            "distgate_federation_certificate_reloads_total",
+            &[("result", "error")],
+        )
+        .unwrap_or(0.0)
+    };
+    let before = errors(&metrics(&p.b).await);
+    std::fs::write(p.dir.join("b.crt"), "-----BEGIN CERTIFICATE-----\nbroken\n").unwrap();
+    eventually("B to count the broken file", || async {
+        (errors(&metrics(&p.b).await) == before + 1.0).then_some(())
+    })
+    .await;
+    assert_eq!(served_serial(&p).await, "22");
+    assert!(port_please(p.a.epmd, "b-1").await.is_some());
+    assert_eq!(
+        errors(&metrics(&p.b).await),
+        before + 1.0,
+        "logged and counted once"
+    );
+    assert!(
+        port_please(p.a.epmd, "b-1").await.is_some(),
+        "A still gets through"
+    );
 }
