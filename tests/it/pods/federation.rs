@@ -470,7 +470,10 @@ impl World {
                 "a stranger ({result}) was given a port for b-1"
             );
             let now = self.b.handshakes_above(result, before);
-            eprintln!("B counted the stranger `{result}` ({before} -> {now})");
+            eprintln!(
+                "B counted the stranger `{result}`: {} -> {}",
+                before as u64, now as u64
+            );
             self.a.pods.stop(index);
         }
     }
