@@ -122,6 +122,16 @@ impl Failure {
     }
 }
 
+/// A peer gateway that connected: its identity, and the `peers` glob that admitted
+/// it (its `peer` label).
+#[derive(Debug, Clone)]
+pub struct Peer {
+    /// The identity its certificate carries (for logs and `/links`).
+    pub identity: String,
+    /// The glob of `peers` that admitted it.
+    pub label: String,
+}
+
 /// Dials and serves peer gateways with the material in force.
 #[derive(Debug)]
 pub struct Federation {
@@ -357,7 +367,7 @@ impl Federation {
         &self,
         tcp: TcpStream,
         source: SocketAddr,
-    ) -> Result<(Stream, String, Request, Vec<u8>), Handshake> {
+    ) -> Result<(Stream, Peer, Request, Vec<u8>), Handshake> {
         let started = Instant::now();
         let limit = self.config.get().handshake_timeout;
         let _ = tcp.set_nodelay(true);
@@ -399,7 +409,8 @@ impl Federation {
                 "no readable certificate",
             );
         };
-        let Some(peer) = names.admitted_by(&self.config.get().peers) else {
+        let config = self.config.get();
+        let Some((identity, label)) = names.admitted_by(&config.peers) else {
             // Told, so that the other gateway counts it as such; a peer not admitted
             // costs this handshake and one (budgeted) line.
             let _ = timeout(limit, async {
@@ -413,6 +424,9 @@ impl Federation {
             );
             return self.refuse(source, UNKNOWN_PEER, Handshake::NotAllowed, &why);
         };
+        // Labelled by the glob that admitted it: certificates are many, globs few.
+        let peer = label.to_owned();
+        drop(config);
         let left = limit.saturating_sub(started.elapsed());
         let mut buf = Vec::with_capacity(64);
         let mut chunk = [0u8; wire::MAX_REQUEST];
@@ -434,7 +448,15 @@ impl Federation {
             Ok(Ok((request, rest))) => {
                 Handshake::Ok.count(&peer, "server");
                 debug!(%source, %peer, ?request, "federation request");
-                Ok((tls, peer, request, rest))
+                Ok((
+                    tls,
+                    Peer {
+                        identity,
+                        label: peer,
+                    },
+                    request,
+                    rest,
+                ))
             }
             Ok(Err(why)) => self.refuse(source, &peer, Handshake::Protocol, &why),
             Err(_) => self.refuse(

@@ -467,6 +467,11 @@ impl Gateway {
         let Some(federation) = &self.federation else {
             return Err(Miss::Upstream);
         };
+        // The request carries at most 255 bytes of name: a longer one is never cut
+        // into another name, it is not found.
+        if name.len() > 255 {
+            return Err(Miss::Unknown);
+        }
         let ip = match self.resolve(&peer.host).await {
             Ok(ip) => ip,
             Err(e) => {
@@ -477,10 +482,14 @@ impl Gateway {
             }
         };
         let addr = SocketAddr::new(ip, peer.port);
-        match federation
-            .lookup(addr, peer, name, self.connect_timeout)
-            .await
-        {
+        // Within the caller's deadline, so that a lookup cut short is still counted.
+        let asked = federation.lookup(addr, peer, name, self.connect_timeout);
+        let Ok(answer) = tokio::time::timeout(self.timeout.mul_f32(0.9), asked).await else {
+            ::metrics::counter!(m::FEDERATION_LOOKUPS, "peer" => peer.identity.clone(), "side" => "client", "result" => "timeout")
+                .increment(1);
+            return Err(Miss::Timeout);
+        };
+        match answer {
             Ok(Some(info)) => Ok(Routed {
                 name: name.to_owned(),
                 host: peer.host.clone(),

@@ -130,17 +130,26 @@ pub struct Link {
     id: u64,
     metrics: m::LinkMeters,
     /// The peer's name where its `peer` label is not it (past `max_peers`).
-    unlabelled: Option<String>,
+    /// The peer's name where its label is not it, and the peer gateway: rare, so
+    /// boxed together (an idle link's entry stays small).
+    names: Option<Box<Names>>,
     source: SocketAddr,
     /// The public dist port the peer dialled.
     public_port: u16,
     tls: bool,
-    /// The peer gateway, for a link across gateways.
-    gateway: Option<String>,
     /// From the peer towards the node.
     pub from_peer: Flow,
     /// From the node towards the peer.
     pub to_peer: Flow,
+}
+
+/// A link's rare names.
+#[derive(Debug)]
+struct Names {
+    /// The peer's name where its `peer` label is not it (past `max_peers`).
+    unlabelled: Option<String>,
+    /// The peer gateway, for a link across gateways.
+    gateway: Option<String>,
 }
 
 /// The table of open links.
@@ -226,11 +235,15 @@ impl Links {
         let link = Arc::new(Link {
             id,
             metrics: new.metrics,
-            unlabelled: new.unlabelled,
+            names: (new.unlabelled.is_some() || new.gateway.is_some()).then(|| {
+                Box::new(Names {
+                    unlabelled: new.unlabelled,
+                    gateway: new.gateway,
+                })
+            }),
             source: new.source,
             public_port: new.public_port,
             tls: new.tls,
-            gateway: new.gateway,
             from_peer: Flow::new(new.bytes.from_peer),
             to_peer: Flow::new(new.bytes.to_peer),
         });
@@ -318,7 +331,8 @@ impl Link {
 
     /// The peer's node name (`tls` for TLS links).
     pub fn peer(&self) -> &str {
-        self.unlabelled.as_deref().unwrap_or(self.metrics.peer())
+        let unlabelled = self.names.as_ref().and_then(|n| n.unlabelled.as_deref());
+        unlabelled.unwrap_or(self.metrics.peer())
     }
 
     /// `n` bytes went `way`: one relaxed add to its flow. The byte counters of the
@@ -351,7 +365,7 @@ impl Link {
             bytes_to_peer: self.to_peer.bytes.load(Ordering::Relaxed),
             idle_from_peer: self.from_peer.idle(now).as_secs_f64(),
             idle_to_peer: self.to_peer.idle(now).as_secs_f64(),
-            peer_gateway: self.gateway.clone(),
+            peer_gateway: self.names.as_ref().and_then(|n| n.gateway.clone()),
         }
     }
 }

@@ -47,6 +47,9 @@ pub enum ReloadError {
     /// The DNS resolver of the new routes cannot be set up.
     #[error(transparent)]
     Dns(#[from] DnsSetupError),
+    /// The `[federation]` certificate, key or trust anchors do not load.
+    #[error("`[federation]` material: {0}")]
+    Federation(#[from] crate::federation::MaterialError),
 }
 
 fn quoted(keys: &[Key]) -> String {
@@ -92,7 +95,7 @@ impl ReloadError {
             ReloadError::NoFile | ReloadError::Starting | ReloadError::RestartNeeded(_) => {
                 "refused"
             }
-            ReloadError::Bind(_) | ReloadError::Dns(_) => "failed",
+            ReloadError::Bind(_) | ReloadError::Dns(_) | ReloadError::Federation(_) => "failed",
         }
     }
 
@@ -106,6 +109,7 @@ impl ReloadError {
                 StatusCode::CONFLICT
             }
             ReloadError::Bind(_) | ReloadError::Dns(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ReloadError::Federation(_) => StatusCode::UNPROCESSABLE_ENTITY,
         }
     }
 
@@ -283,6 +287,12 @@ impl Reloader {
         let routes_changed =
             plan_changed || changed.contains(&Key::Route) || changed.contains(&Key::Dns);
         let federation = self.system.federation();
+        // New material must load before anything changes (a path mistyped is refused,
+        // not a warning while the old material stays).
+        if let (Some(_), Some(paths)) = (&federation, crate::federation::Paths::of(&new.federation))
+        {
+            crate::federation::Material::load(&paths)?;
+        }
         if federation.is_none() && new.federation.wanted(&new.routes) {
             // Federation turned on where it was off: its material and listener come with a restart.
             return Err(ReloadError::RestartNeeded(vec![Key::FederationCert]));

@@ -307,7 +307,14 @@ impl Federate {
         if host.is_empty() || host.contains(char::is_whitespace) || host.contains('/') {
             return Err(bad());
         }
+        let defaulted = identity.is_none();
         let identity = identity.unwrap_or_else(|| host.to_owned());
+        if defaulted && host.parse::<std::net::IpAddr>().is_ok() {
+            // A certificate's DNS SANs never hold an address: say whom to expect.
+            return Err(RouteError::NotAnIdentity(format!(
+                "{identity} (an address: give `identity`, the peer's SPIFFE ID or DNS name)"
+            )));
+        }
         if !is_identity(&identity) {
             return Err(RouteError::NotAnIdentity(identity));
         }
@@ -563,6 +570,10 @@ mod tests {
         );
         let spiffe = Some("spiffe://b.example/ns/distgate/sa/gateway".to_owned());
         let f = Federate::new("[::1]:43690", spiffe).unwrap();
+        assert!(
+            Federate::new("10.0.0.1:43690", None).is_err(),
+            "an address is no identity"
+        );
         assert_eq!((f.host.as_str(), f.identity_host()), ("::1", "b.example"));
         for bad in ["gw-b", "gw-b:0", "gw-b:x", ":43690", "a b:1"] {
             assert_eq!(

@@ -8,8 +8,11 @@ use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
 use crate::glob::wildcard_match;
 
-/// Longest identity kept (in a label, a log line, `/links`).
+/// Longest identity shown (a log line, `/links`).
 pub const MAX_IDENTITY: usize = 255;
+/// Longest SAN that can be an identity at all (longer ones are nobody: a name is
+/// never cut and then matched).
+const MAX_SAN: usize = 2048;
 
 /// The names a certificate carries.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -38,16 +41,20 @@ pub fn names(der: &[u8]) -> Result<Names, String> {
     let san = cert.subject_alternative_name().map_err(|e| e.to_string())?;
     for name in san.iter().flat_map(|san| &san.value.general_names) {
         match name {
-            GeneralName::URI(uri) => names.uris.push(bounded(uri)),
-            GeneralName::DNSName(dns) => names.dns.push(bounded(dns)),
+            GeneralName::URI(uri) => names.uris.push((*uri).to_owned()),
+            GeneralName::DNSName(dns) => names.dns.push((*dns).to_owned()),
             _ => {}
         }
     }
     Ok(names)
 }
 
-fn bounded(s: &str) -> String {
-    s.chars().take(MAX_IDENTITY).collect()
+/// `s` cut to [`MAX_IDENTITY`] characters, control characters replaced: for logs.
+pub fn bounded(s: &str) -> String {
+    let shown = s.chars().take(MAX_IDENTITY);
+    shown
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
 }
 
 impl Names {
@@ -59,13 +66,14 @@ impl Names {
 
     /// Its one URI SAN (a SPIFFE SVID carries exactly one); none for a CA.
     fn uri(&self) -> Option<&str> {
-        (!self.is_ca && self.uris.len() == 1).then(|| self.uris[0].as_str())
+        let one = !self.is_ca && self.uris.len() == 1 && self.uris[0].len() <= MAX_SAN;
+        one.then(|| self.uris[0].as_str())
     }
 
     /// Its DNS SANs (none for a CA), leaving out any that look like a URI.
     fn dns_names(&self) -> impl Iterator<Item = &str> {
         let names = self.dns.iter().map(String::as_str);
-        names.filter(|name| !self.is_ca && !name.contains("://"))
+        names.filter(|name| !self.is_ca && name.len() <= MAX_SAN && !name.contains("://"))
     }
 
     /// Whether the certificate is `expected`: a SPIFFE ID equal to its one URI SAN,
@@ -79,10 +87,13 @@ impl Names {
         }
     }
 
-    /// The first of its identities that a glob of `peers` matches.
-    pub fn admitted_by(&self, peers: &[String]) -> Option<String> {
-        let admitted = |id: &&str| peers.iter().any(|glob| wildcard_match(glob, id));
-        self.identities().find(admitted).map(str::to_owned)
+    /// The first of its identities that a glob of `peers` matches, with that glob
+    /// (the bounded `peer` label: the configuration holds so many).
+    pub fn admitted_by<'p>(&self, peers: &'p [String]) -> Option<(String, &'p str)> {
+        self.identities().find_map(|id| {
+            let glob = peers.iter().find(|glob| wildcard_match(glob, id))?;
+            Some((id.to_owned(), glob.as_str()))
+        })
     }
 
     /// What a log line says the certificate is, bounded.
@@ -137,16 +148,23 @@ mod tests {
             "*.gw.example".into(),
         ];
         let n = names(&["spiffe://b.example/ns/distgate/sa/gateway"], &[], false);
+        let admitted = n.admitted_by(&peers).unwrap();
         assert_eq!(
-            n.admitted_by(&peers).as_deref(),
-            Some("spiffe://b.example/ns/distgate/sa/gateway")
+            admitted,
+            (
+                "spiffe://b.example/ns/distgate/sa/gateway".to_owned(),
+                peers[0].as_str()
+            )
         );
         let n = names(
             &["spiffe://c.example/ns/distgate/sa/gateway"],
             &["c.gw.example"],
             false,
         );
-        assert_eq!(n.admitted_by(&peers).as_deref(), Some("c.gw.example"));
+        assert_eq!(n.admitted_by(&peers).unwrap().0, "c.gw.example");
+        // A name too long to be anyone's is not cut into one a glob matches.
+        let long = format!("spiffe://b.example/ns/{}/sa/gateway", "x".repeat(3000));
+        assert_eq!(names(&[&long], &[], false).admitted_by(&peers), None);
         assert_eq!(
             names(&["spiffe://c.example/x"], &["gw.c.example"], false).admitted_by(&peers),
             None

@@ -105,6 +105,14 @@ impl Forwarder {
             ..
         } = destination
         {
+            if matches!(caller, Caller::Tls { .. }) {
+                // A TLS dist link is not followed, and no plaintext-only handshake
+                // crosses to a peer gateway: refused, not against the caller.
+                HandshakeResult::TlsDenied.count(attempt.node.clone());
+                self.note(&attempt, None, Reason::TlsDenied);
+                debug!(node = %attempt.node, "TLS dist connection to a federated name closed");
+                return None;
+            }
             // Boxed: a federated link's future is large, and rare.
             return Box::pin(self.carry_out(peer, attempt, slot, public_port, gateway)).await;
         }

@@ -7,7 +7,7 @@
 //! name lives here. Both ways the bytes are copied (one side is TLS), half-closes
 //! passed on, and the link listed with its peer gateway.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,8 +22,9 @@ use super::public::{Forwarder, Opened};
 use super::refusals::Reason;
 use super::{ByteCounts, ClosedBy, LingerOver, Outcome};
 use crate::accept::{Acceptor, Admit};
+use crate::directory::Destination;
 use crate::federation::wire::{Reply, Request};
-use crate::federation::{Federation, Handshake, Stream};
+use crate::federation::{Federation, Handshake, Peer, Stream};
 use crate::handshake::{self, Caller, Peek};
 use crate::links::{Link, Way};
 use crate::metrics::{self as m, HandshakeResult};
@@ -96,7 +97,8 @@ impl Forwarder {
         });
         self.authenticate(&attempt, &mut caller, &mut tls, &[], &mut opened)
             .await?;
-        self.carry(caller, tls, *opened, Way::FromPeer).await;
+        let label = peer.identity.clone();
+        self.carry(caller, tls, *opened, Way::FromPeer, label).await;
         None
     }
 
@@ -139,7 +141,7 @@ impl Forwarder {
             Request::Lookup(name) => {
                 let found = Box::pin(self.directory.port_please_here(&name)).await;
                 let result = if found.is_some() { "ok" } else { "unknown" };
-                ::metrics::counter!(m::FEDERATION_LOOKUPS, "peer" => gateway.clone(), "side" => "server", "result" => result)
+                ::metrics::counter!(m::FEDERATION_LOOKUPS, "peer" => gateway.label.clone(), "side" => "server", "result" => result)
                     .increment(1);
                 let reply = match found {
                     Some(resp) => Reply::Ok(Some(resp.info)),
@@ -158,7 +160,7 @@ impl Forwarder {
     async fn carry_in(
         &self,
         mut tls: Stream,
-        gateway: String,
+        gateway: Peer,
         name: String,
         caller: SocketAddr,
         early: Vec<u8>,
@@ -168,16 +170,29 @@ impl Forwarder {
             Some(resp) => self.directory.destination(resp.port),
             None => None,
         };
+        // Only a name that lives here, under that name, and is not itself sent on to a
+        // peer gateway (a reload may have made its route federate meanwhile).
+        let destination = destination.filter(|d| match d {
+            Destination::Local { name: there, .. } => *there == name,
+            Destination::Routed {
+                name: there,
+                federate,
+                ..
+            } => *there == name && federate.is_none(),
+        });
         let Some(destination) = destination else {
-            debug!(node = %name, %gateway, "federated link to a name not here");
+            debug!(node = %name, gateway = %gateway.identity, "federated link to a name not here");
             metrics::counter!(m::DIST_NO_NODE).increment(1);
             self.refusals.note(caller.ip(), &name, None, Reason::NoNode);
             let _ = send(&mut tls, &Reply::Unknown).await;
             return;
         };
         // The caller's source as the peer gateway reports it: never trusted here (its
-        // addresses are another cluster's), limited and banned by its prefix.
-        let prefix = self.guard.source(caller.ip());
+        // addresses are another cluster's), limited and banned keyed on the peer
+        // gateway and that source together, apart from this cluster's own callers.
+        let prefix = self
+            .guard
+            .source(federated_source(&gateway.identity, caller.ip()));
         let slot = match self.guard.admit(prefix, started) {
             Ok(slot) => Some(slot),
             Err(refusal) => {
@@ -227,7 +242,7 @@ impl Forwarder {
                 .await;
                 if self.guard.may_log(Instant::now()) {
                     let claimed: String = name.chars().take(255).collect();
-                    warn!(node = %attempt.node, source = %caller, %gateway, claimed, "federated dist connection refused: the peer's name matches no `dist.allow_peers` glob (answered not_allowed)");
+                    warn!(node = %attempt.node, source = %caller, gateway = %gateway.identity, claimed, "federated dist connection refused: the peer's name matches no `dist.allow_peers` glob (answered not_allowed)");
                 }
                 return;
             }
@@ -255,7 +270,7 @@ impl Forwarder {
             tls_sni: None,
             direction: FEDERATION_IN,
             handshake_bytes: ByteCounts::default(),
-            gateway: Some(gateway),
+            gateway: Some(gateway.identity),
             _slot: slot,
         });
         if self
@@ -265,18 +280,19 @@ impl Forwarder {
         {
             return;
         }
-        self.carry(tls, node, *opened, Way::ToPeer).await;
+        self.carry(tls, node, *opened, Way::ToPeer, gateway.label)
+            .await;
     }
 
     /// The link is up: listed, counted by peer gateway, its bytes copied both ways
     /// until both sides closed (or one closed and the other did not follow within
     /// `linger`), then told. `to_gateway` is the way whose bytes go to the peer gateway.
-    async fn carry<P, N>(&self, peer: P, node: N, opened: Opened, to_gateway: Way)
+    async fn carry<P, N>(&self, peer: P, node: N, opened: Opened, to_gateway: Way, label: String)
     where
         P: AsyncRead + AsyncWrite + Unpin + Send,
         N: AsyncRead + AsyncWrite + Unpin + Send,
     {
-        let gateway = opened.gateway.clone().unwrap_or_default();
+        let gateway = label;
         let open = ::metrics::gauge!(m::FEDERATION_LINKS_OPEN, "peer" => gateway.clone());
         open.increment(1.0);
         let carried = self.link_up(opened);
@@ -292,6 +308,25 @@ impl Forwarder {
         open.decrement(1.0);
         super::public::link_down(*carried, &outcome);
     }
+}
+
+/// Where bans and limits key a caller a peer gateway reports: an address of its own
+/// (in fd00::/8, one /64 per gateway and caller source), so that one gateway's callers
+/// never share a ban with another's or with this cluster's own.
+fn federated_source(gateway: &str, caller: IpAddr) -> IpAddr {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    hash.update(gateway.as_bytes());
+    match caller {
+        IpAddr::V4(ip) => hash.update(ip.octets()),
+        // A caller's IPv6 source is its /64, as on a public port.
+        IpAddr::V6(ip) => hash.update(&ip.octets()[..8]),
+    }
+    let digest = hash.finalize();
+    let mut octets = [0u8; 16];
+    octets[0] = 0xfd;
+    octets[1..8].copy_from_slice(&digest[..7]);
+    IpAddr::V6(octets.into())
 }
 
 /// Sends `reply` to the peer gateway.

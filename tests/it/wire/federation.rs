@@ -14,6 +14,8 @@ use tokio::net::{TcpListener, TcpStream};
 
 const A_ID: &str = "spiffe://a.test/ns/distgate/sa/gateway";
 const B_ID: &str = "spiffe://b.test/ns/distgate/sa/gateway";
+/// B's `peers` glob that admits A: B's label for A.
+const A_PEERS: &str = "spiffe://a.test/*";
 
 /// Gateway B (serving federation, node b-1 behind it) and gateway A (routing `b-*` to
 /// B), sharing one CA.
@@ -37,7 +39,7 @@ async fn pair(handshake_timeout: Duration) -> Pair {
     };
     b.config.federation = b_files.federation();
     b.config.federation.listen = vec!["127.0.0.1:0".parse().unwrap()];
-    b.config.federation.peers = vec!["spiffe://a.test/*".into()];
+    b.config.federation.peers = vec![A_PEERS.into()];
     b.config.federation.handshake_timeout = handshake_timeout;
     b.config.federation.watch_every = Duration::from_millis(100);
     let b = InProcess::start(b).await;
@@ -109,11 +111,11 @@ async fn names_and_links_cross_between_gateways() {
         "{links_b}"
     );
     let m = metrics(&p.b).await;
-    let open = sample(&m, "distgate_federation_links_open", &[("peer", A_ID)]);
+    let open = sample(&m, "distgate_federation_links_open", &[("peer", A_PEERS)]);
     assert_eq!(open, Some(1.0), "{m}");
-    let ok = [("peer", A_ID), ("side", "server"), ("result", "ok")];
+    let ok = [("peer", A_PEERS), ("side", "server"), ("result", "ok")];
     assert!(sample(&m, "distgate_federation_handshakes_total", &ok) >= Some(2.0));
-    let looked = [("peer", A_ID), ("side", "server"), ("result", "ok")];
+    let looked = [("peer", A_PEERS), ("side", "server"), ("result", "ok")];
     assert!(sample(&m, "distgate_federation_lookups_total", &looked) >= Some(1.0));
 
     // A half-close crosses: the caller stops sending, the node sees the end and can
@@ -128,7 +130,7 @@ async fn names_and_links_cross_between_gateways() {
     assert_eq!(last, b"last");
     eventually("the link to close at B", || async {
         let m = metrics(&p.b).await;
-        let open = sample(&m, "distgate_federation_links_open", &[("peer", A_ID)]);
+        let open = sample(&m, "distgate_federation_links_open", &[("peer", A_PEERS)]);
         (open == Some(0.0)).then_some(())
     })
     .await;
@@ -136,7 +138,7 @@ async fn names_and_links_cross_between_gateways() {
     let received = sample(
         &m,
         "distgate_federation_received_bytes_total",
-        &[("peer", A_ID)],
+        &[("peer", A_PEERS)],
     );
     assert!(received >= Some(1_000_000.0), "{received:?}");
 }
@@ -233,7 +235,7 @@ async fn a_silent_peer_and_an_endless_request_are_closed_at_the_deadline() {
             ("side", "server"),
             ("result", "timeout"),
         ];
-        let known = [("peer", A_ID), ("side", "server"), ("result", "timeout")];
+        let known = [("peer", A_PEERS), ("side", "server"), ("result", "timeout")];
         let both = sample(&m, "distgate_federation_handshakes_total", &unknown) >= Some(1.0)
             && sample(&m, "distgate_federation_handshakes_total", &known) >= Some(1.0);
         both.then_some(())
