@@ -2,6 +2,7 @@
 //! gateways and their replicas behind a switch namespace, floods.
 
 mod admission_pods;
+mod federation;
 mod gateway_leases;
 mod gateway_pods;
 mod gateway_replicas;

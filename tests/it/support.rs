@@ -6,6 +6,8 @@ pub mod as_user;
 pub mod beam;
 pub mod binary;
 pub mod bytes;
+pub mod capture;
+pub mod clusters;
 pub mod dist;
 pub mod dnsmasq;
 pub mod netns;

@@ -94,6 +94,31 @@ pub fn server_args(port: u16, ttl: u32) -> Vec<String> {
     .collect()
 }
 
+/// dnsmasq in the foreground on `listen`:53 (an address of a test namespace, where it
+/// is that network's name server), no other configuration, authoritative for the
+/// made-up domain `domain` (unknown names are NXDOMAIN), answers given a TTL of `ttl`
+/// seconds.
+pub fn network_server_args(listen: &str, ttl: u32, domain: &str) -> Vec<String> {
+    [
+        "--keep-in-foreground",
+        "--conf-file=/dev/null",
+        "--no-resolv",
+        "--no-hosts",
+        "--bind-interfaces",
+        "--pid-file=",
+        "--user=root",
+        "--port=53",
+    ]
+    .map(str::to_owned)
+    .into_iter()
+    .chain([
+        format!("--listen-address={listen}"),
+        format!("--local=/{domain}/"),
+        format!("--local-ttl={ttl}"),
+    ])
+    .collect()
+}
+
 /// dnsmasq arguments for `records` (name, address) and `srv` (service, target, port).
 pub fn args(records: &[(&str, &str)], srv: &[(&str, &str, u16)]) -> Vec<String> {
     let hosts = records

@@ -362,6 +362,55 @@ impl Drop for Pods {
     }
 }
 
+/// One end of a [`veth_link`]: the namespace, its address (a /24) and its MAC address.
+pub struct End<'a> {
+    pub ns: &'a str,
+    pub ip: &'a str,
+    pub mac: &'a str,
+}
+
+/// Joins two existing namespaces by a veth pair named `dev` at both ends, quiet unless
+/// used: no IPv6 (no router solicitations, DAD or MLD) and each end's neighbour entered
+/// by hand for good (no ARP), so a capture on it holds only the traffic sent over it.
+/// The pair goes with the first namespace deleted.
+pub fn veth_link(dev: &str, ends: [End<'_>; 2]) {
+    let [a, b] = &ends;
+    run(
+        &[
+            "ip", "link", "add", dev, "netns", a.ns, "address", a.mac, "type", "veth", "peer",
+            "name", dev, "netns", b.ns, "address", b.mac,
+        ],
+        None,
+    );
+    for end in [a, b] {
+        let sysctl = format!("net.ipv6.conf.{dev}.disable_ipv6=1");
+        exec(end.ns, &["sysctl", "-q", "-w", &sysctl], None);
+        let ip = format!("{}/24", end.ip);
+        run(&["ip", "-n", end.ns, "addr", "add", &ip, "dev", dev], None);
+        run(&["ip", "-n", end.ns, "link", "set", dev, "up"], None);
+    }
+    // Once both ends are up: a link going down flushes its neighbours.
+    for (end, other) in [(a, b), (b, a)] {
+        run(
+            &[
+                "ip",
+                "-n",
+                end.ns,
+                "neigh",
+                "replace",
+                other.ip,
+                "lladdr",
+                other.mac,
+                "dev",
+                dev,
+                "nud",
+                "permanent",
+            ],
+            None,
+        );
+    }
+}
+
 /// Runs `work` on a thread of its own inside namespace `ns` and returns its result.
 /// Sockets it makes stay in `ns` and can be used from any thread afterwards.
 pub fn in_netns<T: Send + 'static>(ns: &str, work: impl FnOnce() -> T + Send + 'static) -> T {

@@ -83,3 +83,61 @@ impl Files {
         }
     }
 }
+
+/// A leaf's certificate and key (PEM) and its serial number as `openssl x509 -serial`
+/// prints it (upper-case hex), for tests that rotate certificates.
+pub struct Leaf {
+    pub cert: String,
+    pub key: String,
+    pub serial: String,
+}
+
+/// Where a leaf's files are: certificate chain and key.
+#[derive(Debug, Clone)]
+pub struct LeafFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl Ca {
+    /// [`Ca::leaf`] as a [`Leaf`] whose serial is `serial` with its first byte made
+    /// 0x40..=0x7f: DER keeps its eight bytes as they are (no leading zero added or
+    /// dropped), so `Leaf::serial` is what openssl prints.
+    pub fn issue(&self, identity: &str, serial: u64) -> Leaf {
+        let serial = (serial & (u64::MAX >> 2)) | (1 << 62);
+        let (cert, key) = self.leaf(identity, serial);
+        Leaf {
+            cert,
+            key,
+            serial: format!("{serial:016X}"),
+        }
+    }
+}
+
+impl Leaf {
+    /// Writes the certificate and key as `<dir>/<name>.crt` and `<dir>/<name>.key`.
+    pub fn write(&self, dir: &Path, name: &str) -> LeafFiles {
+        let files = LeafFiles {
+            cert: dir.join(format!("{name}.crt")),
+            key: dir.join(format!("{name}.key")),
+        };
+        std::fs::write(&files.cert, &self.cert).unwrap();
+        std::fs::write(&files.key, &self.key).unwrap();
+        files
+    }
+
+    /// Replaces the files at `files` with this leaf: each written beside its target,
+    /// then renamed over it (the key first), so no reader sees a half-written file.
+    pub fn replace(&self, files: &LeafFiles) {
+        for (path, text) in [(&files.key, &self.key), (&files.cert, &self.cert)] {
+            let next = path.with_extension("next");
+            std::fs::write(&next, text).unwrap();
+            std::fs::rename(&next, path).unwrap();
+        }
+    }
+}
+
+/// A SPIFFE ID for the gateway of trust domain `domain`, as the tests name them.
+pub fn gateway_id(domain: &str) -> String {
+    format!("spiffe://{domain}/ns/distgate/sa/gateway")
+}
