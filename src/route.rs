@@ -46,6 +46,11 @@ pub enum RouteError {
     /// A `federate` that is no `host:port`.
     #[error("`federate`: `{0}` is not host:port (the peer gateway's `federation.listen`)")]
     NotAGateway(String),
+    /// `port` or `epmd_port` with `federate` (the peer gateway finds the node).
+    #[error(
+        "`port` and `epmd_port` are the peer gateway's to know: a `federate` route takes neither"
+    )]
+    PortWithFederate,
     /// `identity` without `federate`.
     #[error("`identity` belongs to `federate`")]
     IdentityWithoutFederate,
@@ -70,6 +75,7 @@ impl RouteError {
             RouteError::Neither => "no_upstream",
             RouteError::NotAGateway(_) => "not_a_gateway",
             RouteError::IdentityWithoutFederate => "identity_without_federate",
+            RouteError::PortWithFederate => "port_with_federate",
             RouteError::NotAnIdentity(_) => "not_an_identity",
             RouteError::ZeroLeaseIdle => "zero_lease_idle",
         }
@@ -374,10 +380,8 @@ struct RawRoute {
     records: Option<Records>,
     federate: Option<String>,
     identity: Option<String>,
-    #[serde(default = "default_dist_port")]
-    port: UpstreamPort,
-    #[serde(default = "default_epmd_port")]
-    epmd_port: u16,
+    port: Option<UpstreamPort>,
+    epmd_port: Option<u16>,
     #[serde(default)]
     lease: LeaseRule,
     #[serde(default = "default_lease_idle", with = "humantime_serde")]
@@ -397,6 +401,9 @@ impl TryFrom<RawRoute> for Route {
             (None, None, Some(federate)) => {
                 if raw.records.is_some() {
                     return Err(RouteError::RecordsWithoutDiscover);
+                }
+                if raw.port.is_some() || raw.epmd_port.is_some() {
+                    return Err(RouteError::PortWithFederate);
                 }
                 Upstream::Federate(Federate::new(&federate, raw.identity)?)
             }
@@ -422,8 +429,8 @@ impl TryFrom<RawRoute> for Route {
         Ok(Route {
             nodes: raw.nodes,
             upstream,
-            port: raw.port,
-            epmd_port: raw.epmd_port,
+            port: raw.port.unwrap_or_else(default_dist_port),
+            epmd_port: raw.epmd_port.unwrap_or_else(default_epmd_port),
             lease: raw.lease,
             lease_idle: raw.lease_idle,
         })

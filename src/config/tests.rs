@@ -327,6 +327,10 @@ fn a_route_needs_one_upstream_or_discover() {
             "not host:port",
         ),
         (
+            "[[route]]\nnodes = \"a\"\nfederate = \"gw:1\"\nepmd_port = 4369\n",
+            "a `federate` route takes neither",
+        ),
+        (
             "[[route]]\nnodes = \"a\"\nupstream = \"x\"\nrecords = \"srv\"\n",
             "`records` belongs to `discover`",
         ),
