@@ -277,7 +277,8 @@ impl Forwarder {
         let mut opened = Box::new(Opened {
             node: attempt.node.clone(),
             source: caller,
-            public_port: 0,
+            // The port the peer gateway dialled: this gateway's federation port.
+            public_port: tls.get_ref().0.local_addr().map_or(0, |a| a.port()),
             peer_name: None,
             tls_sni: None,
             direction: FEDERATION_IN,

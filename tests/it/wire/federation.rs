@@ -107,7 +107,12 @@ async fn names_and_links_cross_between_gateways() {
     );
     let (_, links_b) = http_get(p.b.admin.unwrap(), "/links").await;
     assert!(
-        links_b.contains(A_ID) && links_b.contains("federation_in"),
+        links_b.contains(A_ID)
+            && links_b.contains("federation_in")
+            && links_b.contains(&format!(
+                "\"public_port\":{}",
+                p.b.federation.unwrap().port()
+            )),
         "{links_b}"
     );
     let m = metrics(&p.b).await;
