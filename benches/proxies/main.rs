@@ -1,6 +1,8 @@
 //! distgate side by side with direct loopback, haproxy (tcp mode, without and with
 //! splice), nginx (stream module), socat and a blocking relay of the bench's own (the
-//! floor of one more hop), interleaved in one run on one machine:
+//! floor of one more hop), interleaved in one run on one machine; and two distgate
+//! gateways federated (mutual TLS 1.3 between them) side by side with two haproxy
+//! processes bridging the same two hops with TLS (`federated.rs`):
 //!
 //! ```sh
 //! cargo bench --bench proxies             # the full run recorded in BENCHMARKS.md
@@ -9,6 +11,8 @@
 //! # before and after a change, in one run: another commit's release binary beside this one
 //! DISTGATE_BENCH_BASELINE=/tmp/distgate-before cargo bench --bench proxies -- \
 //!     --paths direct,distgate-auto,distgate-baseline,haproxy-splice
+//! # two gateways federated against haproxy with TLS on the same two hops
+//! cargo bench --bench proxies -- --paths direct,federated,haproxy-tls
 //! ```
 //!
 //! Uses `haproxy` and `nginx` with `libnginx-mod-stream` (Debian packages; a path whose
