@@ -1,6 +1,8 @@
 //! distgate side by side with direct loopback, haproxy (tcp mode, without and with
 //! splice), nginx (stream module), socat and a blocking relay of the bench's own (the
-//! floor of one more hop), interleaved in one run on one machine:
+//! floor of one more hop), interleaved in one run on one machine; and two distgate
+//! gateways federated (mutual TLS 1.3 between them) side by side with two haproxy
+//! processes bridging the same two hops with TLS (`federated.rs`):
 //!
 //! ```sh
 //! cargo bench --bench proxies             # the full run recorded in BENCHMARKS.md
@@ -9,6 +11,8 @@
 //! # before and after a change, in one run: another commit's release binary beside this one
 //! DISTGATE_BENCH_BASELINE=/tmp/distgate-before cargo bench --bench proxies -- \
 //!     --paths direct,distgate-auto,distgate-baseline,haproxy-splice
+//! # two gateways federated against haproxy with TLS on the same two hops
+//! cargo bench --bench proxies -- --paths direct,federated,haproxy-tls
 //! ```
 //!
 //! Uses `haproxy` and `nginx` with `libnginx-mod-stream` (Debian packages; a path whose
@@ -27,6 +31,7 @@
 )] // a benchmark panics on what it did not expect; its modules are its own
 
 mod erlang;
+mod federated;
 mod measure;
 mod paths;
 mod quota;
@@ -145,6 +150,8 @@ fn main() {
         Kind::HaproxySplice,
         Kind::Nginx,
         Kind::Gateway,
+        Kind::Federated,
+        Kind::HaproxyTls,
         Kind::Socat,
         Kind::Relay,
     ];
@@ -274,14 +281,33 @@ fn report(plan: &Plan, paths: &Paths, only: Option<&str>, results: &Results) -> 
     if let Some(summary) = quota::summary(results) {
         let _ = writeln!(out, "{summary}");
     }
+    let tls = federated::notes();
+    if !tls.is_empty() {
+        let _ = writeln!(out, "TLS negotiated between the two hops:\n");
+        for line in &tls {
+            let _ = writeln!(out, "- {line}");
+        }
+        let _ = writeln!(out);
+    }
+    if let Some(summary) = tls_summary(results) {
+        let _ = writeln!(out, "{summary}");
+    }
+    // The two-hop TLS paths are compared with haproxy doing the same; other runs'
+    // tables are as they were.
+    let vs_tls = results.values().any(|by| by.contains_key("haproxy-tls"));
     for (metric, by_variant) in results {
         let (title, higher_is_better) = measure::describe(metric);
         let _ = writeln!(out, "### {title}\n");
         let _ = writeln!(
             out,
-            "| variant | median | min | max | vs direct | vs haproxy-splice |"
+            "| variant | median | min | max | vs direct | vs haproxy-splice |{}",
+            if vs_tls { " vs haproxy-tls |" } else { "" }
         );
-        let _ = writeln!(out, "| --- | ---: | ---: | ---: | ---: | ---: |");
+        let _ = writeln!(
+            out,
+            "| --- | ---: | ---: | ---: | ---: | ---: |{}",
+            if vs_tls { " ---: |" } else { "" }
+        );
         let median_of = |v: &str| by_variant.get(v).map(|x| Stats::of(x).median);
         for name in paths::NAMES {
             let Some(values) = by_variant.get(name) else {
@@ -294,12 +320,17 @@ fn report(plan: &Plan, paths: &Paths, only: Option<&str>, results: &Results) -> 
             };
             let _ = writeln!(
                 out,
-                "| {name} | {} | {} | {} | {} | {} |",
+                "| {name} | {} | {} | {} | {} | {} |{}",
                 measure::fmt(s.median),
                 measure::fmt(s.min),
                 measure::fmt(s.max),
                 ratio(median_of("direct")),
                 ratio(median_of("haproxy-splice")),
+                if vs_tls {
+                    format!(" {} |", ratio(median_of("haproxy-tls")))
+                } else {
+                    String::new()
+                }
             );
         }
         let _ = writeln!(
@@ -313,4 +344,31 @@ fn report(plan: &Plan, paths: &Paths, only: Option<&str>, results: &Results) -> 
         );
     }
     out
+}
+
+/// Federated gateways against haproxy bridging the same two hops with TLS, from the
+/// medians, with issue 28's targets: throughput at least haproxy's, CPU per GB at
+/// most 0.8× haproxy's.
+fn tls_summary(results: &Results) -> Option<String> {
+    let median = |metric: &str, variant: &str| {
+        let values = results.get(metric)?.get(variant)?;
+        Some(Stats::of(values).median)
+    };
+    let ratio = |metric: &str| Some(median(metric, "federated")? / median(metric, "haproxy-tls")?);
+    let shown = |r: Option<f64>| r.map_or("–".to_owned(), |r| format!("{r:.2}×"));
+    let one = ratio("a_bulk_1_stream");
+    let eight = ratio("b_bulk_8_streams");
+    let cpu = ratio("c_cpu_per_gb");
+    let rtt = ratio("d_rtt_p50");
+    if [one, eight, cpu, rtt].iter().all(Option::is_none) {
+        return None;
+    }
+    Some(format!(
+        "federated / haproxy-tls: bulk 1 stream {} (target ≥ 1×), 8 streams {} (target ≥ \
+         1×), CPU per GB {} (target ≤ 0.8×), 64 B round trip p50 {}.\n",
+        shown(one),
+        shown(eight),
+        shown(cpu),
+        shown(rtt)
+    ))
 }

@@ -14,7 +14,7 @@ pub const BASELINE_VAR: &str = "DISTGATE_BENCH_BASELINE";
 pub const BASELINE: &str = "distgate-baseline";
 
 /// Every path name a report can hold, in the order its tables list them.
-pub const NAMES: [&str; 18] = [
+pub const NAMES: [&str; 20] = [
     "direct",
     "distgate-auto",
     BASELINE,
@@ -26,6 +26,8 @@ pub const NAMES: [&str; 18] = [
     "socat",
     "relay",
     "gateway+sidecar",
+    "federated",
+    "haproxy-tls",
     "distgate-root",
     "distgate-uid",
     "distgate-uid-held",

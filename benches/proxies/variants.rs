@@ -32,6 +32,10 @@ pub enum Kind {
     Relay,
     /// A gateway distgate in front of a sidecar distgate (both `auto`): two hops.
     Gateway,
+    /// Two distgate gateways federated, mutual TLS between them (see `federated.rs`).
+    Federated,
+    /// Two haproxy processes, TLS between them, same certificates (see `federated.rs`).
+    HaproxyTls,
 }
 
 impl Kind {
@@ -48,13 +52,15 @@ impl Kind {
             Kind::Socat => "socat",
             Kind::Relay => "relay",
             Kind::Gateway => "gateway+sidecar",
+            Kind::Federated => "federated",
+            Kind::HaproxyTls => "haproxy-tls",
         }
     }
 
     /// Why this path cannot run on this machine (a program not installed), if so.
     pub fn missing(self) -> Option<String> {
         let program = match self {
-            Kind::Haproxy | Kind::HaproxySplice => "haproxy",
+            Kind::Haproxy | Kind::HaproxySplice | Kind::HaproxyTls => "haproxy",
             Kind::Nginx => return nginx_stream_module().err(),
             Kind::Socat => "socat",
             _ => return None,
@@ -153,7 +159,7 @@ pub fn register(epmd: u16, name: &str, port: u16) -> TcpStream {
 }
 
 /// PORT_PLEASE2 for `name` at the EPMD at `epmd`: the port it answers.
-fn port_please(epmd: u16, name: &str) -> u16 {
+pub fn port_please(epmd: u16, name: &str) -> u16 {
     use distgate::epmd::message::{PORT_PLEASE2_REQ, decode_port2_resp, frame};
     let mut request = vec![PORT_PLEASE2_REQ];
     request.extend_from_slice(name.as_bytes());
@@ -469,6 +475,10 @@ impl Variant {
                 }
                 names.map(|name| port_please(gateway_epmd, name))
             }
+            Kind::Federated => {
+                crate::federated::start_federated(&dir, servers, &mut procs, &mut registrations)
+            }
+            Kind::HaproxyTls => crate::federated::start_haproxy_tls(&dir, servers, &mut procs),
             Kind::Nginx => {
                 let listen: [u16; 3] = free_ports();
                 let routes: Vec<_> = listen.iter().copied().zip(servers).collect();
