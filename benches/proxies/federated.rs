@@ -183,7 +183,8 @@ fn distgate_tls(dir: &Path, port: u16) -> Result<String, String> {
         ..Default::default()
     };
     let material = Material::load(&Paths::of(&config).unwrap()).map_err(|e| e.to_string())?;
-    let connector = tokio_rustls::TlsConnector::from(material.client(B_ID));
+    let connector =
+        tokio_rustls::TlsConnector::from(material.client(B_ID).expect("a TLS 1.3 client config"));
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
