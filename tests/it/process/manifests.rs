@@ -645,11 +645,13 @@ fn field<'a>(doc: &'a str, key: &str) -> &'a str {
 #[test]
 fn the_federation_overlay_holds_together() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes");
-    // The gateway's configuration, read as TOML (distgate's loader takes it once the
-    // federation keys are in; config.example.toml lists them).
-    let config: toml::Table =
-        toml::from_str(&std::fs::read_to_string(root.join("federation/distgate.toml")).unwrap())
-            .unwrap();
+    // The gateway's configuration: distgate's loader takes it whole, and its keys
+    // are read as TOML below.
+    let text = std::fs::read_to_string(root.join("federation/distgate.toml")).unwrap();
+    let loaded = distgate::config::parse(&text).expect("distgate takes the gateway's config");
+    assert!(loaded.routes.iter().any(|r| r.federates()));
+    assert!(!loaded.federation.listen.is_empty());
+    let config: toml::Table = toml::from_str(&text).unwrap();
     let federation = config["federation"].as_table().unwrap();
     let mut keys: Vec<&str> = federation.keys().map(String::as_str).collect();
     keys.sort();
