@@ -2,6 +2,7 @@
 //! Prometheus, the manifests, an unprivileged UID's pipe quota.
 
 mod cli;
+mod federation_reload;
 mod gate;
 mod helm;
 mod lifecycle;
