@@ -46,6 +46,30 @@ pub(super) struct Attempt {
     pub(super) started: Instant,
 }
 
+impl Attempt {
+    /// The link this attempt opens, before its handshake: to `direction`, through
+    /// peer gateway `gateway` if any, holding `slot`.
+    pub(super) fn opened(
+        &self,
+        public_port: u16,
+        direction: &'static str,
+        gateway: Option<String>,
+        slot: Option<SourceSlot>,
+    ) -> Box<Opened> {
+        Box::new(Opened {
+            node: self.node.clone(),
+            source: self.source,
+            public_port,
+            peer_name: None,
+            tls_sni: None,
+            direction,
+            handshake_bytes: ByteCounts::default(),
+            gateway,
+            _slot: slot,
+        })
+    }
+}
+
 /// The handshake status OTP sends a name it refuses: `u16` length, `s`, the status.
 pub(super) const NOT_ALLOWED: &[u8] = b"\x00\x0csnot_allowed";
 
@@ -124,17 +148,7 @@ impl Forwarder {
         if let Err(e) = peer.set_nodelay(true) {
             debug!("TCP_NODELAY on the peer's socket: {e}");
         }
-        let mut opened = Box::new(Opened {
-            node: attempt.node.clone(),
-            source: attempt.source,
-            public_port,
-            peer_name: None,
-            tls_sni: None,
-            direction,
-            handshake_bytes: ByteCounts::default(),
-            gateway: None,
-            _slot: slot,
-        });
+        let mut opened = attempt.opened(public_port, direction, None, slot);
         match caller {
             Caller::Tls { sni } => opened.tls_sni = sni,
             _ => {

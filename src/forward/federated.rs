@@ -87,17 +87,8 @@ impl Forwarder {
             }
         };
         let _ = caller.set_nodelay(true);
-        let mut opened = Box::new(Opened {
-            node: attempt.node.clone(),
-            source: attempt.source,
-            public_port,
-            peer_name: None,
-            tls_sni: None,
-            direction: FEDERATION_OUT,
-            handshake_bytes: ByteCounts::default(),
-            gateway: Some(peer.identity.clone()),
-            _slot: slot,
-        });
+        let gateway = Some(peer.identity.clone());
+        let mut opened = attempt.opened(public_port, FEDERATION_OUT, gateway, slot);
         self.authenticate(&attempt, &mut caller, &mut tls, &[], &mut opened)
             .await?;
         let label = peer.identity.clone();
@@ -274,18 +265,9 @@ impl Forwarder {
             self.note(&attempt, caller_id.name(), Reason::UpstreamRefused);
             return;
         };
-        let mut opened = Box::new(Opened {
-            node: attempt.node.clone(),
-            source: caller,
-            // The port the peer gateway dialled: this gateway's federation port.
-            public_port: tls.get_ref().0.local_addr().map_or(0, |a| a.port()),
-            peer_name: None,
-            tls_sni: None,
-            direction: FEDERATION_IN,
-            handshake_bytes: ByteCounts::default(),
-            gateway: Some(gateway.identity),
-            _slot: slot,
-        });
+        // The port the peer gateway dialled: this gateway's federation port.
+        let port = tls.get_ref().0.local_addr().map_or(0, |a| a.port());
+        let mut opened = attempt.opened(port, FEDERATION_IN, Some(gateway.identity), slot);
         if self
             .authenticate(&attempt, &mut tls, &mut node, &early, &mut opened)
             .await
